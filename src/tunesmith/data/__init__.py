@@ -1,0 +1,1 @@
+"""Data: formats, reading JSONL, curation checks, splitting, fixing and sampling."""

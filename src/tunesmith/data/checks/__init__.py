@@ -1,0 +1,103 @@
+"""`tunesmith check`: one streaming pass over a JSONL file plus a few indexes.
+
+Structure problems come from parsing; every other check family sees only well-formed examples and
+reports in `finish`. Findings are sorted errors first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.checks.base import CHECKS, SEVERITY_ORDER, Check, CheckContext, Finding, finding
+from tunesmith.data.checks.contract import OutputContract
+from tunesmith.data.checks.dedup import Contradictions, ExactDuplicates
+from tunesmith.data.checks.near import NearDuplicates
+from tunesmith.data.checks.prompts import SystemPrompts
+from tunesmith.data.checks.safety import Safety
+from tunesmith.data.checks.size import TokenLengths, too_few
+from tunesmith.data.formats import Example, parse_record
+from tunesmith.data.reader import iter_raw, looks_like_json_array, open_checked
+
+__all__ = ["CHECKS", "CheckContext", "CheckReport", "Finding", "run_check", "iter_examples"]
+
+
+@dataclass
+class CheckReport:
+    file: str
+    examples: int
+    findings: list[Finding]
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: lines of well-formed examples (what `fix` and `split` may keep)
+    valid_lines: int = 0
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "examples": self.examples,
+            "findings": [f.to_dict() for f in self.findings],
+            "stats": self.stats,
+        }
+
+
+def iter_examples(path: str | Path) -> Iterator[Example]:
+    """Every non-blank line as an Example; unreadable lines come back with problems attached."""
+    from tunesmith.data.formats import Problem
+
+    for raw in iter_raw(path):
+        if raw.error is not None:
+            yield Example(raw.line, "?", [], raw.offset, [Problem(*raw.error)])
+        else:
+            yield parse_record(raw.value, raw.line, raw.offset)
+
+
+def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) -> CheckReport:
+    """Check one file. `progress` is called with the byte offset reached, every few thousand lines."""
+    open_checked(ctx.file)
+    exact = ExactDuplicates()
+    curation: list[Check] = [Contradictions(), SystemPrompts(), OutputContract(ctx), Safety(), NearDuplicates(ctx)]
+    near = curation[-1]
+    tokens = TokenLengths(ctx) if ctx.tokenizer is not None else None
+    structure: dict[tuple[str, str], list[int]] = {}
+    formats: Counter[str] = Counter()
+    records = valid = 0
+    for ex in iter_examples(ctx.file):
+        records += 1
+        if progress is not None and records % 4096 == 0:
+            progress(ex.offset)
+        if ex.problems:
+            for p in ex.problems:
+                structure.setdefault((p.check, p.message), []).append(ex.line)
+            continue
+        valid += 1
+        formats[ex.format] += 1
+        duplicate = exact.is_duplicate(ex)
+        for check in curation:
+            if check is near and duplicate:
+                continue  # exact copies are reported once, as exact duplicates
+            check.observe(ex)
+        if tokens is not None:
+            tokens.observe(ex)
+    findings = [finding(check, lines, message) for (check, message), lines in structure.items()]
+    if records == 0:
+        findings.append(finding("too_few_examples", [], f"{ctx.file.name} holds no examples (the file is empty)",
+                                hint="add one JSON object per line"))
+    elif valid == 0 and looks_like_json_array(ctx.file):
+        findings.append(finding("invalid_json_line", [1], "the file is one JSON array, not JSON Lines",
+                                hint=f"convert it: tunesmith convert {ctx.file} -o {ctx.file.stem}.jsonl --to messages"))
+    else:
+        findings.extend(too_few(valid, ctx))
+    for check in (exact, *curation, *([tokens] if tokens else [])):
+        findings.extend(check.finish(ctx))
+    findings.sort(key=lambda f: (SEVERITY_ORDER[f.severity], f.check, f.lines[:1]))
+    ctx.stats.update({"valid_examples": valid, "formats": dict(formats)})
+    if progress is not None:
+        progress(-1)
+    return CheckReport(str(ctx.file), records, findings, ctx.stats, valid)

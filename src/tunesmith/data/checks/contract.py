@@ -1,0 +1,152 @@
+"""The output contract: JSON, JSON Schema, regex, and one key style across all outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any
+
+from tunesmith.data.checks.base import CheckContext, Finding, finding
+from tunesmith.data.formats import Example
+
+#: Outputs are treated as a JSON contract without being told when at least this share parses.
+INFER_JSON_SHARE = 0.9
+
+_SNAKE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)+$")
+_CAMEL = re.compile(r"^[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+$")
+_PASCAL = re.compile(r"^[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+$")
+_KEBAB = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)+$")
+_PLAIN = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+def key_style(key: str) -> str | None:
+    """snake_case, camelCase, PascalCase, kebab-case, other; None for one lower-case word (fits any)."""
+    if _PLAIN.match(key):
+        return None
+    for name, rx in (("snake_case", _SNAKE), ("camelCase", _CAMEL), ("PascalCase", _PASCAL), ("kebab-case", _KEBAB)):
+        if rx.match(key):
+            return name
+    return "other"
+
+
+def _keys(value: Any, out: set[str], depth: int = 0) -> None:
+    if depth > 32:
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.add(k)
+            _keys(v, out, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _keys(v, out, depth + 1)
+
+
+def schema_keys(schema: Any, out: set[str] | None = None) -> set[str]:
+    """Property names a schema declares, at any depth."""
+    out = set() if out is None else out
+    if isinstance(schema, dict):
+        props = schema.get("properties")
+        if isinstance(props, dict):
+            out.update(props)
+        for v in schema.values():
+            schema_keys(v, out)
+    elif isinstance(schema, list):
+        for v in schema:
+            schema_keys(v, out)
+    return out
+
+
+class OutputContract:
+    def __init__(self, ctx: CheckContext) -> None:
+        self._validator = None
+        if ctx.schema is not None:
+            from jsonschema import validators
+
+            self._validator = validators.validator_for(ctx.schema)(ctx.schema)
+        self._regex = re.compile(ctx.regex, re.DOTALL) if ctx.regex else None
+        self._not_json: list[int] = []
+        self._json_count = 0
+        self._outputs = 0
+        self._schema_errors: dict[str, list[int]] = {}
+        self._regex_misses: list[int] = []
+        self._styles: Counter[str] = Counter()
+        self._lines_by_style: dict[str, list[int]] = {}
+        self._example_key: dict[str, str] = {}
+
+    def observe(self, ex: Example) -> None:
+        seen_styles: set[str] = set()
+        for out in ex.outputs():
+            self._outputs += 1
+            if self._regex is not None and not self._regex.fullmatch(out):
+                self._regex_misses.append(ex.line)
+            stripped = out.strip()
+            if not stripped or stripped[0] not in "{[":
+                self._not_json.append(ex.line)
+                continue
+            try:
+                value = json.loads(stripped)
+            except ValueError:
+                self._not_json.append(ex.line)
+                continue
+            self._json_count += 1
+            if self._validator is not None:
+                for err in self._validator.iter_errors(value):
+                    path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+                    self._schema_errors.setdefault(f"{path}: {err.message[:160]}", []).append(ex.line)
+                    break
+            keys: set[str] = set()
+            _keys(value, keys)
+            for k in keys:
+                style = key_style(k)
+                if style is not None:
+                    seen_styles.add(style)
+                    self._example_key.setdefault(style, k)
+        for style in seen_styles:
+            self._styles[style] += 1
+            self._lines_by_style.setdefault(style, []).append(ex.line)
+
+    def finish(self, ctx: CheckContext) -> list[Finding]:
+        out: list[Finding] = []
+        inferred = not ctx.expects_json and self._outputs and self._json_count / self._outputs >= INFER_JSON_SHARE
+        ctx.stats["json_outputs"] = {"parsed": self._json_count, "outputs": self._outputs}
+        if (ctx.expects_json or inferred) and self._not_json:
+            severity = "error" if ctx.expects_json else "warning"
+            why = "the project's contract is JSON" if ctx.expects_json else (
+                f"{self._json_count} of {self._outputs} outputs are JSON, so the rest look like mistakes")
+            out.append(finding(
+                "output_not_json", self._not_json,
+                f"{len(set(self._not_json))} example(s) have an output that is not valid JSON ({why})",
+                severity=severity,
+                hint=None if ctx.expects_json else "fix them, or declare the contract with output.json: true in tunesmith.yaml",
+            ))
+        for message, lines in sorted(self._schema_errors.items(), key=lambda kv: -len(kv[1])):
+            out.append(finding("output_schema", lines, f"{len(lines)} output(s) break the schema: {message}"))
+        if self._regex_misses:
+            out.append(finding(
+                "output_regex", self._regex_misses,
+                f"{len(set(self._regex_misses))} output(s) do not match output.regex {ctx.regex!r}",
+            ))
+        out.extend(self._key_style(ctx))
+        return out
+
+    def _key_style(self, ctx: CheckContext) -> list[Finding]:
+        expected, source = None, ""
+        if ctx.schema is not None:
+            declared = Counter(s for s in map(key_style, schema_keys(ctx.schema)) if s)
+            if declared:
+                expected, source = declared.most_common(1)[0][0], "the schema"
+        if expected is None and self._styles:
+            expected, source = self._styles.most_common(1)[0][0], "most examples"
+        if expected is None:
+            return []
+        ctx.stats["key_styles"] = dict(self._styles)
+        out = []
+        for style, lines in self._lines_by_style.items():
+            if style != expected:
+                sample = "<sealed>" if ctx.sealed else repr(self._example_key[style])
+                out.append(finding(
+                    "key_style", lines,
+                    f"{len(lines)} example(s) use {style} keys (e.g. {sample}) but {source} use {expected}",
+                ))
+        return out

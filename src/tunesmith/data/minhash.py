@@ -1,0 +1,155 @@
+"""MinHash signatures and LSH banding over character 5-grams, vectorised with numpy.
+
+Signatures are computed for a batch of documents at once (one pass per permutation over all
+shingles of the batch), and candidate pairs come from sorting each band's keys, so nothing is ever
+compared all-pairs. Candidates are re-checked with exact Jaccard by the caller, so the threshold
+means what it says.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+NGRAM = 5
+_WS = re.compile(r"\s+")
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def shingle_text(text: str) -> bytes:
+    """Lower-cased, whitespace-collapsed UTF-8 bytes, padded to at least one n-gram."""
+    b = _WS.sub(" ", text.lower()).strip().encode("utf-8")
+    return b if len(b) >= NGRAM else b.ljust(NGRAM, b" ")
+
+
+def shingle_set(text: str) -> set[bytes]:
+    b = shingle_text(text)
+    return {b[i : i + NGRAM] for i in range(len(b) - NGRAM + 1)}
+
+
+def jaccard(a: set[bytes], b: set[bytes]) -> float:
+    if not a and not b:
+        return 1.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads the packed 5 bytes over all 64 bits."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * _M1
+    h = h ^ (h >> np.uint64(27))
+    h = h * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+class MinHasher:
+    """`num_perm` permutations grouped into bands of `rows`; band keys are what LSH sorts."""
+
+    def __init__(self, num_perm: int = 64, rows: int = 4, seed: int = 1) -> None:
+        if num_perm % rows:
+            raise ValueError("num_perm must be a multiple of rows")
+        rng = np.random.default_rng(seed)
+        self.num_perm, self.rows, self.bands = num_perm, rows, num_perm // rows
+        self._a = rng.integers(1, 2**32, size=num_perm, dtype=np.uint32) | np.uint32(1)
+        self._b = rng.integers(0, 2**32, size=num_perm, dtype=np.uint32)
+
+    def signatures(self, texts: Iterable[str]) -> np.ndarray:
+        """(n_docs, num_perm) uint32 MinHash signatures."""
+        encoded = [shingle_text(t) for t in texts]
+        n = len(encoded)
+        if n == 0:
+            return np.zeros((0, self.num_perm), dtype=np.uint32)
+        lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=n)
+        buf = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint64)
+        total = buf.shape[0]
+        # Pack each 5-byte window exactly into 40 bits, then mix: no shingle collisions before hashing.
+        packed = buf[: total - NGRAM + 1].copy()
+        for k in range(1, NGRAM):
+            packed = (packed << np.uint64(8)) | buf[k : total - NGRAM + 1 + k]
+        counts = lengths - (NGRAM - 1)
+        starts = np.cumsum(lengths) - lengths
+        seg = np.cumsum(counts) - counts
+        pos = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(seg, counts) + np.repeat(starts, counts)
+        # 32-bit universal hashing (a*x + b mod 2^32, a odd) on the mixed shingle: half the memory
+        # traffic of 64-bit arithmetic, and the mixing above already spread the bits.
+        h = (_mix(packed[pos]) >> np.uint64(32)).astype(np.uint32)
+        sig = np.empty((n, self.num_perm), dtype=np.uint32)
+        for k in range(self.num_perm):
+            v = h * self._a[k] + self._b[k]
+            sig[:, k] = np.minimum.reduceat(v, seg)
+        return sig
+
+    def band_keys(self, sig: np.ndarray) -> np.ndarray:
+        """(n_docs, bands) uint64 keys; two documents share a key when a whole band agrees."""
+        n = sig.shape[0]
+        grouped = sig.reshape(n, self.bands, self.rows).astype(np.uint64)
+        key = np.zeros((n, self.bands), dtype=np.uint64)
+        for r in range(self.rows):
+            key = _mix(key ^ (grouped[:, :, r] + np.uint64(r + 1)))
+        return key
+
+
+def candidate_pairs(band_keys: np.ndarray) -> np.ndarray:
+    """Unique (i, j) pairs, i < j, that share at least one band key.
+
+    Within a bucket each member is paired with the bucket's first member and its predecessor: enough
+    to connect clusters without the quadratic blow-up of a huge bucket.
+    """
+    n, bands = band_keys.shape
+    chunks = []
+    for b in range(bands):
+        keys = band_keys[:, b]
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        same = sk[1:] == sk[:-1]
+        if not same.any():
+            continue
+        idx = np.nonzero(same)[0]  # order[idx] and order[idx + 1] share a key
+        chunks.append(np.stack([order[idx], order[idx + 1]], axis=1))
+        # star edges to the first member of each run
+        run_start = np.concatenate(([True], ~same))
+        first_of_run = np.maximum.accumulate(np.where(run_start, np.arange(n), 0))
+        heads = first_of_run[idx + 1]
+        far = heads != idx
+        if far.any():
+            chunks.append(np.stack([order[heads[far]], order[idx[far] + 1]], axis=1))
+    if not chunks:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.concatenate(chunks)
+    pairs = np.sort(pairs, axis=1)
+    return np.unique(pairs, axis=0)
+
+
+class UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+    def groups(self) -> list[list[int]]:
+        out: dict[int, list[int]] = {}
+        for x in list(self.parent):
+            out.setdefault(self.find(x), []).append(x)
+        for x in list(out):
+            if x not in out[x]:
+                out[x].append(x)
+        return [sorted(g) for g in out.values() if len(g) > 1]

@@ -1,0 +1,221 @@
+"""tunesmith.yaml: the one project file, its schema, and the single place defaults < file < flags meet.
+
+Everything a run needs to reproduce itself is in the resolved `Project`; it is written into every run
+directory. Paths in the file are relative to the project directory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.errors import ProjectError
+
+PROJECT_FILE = "tunesmith.yaml"
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+
+TaskKind = Literal["format", "style", "domain", "multistep"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OutputContract(_Strict):
+    """What every assistant output must look like: a JSON Schema, a regex, plain JSON, or nothing."""
+
+    json_schema: str | None = Field(None, description="Path to a JSON Schema file every output must validate against.")
+    regex: str | None = Field(None, description="Python regex every output must match in full.")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    json_output: bool = Field(False, alias="json", description="Outputs must be JSON (implied by json_schema).")
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> OutputContract:
+        if self.json_schema and self.regex:
+            raise ValueError("give json_schema or regex, not both")
+        return self
+
+    @property
+    def expects_json(self) -> bool:
+        return self.json_output or self.json_schema is not None
+
+
+class DataPaths(_Strict):
+    source: str = Field("data.jsonl", description="All examples, before the split.")
+    train: str = Field("data/train.jsonl", description="Training split, written by `tunesmith split`.")
+    test: str = Field("data/test.jsonl", description="Sealed test split, written by `tunesmith split`.")
+    test_fraction: float = Field(0.15, ge=0.05, le=0.5, description="Share of examples sealed away for testing.")
+    regression: str | None = Field(None, description="Regression suite: 20-50 prompts with assertions.")
+
+
+class CheckSettings(_Strict):
+    near_duplicate_threshold: float = Field(0.8, gt=0.3, le=1.0, description="Jaccard similarity over character 5-grams.")
+
+
+class Project(_Strict):
+    task: str = Field(..., min_length=10, description="One sentence: exactly what the tuned model must do.")
+    task_kind: TaskKind = Field("format", description="Sets the minimum dataset size (the guide's table).")
+    base_model: str = Field(DEFAULT_MODEL, description="builtin:NAME, a .gguf file, a checkpoint directory or a hub id.")
+    system_prompt: str | None = Field(None, description="Used for training, evaluation and serving alike.")
+    output: OutputContract = Field(default_factory=OutputContract)
+    data: DataPaths = Field(default_factory=DataPaths)
+    max_length: int | None = Field(None, ge=16, le=131072, description="Longest example in tokens (chat template included).")
+    build: str | None = Field(None, description="Command that builds data.source when it is missing.")
+    checks: CheckSettings = Field(default_factory=CheckSettings)
+
+    # Not part of the file: where it was loaded from, so relative paths resolve.
+    root: Path = Field(default=Path("."), exclude=True)
+
+    def path(self, rel: str | None) -> Path | None:
+        if rel is None:
+            return None
+        p = Path(rel)
+        return p if p.is_absolute() else self.root / p
+
+    def load_schema(self) -> dict | None:
+        """The contract's JSON Schema, parsed and checked, or None."""
+        return load_json_schema(self.path(self.output.json_schema)) if self.output.json_schema else None
+
+    def resolved(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (what a run directory records)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        data["root"] = str(self.root.resolve())
+        return data
+
+
+def load_json_schema(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ProjectError(f"output.json_schema: {path} does not exist", "build the project data or fix the path")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProjectError(f"{path}: not valid JSON ({exc})", "fix the schema file") from None
+    from jsonschema import validators
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        validators.validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ProjectError(f"{path}: not a valid JSON Schema: {exc.message}", "see https://json-schema.org") from None
+    return schema
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    *parents, last = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            return  # the file's own error will be reported by validation
+    node[last] = value
+
+
+def find_project_dir(start: Path) -> Path | None:
+    """The directory holding tunesmith.yaml: `start` itself or one of its two parents."""
+    start = start if start.is_dir() else start.parent
+    for d in (start, *list(start.resolve().parents)[:2]):
+        if (d / PROJECT_FILE).is_file():
+            return d
+    return None
+
+
+def load_project(directory: str | Path, overrides: dict[str, Any] | None = None) -> Project:
+    """Load DIR/tunesmith.yaml, apply dotted-key overrides (CLI flags), validate everything at once."""
+    import yaml
+
+    d = Path(directory)
+    file = d / PROJECT_FILE if d.is_dir() or not d.suffix else d
+    if not file.is_file():
+        raise ProjectError(f"{file}: no project file", f"create one with `tunesmith init {d}`")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        raise ProjectError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ProjectError(f"{file}: expected a mapping of fields, got a {type(raw).__name__}", "see `tunesmith init`")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    try:
+        project = Project.model_validate({**raw, "root": file.parent})
+    except ValidationError as exc:
+        details = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ProjectError(
+            f"{file}: {len(details)} problem(s) in the project file",
+            "fix the fields named above; `tunesmith init` writes a commented example",
+            details=details,
+        ) from None
+    problems = []
+    schema_path = project.path(project.output.json_schema)
+    if schema_path is not None and not schema_path.is_file() and not project.build:
+        problems.append(f"output.json_schema: {schema_path} does not exist")
+    if problems:
+        raise ProjectError(f"{file}: {len(problems)} problem(s) in the project file", "fix the paths named above", details=problems)
+    return project
+
+
+PROJECT_TEMPLATE = """\
+# tunesmith project file. Paths are relative to this directory.
+
+# One sentence: exactly what the tuned model must do that the base model does not.
+# "Better answers" is not a sentence; "always reply with a JSON object with keys a, b, c" is.
+task: "{task}"
+
+# format | style | domain | multistep: sets the minimum dataset size `check` expects
+# (format 50-100 examples, style 100-300, domain 500-1000, multistep 1000-2000).
+task_kind: format
+
+# builtin:smollm2-135m-instruct (embedded, offline), a .gguf file, a checkpoint directory, or a hub id.
+base_model: {base_model}
+
+# Used for training, evaluation and serving alike. Leave it out if you serve without one.
+system_prompt: "You are a precise assistant. Reply with one compact JSON object."
+
+# The output contract every assistant turn must meet: json_schema (a file), regex, or json: true.
+output:
+  json: true
+  # json_schema: schema.json
+  # regex: "^(yes|no)$"
+
+data:
+  source: data.jsonl          # all examples, before the split
+  train: data/train.jsonl     # written by `tunesmith split`
+  test: data/test.jsonl       # sealed test set, written by `tunesmith split`; never look at it
+  test_fraction: 0.15         # 10-20 % is the usual range
+  # regression: regression.jsonl   # 20-50 prompts with assertions, checked after every run
+
+# Longest example in tokens under the base model's chat template; longer ones are flagged.
+max_length: 1024
+"""
+
+
+def init_project(directory: Path, *, task: str, base_model: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    from tunesmith.io import write_text_atomic
+
+    target = directory / PROJECT_FILE
+    if target.exists() and not force:
+        raise ProjectError(f"{target} already exists", "edit it, or pass --force to overwrite it")
+    text = PROJECT_TEMPLATE.format(task=task.replace('"', "'"), base_model=base_model)
+    write_text_atomic(target, text)
+    return target
