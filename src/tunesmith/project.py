@@ -219,3 +219,38 @@ def init_project(directory: Path, *, task: str, base_model: str = DEFAULT_MODEL,
     text = PROJECT_TEMPLATE.format(task=task.replace('"', "'"), base_model=base_model)
     write_text_atomic(target, text)
     return target
+
+
+def build_data(project: Project, *, force: bool = False) -> bool:
+    """Run the project's `build` command when data.source is missing (or when forced).
+
+    Returns True when it ran. `python` at the start of the command means this interpreter, so a
+    project builds with the same environment tunesmith runs in.
+    """
+    import shlex
+    import subprocess
+    import sys
+
+    source = project.path(project.data.source)
+    if source is not None and source.exists() and not force:
+        return False
+    if not project.build:
+        raise ProjectError(
+            f"{source}: the project's data does not exist",
+            "create it, or add a `build:` command to tunesmith.yaml that makes it",
+        )
+    argv = shlex.split(project.build)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    proc = subprocess.run(argv, cwd=project.root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise ProjectError(
+            f"build command {project.build!r} failed with exit status {proc.returncode}",
+            "run it by hand in the project directory to see the whole output",
+            details=tail,
+        )
+    if source is not None and not source.exists():
+        raise ProjectError(f"build command {project.build!r} ran but did not create {source}",
+                           "make the build write data.source")
+    return True

@@ -1,0 +1,26 @@
+# Two commands run everything on a fresh machine (see README.md):
+#   make demo   - the main job on the embedded default model and the example project
+#   make test   - the test suite
+VENV ?= .venv
+TS := $(VENV)/bin/tunesmith
+PROJECT ?= examples/pyfunc-json
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(TS) models resolve builtin:smollm2-135m-instruct
+	$(TS) split --project $(PROJECT)
+	$(TS) split --project $(PROJECT) --verify
+	$(TS) check $(PROJECT)/data/train.jsonl --project $(PROJECT)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(VENV)/bin/python benchmarks/check_scale.py
+
+clean:
+	rm -rf $(PROJECT)/data $(PROJECT)/data.jsonl $(PROJECT)/schema.json $(PROJECT)/regression.jsonl

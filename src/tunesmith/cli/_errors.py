@@ -1,0 +1,50 @@
+"""The one place where exceptions become messages for people (huggingface_hub's CLI does the same).
+
+Every command is wrapped by `handle_errors`; a TunesmithError prints what went wrong and the hint
+and exits with its code. Tracebacks only with TUNESMITH_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from tunesmith.errors import TunesmithError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("TUNESMITH_DEBUG", "") not in ("", "0", "false")
+
+
+def format_error(exc: TunesmithError) -> str:
+    lines = [f"error: {exc.message}"]
+    lines += [f"  - {d}" for d in exc.details]
+    if exc.hint:
+        lines.append(f"hint: {exc.hint}")
+    return "\n".join(lines)
+
+
+def handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunesmithError as exc:
+            if debug_enabled():
+                raise
+            print(format_error(exc), file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if debug_enabled():
+                raise
+            print("interrupted; nothing was written half-way", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,44 @@
+"""Printing helpers shared by commands: JSON for scripts, rich for people, progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def format_lines(lines: list[int], limit: int = 12) -> str:
+    if not lines:
+        return ""
+    shown = ", ".join(map(str, lines[:limit]))
+    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
+    return f"line{'s' if len(lines) > 1 else ''} {shown}{more}"
+
+
+@contextmanager
+def byte_progress(description: str, total: int, enabled: bool = True) -> Iterator[Any]:
+    """A progress bar over bytes of a file; yields a callback taking the offset reached (-1 = done)."""
+    if not enabled or total < 2_000_000:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def update(offset: int) -> None:
+            bar.update(task, completed=total if offset < 0 else offset)
+
+        yield update

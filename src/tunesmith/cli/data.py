@@ -1,0 +1,242 @@
+"""Data commands: check, split, fix, convert, sample."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunesmith.cli import app
+from tunesmith.cli._errors import handle_errors
+from tunesmith.cli._output import byte_progress, console, format_lines, print_json
+from tunesmith.errors import UsageError
+
+PROJECT_OPT = typer.Option(None, "--project", "-p", help="Project directory (default: found next to FILE).")
+JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON (for scripts and CI).")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _project_for(file: Path | None, project_dir: Path | None, overrides: dict | None = None):
+    """The project named by --project, else the one next to FILE (or in the current directory)."""
+    from tunesmith.project import find_project_dir, load_project
+
+    if project_dir is not None:
+        return load_project(project_dir, overrides)
+    found = find_project_dir(file if file is not None else Path.cwd())
+    return load_project(found, overrides) if found is not None else None
+
+
+def _context(file: Path, project_dir: Path | None, *, schema=None, regex=None, model=None,
+             max_length=None, task_kind=None, tokens=True):
+    from tunesmith.data.checks.setup import check_context
+
+    project = _project_for(file, project_dir)
+    return project, check_context(file, project, schema=schema, regex=regex, model=model,
+                                  max_length=max_length, task_kind=task_kind, tokens=tokens, say=_say)
+
+
+@app.command()
+@handle_errors
+def check(
+    file: Path = typer.Argument(..., help="JSONL file to check (any of the four formats)."),
+    project: Optional[Path] = PROJECT_OPT,
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema every output must meet (overrides the project)."),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Regex every output must match in full."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model whose tokenizer and chat template measure lengths."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Flag examples longer than this many tokens."),
+    task_kind: Optional[str] = typer.Option(None, "--task-kind", help="format | style | domain | multistep."),
+    no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token statistics (no model needed)."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Validate a dataset: structure, duplicates, contradictions, output contract, prompts, size, leaks."""
+    from tunesmith.data.checks import run_check
+
+    if task_kind is not None and task_kind not in ("format", "style", "domain", "multistep"):
+        raise UsageError(f"--task-kind {task_kind!r} is not a task kind", "use format, style, domain or multistep")
+    proj, ctx = _context(file, project, schema=schema, regex=regex, model=model, max_length=max_length,
+                         task_kind=task_kind, tokens=not no_tokens)
+    with byte_progress(f"checking {file.name}", file.stat().st_size, enabled=not json_out) as progress:
+        report = run_check(ctx, progress)
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        _print_report(report, proj)
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def _print_report(report, project) -> None:
+    out = console()
+    stats = report.stats
+    where = f" (project {project.root})" if project is not None else ""
+    out.print(f"[bold]{report.file}[/]: {report.examples} examples, {stats.get('valid_examples', 0)} well-formed{where}")
+    colors = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in report.findings:
+        lines = format_lines(f.lines)
+        out.print(f"[{colors[f.severity]}]{f.severity:7}[/] [bold]{f.check}[/] {f.message}" + (f" ({lines})" if lines else ""))
+        out.print(f"        hint: {f.hint}", style="dim")
+    if "formats" in stats:
+        out.print("formats: " + ", ".join(f"{k} {v}" for k, v in stats["formats"].items()))
+    if "tokens" in stats:
+        t = stats["tokens"]
+        out.print(f"tokens per example: min {t['min']}, p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}; "
+                  f"{t['per_epoch']:,} tokens per epoch")
+    for sp in stats.get("system_prompts", [])[:3]:
+        text = sp["prompt"] if len(sp["prompt"]) <= 80 else sp["prompt"][:79] + "…"
+        out.print(f"system prompt x{sp['count']}: {text!r}")
+    if "size_verdict" in stats:
+        out.print(f"size: {stats['size_verdict']['message']}")
+    n_err = len(report.errors)
+    n_warn = sum(f.severity == "warning" for f in report.findings)
+    verdict = "[red]not ready to train[/]" if n_err else "[green]no errors[/]"
+    out.print(f"{n_err} error(s), {n_warn} warning(s): {verdict}")
+
+
+@app.command()
+@handle_errors
+def split(
+    file: Optional[Path] = typer.Argument(None, help="All examples (default: the project's data.source)."),
+    project: Optional[Path] = PROJECT_OPT,
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Share sealed for testing (default 0.15)."),
+    train: Optional[Path] = typer.Option(None, "--train", help="Where to write the training split."),
+    test: Optional[Path] = typer.Option(None, "--test", help="Where to write the sealed test split."),
+    verify: bool = typer.Option(False, "--verify", help="Only verify the sealed test set against its seal."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Split once, before curation, and seal the test set (SHA-256 of the file and of every row)."""
+    from tunesmith.data.split import split_file, verify_seal
+
+    proj = _project_for(file, project)
+    if file is None and proj is not None and not verify:
+        from tunesmith.project import build_data
+
+        if build_data(proj):
+            _say(f"built {proj.path(proj.data.source)} with `{proj.build}`")
+    source = file or (proj.path(proj.data.source) if proj else None)
+    if source is None and not (verify and test):
+        raise UsageError("no input file and no project", "pass FILE or --project DIR (with data.source in tunesmith.yaml)")
+    test_path = test or (proj.path(proj.data.test) if proj else source.with_name("test.jsonl"))
+    if verify:
+        report = verify_seal(test_path)
+        if json_out:
+            print_json(report.to_dict())
+        elif report.ok:
+            print(f"{test_path}: seal intact ({report.rows} rows)")
+        else:
+            print(f"{test_path}: SEAL BROKEN: changed {format_lines(report.changed) or 'none'}; "
+                  f"added {format_lines(report.added) or 'none'}; {report.removed} row(s) removed")
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    from tunesmith.data.reader import open_checked
+
+    open_checked(source)
+    train_path = train or (proj.path(proj.data.train) if proj else source.with_name("train.jsonl"))
+    fraction = test_fraction if test_fraction is not None else (proj.data.test_fraction if proj else 0.15)
+    threshold = proj.checks.near_duplicate_threshold if proj else 0.8
+    result = split_file(source, train_path, test_path, test_fraction=fraction, near_threshold=threshold)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    print(f"{result.train_rows} train rows -> {result.train}")
+    print(f"{result.test_rows} test rows -> {result.test} (sealed in {result.seal}; do not look at them)")
+    if result.unparsed_rows:
+        print(f"{result.unparsed_rows} malformed row(s) went to train, where `tunesmith check` reports them")
+    if result.dropped_from_previous_seal:
+        print(f"warning: {result.dropped_from_previous_seal} row(s) of the previous seal are no longer in the source")
+
+
+@app.command()
+@handle_errors
+def fix(
+    file: Path = typer.Argument(..., help="JSONL file to clean."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the cleaned file (never the input)."),
+    project: Optional[Path] = PROJECT_OPT,
+    schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema every output must meet."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Drop errors and duplicates (keeping the first of each cluster); log every dropped line and why."""
+    from tunesmith.data.fix import fix_file
+
+    _, ctx = _context(file, project, schema=schema, tokens=False)
+    if output.resolve() == file.resolve():
+        raise UsageError(f"fix never writes over its input ({file})", "pass another path with -o, e.g. data.fixed.jsonl")
+    result = fix_file(ctx, output)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        print(f"kept {result.kept}, dropped {result.dropped} -> {result.output} (why: {result.log})")
+
+
+@app.command()
+@handle_errors
+def convert(
+    file: Path = typer.Argument(..., help="Input: JSONL in any supported format, or a JSON array."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output JSONL."),
+    to: str = typer.Option("messages", "--to", help="messages | instruction | sharegpt | prompt_completion."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Convert between formats without loss where the target can hold it; name the lines it cannot."""
+    from tunesmith.data.convert import convert_file
+
+    result = convert_file(file, output, to)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        print(f"wrote {result.written} example(s) as {to} -> {result.output}")
+        for line, why in result.failed[:50]:
+            print(f"  line {line}: not converted: {why}", file=sys.stderr)
+        if len(result.failed) > 50:
+            print(f"  ... and {len(result.failed) - 50} more", file=sys.stderr)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def sample(
+    file: Path = typer.Argument(..., help="JSONL file to sample from (never the sealed test set)."),
+    diverse: Optional[int] = typer.Option(None, "--diverse", help="How many (default: max(50, 10%))."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the chosen examples here."),
+    project: Optional[Path] = PROJECT_OPT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Pick the most diverse examples for human review (k-center greedy over hashed n-grams)."""
+    from tunesmith.data.sample import sample_diverse
+
+    proj = _project_for(file, project)
+    if proj is not None:
+        test = proj.path(proj.data.test)
+        if test is not None and test.exists() and test.resolve() == file.resolve():
+            raise UsageError(f"{file} is the sealed test set", "sample the training data; the test set is not for looking at")
+    result = sample_diverse(file, diverse, output)
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        where = f" -> {result.output}" if result.output else ""
+        print(f"{len(result.lines)} most diverse of {result.candidates} examples{where}")
+        print(format_lines(result.lines, limit=len(result.lines)))
+
+
+@app.command()
+@handle_errors
+def build(
+    project: Path = typer.Argument(Path("."), help="Project directory."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if data.source exists."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Run the project's `build:` command to make its data (when missing, or with --force)."""
+    from tunesmith.project import build_data, load_project
+
+    proj = load_project(project)
+    ran = build_data(proj, force=force)
+    source = proj.path(proj.data.source)
+    if json_out:
+        print_json({"built": ran, "source": str(source)})
+    else:
+        print(f"{'built' if ran else 'already built'}: {source}")

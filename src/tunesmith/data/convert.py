@@ -1,0 +1,69 @@
+"""`tunesmith convert`: between the four formats, without loss where the target can hold it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.formats import FORMATS, Example, parse_record
+from tunesmith.data.reader import BOM, iter_raw, looks_like_json_array, open_checked
+from tunesmith.errors import UsageError
+from tunesmith.io import write_jsonl_atomic
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    to: str
+    written: int
+    failed: list[tuple[int, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.output), "to": self.to, "written": self.written,
+                "failed": [{"line": ln, "reason": why} for ln, why in self.failed]}
+
+
+def _examples(source: Path):
+    """Examples from JSONL, or from a single JSON array (a common export) read as if it were JSONL."""
+    if looks_like_json_array(source):
+        try:
+            items = json.loads(source.read_bytes().lstrip(BOM).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            items = None
+        if isinstance(items, list):
+            for i, item in enumerate(items, start=1):
+                yield parse_record(item, i)
+            return
+    for raw in iter_raw(source):
+        if raw.error is not None:
+            from tunesmith.data.formats import Problem
+
+            yield Example(raw.line, "?", [], raw.offset, [Problem(*raw.error)])
+        else:
+            yield parse_record(raw.value, raw.line, raw.offset)
+
+
+def convert_file(source: Path, output: Path, to: str) -> ConvertResult:
+    if to not in FORMATS:
+        raise UsageError(f"unknown target format {to!r}", f"use one of: {', '.join(FORMATS)}")
+    open_checked(source)
+    if output.resolve() == source.resolve():
+        raise UsageError(f"convert never writes over its input ({source})", "pass another path with -o")
+    target = FORMATS[to]
+    result = ConvertResult(output, to, 0)
+
+    def records():
+        for ex in _examples(source):
+            if ex.problems:
+                result.failed.append((ex.line, "; ".join(p.message for p in ex.problems)))
+                continue
+            rec, why = target.dump(ex.messages)
+            if rec is None:
+                result.failed.append((ex.line, why))
+                continue
+            yield rec
+
+    result.written = write_jsonl_atomic(output, records())
+    return result

@@ -1,0 +1,32 @@
+import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))  # noqa: E401,E702
+
+import pytest
+
+from fixtures.tiny_models import build_tiny_llama
+
+
+# --- models: tiny offline checkpoints and an isolated model cache ------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A tiny random LlamaForCausalLM + ChatML tokenizer (eos/pad set), built once per session.
+
+    Shared by every test: copy it (shutil.copytree) before changing anything inside.
+    """
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-chatml"), chat_template="chatml")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Same as tiny_model_dir, with a Llama-3 style chat template."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama3"), chat_template="llama3")
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """Point TUNESMITH_CACHE at a fresh temp dir for this test; returns that dir."""
+    cache = tmp_path / "tunesmith-cache"
+    cache.mkdir()
+    monkeypatch.setenv("TUNESMITH_CACHE", str(cache))
+    return cache
