@@ -38,6 +38,12 @@ class Data:
     def words(rng: random.Random, lo: int, hi: int) -> str:
         return " ".join(rng.choice(VOCAB) for _ in range(rng.randint(lo, hi)))
 
+    @staticmethod
+    def long_text(seed: int, n: int = 45) -> str:
+        """n random vocabulary words from a seeded RNG."""
+        rng = random.Random(seed)
+        return " ".join(rng.choice(VOCAB) for _ in range(n))
+
     @classmethod
     def clean(
         cls,
@@ -92,7 +98,7 @@ class Data:
         return {"messages": turns}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data() -> type[Data]:
     return Data
 

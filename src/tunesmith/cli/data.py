@@ -55,7 +55,9 @@ def check(
 ) -> None:
     """Validate a dataset: structure, duplicates, contradictions, output contract, prompts, size, leaks."""
     from tunesmith.data.checks import run_check
+    from tunesmith.data.reader import open_checked
 
+    open_checked(file)
     if task_kind is not None and task_kind not in ("format", "style", "domain", "multistep"):
         raise UsageError(f"--task-kind {task_kind!r} is not a task kind", "use format, style, domain or multistep")
     proj, ctx = _context(file, project, schema=schema, regex=regex, model=model, max_length=max_length,

@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import ProjectError
+from tunesmith.project import build_data, init_project, load_project
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_init_scaffold_loads_and_explains(tmp_path):
+    path = init_project(tmp_path, task="Always answer with a JSON object with key answer.")
+    text = path.read_text()
+    assert "# One sentence" in text and "task_kind" in text
+    project = load_project(tmp_path)
+    assert project.task.startswith("Always answer")
+    assert project.output.expects_json
+    assert project.data.test_fraction == 0.15
+
+
+def test_init_refuses_to_overwrite(tmp_path):
+    init_project(tmp_path, task="Always answer with a JSON object.")
+    with pytest.raises(ProjectError, match="already exists") as exc:
+        init_project(tmp_path, task="Always answer with a JSON object.")
+    assert "--force" in exc.value.hint
+
+
+def test_every_error_at_once_with_field_paths(tmp_path):
+    (tmp_path / "tunesmith.yaml").write_text(
+        "task: short\n"
+        "task_kind: poetry\n"
+        "data:\n  test_fraction: 2\n  sourse: x.jsonl\n"
+        "output:\n  regex: '(unclosed'\n"
+    )
+    with pytest.raises(ProjectError) as exc:
+        load_project(tmp_path)
+    details = "\n".join(exc.value.details)
+    assert "4 problem" in exc.value.message or "5 problem" in exc.value.message
+    for field in ("task:", "task_kind:", "data.test_fraction:", "data.sourse:", "output.regex:"):
+        assert field in details, details
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    (tmp_path / "tunesmith.yaml").write_text("task: 'ok ok ok ok'\nbase_model: [unclosed\n")
+    with pytest.raises(ProjectError, match=r"tunesmith.yaml:\d+:\d+: not valid YAML"):
+        load_project(tmp_path)
+
+
+def test_missing_project_file_hint(tmp_path):
+    with pytest.raises(ProjectError) as exc:
+        load_project(tmp_path)
+    assert "tunesmith init" in exc.value.hint
+
+
+def test_overrides_beat_file(tmp_path):
+    init_project(tmp_path, task="Always answer with a JSON object.")
+    project = load_project(tmp_path, {"data.test_fraction": 0.2, "max_length": 64})
+    assert project.data.test_fraction == 0.2 and project.max_length == 64
+    assert project.resolved()["output"]["json"] is True
+
+
+def test_missing_schema_file_reported(tmp_path):
+    (tmp_path / "tunesmith.yaml").write_text("task: 'Answer with JSON always.'\noutput:\n  json_schema: nope.json\n")
+    with pytest.raises(ProjectError) as exc:
+        load_project(tmp_path)
+    assert any("nope.json" in d for d in exc.value.details)
+
+
+@pytest.mark.parametrize("project_dir", sorted(p.parent for p in EXAMPLES.glob("*/tunesmith.yaml")))
+def test_every_example_config_loads(project_dir):
+    project = load_project(project_dir)
+    assert project.task and project.base_model
+
+
+def test_build_data_runs_build_command(tmp_path):
+    (tmp_path / "make.py").write_text("open('data.jsonl', 'w').write('{}\\n')\n")
+    (tmp_path / "tunesmith.yaml").write_text("task: 'Answer with JSON always.'\nbuild: python make.py\n")
+    project = load_project(tmp_path)
+    assert build_data(project) is True
+    assert (tmp_path / "data.jsonl").exists()
+    assert build_data(project) is False  # already built
+
+
+def test_build_failure_is_clear(tmp_path):
+    (tmp_path / "make.py").write_text("raise SystemExit('boom: no source here')\n")
+    (tmp_path / "tunesmith.yaml").write_text("task: 'Answer with JSON always.'\nbuild: python make.py\n")
+    with pytest.raises(ProjectError, match="failed with exit status 1") as exc:
+        build_data(load_project(tmp_path))
+    assert any("boom" in d for d in exc.value.details)
+
+
+def test_missing_data_without_build(tmp_path):
+    (tmp_path / "tunesmith.yaml").write_text("task: 'Answer with JSON always.'\n")
+    with pytest.raises(ProjectError, match="does not exist") as exc:
+        build_data(load_project(tmp_path))
+    assert "build" in exc.value.hint
