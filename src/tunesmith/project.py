@@ -146,6 +146,8 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
         raise ProjectError(f"{file}: no project file", f"create one with `tunesmith init {d}`")
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProjectError(f"{file}: cannot be read ({exc})", "check the file's permissions and encoding (UTF-8)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)

@@ -209,3 +209,14 @@ def test_build_cli(tmp_path):
     (tmp_path / "tunesmith.yaml").write_text("task: 'Answer the question briefly.'\n")
     result = run("build", tmp_path)
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_check_skips_token_stats_when_project_model_is_unavailable(tmp_path):
+    _project(tmp_path, clean_examples(60), extra="base_model: builtin:not-a-model\n")
+    result = run("check", tmp_path / "data.jsonl", "--json")
+    assert result.exit_code == 0
+    assert "token statistics skipped" in result.stderr
+    assert "not-a-model" in json.loads(result.stdout)["stats"]["tokens_skipped"]
+    # asked for explicitly by flag: an error
+    result = run("check", tmp_path / "data.jsonl", "--model", "builtin:not-a-model")
+    assert result.exit_code == 2 and "hint:" in result.stderr

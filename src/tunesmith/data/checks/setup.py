@@ -48,7 +48,15 @@ def check_context(
             ctx.test_file = test_file
     model_ref = model or (project.base_model if project is not None else None)
     if tokens and model_ref:
+        from tunesmith.errors import ModelError
         from tunesmith.models.resolve import load_tokenizer, resolve_model
 
-        ctx.tokenizer = load_tokenizer(resolve_model(model_ref, progress=say))
+        try:
+            ctx.tokenizer = load_tokenizer(resolve_model(model_ref, progress=say))
+        except ModelError as exc:
+            if model is not None:
+                raise  # asked for by flag: an error, not a silent skip
+            ctx.stats["tokens_skipped"] = f"{exc.message} ({exc.hint})"
+            if say is not None:
+                say(f"warning: token statistics skipped: {exc.message}\nhint: {exc.hint}")
     return ctx
