@@ -74,14 +74,16 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
             progress(ex.offset)
         if ex.problems:
             for p in ex.problems:
-                structure.setdefault((p.check, p.message), []).append(ex.line)
+                message = f"{p.where or 'record'}: {p.check} (details withheld: sealed test set)" if ctx.sealed else p.message
+                structure.setdefault((p.check, message), []).append(ex.line)
             continue
         valid += 1
         formats[ex.format] += 1
         duplicate = exact.is_duplicate(ex)
         for check in curation:
             if check is near and duplicate:
-                continue  # exact copies are reported once, as exact duplicates
+                near.observe_overlap(ex)  # copies are one exact_duplicate, but each copy of a test row counts
+                continue
             check.observe(ex)
         if tokens is not None:
             tokens.observe(ex)
@@ -89,10 +91,10 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
     if records == 0:
         findings.append(finding("too_few_examples", [], f"{ctx.file.name} holds no examples (the file is empty)",
                                 hint="add one JSON object per line"))
-    elif valid == 0 and looks_like_json_array(ctx.file):
-        findings.append(finding("invalid_json_line", [1], "the file is one JSON array, not JSON Lines",
-                                hint=f"convert it: tunesmith convert {ctx.file} -o {ctx.file.stem}.jsonl --to messages"))
     else:
+        if looks_like_json_array(ctx.file):
+            findings.append(finding("invalid_json_line", [1], "the file is one JSON array, not JSON Lines",
+                                    hint=f"convert it: tunesmith convert {ctx.file} -o {ctx.file.stem}.jsonl --to messages"))
         findings.extend(too_few(valid, ctx))
     for check in (exact, *curation, *([tokens] if tokens else [])):
         findings.extend(check.finish(ctx))

@@ -65,6 +65,7 @@ class OutputContract:
 
             self._validator = validators.validator_for(ctx.schema)(ctx.schema)
         self._regex = re.compile(ctx.regex, re.DOTALL) if ctx.regex else None
+        self._sealed = ctx.sealed
         self._not_json: list[int] = []
         self._json_count = 0
         self._outputs = 0
@@ -92,8 +93,7 @@ class OutputContract:
             self._json_count += 1
             if self._validator is not None:
                 for err in self._validator.iter_errors(value):
-                    path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-                    self._schema_errors.setdefault(f"{path}: {err.message[:160]}", []).append(ex.line)
+                    self._schema_errors.setdefault(self._describe(err), []).append(ex.line)
                     break
             keys: set[str] = set()
             _keys(value, keys)
@@ -105,6 +105,14 @@ class OutputContract:
         for style in seen_styles:
             self._styles[style] += 1
             self._lines_by_style.setdefault(style, []).append(ex.line)
+
+    def _describe(self, err) -> str:
+        """jsonschema's message quotes the data; a sealed file only gets the schema rule that failed."""
+        if self._sealed:
+            rule = "/".join(str(p) for p in err.schema_path)
+            return f"schema rule {rule or err.validator} failed"
+        path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+        return f"{path}: {err.message[:160]}"
 
     def finish(self, ctx: CheckContext) -> list[Finding]:
         out: list[Finding] = []

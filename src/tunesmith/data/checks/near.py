@@ -81,11 +81,15 @@ class NearDuplicates:
                         self._test_inputs.setdefault(input_key(ex), raw.line)
                         self.index.add(ex.dialogue_text(), raw.line, raw.offset, REFERENCE)
 
-    def observe(self, ex: Example) -> None:
+    def observe_overlap(self, ex: Example) -> None:
+        """Record an exact input match with a sealed test row (without indexing for near-duplicates)."""
         if self._test_inputs:
             test_line = self._test_inputs.get(input_key(ex))
             if test_line is not None:
                 self._exact_overlap.setdefault(test_line, []).append(ex.line)
+
+    def observe(self, ex: Example) -> None:
+        self.observe_overlap(ex)
         self.index.add(ex.dialogue_text(), ex.line, ex.offset, MAIN)
 
     def finish(self, ctx: CheckContext) -> list[Finding]:

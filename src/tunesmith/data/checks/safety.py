@@ -45,8 +45,7 @@ class Safety:
     def observe(self, ex: Example) -> None:
         for m in ex.messages:
             self._scan("secret", self._secret_re, self._secret_names, m.content, ex.line)
-            if "@" in m.content or any(c.isdigit() for c in m.content[:4096]):
-                self._scan("pii", self._pii_re, self._pii_names, m.content, ex.line)
+            self._scan("pii", self._pii_re, self._pii_names, m.content, ex.line)
 
     def finish(self, ctx: CheckContext) -> list[Finding]:
         return [
