@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import FORMATS, Example, parse_record
-from tunesmith.data.reader import BOM, iter_raw, looks_like_json_array, open_checked
+from tunesmith.data.formats import FORMATS, iter_examples, parse_record
+from tunesmith.data.reader import BOM, looks_like_json_array, open_checked
 from tunesmith.errors import UsageError
 from tunesmith.io import write_jsonl_atomic
 
@@ -36,13 +36,7 @@ def _examples(source: Path):
             for i, item in enumerate(items, start=1):
                 yield parse_record(item, i)
             return
-    for raw in iter_raw(source):
-        if raw.error is not None:
-            from tunesmith.data.formats import Problem
-
-            yield Example(raw.line, "?", [], raw.offset, [Problem(*raw.error)])
-        else:
-            yield parse_record(raw.value, raw.line, raw.offset)
+    yield from iter_examples(source)
 
 
 def convert_file(source: Path, output: Path, to: str) -> ConvertResult:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.checks import CheckContext, CheckReport, run_check
-from tunesmith.data.split import _raw_lines
+from tunesmith.data.reader import iter_raw_lines
 from tunesmith.errors import UsageError
 from tunesmith.io import atomic_writer, write_jsonl_atomic
 
@@ -49,7 +49,7 @@ def fix_file(ctx: CheckContext, output: Path) -> FixResult:
     drop = lines_to_drop(report)
     kept = 0
     with atomic_writer(output, "wb") as fh:
-        for lineno, raw in enumerate(_raw_lines(source), start=1):
+        for lineno, raw in iter_raw_lines(source):
             if raw.strip() and lineno not in drop:
                 fh.write(raw + b"\n")
                 kept += 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from collections.abc import Iterator
+from pathlib import Path
 from typing import ClassVar
 
 ROLES = ("system", "user", "assistant")
@@ -320,3 +322,14 @@ def parse_record(value: object, line: int, offset: int = 0) -> Example:
     elif not messages and not problems:
         problems.append(Problem("missing_assistant", "no turns at all"))
     return Example(line, fmt.name, messages, offset, problems)
+
+
+def iter_examples(path: str | Path) -> Iterator[Example]:
+    """Every non-blank line of a JSONL file as an Example; unreadable lines come with problems attached."""
+    from tunesmith.data.reader import iter_raw
+
+    for raw in iter_raw(path):
+        if raw.error is not None:
+            yield Example(raw.line, "?", [], raw.offset, [Problem(*raw.error)])
+        else:
+            yield parse_record(raw.value, raw.line, raw.offset)

@@ -87,6 +87,15 @@ def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawRecord]:
             yield RawRecord(lineno, start, value=value)
 
 
+def iter_raw_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes without line ending) for every line, numbered exactly as iter_raw does."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            yield lineno, raw.rstrip(b"\r\n")
+
+
 def read_line_at(path: str | os.PathLike[str], offset: int) -> object:
     """Re-read and parse the line that starts at a byte offset (used to verify candidates lazily)."""
     with open(path, "rb") as fh:

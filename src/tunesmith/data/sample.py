@@ -8,8 +8,7 @@ from typing import Any
 
 from tunesmith.data.diversity import default_sample_size, hashed_vectors, k_center
 from tunesmith.data.formats import parse_record
-from tunesmith.data.reader import iter_raw
-from tunesmith.data.split import _raw_lines
+from tunesmith.data.reader import iter_raw, iter_raw_lines
 from tunesmith.errors import DataError, UsageError
 from tunesmith.io import atomic_writer
 
@@ -43,7 +42,7 @@ def sample_diverse(file: Path, n: int | None = None, output: Path | None = None)
             raise UsageError(f"sample never writes over its input ({file})", "pass another path with -o")
         keep = set(chosen)
         with atomic_writer(output, "wb") as fh:
-            for lineno, raw_line in enumerate(_raw_lines(file), start=1):
+            for lineno, raw_line in iter_raw_lines(file):
                 if lineno in keep:
                     fh.write(raw_line + b"\n")
     return SampleResult(chosen, len(lines), output)

@@ -19,7 +19,7 @@ from tunesmith.data.checks.dedup import input_key
 from tunesmith.data.checks.near import MAIN, NearIndex
 from tunesmith.data.formats import parse_record
 from tunesmith.data.minhash import UnionFind
-from tunesmith.data.reader import BOM, iter_raw
+from tunesmith.data.reader import iter_raw, iter_raw_lines
 from tunesmith.errors import SealError, UsageError
 from tunesmith.io import atomic_writer, sha256_file, write_json_atomic
 
@@ -47,14 +47,6 @@ def seal_path_for(test: Path) -> Path:
 
 def row_hash(raw: bytes) -> str:
     return hashlib.sha256(raw.strip()).hexdigest()
-
-
-def _raw_lines(path: Path) -> list[bytes]:
-    with open(path, "rb") as fh:
-        lines = fh.read().split(b"\n")
-    if lines and lines[0].startswith(BOM):
-        lines[0] = lines[0][len(BOM):]
-    return [ln.rstrip(b"\r") for ln in lines]
 
 
 def split_file(source: Path, train: Path, test: Path, *, test_fraction: float = 0.15,
@@ -87,7 +79,7 @@ def split_file(source: Path, train: Path, test: Path, *, test_fraction: float = 
     rows: list[str] = []
     n_train = 0
     with atomic_writer(train, "wb") as ftrain, atomic_writer(test, "wb") as ftest:
-        for lineno, raw_line in enumerate(_raw_lines(source), start=1):
+        for lineno, raw_line in iter_raw_lines(source):
             if not raw_line.strip():
                 continue
             if lineno in test_lines:
@@ -147,7 +139,7 @@ def verify_seal(test: Path, seal: Path | None = None) -> SealReport:
         raise SealError(f"{test}: the sealed test set is missing", "restore it, or re-split with `tunesmith split`")
     data = _load_seal(seal)
     sealed_rows: list[str] = data["rows"]
-    current = [(i, row_hash(ln)) for i, ln in enumerate(_raw_lines(test), start=1) if ln.strip()]
+    current = [(i, row_hash(ln)) for i, ln in iter_raw_lines(test) if ln.strip()]
     report = SealReport(test, True, len(current))
     if sha256_file(test) == data.get("file_sha256"):
         return report

@@ -7,7 +7,7 @@ reports in `finish`. Findings are sorted errors first.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from tunesmith.data.checks.near import NearDuplicates
 from tunesmith.data.checks.prompts import SystemPrompts
 from tunesmith.data.checks.safety import Safety
 from tunesmith.data.checks.size import TokenLengths, too_few
-from tunesmith.data.formats import Example, parse_record
+from tunesmith.data.formats import iter_examples
 from tunesmith.data.reader import iter_raw, looks_like_json_array, open_checked
 
 __all__ = ["CHECKS", "CheckContext", "CheckReport", "Finding", "run_check", "iter_examples"]
@@ -45,17 +45,6 @@ class CheckReport:
             "findings": [f.to_dict() for f in self.findings],
             "stats": self.stats,
         }
-
-
-def iter_examples(path: str | Path) -> Iterator[Example]:
-    """Every non-blank line as an Example; unreadable lines come back with problems attached."""
-    from tunesmith.data.formats import Problem
-
-    for raw in iter_raw(path):
-        if raw.error is not None:
-            yield Example(raw.line, "?", [], raw.offset, [Problem(*raw.error)])
-        else:
-            yield parse_record(raw.value, raw.line, raw.offset)
 
 
 def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) -> CheckReport:
