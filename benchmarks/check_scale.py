@@ -268,7 +268,18 @@ def child(file: str, planted_file: str, out_file: str) -> None:
 # driver
 # --------------------------------------------------------------------------------------------------
 
-def run_size(n: int, workdir: Path, seed: int, keep: bool, log) -> dict:
+def _limit_memory(gb: float | None):
+    if gb is None:
+        return None
+
+    def apply() -> None:  # runs in the child between fork and exec
+        limit = int(gb * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def run_size(n: int, workdir: Path, seed: int, keep: bool, log, memory_limit_gb: float | None = None) -> dict:
     data = workdir / f"chat_{n}.jsonl"
     log(f"[{n:>9,}] generating {data} ...")
     gen = generate(data, n, seed + n)
@@ -282,15 +293,19 @@ def run_size(n: int, workdir: Path, seed: int, keep: bool, log) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--_child", str(data), str(planted), str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_limit_memory(memory_limit_gb),
     )
     proc_s = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"check of {n} examples failed (exit {proc.returncode}):\n{proc.stdout}")
-    res = json.loads(out.read_text())
-    res.update({"size": n, "file_mb": gen["bytes"] / 1e6, "gen_s": gen["gen_s"], "process_s": proc_s})
-    log(f"[{n:>9,}] check {res['check_s']:.1f}s, {res['examples_per_s']:,.0f} ex/s, "
-        f"peak RSS {res['peak_rss_mb']:,.0f} MB, near recall {res['near_recall']:.4f}")
+    base = {"size": n, "file_mb": gen["bytes"] / 1e6, "gen_s": gen["gen_s"], "process_s": proc_s,
+            "near_planted": len(gen["near_pairs"]), "exact_planted": len(gen["exact_pairs"])}
+    if proc.returncode != 0 or not out.exists():
+        tail = proc.stdout.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        log(f"[{n:>9,}] check FAILED after {proc_s:.0f}s (exit {proc.returncode}): {tail[0]}")
+        res = {**base, "error": f"exit {proc.returncode}: {tail[0]}"}
+    else:
+        res = {**json.loads(out.read_text()), **base}
+        log(f"[{n:>9,}] check {res['check_s']:.1f}s, {res['examples_per_s']:,.0f} ex/s, "
+            f"peak RSS {res['peak_rss_mb']:,.0f} MB, near recall {res['near_recall']:.4f}")
     if not keep:
         for p in (data, planted, out):
             p.unlink(missing_ok=True)
@@ -298,32 +313,52 @@ def run_size(n: int, workdir: Path, seed: int, keep: bool, log) -> dict:
 
 
 def evaluate(results: list[dict]) -> list[dict]:
+    """Goal lines. A size whose check failed (crash, MemoryError under --memory-limit-gb) fails every
+    goal it takes part in."""
     by_size = {r["size"]: r for r in results}
+    ok = [r for r in results if "error" not in r]
+    failed = [r for r in results if "error" in r]
+    failed_sizes = ", ".join(f"{r['size']:,}" for r in failed)
+    failed_note = f"; check failed at {failed_sizes}" if failed else ""
     goals = []
-    worst = min(results, key=lambda r: r["examples_per_s"])
-    goals.append({
-        "goal": f"throughput >= {GOAL_EXAMPLES_PER_S:,} examples/s (whole check, every size)",
-        "value": f"worst {worst['examples_per_s']:,.0f}/s at {worst['size']:,}",
-        "status": "PASS" if worst["examples_per_s"] >= GOAL_EXAMPLES_PER_S else "FAIL",
-    })
-    if 1_000_000 in by_size:
-        rss = by_size[1_000_000]["peak_rss_mb"]
-        goals.append({"goal": f"1M examples: peak RSS < {GOAL_RSS_MB_AT_1M:,} MB", "value": f"{rss:,.0f} MB",
-                      "status": "PASS" if rss < GOAL_RSS_MB_AT_1M else "FAIL"})
+
+    goal = f"throughput >= {GOAL_EXAMPLES_PER_S:,} examples/s (whole check, every size)"
+    if ok:
+        worst = min(ok, key=lambda r: r["examples_per_s"])
+        value = f"worst {worst['examples_per_s']:,.0f}/s at {worst['size']:,}"
+        passed = worst["examples_per_s"] >= GOAL_EXAMPLES_PER_S and not failed
     else:
-        goals.append({"goal": f"1M examples: peak RSS < {GOAL_RSS_MB_AT_1M:,} MB", "value": "1M not run", "status": "SKIP"})
-    if 1_000_000 in by_size and 100_000 in by_size:
-        ratio = by_size[1_000_000]["check_s"] / by_size[100_000]["check_s"]
-        goals.append({"goal": f"time(1M) / time(100k) <= {GOAL_TIME_RATIO:g}", "value": f"{ratio:.2f}",
-                      "status": "PASS" if ratio <= GOAL_TIME_RATIO else "FAIL"})
+        value, passed = "no size completed", False
+    goals.append({"goal": goal, "value": value + failed_note, "status": "PASS" if passed else "FAIL"})
+
+    goal = f"1M examples: peak RSS < {GOAL_RSS_MB_AT_1M:,} MB"
+    r = by_size.get(1_000_000)
+    if r is None:
+        goals.append({"goal": goal, "value": "1M not run", "status": "SKIP"})
+    elif "error" in r:
+        goals.append({"goal": goal, "value": f"check failed: {r['error']}", "status": "FAIL"})
     else:
-        goals.append({"goal": f"time(1M) / time(100k) <= {GOAL_TIME_RATIO:g}", "value": "needs 100k and 1M", "status": "SKIP"})
-    worst_r = min(results, key=lambda r: r["near_recall"])
-    goals.append({
-        "goal": f"near-duplicate recall >= {GOAL_RECALL} (planted pairs, Jaccard >= {NEAR_MIN_JACCARD}, every size)",
-        "value": f"worst {worst_r['near_recall']:.4f} at {worst_r['size']:,}",
-        "status": "PASS" if worst_r["near_recall"] >= GOAL_RECALL else "FAIL",
-    })
+        goals.append({"goal": goal, "value": f"{r['peak_rss_mb']:,.0f} MB",
+                      "status": "PASS" if r["peak_rss_mb"] < GOAL_RSS_MB_AT_1M else "FAIL"})
+
+    goal = f"time(1M) / time(100k) <= {GOAL_TIME_RATIO:g}"
+    big, small = by_size.get(1_000_000), by_size.get(100_000)
+    if big is None or small is None:
+        goals.append({"goal": goal, "value": "needs 100k and 1M", "status": "SKIP"})
+    elif "error" in big or "error" in small:
+        goals.append({"goal": goal, "value": "check failed", "status": "FAIL"})
+    else:
+        ratio = big["check_s"] / small["check_s"]
+        goals.append({"goal": goal, "value": f"{ratio:.2f}", "status": "PASS" if ratio <= GOAL_TIME_RATIO else "FAIL"})
+
+    goal = f"near-duplicate recall >= {GOAL_RECALL} (planted pairs, Jaccard >= {NEAR_MIN_JACCARD}, every size)"
+    if ok:
+        worst = min(ok, key=lambda r: r["near_recall"])
+        value = f"worst {worst['near_recall']:.4f} at {worst['size']:,}"
+        passed = worst["near_recall"] >= GOAL_RECALL and not failed
+    else:
+        value, passed = "no size completed", False
+    goals.append({"goal": goal, "value": value + failed_note, "status": "PASS" if passed else "FAIL"})
     return goals
 
 
@@ -340,12 +375,21 @@ def print_table(results: list[dict], goals: list[dict]) -> None:
         ("near findings", lambda r: f"{r['near_findings']:,}"),
         ("unexplained lines", lambda r: f"{r['near_lines_unexplained']:,}"),
     ]
-    rows = [[c[0] for c in cols]] + [[c[1](r) for c in cols] for r in results]
+    rows = [[c[0] for c in cols]]
+    for r in results:
+        if "error" in r:
+            rows.append([f"{r['size']:,}", f"{r['file_mb']:,.0f}", f"{r['gen_s']:.1f}",
+                         f"FAILED after {r['process_s']:.0f}s"] + [""] * (len(cols) - 4))
+        else:
+            rows.append([c[1](r) for c in cols])
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     for k, row in enumerate(rows):
-        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip())
         if k == 0:
             print("  ".join("-" * w for w in widths))
+    for r in results:
+        if "error" in r:
+            print(f"  {r['size']:,}: {r['error']}")
     print()
     for g in goals:
         print(f"{g['status']:4}  {g['goal']}: {g['value']}")
@@ -359,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--workdir", type=Path, help="where to write the datasets (default: a temp dir, removed after)")
     ap.add_argument("--keep", action="store_true", help="keep the generated datasets (use with --workdir)")
+    ap.add_argument("--memory-limit-gb", type=float, default=None,
+                    help="cap the checking child's address space (RLIMIT_AS); a check that exceeds it is reported as failed")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
@@ -380,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir
         workdir.mkdir(parents=True, exist_ok=True)
     try:
-        results = [run_size(n, workdir, args.seed, args.keep, log) for n in sizes]
+        results = [run_size(n, workdir, args.seed, args.keep, log, args.memory_limit_gb) for n in sizes]
     finally:
         if tmp is not None and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,7 +339,7 @@ def test_output_schema(data, check):
     found = assert_all(report, "output_schema", "error", [14, 29, 57])
     grouped = {tuple(f["lines"]): f["message"] for f in found}
     assert set(grouped) == {(14, 29), (57,)}
-    assert grouped[(14, 29)].startswith("2 output(s) break the schema: $.label:")
+    assert grouped[(14, 29)].startswith("2 output(s) break the schema at $.label (type), e.g. ")
     assert "summary_text" in grouped[(57,)]
     assert_absent(check(data.clean(70, json_outputs=True), name="control.jsonl", schema=SCHEMA), "output_schema")
 
@@ -432,8 +431,7 @@ def _expected_tokens(example: dict) -> int:
 
 def test_too_long(data, check, word_tokenizer):
     long_one = data.msgs(data.long_text(7, 300), data.long_text(8, 20))
-    items = data.planted({11: long_one, 47: long_one | {"messages": long_one["messages"][:1] + [
-        {"role": "assistant", "content": data.long_text(9, 150)}]}})
+    items = data.planted({11: long_one, 47: data.msgs(data.long_text(10, 150), data.long_text(9, 150))})
     expected = [_expected_tokens(ex) for ex in items]
     assert sorted(expected)[-3] < 100 < sorted(expected)[-2]  # only the two planted ones are long
     report = check(items, tokenizer=word_tokenizer, max_length=100)
@@ -519,11 +517,8 @@ def test_test_overlap(data, check, tmp_path):
     assert_absent(run_check(CheckContext(file=test_file, test_file=test_file)), "test_overlap")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: checks/__init__.py run_check skips NearDuplicates.observe for exact duplicates, and "
-    "NearDuplicates.observe is also where exact test-set overlap is recorded, so a second copy of a "
-    "training example equal to a test row is missing from test_overlap's lines"))
 def test_test_overlap_lists_every_copy(data, check, tmp_path):
+    """Regression: exact copies skip near-duplicate indexing, but each copy of a test row is reported."""
     test_rows = data.clean(5, seed=99)
     test_file = data.write(tmp_path / "test.jsonl", test_rows)
     items = data.clean(70)
@@ -570,10 +565,8 @@ def test_pii(data, check):
     assert_absent(check(ok, name="control.jsonl"), "pii")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: checks/safety.py Safety.observe only runs the PII regex when the content contains '@' or a "
-    "digit within its first 4096 characters, so a phone number after character 4096 is never found"))
 def test_pii_phone_number_late_in_a_long_turn(data, check):
+    """Regression: PII is scanned in full, not only when a digit appears in the first 4096 characters."""
     filler = " ".join(data.vocab[:800])
     assert len(filler) > 4096
     report = check(data.planted({5: data.msgs(filler + " call me at 555-123-4567", "ok sure")}))
@@ -616,35 +609,29 @@ def test_sealed_findings_never_quote_the_data(data, check):
 
 
 @pytest.mark.parametrize("planted, ctx", [
-    pytest.param({TOKEN: "x", "other": "y"}, {}, id="unknown_format-keys", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: formats.py parse_record puts the record's keys in the unknown_format message, "
-        "and run_check uses it even when ctx.sealed"))),
+    pytest.param({TOKEN: "x", "other": "y"}, {}, id="unknown_format-keys"),
     pytest.param({"messages": [{"role": TOKEN, "content": "x"}, {"role": "assistant", "content": "y"}]}, {},
-                 id="unknown_role-value", marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: formats.py MessagesFormat.parse quotes the role value in the unknown_role "
-                     "message, even when ctx.sealed"))),
+                 id="unknown_role-value"),
     pytest.param({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y",
                                                                     "weight": TOKEN}]}, {},
-                 id="content_type-weight", marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: formats.py MessagesFormat.parse quotes the weight value in the content_type "
-                     "message, even when ctx.sealed"))),
+                 id="content_type-weight"),
     pytest.param({"messages": [{"role": "user", "content": "x"},
                                {"role": "assistant", "content": json.dumps({"label": [TOKEN], "summary_text": "b"})}]},
-                 {"schema": SCHEMA}, id="output_schema-value", marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: checks/contract.py OutputContract.observe puts jsonschema's err.message (which "
-                     "repr()s the offending instance) and the key path in the output_schema message, "
-                     "even when ctx.sealed"))),
+                 {"schema": SCHEMA}, id="output_schema-value"),
     pytest.param({"messages": [{"role": "user", "content": "x"},
                                {"role": "assistant", "content": json.dumps({"label": "a", "summary_text": "b",
                                                                             TOKEN: 1})}]},
-                 {"schema": SCHEMA}, id="output_schema-key", marks=pytest.mark.xfail(strict=True, reason=(
-                     "BUG: checks/contract.py: 'Additional properties are not allowed (KEY was unexpected)' "
-                     "quotes the output's key in the output_schema message even when ctx.sealed"))),
+                 {"schema": SCHEMA}, id="output_schema-key"),
 ])
 def test_sealed_structure_and_schema_messages_do_not_quote_the_data(data, check, planted, ctx):
+    """Regression: structure problems (keys, role and weight values) and jsonschema messages (which
+    quote the offending instance or key) are withheld when the file is sealed, yet still reported."""
     report = check(data.planted({7: planted}, json_outputs=True), sealed=True, **ctx)
     assert {ln for f in report.to_dict()["findings"] for ln in f["lines"]} == {7}
     _assert_sealed(report)
+    # the control: unsealed, the same finding does quote the data
+    unsealed = check(data.planted({7: planted}, json_outputs=True), name="unsealed.jsonl", **ctx)
+    assert TOKEN.lower() in json.dumps(unsealed.to_dict()["findings"]).lower()
 
 
 # --- severity and exit semantics -----------------------------------------------------------------
@@ -714,3 +701,24 @@ def test_progress_callback(data, check, tmp_path):
     calls: list[int] = []
     run_check(CheckContext(file=path), progress=calls.append)
     assert calls[-1] == -1
+
+
+def test_output_schema_groups_different_bad_values_into_one_finding(tmp_path):
+    from datagen import clean_examples, write_jsonl
+
+    rows = clean_examples(60)
+    for i, r in enumerate(rows):
+        r["messages"][2]["content"] = json.dumps({"item_id": f"not-an-int-{i}", "summary": "x"})
+    schema = {"type": "object", "properties": {"item_id": {"type": "integer"}, "summary": {"type": "string"}}}
+    report = run_check(CheckContext(file=write_jsonl(tmp_path / "d.jsonl", rows), schema=schema, expects_json=True))
+    schema_findings = [f for f in report.findings if f.check == "output_schema"]
+    assert len(schema_findings) == 1 and len(schema_findings[0].lines) == 60
+    assert "$.item_id (type)" in schema_findings[0].message
+
+
+def test_boolean_weight_is_rejected(tmp_path):
+    from tunesmith.data.formats import parse_record
+
+    ex = parse_record({"messages": [{"role": "user", "content": "q"},
+                                    {"role": "assistant", "content": "a", "weight": True}]}, 1)
+    assert [p.check for p in ex.problems] == ["content_type"]

@@ -140,7 +140,7 @@ class MessagesFormat(Format):
             if content is None:
                 continue
             weight = turn.get("weight")
-            if weight is not None and (role != "assistant" or weight not in (0, 1)):
+            if weight is not None and (role != "assistant" or isinstance(weight, bool) or weight not in (0, 1)):
                 problems.append(Problem(
                     "content_type", f"{where}.weight must be 0 or 1 and only on assistant turns, got {weight!r}", f"{where}.weight",
                 ))

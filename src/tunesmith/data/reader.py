@@ -110,7 +110,10 @@ def looks_like_json_array(path: str | os.PathLike[str]) -> bool:
     """True when the file is one JSON array (a common export mistake), not JSON Lines."""
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip(BOM).lstrip()
-    return head.startswith(b"[")
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 4096))
+        tail = fh.read().rstrip()
+    return head.startswith(b"[") and tail.endswith(b"]")
 
 
 def _describe_json_error(text: str, exc: json.JSONDecodeError) -> str:

@@ -83,7 +83,7 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
     else:
         if looks_like_json_array(ctx.file):
             findings.append(finding("invalid_json_line", [1], "the file is one JSON array, not JSON Lines",
-                                    hint=f"convert it: tunesmith convert {ctx.file} -o {ctx.file.stem}.jsonl --to messages"))
+                                    hint=f"convert it: tunesmith convert {ctx.file} -o {ctx.file.stem}.converted.jsonl --to messages"))
         findings.extend(too_few(valid, ctx))
     for check in (exact, *curation, *([tokens] if tokens else [])):
         findings.extend(check.finish(ctx))

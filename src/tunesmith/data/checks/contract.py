@@ -70,6 +70,7 @@ class OutputContract:
         self._json_count = 0
         self._outputs = 0
         self._schema_errors: dict[str, list[int]] = {}
+        self._schema_examples: dict[str, str] = {}
         self._regex_misses: list[int] = []
         self._styles: Counter[str] = Counter()
         self._lines_by_style: dict[str, list[int]] = {}
@@ -93,7 +94,10 @@ class OutputContract:
             self._json_count += 1
             if self._validator is not None:
                 for err in self._validator.iter_errors(value):
-                    self._schema_errors.setdefault(self._describe(err), []).append(ex.line)
+                    key = self._describe(err)
+                    self._schema_errors.setdefault(key, []).append(ex.line)
+                    if not self._sealed:
+                        self._schema_examples.setdefault(key, err.message[:160])
                     break
             keys: set[str] = set()
             _keys(value, keys)
@@ -111,8 +115,9 @@ class OutputContract:
         if self._sealed:
             rule = "/".join(str(p) for p in err.schema_path)
             return f"schema rule {rule or err.validator} failed"
-        path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-        return f"{path}: {err.message[:160]}"
+        # Grouped by where and which rule, so 1,000 different bad values make one finding, not 1,000.
+        path = "$" + "".join("[*]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+        return f"{path} ({err.validator})"
 
     def finish(self, ctx: CheckContext) -> list[Finding]:
         out: list[Finding] = []
@@ -128,8 +133,10 @@ class OutputContract:
                 severity=severity,
                 hint=None if ctx.expects_json else "fix them, or declare the contract with output.json: true in tunesmith.yaml",
             ))
-        for message, lines in sorted(self._schema_errors.items(), key=lambda kv: -len(kv[1])):
-            out.append(finding("output_schema", lines, f"{len(lines)} output(s) break the schema: {message}"))
+        for where, lines in sorted(self._schema_errors.items(), key=lambda kv: -len(kv[1])):
+            example = self._schema_examples.get(where)
+            out.append(finding("output_schema", lines, f"{len(lines)} output(s) break the schema at {where}"
+                               + (f", e.g. {example}" if example else "")))
         if self._regex_misses:
             out.append(finding(
                 "output_regex", self._regex_misses,
