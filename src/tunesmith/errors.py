@@ -44,3 +44,7 @@ class ModelError(TunesmithError):
 
 class UsageError(TunesmithError):
     """Flags or arguments that contradict each other or the project."""
+
+
+class RunNotFoundError(TunesmithError):
+    """A run reference (id, id prefix or `latest`) matches no run, or more than one."""

@@ -67,6 +67,36 @@ class CheckSettings(_Strict):
     near_duplicate_threshold: float = Field(0.8, gt=0.3, le=1.0, description="Jaccard similarity over character 5-grams.")
 
 
+class MixSettings(_Strict):
+    """Forgetting guard: mix general examples into training (the guide's "data mixing")."""
+
+    source: str = Field(..., description="A JSONL file of general examples, or `self` (the base model answers shipped general prompts).")
+    fraction: float = Field(0.05, ge=0.01, le=0.3, description="Mixed examples as a share of the training set (0.05-0.10 is typical).")
+
+
+class TrainSettings(_Strict):
+    """Every value is optional: unset ones are planned from the data (and the plan says why)."""
+
+    method: Literal["lora", "qlora", "full"] | None = None
+    rank: int | None = Field(None, ge=1, le=1024)
+    alpha: float | None = Field(None, gt=0)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    target_modules: list[str] | None = None
+    learning_rate: float | None = Field(None, gt=0, lt=1)
+    epochs: float | None = Field(None, gt=0, le=100)
+    batch_size: int | None = Field(None, ge=1, le=1024, description="Examples per device per step.")
+    effective_batch: int | None = Field(None, ge=1, le=4096, description="Examples per optimizer step.")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] | None = None
+    eval_fraction: float | None = Field(None, gt=0, le=0.5, description="Share of train held out for validation loss.")
+    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between evaluations (and checkpoints).")
+    patience: int | None = Field(None, ge=1, le=100, description="Evaluations of rising eval loss before stopping.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None
+    seed: int | None = None
+    mix: MixSettings | None = None
+    runs_dir: str = Field("runs", description="Where run directories and the registry live.")
+
+
 class Project(_Strict):
     task: str = Field(..., min_length=10, description="One sentence: exactly what the tuned model must do.")
     task_kind: TaskKind = Field("format", description="Sets the minimum dataset size (the guide's table).")
@@ -77,6 +107,7 @@ class Project(_Strict):
     max_length: int | None = Field(None, ge=16, le=131072, description="Longest example in tokens (chat template included).")
     build: str | None = Field(None, description="Command that builds data.source when it is missing.")
     checks: CheckSettings = Field(default_factory=CheckSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
 
     # Not part of the file: where it was loaded from, so relative paths resolve.
     root: Path = Field(default=Path("."), exclude=True)

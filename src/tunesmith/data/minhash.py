@@ -37,6 +37,28 @@ def jaccard(a: set[bytes], b: set[bytes]) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
+def shingle_ids(text: str) -> np.ndarray:
+    """`shingle_set` as a sorted array of unique uint64: each 5-byte window packed exactly into 40 bits.
+
+    The packing is one-to-one, so sizes and intersections (hence `jaccard_ids`) equal those of the
+    byte-string sets, at about a tenth of the memory and time.
+    """
+    buf = np.frombuffer(shingle_text(text), dtype=np.uint8).astype(np.uint64)
+    count = buf.shape[0] - NGRAM + 1
+    packed = buf[:count].copy()
+    for k in range(1, NGRAM):
+        packed = (packed << np.uint64(8)) | buf[k : count + k]
+    return np.unique(packed)
+
+
+def jaccard_ids(a: np.ndarray, b: np.ndarray) -> float:
+    """`jaccard` over two `shingle_ids` arrays (same value, bit for bit)."""
+    if not a.size and not b.size:
+        return 1.0
+    inter = int(np.intersect1d(a, b, assume_unique=True).size)
+    return inter / (int(a.size) + int(b.size) - inter)
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: spreads the packed 5 bytes over all 64 bits."""
     h = h ^ (h >> np.uint64(30))
@@ -120,8 +142,12 @@ def candidate_pairs(band_keys: np.ndarray) -> np.ndarray:
     if not chunks:
         return np.zeros((0, 2), dtype=np.int64)
     pairs = np.concatenate(chunks)
-    pairs = np.sort(pairs, axis=1)
-    return np.unique(pairs, axis=0)
+    # unique rows, sorted, via one int64 code per pair (i * n + j): same result as
+    # np.unique(np.sort(pairs, axis=1), axis=0), several times faster and without its row copies
+    codes = np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1])
+    del pairs
+    codes = np.unique(codes)
+    return np.stack([codes // n, codes % n], axis=1)
 
 
 class UnionFind:

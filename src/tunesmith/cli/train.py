@@ -1,0 +1,144 @@
+"""`tunesmith train`: plan from the data, print the plan and why, train, record the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from tunesmith.cli import app
+from tunesmith.cli._errors import handle_errors
+from tunesmith.cli._output import console
+from tunesmith.errors import UsageError
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+@app.command()
+@handle_errors
+def train(
+    project: Path = typer.Option(Path("."), "--project", "-p", help="Project directory."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (with measured step time) and stop."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue RUN (id, prefix or 'latest') from its last checkpoint."),
+    name: Optional[str] = typer.Option(None, "--name", help="A short name added to the run id."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", hidden=True, help="Exact run id (used by multi-process launches)."),
+    method: Optional[str] = typer.Option(None, "--method", help="lora | qlora | full."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--lr", help="Peak learning rate."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training data."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per device per step."),
+    effective_batch: Optional[int] = typer.Option(None, "--effective-batch", help="Examples per optimizer step."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest example in tokens."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between evaluations and checkpoints."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Rising evaluations before the overfitting stop."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes via accelerate (DDP)."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON event per line on stdout."),
+) -> None:
+    """Train a LoRA / QLoRA / full fine-tune of the base model on the project's training split."""
+    flags: dict[str, Any] = {
+        "method": method, "rank": rank, "alpha": alpha, "learning_rate": learning_rate, "epochs": epochs,
+        "batch_size": batch_size, "effective_batch": effective_batch, "max_length": max_length,
+        "eval_every": eval_every, "patience": patience, "precision": precision, "seed": seed,
+    }
+    if method is not None and method not in ("lora", "qlora", "full"):
+        raise UsageError(f"--method {method!r} is not a method", "use lora, qlora or full")
+    if precision is not None and precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise UsageError(f"--precision {precision!r} is not a precision", "use auto, bf16, fp16 or fp32")
+    if num_processes > 1:
+        _launch(num_processes, project, run_id or _new_id(name))
+        return
+    from tunesmith.train.api import train_project
+
+    def show_plan(plan: dict[str, Any]) -> None:
+        if json_out:
+            print(json.dumps({"event": "plan", **plan}), flush=True)
+        else:
+            print_plan(plan)
+
+    outcome = train_project(project, flags, dry_run=dry_run, resume=resume, run_name=name, run_id=run_id,
+                            json_events=json_out, progress=not json_out, say=_say, on_plan=show_plan)
+    if dry_run:
+        return
+    if json_out:
+        print(json.dumps({"event": "done", "run_id": outcome.run_id, "run_dir": str(outcome.run_dir),
+                          "metrics": outcome.metrics}))
+        return
+    print_summary(outcome)
+
+
+def _new_id(name: str | None) -> str:
+    from tunesmith.runs import new_run_id
+
+    return new_run_id(name)
+
+
+def _launch(n: int, project: Path, run_id: str) -> None:
+    import torch
+
+    from tunesmith.train.distributed import launch_command
+
+    argv = [a for a in sys.argv[1:]]
+    cleaned: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--num-processes":
+            skip = True
+            continue
+        if a.startswith("--num-processes="):
+            continue
+        cleaned.append(a)
+    cmd = launch_command(n, [*cleaned, "--run-id", run_id], cpu=not torch.cuda.is_available())
+    _say(f"launching {n} processes: {' '.join(cmd)}")
+    env = dict(os.environ)
+    code = subprocess.call(cmd, env=env)
+    if code:
+        raise typer.Exit(code)
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out = console()
+    table = Table(title="training plan", show_lines=False)
+    for col in ("setting", "value", "from", "why"):
+        table.add_column(col)
+    for key, s in plan["settings"].items():
+        table.add_row(key, str(s["value"]), s["source"], s["why"])
+    out.print(table)
+    d = plan["derived"]
+    out.print(f"data: {d['examples']} examples -> {d['train_examples']} train + {d['eval_examples']} validation "
+              f"(a slice of train; the sealed test set is never used); {d['tokens_per_epoch']:,} tokens per epoch")
+    out.print(f"steps: {d['total_steps']} ({d['steps_per_epoch']} per epoch, gradient accumulation "
+              f"{d['gradient_accumulation']} x {d.get('processes', 1)} process(es)); {d['batching']}; device {d['device']}")
+    if "estimated_minutes" in d:
+        out.print(f"time: about {d['estimated_minutes']} min ({d['seconds_per_step']} s per step, measured on this machine)")
+    if "disk" in d:
+        out.print(f"disk: about {d['disk']['total_mb']} MB (output {d['disk']['output_mb']} MB + checkpoints)")
+    a = d.get("audit")
+    if a:
+        eot = "yes" if a["end_of_turn_trained"] == a["rows"] else f"NO for {a['rows'] - a['end_of_turn_trained']} row(s)"
+        out.print(f"labels: {a['trainable_share_mean']:.0%} of tokens trained on average (min {a['trainable_share_min']:.0%}); "
+                  f"{a['truncated']} row(s) truncated; end-of-turn token trained: {eot}")
+
+
+def print_summary(outcome) -> None:
+    m = outcome.metrics
+    out = console()
+    out.print(f"[bold]run {outcome.run_id}[/] -> {outcome.run_dir}")
+    out.print(f"train loss {m.get('train_loss')}, best eval loss {m.get('best_eval_loss')} (step {m.get('best_step')}); "
+              f"{m.get('steps')} steps in {m.get('wall_seconds')} s, {m.get('trained_tokens_per_s')} trained tokens/s")
+    if m.get("stopped_early"):
+        out.print(f"[yellow]stopped early:[/] {m['stopped_early']['why']}")

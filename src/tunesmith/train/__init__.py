@@ -1,0 +1,1 @@
+"""Training: a plan chosen from the data (with reasons), local TRL/PEFT training, run directories."""

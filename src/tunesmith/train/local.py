@@ -1,0 +1,207 @@
+"""Local training with transformers + PEFT: LoRA, QLoRA (CUDA) or full fine-tuning, resumable."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+from tunesmith.io import write_json_atomic
+from tunesmith.train.prepare import Prepared
+
+
+class TrainingError(TunesmithError):
+    """Training could not run or could not finish."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    metrics: dict[str, Any]
+    stopped_early: bool
+
+
+def build_model(prep: Prepared) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    plan = prep.plan
+    method = plan["method"]
+    dtype = torch.float32
+    kwargs: dict[str, Any] = {}
+    if prep.device.kind == "cuda":
+        dtype = torch.bfloat16 if plan["precision"] == "bf16" else torch.float16 if plan["precision"] == "fp16" else torch.float32
+    if method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    model = AutoModelForCausalLM.from_pretrained(str(prep.model_path), dtype=dtype, **kwargs)
+    model.config.use_cache = False
+    if method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=plan["rank"], lora_alpha=plan["alpha"], lora_dropout=plan["dropout"],
+        target_modules=plan["target_modules"], bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def training_arguments(prep: Prepared, run_dir: Path, *, report_to: list[str]) -> Any:
+    from transformers import TrainingArguments
+
+    plan, d = prep.plan, prep.plan.derived
+    has_eval = len(prep.eval.rows) > 0
+    every = plan["eval_every"]
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=plan["batch_size"],
+        per_device_eval_batch_size=plan["batch_size"],
+        gradient_accumulation_steps=d["gradient_accumulation"],
+        num_train_epochs=plan["epochs"],
+        learning_rate=plan["learning_rate"],
+        warmup_steps=plan["warmup_ratio"],
+        lr_scheduler_type=plan["scheduler"],
+        logging_steps=1,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=2,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        bf16=plan["precision"] == "bf16",
+        fp16=plan["precision"] == "fp16",
+        use_cpu=prep.device.kind == "cpu",
+        report_to=report_to,
+        seed=plan["seed"],
+        data_seed=plan["seed"],
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        train_sampling_strategy="group_by_length",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _rows(data) -> list[dict[str, list[int]]]:
+    return [{"input_ids": r.enc.input_ids, "labels": r.enc.labels} for r in data.rows]
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = run_dir / "checkpoints"
+    return Path(found) if ckpt_dir.is_dir() and (found := get_last_checkpoint(str(ckpt_dir))) else None
+
+
+def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_events: bool = False,
+                 progress: bool = True) -> TrainResult:
+    from tunesmith.train.callbacks import OverfitGuard, RichProgress, StepLog, json_emitter
+    from tunesmith.train.trainer import PadCollator, TunesmithTrainer
+
+    plan = prep.plan
+    model = build_model(prep)
+    args = training_arguments(prep, run_dir, report_to=[])
+    emit = json_emitter(json_events)
+    bar = RichProgress(plan.derived["total_steps"], enabled=progress and not json_events)
+    tokens_per_step = sum(len(r.enc.input_ids) for r in prep.train.rows) / max(1, plan.derived["steps_per_epoch"])
+
+    def forward(event: dict[str, Any]) -> None:
+        emit(event)
+        bar.update(event)
+
+    guard = OverfitGuard(plan["patience"])
+    pad_id = prep.tokenizer.pad_token_id if prep.tokenizer.pad_token_id is not None else prep.tokenizer.eos_token_id
+    trainer = TunesmithTrainer(
+        model=model, args=args, train_dataset=_rows(prep.train), eval_dataset=_rows(prep.eval) or None,
+        data_collator=PadCollator(pad_id), processing_class=prep.tokenizer,
+        callbacks=[StepLog(run_dir / "steps.jsonl", forward, tokens_per_step), guard, bar, *_tensorboard(run_dir)],
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)  # stdout is for --json events; people get the rich bar
+    trainer.remove_callback(ProgressCallback)
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    wall = time.perf_counter() - started
+    adapter_dir = run_dir / ("model" if plan["method"] == "full" else "adapter")
+    if trainer.is_world_process_zero():
+        _save_atomically(trainer, prep.tokenizer, adapter_dir)
+    history = [h for h in trainer.state.log_history if "eval_loss" in h]
+    steps_done = trainer.state.global_step - (_step_of(checkpoint) if checkpoint else 0)
+    metrics = {
+        "train_loss": round(float(output.training_loss), 6),
+        "final_step_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+        "best_eval_loss": trainer.state.best_metric,
+        "best_step": _step_of(Path(trainer.state.best_model_checkpoint)) if trainer.state.best_model_checkpoint else None,
+        "eval_losses": [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history],
+        "steps": trainer.state.global_step,
+        "wall_seconds": round(wall, 1),
+        "trained_tokens_per_s": round(steps_done * tokens_per_step / wall, 1) if wall > 0 else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "resumed_from_step": _step_of(checkpoint) if checkpoint else None,
+    }
+    stopped = guard.stopped_at is not None
+    if stopped:
+        metrics["stopped_early"] = {
+            "at_step": guard.stopped_at, "best_step": guard.best_step, "best_eval_loss": guard.best,
+            "why": f"eval loss rose for {guard.patience} evaluations while train loss kept falling (overfitting); "
+                   f"the best checkpoint (step {guard.best_step}) was restored",
+        }
+    return TrainResult(run_dir, adapter_dir, metrics, stopped)
+
+
+def _step_of(checkpoint: Path) -> int:
+    try:
+        return int(checkpoint.name.rsplit("-", 1)[-1])
+    except ValueError:
+        return 0
+
+
+def _save_atomically(trainer: Any, tokenizer: Any, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _tensorboard(run_dir: Path) -> list[Any]:
+    """TensorBoard logs in the run directory when tensorboard is installed (it is in the train extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
+
+
+def write_run_files(run_dir: Path, prep: Prepared) -> None:
+    write_json_atomic(run_dir / "plan.json", prep.plan.to_dict())
+    write_json_atomic(run_dir / "device.json", {"device": prep.device.describe(), "kind": prep.device.kind,
+                                                 "bf16": prep.device.bf16})
+    (run_dir / "steps.jsonl").touch()
