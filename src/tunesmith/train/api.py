@@ -105,7 +105,8 @@ def train_project(project_dir: Path | str, flags: dict[str, Any] | None = None, 
         record = registry.get(resume)
         run_id, run_dir = record.id, Path(record.path)
         saved_flags = record.config.get("flags", {}) if isinstance(record.config, dict) else {}
-        if flags and {k: v for k, v in flags.items() if v is not None} != saved_flags:
+        asked = {k: v for k, v in flags.items() if v is not None}
+        if asked and asked != saved_flags:
             raise UsageError("--resume continues a run with its own settings; flags cannot change them",
                              "drop the flags, or start a new run")
         flags = saved_flags

@@ -41,9 +41,11 @@ def launch_command(num_processes: int, argv: list[str], *, cpu: bool) -> list[st
     base = [accelerate] if accelerate else [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate:
         base.append("launch")
-    opts = ["--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # `--multi_gpu` selects the torchrun launcher, which also runs N CPU processes (gloo) when there is no
+    # GPU; accelerate's `--cpu` would start a single process (multi-CPU there means mpirun).
+    opts = ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no"]
     if cpu:
-        opts.append("--cpu")
-    else:
-        opts.append("--multi_gpu")
+        threads = max(1, (os.cpu_count() or 1) // num_processes)
+        opts += ["--num_cpu_threads_per_process", str(threads)]
     return [*base, *opts, "-m", "tunesmith", *argv]

@@ -97,7 +97,6 @@ def training_arguments(prep: Prepared, run_dir: Path, *, report_to: list[str]) -
         train_sampling_strategy="group_by_length",
         disable_tqdm=True,
         dataloader_num_workers=0,
-        gradient_checkpointing=False,
         ddp_find_unused_parameters=False,
     )
 
