@@ -48,7 +48,7 @@ def shingle_ids(text: str) -> np.ndarray:
     packed = buf[:count].copy()
     for k in range(1, NGRAM):
         packed = (packed << np.uint64(8)) | buf[k : count + k]
-    return np.unique(packed)
+    return _sorted_unique(packed)
 
 
 def jaccard_ids(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,38 +115,64 @@ class MinHasher:
         return key
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique for a 1-d integer array, by sorting. (NumPy 2's np.unique goes through a hash table,
+    which is ~100x slower than a sort for millions of int64.)"""
+    a = np.sort(a)
+    if a.size < 2:
+        return a
+    keep = np.empty(a.shape[0], dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
+
+
+def _stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """np.argsort(keys, kind="stable") (equal keys keep index order), from two fast unstable sorts."""
+    n = keys.shape[0]
+    order = np.argsort(keys)
+    if n < 2:
+        return order
+    sk = keys[order]
+    run_start = np.empty(n, dtype=bool)
+    run_start[0] = True
+    np.not_equal(sk[1:], sk[:-1], out=run_start[1:])
+    if run_start.all():
+        return order  # all keys distinct: the order is already the stable one
+    run_id = np.cumsum(run_start) - 1
+    # (run, index) codes are unique, so sorting them orders each run of equal keys by index
+    return np.sort(run_id * n + order) % n
+
+
 def candidate_pairs(band_keys: np.ndarray) -> np.ndarray:
-    """Unique (i, j) pairs, i < j, that share at least one band key.
+    """Unique (i, j) pairs, i < j, that share at least one band key, sorted.
 
     Within a bucket each member is paired with the bucket's first member and its predecessor: enough
     to connect clusters without the quadratic blow-up of a huge bucket.
     """
     n, bands = band_keys.shape
-    chunks = []
+    chunks = []  # one int64 code per pair: min(i, j) * n + max(i, j)
     for b in range(bands):
         keys = band_keys[:, b]
-        order = np.argsort(keys, kind="stable")
+        order = _stable_argsort(keys)
         sk = keys[order]
         same = sk[1:] == sk[:-1]
         if not same.any():
             continue
         idx = np.nonzero(same)[0]  # order[idx] and order[idx + 1] share a key
-        chunks.append(np.stack([order[idx], order[idx + 1]], axis=1))
+        left, right = order[idx], order[idx + 1]
+        chunks.append(np.minimum(left, right) * n + np.maximum(left, right))
         # star edges to the first member of each run
         run_start = np.concatenate(([True], ~same))
         first_of_run = np.maximum.accumulate(np.where(run_start, np.arange(n), 0))
         heads = first_of_run[idx + 1]
         far = heads != idx
         if far.any():
-            chunks.append(np.stack([order[heads[far]], order[idx[far] + 1]], axis=1))
+            left, right = order[heads[far]], order[idx[far] + 1]
+            chunks.append(np.minimum(left, right) * n + np.maximum(left, right))
     if not chunks:
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.concatenate(chunks)
-    # unique rows, sorted, via one int64 code per pair (i * n + j): same result as
-    # np.unique(np.sort(pairs, axis=1), axis=0), several times faster and without its row copies
-    codes = np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1])
-    del pairs
-    codes = np.unique(codes)
+    codes = _sorted_unique(np.concatenate(chunks))
     return np.stack([codes // n, codes % n], axis=1)
 
 

@@ -80,6 +80,10 @@ def encode_examples(tokenizer: Any, examples: list[Example], system_prompt: str 
     return data
 
 
+def truncate_rows(data: TrainingData, max_length: int, tokenizer: Any) -> TrainingData:
+    return TrainingData([Row(r.line, r.source, _truncate(r.enc, max_length, tokenizer), r.full_length) for r in data.rows])
+
+
 def _truncate(full: Encoded, max_length: int, tokenizer: Any) -> Encoded:
     if len(full.input_ids) <= max_length:
         return full

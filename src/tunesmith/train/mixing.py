@@ -32,10 +32,11 @@ def _pick(items: list[Any], k: int, key: Callable[[Any], str]) -> list[Any]:
     return sorted(items, key=lambda x: hashlib.sha256(key(x).encode()).hexdigest())[:k]
 
 
-def mix_rows(data: TrainingData, project: Project, tokenizer: Any, max_length: int, model_path: Path,
-             say: Callable[[str], None]) -> TrainingData:
+def mixed_rows(n_task: int, project: Project, tokenizer: Any, model_path: Path,
+               say: Callable[[str], None]) -> TrainingData:
+    """General examples to mix in (untruncated), sized so they make up `mix.fraction` of training."""
     mix = project.train.mix
-    k = mix_count(len(data.rows), mix.fraction)
+    k = mix_count(n_task, mix.fraction)
     if mix.source == "self":
         examples = self_replay(project, tokenizer, model_path, k, say)
     else:
@@ -46,10 +47,10 @@ def mix_rows(data: TrainingData, project: Project, tokenizer: Any, max_length: i
         if not pool:
             raise DataError(f"train.mix.source: {path} has no well-formed examples", f"run `tunesmith check {path}`")
         examples = _pick(pool, k, lambda ex: ex.dialogue_text())
-    mixed = encode_examples(tokenizer, examples, None, max_length, source="mix")
-    mixed.rows = [r for r in mixed.rows if r.enc.trainable > 0]
-    say(f"mixing {len(mixed.rows)} general example(s) into {len(data.rows)} ({mix.fraction:.0%}) against forgetting")
-    return TrainingData(data.rows + mixed.rows)
+    # General examples keep their own system prompt (or none): they are not the task.
+    mixed = encode_examples(tokenizer, examples, None, None, source="mix")
+    say(f"mixing {len(mixed.rows)} general example(s) into {n_task} ({mix.fraction:.0%}) against forgetting")
+    return mixed
 
 
 def self_replay(project: Project, tokenizer: Any, model_path: Path, k: int, say: Callable[[str], None]) -> list:

@@ -41,6 +41,8 @@ class PlanInputs:
     flags: dict[str, Any] = field(default_factory=dict)  # command-line overrides, unset keys omitted
     project_max_length: int | None = None
     world_size: int = 1
+    #: rows the validation slice may come from (task rows; mixed general rows are excluded)
+    n_held_out_pool: int | None = None
 
 
 @dataclass
@@ -139,7 +141,8 @@ def make_plan(inputs: PlanInputs) -> TrainPlan:
     choose("max_length", fitted, DATA, f"p99 of the data is {p99} tokens" + (f", capped at the model's {limit}" if fitted == limit else ""))
 
     eval_fraction = choose("eval_fraction", 0.1 if n >= 100 else 0.15, DEFAULT, "a slice of train for validation loss (never the test set)")
-    n_eval = max(2, min(200, int(round(n * eval_fraction)))) if n >= 10 else 0
+    pool = inputs.n_held_out_pool if inputs.n_held_out_pool is not None else n
+    n_eval = max(2, min(200, int(round(pool * eval_fraction)))) if pool >= 10 else 0
     world = max(1, inputs.world_size)
     if per_device * world > effective:
         raise UsageError(f"{world} processes x batch_size {per_device} exceed effective_batch {effective}",

@@ -14,10 +14,12 @@ from typing import Any
 from tunesmith.data.checks import run_check
 from tunesmith.data.checks.setup import check_context
 from tunesmith.data.split import seal_path_for, verify_seal
-from tunesmith.errors import DataError, SealError
+from tunesmith.errors import DataError, SealError, UsageError
 from tunesmith.io import sha256_file
 from tunesmith.project import Project
-from tunesmith.train.dataset import LabelAudit, TrainingData, audit, encode_examples, load_examples, validation_split
+from tunesmith.train.dataset import (
+    LabelAudit, TrainingData, audit, encode_examples, load_examples, truncate_rows, validation_split,
+)
 from tunesmith.train.device import DeviceInfo, detect_device
 from tunesmith.train.distributed import world_size
 from tunesmith.train.plan import PlanInputs, TrainPlan, make_plan
@@ -71,15 +73,21 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
     tokenizer = load_tokenizer(resolved)
     device = detect_device()
     examples = load_examples(train_path)
-    full = encode_examples(tokenizer, examples, project.system_prompt, max_length=None)
+    task = encode_examples(tokenizer, examples, project.system_prompt, max_length=None)
+    mixed = TrainingData()
+    if project.train.mix is not None:
+        from tunesmith.train.mixing import mixed_rows
+
+        mixed = mixed_rows(len(task.rows), project, tokenizer, resolved.path, say)
     model_max = _model_max_length(resolved.path)
     file_settings = {k: v for k, v in project.train.model_dump().items() if v is not None and k not in ("mix", "runs_dir")}
     plan = make_plan(PlanInputs(
-        n_examples=len(full.rows), token_lengths=full.lengths(), model_max_length=model_max, device=device,
-        n_params=_param_count(resolved.path), file=file_settings, flags={k: v for k, v in flags.items() if v is not None},
-        project_max_length=project.max_length, world_size=world_size(),
+        n_examples=len(task.rows) + len(mixed.rows), token_lengths=task.lengths() + mixed.lengths(),
+        model_max_length=model_max, device=device, n_params=_param_count(resolved.path), file=file_settings,
+        flags=validated_flags(flags), project_max_length=project.max_length, world_size=world_size(),
+        n_held_out_pool=len(task.rows),
     ))
-    data = encode_examples(tokenizer, examples, project.system_prompt, max_length=plan["max_length"])
+    data = truncate_rows(task, plan["max_length"], tokenizer)
     label_audit = audit(data)
     if label_audit.no_trainable_lines:
         lines = label_audit.no_trainable_lines
@@ -88,13 +96,35 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
             f"(lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''})",
             "raise max_length (tunesmith.yaml or --max-length), or shorten those prompts",
         )
-    if project.train.mix is not None:
-        from tunesmith.train.mixing import mix_rows
-
-        data = mix_rows(data, project, tokenizer, plan["max_length"], resolved.path, say)
+    # Validation comes from the task rows only: mixed general rows say nothing about the task.
     train, held = validation_split(data, plan.derived["eval_examples"])
+    mixed = truncate_rows(mixed, plan["max_length"], tokenizer)
+    train.rows += [r for r in mixed.rows if r.enc.trainable > 0]
     plan.derived["audit"] = label_audit.to_dict()
+    plan.derived["mixed_examples"] = len(mixed.rows)
     return Prepared(project, plan, label_audit, train, held, resolved.path, tokenizer, device, hashes)
+
+
+def validated_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags get the same range checks as tunesmith.yaml, reported with the flag's name."""
+    from pydantic import ValidationError
+
+    from tunesmith.project import Project, TrainSettings
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    problems = []
+    train_keys = {k: v for k, v in given.items() if k in TrainSettings.model_fields}
+    try:
+        TrainSettings.model_validate(train_keys)
+    except ValidationError as exc:
+        problems += [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+    if "max_length" in given:
+        low, high = 16, 131072
+        if not isinstance(given["max_length"], int) or not low <= given["max_length"] <= high:
+            problems.append(f"--max-length: must be between {low} and {high}")
+    if problems:
+        raise UsageError("flag value(s) out of range: " + "; ".join(problems), "fix the flags named above")
+    return given
 
 
 def _model_max_length(path: Path) -> int | None:
