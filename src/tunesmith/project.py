@@ -94,6 +94,7 @@ class TrainSettings(_Strict):
     precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None
     seed: int | None = None
     mix: MixSettings | None = None
+    report_to: list[Literal["wandb", "mlflow"]] = Field(default_factory=list, description="Extra trackers (TensorBoard is always on).")
     runs_dir: str = Field("runs", description="Where run directories and the registry live.")
 
 

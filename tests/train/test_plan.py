@@ -186,3 +186,16 @@ def test_project_file_and_flags_reach_the_plan(tmp_path, tiny_model_dir):
     assert s["max_length"]["source"] == DATA and s["max_length"]["value"] % 8 == 0
     assert plan["derived"]["audit"]["end_of_turn_trained"] == plan["derived"]["audit"]["rows"]
     assert "seconds_per_step" not in plan["derived"] and plan["derived"]["disk"]["total_mb"] > 0
+
+
+def test_trackers_only_when_asked_and_installed(monkeypatch):
+    import importlib.util
+
+    from tunesmith.errors import TunesmithError
+    from tunesmith.train.local import trackers
+
+    assert trackers([]) == []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(TunesmithError) as info:
+        trackers(["wandb"])
+    assert "pip install wandb" in info.value.hint

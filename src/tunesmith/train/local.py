@@ -119,7 +119,7 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
 
     plan = prep.plan
     model = build_model(prep)
-    args = training_arguments(prep, run_dir, report_to=[])
+    args = training_arguments(prep, run_dir, report_to=trackers(prep.project.train.report_to))
     emit = json_emitter(json_events)
     bar = RichProgress(plan.derived["total_steps"], enabled=progress and not json_events)
     tokens_per_step = sum(len(r.enc.input_ids) for r in prep.train.rows) / max(1, plan.derived["steps_per_epoch"])
@@ -185,6 +185,17 @@ def _save_atomically(trainer: Any, tokenizer: Any, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+def trackers(asked: list[str]) -> list[str]:
+    """wandb / mlflow only when asked for, and then only if installed (never a surprise upload)."""
+    import importlib.util
+
+    missing = [name for name in asked if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TrainingError(f"train.report_to asks for {', '.join(missing)}, which is not installed",
+                            f"pip install {' '.join(missing)}, or remove it from train.report_to")
+    return list(asked)
 
 
 def _tensorboard(run_dir: Path) -> list[Any]:

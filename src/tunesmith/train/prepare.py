@@ -80,7 +80,7 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
 
         mixed = mixed_rows(len(task.rows), project, tokenizer, resolved.path, say)
     model_max = _model_max_length(resolved.path)
-    file_settings = {k: v for k, v in project.train.model_dump().items() if v is not None and k not in ("mix", "runs_dir")}
+    file_settings = {k: v for k, v in project.train.model_dump().items() if v is not None and k not in ("mix", "runs_dir", "report_to")}
     plan = make_plan(PlanInputs(
         n_examples=len(task.rows) + len(mixed.rows), token_lengths=task.lengths() + mixed.lengths(),
         model_max_length=model_max, device=device, n_params=_param_count(resolved.path), file=file_settings,
