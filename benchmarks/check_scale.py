@@ -75,7 +75,9 @@ def make_vocab(rng: random.Random, n: int = VOCAB_SIZE) -> list[str]:
         w = "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(k))
         if len(w) >= 2:
             words.add(w)
-    return sorted(words, key=lambda w: (len(w) + rng.gauss(0, 2.5), w))
+    ordered = sorted(words)  # a set's order varies between runs (hash randomisation); this does not
+    noise = [rng.gauss(0, 2.5) for _ in ordered]
+    return [w for _, w in sorted(zip((len(w) + e for w, e in zip(ordered, noise)), ordered))]
 
 
 def _edit(tokens: list[str], rng: random.Random, vocab: list[str], n_edits: int) -> list[str]:
@@ -112,6 +114,7 @@ def generate(path: Path, n: int, seed: int) -> dict:
     exact_pairs: list[tuple[int, int]] = []
     near_pairs: list[tuple[int, int, float]] = []  # kept: true Jaccard >= NEAR_MIN_JACCARD
     near_low: list[tuple[int, int, float]] = []  # planted but below it: written, not scored
+    near_written: set[tuple[int, str]] = set()  # (source line, edited text) of every near copy so far
     line = 0
     with open(path, "w", encoding="utf-8", buffering=1 << 20) as fh:
         done = 0
@@ -142,9 +145,15 @@ def generate(path: Path, n: int, seed: int) -> dict:
                     for attempt in range(NEAR_ATTEMPTS):
                         n_edits = pyrng.choice((1, 2)) if attempt == 0 else 1
                         user = " ".join(_edit(tokens, pyrng, vocab, n_edits))
+                        if user == src_user or (src_line, user) in near_written:
+                            # two edits that cancel out, or the same edit as an earlier copy of this
+                            # source: that line would be an exact duplicate, not a near one
+                            sim = 0.0
+                            continue
                         sim = jaccard(base, shingle_set(user + "\n" + asst))
                         if sim >= NEAR_MIN_JACCARD:
                             break
+                    near_written.add((src_line, user))
                     (near_pairs if sim >= NEAR_MIN_JACCARD else near_low).append((src_line, line, round(sim, 4)))
                 else:
                     a, b = bounds[i], bounds[i + 1]
@@ -207,9 +216,13 @@ def child(file: str, planted_file: str, out_file: str) -> None:
     from tunesmith.data.checks import CheckContext, run_check
 
     rss_before_kb = _vm_hwm_kb()
+    load_before = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     report = run_check(CheckContext(file=Path(file)))
     check_s = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    load_after = os.getloadavg()[0]
     rss_kb = _vm_hwm_kb()
     ru_maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -243,6 +256,8 @@ def child(file: str, planted_file: str, out_file: str) -> None:
         "examples": report.examples,
         "check_s": check_s,
         "examples_per_s": report.examples / check_s if check_s > 0 else float("inf"),
+        "cpu_s": (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+        "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
         "peak_rss_mb": rss_kb * 1024 / 1e6,
         "rss_after_import_mb": rss_before_kb * 1024 / 1e6,
         "ru_maxrss_mb": ru_maxrss_kb * 1024 / 1e6,
@@ -368,6 +383,7 @@ def print_table(results: list[dict], goals: list[dict]) -> None:
         ("file MB", lambda r: f"{r['file_mb']:,.0f}"),
         ("gen s", lambda r: f"{r['gen_s']:.1f}"),
         ("check s", lambda r: f"{r['check_s']:.1f}"),
+        ("cpu s", lambda r: f"{r['cpu_s']:.1f}"),
         ("ex/s", lambda r: f"{r['examples_per_s']:,.0f}"),
         ("peak RSS MB", lambda r: f"{r['peak_rss_mb']:,.0f}"),
         ("near recall", lambda r: f"{r['near_recall']:.4f} ({r['near_found']}/{r['near_planted']})"),
@@ -390,6 +406,10 @@ def print_table(results: list[dict], goals: list[dict]) -> None:
     for r in results:
         if "error" in r:
             print(f"  {r['size']:,}: {r['error']}")
+    busy = [r for r in results if "loadavg_1m" in r and max(r["loadavg_1m"]) > 0.75 * (os.cpu_count() or 1)]
+    if busy:
+        sizes = ", ".join(f"{r['size']:,} (load {max(r['loadavg_1m']):.1f})" for r in busy)
+        print(f"note: other processes were busy during {sizes}; wall times are inflated, compare cpu s")
     print()
     for g in goals:
         print(f"{g['status']:4}  {g['goal']}: {g['value']}")
