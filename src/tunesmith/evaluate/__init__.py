@@ -1,0 +1,1 @@
+"""Evaluation: generation backends, metrics, an LLM judge, paired statistics, regression gate, report."""

@@ -1,0 +1,60 @@
+"""The small value types every evaluation module shares."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Greedy by default: an evaluation must be repeatable."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = 0
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class Generation:
+    text: str
+    #: "stop" (ended with the end-of-turn token or a stop string), "length" (hit max_new_tokens), "error"
+    finish_reason: str
+    output_tokens: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalItem:
+    """One prompt to evaluate: the chat up to (not including) the answer, and what is expected."""
+
+    id: str
+    chat: list[dict[str, str]]
+    expected: str | None = None
+    assertions: list[dict[str, Any]] = field(default_factory=list)
+    line: int = 0
+
+    def prompt_text(self) -> str:
+        return "\n".join(t["content"] for t in self.chat if t["role"] == "user")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its 95 % interval and the n it was computed on."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
