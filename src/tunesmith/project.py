@@ -98,6 +98,26 @@ class TrainSettings(_Strict):
     runs_dir: str = Field("runs", description="Where run directories and the registry live.")
 
 
+class JudgeSettings(_Strict):
+    """An LLM judge behind any OpenAI-compatible endpoint (a stronger model than the one judged)."""
+
+    base_url: str = Field(..., description="e.g. https://api.openai.com/v1 or a local server.")
+    model: str = Field(..., description="The judge model's name at that endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    concurrency: int = Field(4, ge=1, le=64)
+    pairwise: bool = Field(True, description="Also judge base vs tuned side by side, both orders.")
+
+
+class EvalSettings(_Strict):
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Longest answer generated per prompt.")
+    batch_size: int | None = Field(None, ge=1, le=512, description="Local generation batch (default: from memory).")
+    baseline_threshold: float = Field(0.8, gt=0, le=1, description="Base model pass rate at which fine-tuning is not advised.")
+    max_new_failures: int = Field(0, ge=0, description="Regression prompts a run may newly fail before the gate fails.")
+    scorers: list[str] = Field(default_factory=list, description="User scorers: module:function or file.py:function.")
+    judge: JudgeSettings | None = None
+    spotcheck_n: int = Field(20, ge=2, le=500)
+
+
 class Project(_Strict):
     task: str = Field(..., min_length=10, description="One sentence: exactly what the tuned model must do.")
     task_kind: TaskKind = Field("format", description="Sets the minimum dataset size (the guide's table).")
@@ -109,6 +129,7 @@ class Project(_Strict):
     build: str | None = Field(None, description="Command that builds data.source when it is missing.")
     checks: CheckSettings = Field(default_factory=CheckSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
 
     # Not part of the file: where it was loaded from, so relative paths resolve.
     root: Path = Field(default=Path("."), exclude=True)

@@ -151,8 +151,48 @@ def _migration_1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at)")
 
 
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """Evaluations: one row per (subject, split) evaluation, one per item, and accepted baselines."""
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS evaluations (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            subject      TEXT NOT NULL,
+            run_id       TEXT,
+            split        TEXT NOT NULL,
+            created_at   TEXT NOT NULL,
+            fingerprint  TEXT NOT NULL,
+            settings     TEXT NOT NULL DEFAULT '{}',
+            summary      TEXT NOT NULL DEFAULT '{}'
+        )
+        """
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS evaluations_by_subject ON evaluations (subject, split, created_at)")
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS eval_items (
+            evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+            item_id       TEXT NOT NULL,
+            passed        INTEGER,
+            scores        TEXT NOT NULL DEFAULT '{}',
+            output        TEXT,
+            PRIMARY KEY (evaluation_id, item_id)
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS accepted (
+            name        TEXT PRIMARY KEY,
+            subject     TEXT NOT NULL,
+            accepted_at TEXT NOT NULL
+        )
+        """
+    )
+
+
 # MIGRATIONS[i] takes the schema from version i to version i + 1. Append; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 
 
 def schema_version() -> int:
@@ -344,6 +384,10 @@ class RunRegistry:
                 yield conn
         finally:
             conn.close()
+
+    def connection(self, *, create: bool = True) -> contextlib.AbstractContextManager[sqlite3.Connection | None]:
+        """A connection with the schema up to date, for other stores that live in the registry (evaluations)."""
+        return self._connect(create=create)
 
     def _row(self, conn: sqlite3.Connection, run_id: str) -> sqlite3.Row | tuple | None:
         return conn.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()

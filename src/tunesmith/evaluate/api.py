@@ -1,0 +1,167 @@
+"""Library entry points behind `tunesmith eval`, `baseline`, `compare`, `accept` and `check --base`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.evaluate.items import regression_items, test_items
+from tunesmith.evaluate.run import (
+    Subject, SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, store_eval,
+)
+from tunesmith.evaluate.types import DecodeSettings
+from tunesmith.project import Project, load_project
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class EvalOptions:
+    endpoint: str | None = None
+    api_key: str | None = None
+    batch_size: int | None = None
+    max_new_tokens: int | None = None
+    judge: bool = True
+    allow_self_judging: bool = False
+    gate: bool = False
+    report: bool = True
+
+
+@dataclass
+class EvalOutcome:
+    subject: str
+    summary: dict[str, Any]
+    gate: dict[str, Any] | None = None
+    report: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "summary": self.summary, "gate": self.gate,
+                "report": str(self.report) if self.report else None, "warnings": self.warnings}
+
+
+def _settings(project: Project, opts: EvalOptions) -> DecodeSettings:
+    return DecodeSettings(max_new_tokens=opts.max_new_tokens or project.eval.max_new_tokens)
+
+
+def _estimates(ev: SubjectEval) -> dict[str, Any]:
+    return {k: v.to_dict() for k, v in ev.aggregate.items()}
+
+
+def _regression_summary(ev: SubjectEval) -> dict[str, Any]:
+    return {"passed": sum(r.passed for r in ev.regression.values()), "total": len(ev.regression),
+            "failing": sorted(k for k, r in ev.regression.items() if not r.passed)}
+
+
+def evaluate(project_dir: Path | str, ref: str, opts: EvalOptions | None = None, *, say: Say | None = None,
+             progress: Callable[[int], None] | None = None) -> EvalOutcome:
+    opts = opts or EvalOptions()
+    say = say or (lambda _m: None)
+    project = load_project(project_dir)
+    test = test_items(project)
+    regression, warnings = regression_items(project)
+    settings = _settings(project, opts)
+    subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size)
+    tuned = evaluate_subject(project, subject, test, regression, settings, say=say, progress=progress)
+    store_eval(project, tuned, subject, test, regression, settings)
+    summary: dict[str, Any] = {"test": {"n": len(test), "metrics": _estimates(tuned)},
+                               "regression": _regression_summary(tuned)}
+    base_eval = None
+    if subject.name != "base":
+        base = resolve_subject(project, "base", batch_size=opts.batch_size)
+        base_eval = evaluate_subject(project, base, test, regression, settings, say=say, progress=progress)
+        store_eval(project, base_eval, base, test, regression, settings)
+        comparisons = paired_comparisons(base_eval, tuned)
+        summary["base"] = {"metrics": _estimates(base_eval), "regression": _regression_summary(base_eval)}
+        summary["comparison"] = {k: c.to_dict() for k, c in comparisons.items()}
+    if opts.judge and project.eval.judge is not None:
+        from tunesmith.evaluate.judging import run_judge
+
+        summary["judge"] = run_judge(project, subject, tuned, base_eval, test, allow_self=opts.allow_self_judging, say=say)
+    gate_result = gate(project, tuned) if subject.name != "base" else None
+    report = None
+    if opts.report and subject.run_id is not None:
+        from tunesmith.evaluate.reporting import write_run_report
+
+        report = write_run_report(project, subject, tuned, base_eval, test, regression, summary, gate_result)
+    return EvalOutcome(subject.name, summary, gate_result, report, warnings)
+
+
+def baseline(project_dir: Path | str, opts: EvalOptions | None = None, *, say: Say | None = None,
+             progress: Callable[[int], None] | None = None) -> EvalOutcome:
+    """The guide: if the base model is already right > 80 % of the time, fix the prompt, not the weights."""
+    outcome = evaluate(project_dir, "base", opts, say=say, progress=progress)
+    project = load_project(project_dir)
+    metrics = outcome.summary["test"]["metrics"]
+    rate = metrics.get("exact_match", {}).get("mean")
+    reg = outcome.summary["regression"]
+    reg_rate = reg["passed"] / reg["total"] if reg["total"] else None
+    threshold = project.eval.baseline_threshold
+    passes = rate is not None and rate >= threshold and (reg_rate is None or reg_rate >= threshold)
+    outcome.summary["recommendation"] = {
+        "fine_tune": not passes,
+        "threshold": threshold,
+        "base_pass_rate": rate,
+        "base_regression_rate": reg_rate,
+        "message": (f"the base model already answers {rate:.0%} of the test set correctly (>= {threshold:.0%}): "
+                    "improve the prompt or the pipeline instead of fine-tuning")
+        if passes else
+        (f"the base model answers {0 if rate is None else rate:.0%} of the test set correctly (< {threshold:.0%}): "
+         "fine-tuning is worth trying"),
+    }
+    return outcome
+
+
+def accept(project_dir: Path | str, ref: str) -> str:
+    from tunesmith.evaluate.store import EvalStore
+    from tunesmith.train.api import registry_for
+
+    project = load_project(project_dir)
+    registry = registry_for(project)
+    name = "base" if ref == "base" else registry.get(ref).id
+    store = EvalStore(registry)
+    if store.latest(name, "regression") is None and project.data.regression:
+        from tunesmith.errors import UsageError
+
+        raise UsageError(f"{name} has no regression evaluation yet", f"run `tunesmith eval {name}` first")
+    store.accept(name)
+    return name
+
+
+def compare_runs(project_dir: Path | str, ref_a: str, ref_b: str) -> dict[str, Any]:
+    """Per-prompt flips on the regression suite and paired test-set comparisons, from stored evaluations."""
+    from tunesmith.errors import UsageError
+    from tunesmith.evaluate.regression import flips
+    from tunesmith.evaluate.stats import compare
+    from tunesmith.evaluate.store import EvalStore
+    from tunesmith.train.api import registry_for
+
+    project = load_project(project_dir)
+    registry = registry_for(project)
+    names = ["base" if r == "base" else registry.get(r).id for r in (ref_a, ref_b)]
+    store = EvalStore(registry)
+    out: dict[str, Any] = {"a": names[0], "b": names[1]}
+    tests = [store.latest(n, "test") for n in names]
+    for n, t in zip(names, tests):
+        if t is None:
+            raise UsageError(f"{n} has not been evaluated", f"run `tunesmith eval {n}` first")
+    regs = [store.latest(n, "regression") for n in names]
+    if all(regs):
+        before = {k: v.passed for k, v in regs[0].items.items()}
+        after = {k: v.passed for k, v in regs[1].items.items()}
+        out["regression_flips"] = flips(before, after)
+    common = sorted(set(tests[0].items) & set(tests[1].items))
+    comparisons = {}
+    for metric in ("exact_match", "json_valid", "schema_valid", "field_accuracy"):
+        pairs = [(tests[0].items[i].scores.get(metric), tests[1].items[i].scores.get(metric)) for i in common]
+        pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
+        if pairs:
+            kind = "score" if metric == "field_accuracy" else "binary"
+            comparisons[metric] = compare([p[0] for p in pairs], [p[1] for p in pairs], kind=kind).to_dict()
+    out["comparison"] = comparisons
+    out["items"] = len(common)
+    return out

@@ -1,0 +1,162 @@
+"""`tunesmith eval`: a subject answers the sealed test set and the regression suite; everything is
+scored, compared with the base model item by item, gated against the accepted run, stored and reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.evaluate.types import DecodeSettings, EvalItem, Generation
+from tunesmith.project import Project
+
+Say = Callable[[str], None]
+BINARY_METRICS = ("exact_match", "json_valid", "schema_valid", "regex_ok", "stopped")
+SCORE_METRICS = ("field_accuracy", "length_chars")
+
+
+@dataclass
+class Subject:
+    """Something that answers prompts: the base model, a run's adapter, a merged checkpoint, an endpoint."""
+
+    name: str
+    run_id: str | None
+    backend: Any
+    model_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SubjectEval:
+    subject: str
+    test_scores: list[Any]
+    test_generations: list[Generation]
+    regression: dict[str, Any]  # id -> AssertionResult
+    regression_generations: list[Generation]
+    aggregate: dict[str, Any]
+    judge: dict[str, Any] | None = None
+
+
+def cache_for(project: Project):
+    from tunesmith.evaluate.cache import GenerationCache
+
+    return GenerationCache(project.root / ".tunesmith" / "generations.sqlite")
+
+
+def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, api_key: str | None = None,
+                    batch_size: int | None = None) -> Subject:
+    from tunesmith.evaluate.cache import CachedBackend
+    from tunesmith.evaluate.generate import EndpointBackend, LocalBackend
+    from tunesmith.models.resolve import resolve_model
+    from tunesmith.train.api import registry_for
+
+    cache = cache_for(project)
+    if endpoint is not None:
+        backend = EndpointBackend(endpoint, ref, api_key=api_key)
+        return Subject(f"endpoint:{ref}", None, CachedBackend(backend, cache), [ref])
+    base = resolve_model(project.base_model)
+    if ref == "base":
+        return Subject("base", None, CachedBackend(LocalBackend(base.path, batch_size=batch_size), cache),
+                       [project.base_model])
+    path = Path(ref)
+    if path.is_dir() and (path / "config.json").exists():
+        return Subject(f"dir:{path.resolve()}", None, CachedBackend(LocalBackend(path, batch_size=batch_size), cache),
+                       [str(path)])
+    record = registry_for(project).get(ref)
+    run_dir = Path(record.path)
+    if (run_dir / "adapter" / "adapter_config.json").exists():
+        backend = LocalBackend(base.path, adapter_path=run_dir / "adapter", batch_size=batch_size)
+    elif (run_dir / "model" / "config.json").exists():
+        backend = LocalBackend(run_dir / "model", batch_size=batch_size)
+    else:
+        raise UsageError(f"run {record.id} has no trained adapter or model yet (status {record.status})",
+                         f"finish it with `tunesmith train --resume {record.id}`")
+    return Subject(record.id, record.id, CachedBackend(backend, cache), [record.id])
+
+
+def _validator(project: Project):
+    schema = project.load_schema()
+    if schema is None:
+        return None
+    from jsonschema import validators
+
+    return validators.validator_for(schema)(schema)
+
+
+def evaluate_subject(project: Project, subject: Subject, test: list[EvalItem], regression: list[EvalItem],
+                     settings: DecodeSettings, *, say: Say, progress: Callable[[int], None] | None = None) -> SubjectEval:
+    from tunesmith.evaluate.metrics import aggregate, load_scorer, score_item
+    from tunesmith.evaluate.regression import check_assertions
+
+    say(f"{subject.name}: answering {len(test)} test and {len(regression)} regression prompts")
+    gens = subject.backend.generate([it.chat for it in test + regression], settings, progress)
+    test_gens, reg_gens = gens[: len(test)], gens[len(test):]
+    schema, regex = project.load_schema(), project.output.regex
+    scorers = [load_scorer(spec, project.root) for spec in project.eval.scorers]
+    scores = [score_item(it, g, schema=schema, regex=regex, scorers=scorers) for it, g in zip(test, test_gens)]
+    validator = _validator(project)
+    named = {getattr(s, "name", str(i)): s for i, s in enumerate(scorers)}
+    reg = {it.id: check_assertions(it, g.text, validator=validator, scorers=named) for it, g in zip(regression, reg_gens)}
+    return SubjectEval(subject.name, scores, test_gens, reg, reg_gens, aggregate(scores))
+
+
+def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[EvalItem],
+               regression: list[EvalItem], settings: DecodeSettings) -> None:
+    from tunesmith.evaluate.store import EvalStore
+    from tunesmith.train.api import registry_for
+
+    store = EvalStore(registry_for(project))
+    fp = getattr(subject.backend, "fingerprint", "")
+    summary = {k: v.to_dict() for k, v in ev.aggregate.items()}
+    store.save(subject=ev.subject, run_id=subject.run_id, split="test", fingerprint=fp, settings={"decode": settings.key()},
+               summary=summary, items=[(it.id, s.exact_match, s.to_dict(), g.text)
+                                       for it, s, g in zip(test, ev.test_scores, ev.test_generations)])
+    if regression:
+        passed = sum(r.passed for r in ev.regression.values())
+        store.save(subject=ev.subject, run_id=subject.run_id, split="regression", fingerprint=fp,
+                   settings={"decode": settings.key()}, summary={"passed": passed, "total": len(regression)},
+                   items=[(it.id, ev.regression[it.id].passed, {"failures": ev.regression[it.id].failures,
+                                                               "pending": ev.regression[it.id].pending}, g.text)
+                          for it, g in zip(regression, ev.regression_generations)])
+
+
+def paired_comparisons(base: SubjectEval, tuned: SubjectEval) -> dict[str, Any]:
+    """Per metric: the paired difference tuned - base on the items both answered, and the verdict."""
+    from tunesmith.evaluate.stats import compare
+
+    out = {}
+    for name in BINARY_METRICS + SCORE_METRICS:
+        pairs = [(getattr(a, name), getattr(b, name)) for a, b in zip(base.test_scores, tuned.test_scores)
+                 if a.error is None and b.error is None and getattr(a, name) is not None and getattr(b, name) is not None]
+        if not pairs:
+            continue
+        a_vals, b_vals = [p[0] for p in pairs], [p[1] for p in pairs]
+        kind = "binary" if name in BINARY_METRICS else "score"
+        out[name] = compare(a_vals, b_vals, kind=kind)
+    return out
+
+
+def gate(project: Project, candidate: SubjectEval) -> dict[str, Any]:
+    """New regression failures against the accepted run (or the base model when none is accepted)."""
+    from tunesmith.evaluate.regression import flips, new_failures
+    from tunesmith.evaluate.store import EvalStore
+    from tunesmith.train.api import registry_for
+
+    store = EvalStore(registry_for(project))
+    baseline_name = store.accepted() or "base"
+    baseline = store.latest(baseline_name, "regression")
+    after = {k: r.passed for k, r in candidate.regression.items()}
+    if baseline is None:
+        return {"baseline": None, "new_failures": [], "flips": [], "status": "pass",
+                "note": "no accepted run or base evaluation to compare with"}
+    before = {k: v.passed for k, v in baseline.items.items()}
+    failing = new_failures(before, after)
+    status = "fail" if len(failing) > project.eval.max_new_failures else "pass"
+    return {"baseline": baseline_name, "new_failures": failing, "flips": flips(before, after), "status": status,
+            "threshold": project.eval.max_new_failures}
+
+
+class GateFailed(TunesmithError):
+    exit_code = 1
