@@ -14,8 +14,6 @@ from tunesmith.evaluate.types import DecodeSettings, EvalItem, Generation
 from tunesmith.project import Project
 
 Say = Callable[[str], None]
-BINARY_METRICS = ("exact_match", "json_valid", "schema_valid", "regex_ok", "stopped")
-SCORE_METRICS = ("field_accuracy", "length_chars")
 
 
 @dataclass
@@ -124,17 +122,14 @@ def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[E
 
 def paired_comparisons(base: SubjectEval, tuned: SubjectEval) -> dict[str, Any]:
     """Per metric: the paired difference tuned - base on the items both answered, and the verdict."""
+    from tunesmith.evaluate.metrics import metric_kind, paired_values
     from tunesmith.evaluate.stats import compare
 
     out = {}
-    for name in BINARY_METRICS + SCORE_METRICS:
-        pairs = [(getattr(a, name), getattr(b, name)) for a, b in zip(base.test_scores, tuned.test_scores)
-                 if a.error is None and b.error is None and getattr(a, name) is not None and getattr(b, name) is not None]
-        if not pairs:
-            continue
-        a_vals, b_vals = [p[0] for p in pairs], [p[1] for p in pairs]
-        kind = "binary" if name in BINARY_METRICS else "score"
-        out[name] = compare(a_vals, b_vals, kind=kind)
+    for name in tuned.aggregate:
+        _, a_vals, b_vals = paired_values(base.test_scores, tuned.test_scores, name)
+        if a_vals:
+            out[name] = compare(a_vals, b_vals, kind=metric_kind(name))
     return out
 
 

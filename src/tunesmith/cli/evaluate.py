@@ -1,0 +1,183 @@
+"""Evaluation commands: eval, baseline, compare, accept, spotcheck."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import typer
+
+from tunesmith.cli import app
+from tunesmith.cli._errors import handle_errors
+from tunesmith.cli._output import console, format_lines, print_json
+
+PROJECT = typer.Option(Path("."), "--project", "-p", help="Project directory.")
+JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A bar over prompts answered; the backend reports how many are done."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task("gen", total=None)
+
+        def update(done: int, total: int | None = None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _fmt(est: dict[str, Any] | None) -> str:
+    if not est or est.get("n", 0) == 0:
+        return "-"
+    return f"{est['mean']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}] (n={est['n']})"
+
+
+def print_eval(outcome) -> None:
+    from rich.table import Table
+
+    out = console()
+    s = outcome.summary
+    table = Table(title=f"{outcome.subject} on the sealed test set (n={s['test']['n']})")
+    for col in ("metric", "base", outcome.subject, "difference", "p", "verdict"):
+        table.add_column(col)
+    base = (s.get("base") or {}).get("metrics", {})
+    comp = s.get("comparison", {})
+    for name, est in s["test"]["metrics"].items():
+        c = comp.get(name, {})
+        p = c.get("p_value")
+        table.add_row(name, _fmt(base.get(name)), _fmt(est), _fmt(c.get("diff")),
+                      "-" if p is None else f"{p:.3g}", c.get("verdict", "-"))
+    out.print(table)
+    reg = s["regression"]
+    if reg["total"]:
+        line = f"regression suite: {reg['passed']}/{reg['total']} pass"
+        if "base" in s:
+            line += f" (base {s['base']['regression']['passed']}/{s['base']['regression']['total']})"
+        out.print(line)
+    if s.get("judge"):
+        out.print(f"judge: {json.dumps(s['judge'], default=str)[:400]}")
+    if outcome.gate:
+        g = outcome.gate
+        if g["status"] == "fail":
+            out.print(f"[red]gate FAILED[/]: {len(g['new_failures'])} regression prompt(s) that {g['baseline']} passed now fail "
+                      f"(allowed {g.get('threshold', 0)}): {', '.join(g['new_failures'])}")
+        else:
+            out.print(f"[green]gate passed[/] against {g['baseline'] or 'nothing yet'}" + (f" ({g['note']})" if g.get("note") else ""))
+    for w in outcome.warnings:
+        out.print(f"[yellow]warning:[/] {w}")
+    if outcome.report:
+        out.print(f"report: {outcome.report}")
+
+
+@app.command("eval")
+@handle_errors
+def eval_command(
+    run: str = typer.Argument("latest", help="A run id (or prefix, or 'latest'), 'base', a merged checkpoint dir, or with --endpoint a model name."),
+    project: Path = PROJECT,
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL; RUN is then the model name."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable with the endpoint's key."),
+    gate_flag: bool = typer.Option(False, "--gate", help="Exit 1 when a regression prompt the accepted run passed now fails."),
+    no_judge: bool = typer.Option(False, "--no-judge", help="Skip the LLM judge even if one is configured."),
+    allow_self_judging: bool = typer.Option(False, "--allow-self-judging", help="Let a model judge itself (not advised)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest answer per prompt."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Local generation batch size."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Evaluate a run (base vs tuned, paired) on the sealed test set and the regression suite."""
+    from tunesmith.evaluate.api import EvalOptions, evaluate
+
+    opts = EvalOptions(endpoint=endpoint, api_key=os.environ.get(api_key_env), batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, judge=not no_judge, allow_self_judging=allow_self_judging,
+                       gate=gate_flag)
+    with _progress(not json_out) as progress:
+        outcome = evaluate(project, run, opts, say=_say, progress=progress)
+    if json_out:
+        print_json(outcome.to_dict())
+    else:
+        print_eval(outcome)
+    if gate_flag and outcome.gate and outcome.gate["status"] == "fail":
+        if not json_out:
+            print(f"failing prompts: {', '.join(outcome.gate['new_failures'])}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def baseline(
+    project: Path = PROJECT,
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest answer per prompt."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Should you fine-tune at all? Evaluate the base model first."""
+    from tunesmith.evaluate.api import EvalOptions, baseline as run_baseline
+
+    with _progress(not json_out) as progress:
+        outcome = run_baseline(project, EvalOptions(max_new_tokens=max_new_tokens, report=False), say=_say, progress=progress)
+    if json_out:
+        print_json(outcome.to_dict())
+        return
+    print_eval(outcome)
+    rec = outcome.summary["recommendation"]
+    console().print(("[green]fine-tune: yes[/] - " if rec["fine_tune"] else "[yellow]fine-tune: no[/] - ") + rec["message"])
+
+
+@app.command()
+@handle_errors
+def accept(
+    run: str = typer.Argument(..., help="Run id (or prefix, 'latest', 'base') to accept as the gate's baseline."),
+    project: Path = PROJECT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Mark a run as the accepted baseline for the next regression gate."""
+    from tunesmith.evaluate.api import accept as do_accept
+
+    name = do_accept(project, run)
+    if json_out:
+        print_json({"accepted": name})
+    else:
+        print(f"accepted {name}: the next `tunesmith eval --gate` compares against it")
+
+
+@app.command()
+@handle_errors
+def compare(
+    run_a: str = typer.Argument(..., help="First run (or 'base')."),
+    run_b: str = typer.Argument(..., help="Second run."),
+    project: Path = PROJECT,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Run vs run: per-prompt regression flips and paired test-set comparisons."""
+    from tunesmith.evaluate.api import compare_runs
+
+    result = compare_runs(project, run_a, run_b)
+    if json_out:
+        print_json(result)
+        return
+    out = console()
+    out.print(f"{result['a']} -> {result['b']} on {result['items']} test items")
+    for metric, c in result["comparison"].items():
+        p = c.get("p_value")
+        out.print(f"  {metric}: difference {_fmt(c['diff'])}, p {'-' if p is None else f'{p:.3g}'}: {c['verdict']}")
+    flips = result.get("regression_flips", [])
+    if flips:
+        out.print(f"regression flips ({len(flips)}):")
+        for f in flips:
+            arrow = "pass -> FAIL" if f["before"] and not f["after"] else "fail -> pass" if f["after"] else "changed"
+            out.print(f"  {f['id']}: {arrow}")
+    else:
+        out.print("no regression flips")
