@@ -17,6 +17,7 @@ demo: setup
 	$(TS) check $(PROJECT)/data/train.jsonl --project $(PROJECT)
 
 test: setup
+	@bash scripts/install-browser.sh
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 bench: setup

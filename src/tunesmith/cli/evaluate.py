@@ -181,3 +181,53 @@ def compare(
             out.print(f"  {f['id']}: {arrow}")
     else:
         out.print("no regression flips")
+
+
+@app.command()
+@handle_errors
+def spotcheck(
+    run: str = typer.Argument("latest", help="The run to check against the base model."),
+    project: Path = PROJECT,
+    n: Optional[int] = typer.Option(None, "--n", help="How many test prompts (default 20)."),
+    results: Optional[Path] = typer.Option(None, "--results", help="Unblind this answers file and apply the ship rule."),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the page on 127.0.0.1 and save answers as they are made."),
+    port: int = typer.Option(0, "--port", help="Port for --serve (0 = any free port)."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Blinded side-by-side spot check of base and tuned outputs; then unblind with --results."""
+    from tunesmith.evaluate.spotcheck_cli import build_for_run, unblind_for_run
+
+    if results is not None:
+        result = unblind_for_run(project, run, results)
+        if json_out:
+            print_json(result.to_dict())
+        else:
+            print(result.summary)
+        if result.to_dict().get("verdict") == "do not ship":
+            raise typer.Exit(1)
+        return
+    directory = build_for_run(project, run, n)
+    page = directory / "spotcheck.html"
+    if not serve:
+        if json_out:
+            print_json({"page": str(page), "key": str(directory / "key.json")})
+        else:
+            print(f"open {page} in a browser; answers are kept in the page and downloaded as JSON;\n"
+                  f"then: tunesmith spotcheck {run} --results answers.json")
+        return
+    from tunesmith.evaluate.spotcheck import serve_spotcheck
+
+    server, url = serve_spotcheck(directory, port=port)
+    print(f"open {url} ; answers are saved to {directory / 'answers.json'} as you make them. Ctrl-C when done,\n"
+          f"then: tunesmith spotcheck {run} --results {directory / 'answers.json'}", file=sys.stderr)
+    if json_out:
+        print_json({"url": url, "answers": str(directory / "answers.json")})
+    try:
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()

@@ -1,0 +1,83 @@
+"""Builds the report's data from an evaluation and writes runs/<id>/report.html."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunesmith.evaluate.report import write_report
+from tunesmith.evaluate.types import EvalItem
+from tunesmith.project import Project
+
+
+def loss_curve(run_dir: Path) -> dict[str, list[list[float]]]:
+    train, evals = [], []
+    steps = run_dir / "steps.jsonl"
+    if steps.exists():
+        for line in steps.read_text(encoding="utf-8").splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == "step" and "loss" in e:
+                train.append([e["step"], e["loss"]])
+            elif e.get("event") == "eval" and "eval_loss" in e:
+                evals.append([e["step"], e["eval_loss"]])
+    return {"train": train, "eval": evals}
+
+
+def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, test: list[EvalItem],
+                regression: list[EvalItem], summary: dict[str, Any], gate: dict[str, Any] | None) -> dict[str, Any]:
+    from tunesmith.train.api import registry_for
+
+    record = registry_for(project).get(subject.run_id)
+    comp = summary.get("comparison", {})
+    base_metrics = (summary.get("base") or {}).get("metrics", {})
+    metrics = [{"name": name, "base": base_metrics.get(name), "tuned": est,
+                "diff": comp.get(name, {}).get("diff"), "p_value": comp.get(name, {}).get("p_value"),
+                "verdict": comp.get(name, {}).get("verdict")}
+               for name, est in summary["test"]["metrics"].items()]
+    items = []
+    base_gens = base.test_generations if base is not None else [None] * len(test)
+    for it, score, gen, bgen in zip(test, tuned.test_scores, tuned.test_generations, base_gens):
+        failures = []
+        if score.error:
+            failures.append(f"generation failed: {score.error}")
+        if score.exact_match is False:
+            failures.append("differs from the expected output")
+        if score.schema_valid is False:
+            failures.append("breaks the schema")
+        if not score.stopped:
+            failures.append("did not stop (hit max_new_tokens)")
+        items.append({"id": it.id, "prompt": it.prompt_text(), "expected": it.expected,
+                      "base_output": bgen.text if bgen is not None else None, "tuned_output": gen.text,
+                      "passed": not failures, "failures": failures, "scores": score.to_dict()})
+    for it, gen in zip(regression, tuned.regression_generations):
+        res = tuned.regression[it.id]
+        items.append({"id": f"regression:{it.id}", "prompt": it.prompt_text(), "expected": it.expected,
+                      "base_output": None, "tuned_output": gen.text, "passed": res.passed,
+                      "failures": res.failures + res.pending, "scores": {}})
+    judge = summary.get("judge")
+    return {
+        "title": f"tunesmith report: {record.id}",
+        "run_id": record.id,
+        "created": record.created_at,
+        "task": project.task,
+        "base_model": project.base_model,
+        "loss_curve": loss_curve(Path(record.path)),
+        "metrics": metrics,
+        "judge": {"rubric": judge.get("rubric"), "pairwise": judge.get("pairwise")} if judge else None,
+        "regression": {"passed": summary["regression"]["passed"], "total": summary["regression"]["total"],
+                       "flips": (gate or {}).get("flips", []), "gate": (gate or {}).get("status")},
+        "items": items,
+    }
+
+
+def write_run_report(project: Project, subject: Any, tuned: Any, base: Any | None, test: list[EvalItem],
+                     regression: list[EvalItem], summary: dict[str, Any], gate: dict[str, Any] | None) -> Path:
+    from tunesmith.train.api import registry_for
+
+    run_dir = Path(registry_for(project).get(subject.run_id).path)
+    data = report_data(project, subject, tuned, base, test, regression, summary, gate)
+    return write_report(run_dir / "report.html", data)
