@@ -51,6 +51,7 @@ def check(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Flag examples longer than this many tokens."),
     task_kind: Optional[str] = typer.Option(None, "--task-kind", help="format | style | domain | multistep."),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token statistics (no model needed)."),
+    base: bool = typer.Option(False, "--base", help="Also list examples the base model already answers correctly."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Validate a dataset: structure, duplicates, contradictions, output contract, prompts, size, leaks."""
@@ -64,12 +65,29 @@ def check(
                          task_kind=task_kind, tokens=not no_tokens)
     with byte_progress(f"checking {file.name}", file.stat().st_size, enabled=not json_out) as progress:
         report = run_check(ctx, progress)
+    if base:
+        _add_base_findings(report, file, proj)
     if json_out:
         print_json(report.to_dict())
     else:
         _print_report(report, proj)
     if report.errors:
         raise typer.Exit(1)
+
+
+def _add_base_findings(report, file: Path, project) -> None:
+    from tunesmith.data.checks.base import finding
+    from tunesmith.evaluate.api import base_correct_lines
+
+    if project is None:
+        raise UsageError("--base needs a project (its base model, system prompt and chat template)",
+                         "pass --project DIR")
+    lines, total = base_correct_lines(project.root, file, say=_say)
+    report.stats["base_correct"] = {"lines": len(lines), "of": total}
+    if lines:
+        report.findings.append(finding(
+            "base_correct", lines,
+            f"the base model already answers {len(lines)} of {total} examples exactly ({len(lines) / total:.0%})"))
 
 
 def _print_report(report, project) -> None:

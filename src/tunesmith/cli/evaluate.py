@@ -52,8 +52,8 @@ def print_eval(outcome) -> None:
 
     out = console()
     s = outcome.summary
-    table = Table(title=f"{outcome.subject} on the sealed test set (n={s['test']['n']})")
-    for col in ("metric", "base", outcome.subject, "difference", "p", "verdict"):
+    table = Table(title=f"{outcome.subject} on the sealed test set (n={s['test']['n']}): base vs tuned, paired")
+    for col in ("metric", "base", "tuned", "tuned - base", "p", "verdict"):
         table.add_column(col)
     base = (s.get("base") or {}).get("metrics", {})
     comp = s.get("comparison", {})

@@ -165,3 +165,20 @@ def compare_runs(project_dir: Path | str, ref_a: str, ref_b: str) -> dict[str, A
     out["comparison"] = comparisons
     out["items"] = len(common)
     return out
+
+
+def base_correct_lines(project_dir: Path | str, file: Path, *, max_new_tokens: int | None = None,
+                       say: Say | None = None, progress: Callable[[int], None] | None = None) -> tuple[list[int], int]:
+    """Lines of `file` whose expected answer the base model already produces (the guide's leakage check)."""
+    from tunesmith.evaluate.items import examples_as_items
+    from tunesmith.evaluate.metrics import score_item
+
+    project = load_project(project_dir)
+    items = examples_as_items(file, project.system_prompt, prefix="train", what="file")
+    subject = resolve_subject(project, "base")
+    (say or (lambda _m: None))(f"base model answers {len(items)} training prompts (cached for next time)")
+    settings = DecodeSettings(max_new_tokens=max_new_tokens or project.eval.max_new_tokens)
+    gens = subject.backend.generate([it.chat for it in items], settings, progress)
+    correct = [it.line for it, g in zip(items, gens)
+               if score_item(it, g, schema=None, regex=None).exact_match]
+    return correct, len(items)

@@ -53,6 +53,8 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "too_few_examples": ("error", "under 30 examples is not a dataset: use them as few-shot examples in the prompt instead"),
     # test set
     "test_overlap": ("error", "a training example equal or nearly equal to a sealed test row makes the test a memory test; drop it from train"),
+    # leakage from the base model (`check --base`)
+    "base_correct": ("warning", "the base model already gets these right: they teach nothing new; replace them with harder cases"),
     # safety
     "secret": ("warning", "remove credentials before training: a model can repeat them verbatim"),
     "pii": ("warning", "remove or mask personal data before training"),

@@ -1,0 +1,839 @@
+"""Generation backends: something that turns chats into answers, and says exactly which model answered.
+
+* `LocalBackend`    -- transformers on this machine (CPU or GPU), a PEFT LoRA adapter on top when given.
+  Prompts are rendered with `tunesmith.models.chat.render`, the function training and serving use, so
+  the model is evaluated on the very prompt format it was trained on. Generation is batched with left
+  padding and a KV cache, finished rows leave the batch as soon as they end, and greedy answers are
+  the ones plain ``model.generate`` gives one prompt at a time (the tests and
+  ``benchmarks/eval_generation.py`` check this token for token).
+* `EndpointBackend` -- any OpenAI-compatible chat-completions server, through the official ``openai``
+  client, with bounded concurrency and retries; one failing prompt never sinks the others.
+* `VLLMBackend`     -- offline vLLM, only where ``vllm`` is installed (`vllm_available`).
+
+Every backend has a `fingerprint` (what `tunesmith.evaluate.cache` keys answers on) and
+``generate(chats, settings, progress=None) -> list[Generation]`` returning answers in the order of
+`chats`. ``progress(n)`` is called with the number of prompts answered so far. The backends here also
+accept ``on_result(index, generation)``, called once per prompt as soon as its answer exists, which
+is how `CachedBackend` stores finished work before the whole call returns.
+
+Decoding follows `DecodeSettings` and nothing else (OpenAI semantics): temperature 0 is greedy,
+otherwise temperature + top-p sampling; no top-k and no repetition penalty, whatever the checkpoint's
+``generation_config.json`` says, so the same settings decode the same way on every backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from tunesmith.errors import ModelError, TunesmithError
+from tunesmith.evaluate.types import DecodeSettings, Generation
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Chat = list[dict[str, str]]
+Progress = Callable[[int], None]
+OnResult = Callable[[int, Generation], None]
+
+__all__ = [
+    "Backend",
+    "EndpointBackend",
+    "EndpointError",
+    "LocalBackend",
+    "VLLMBackend",
+    "auto_batch_size",
+    "truncate_at_stop",
+    "vllm_available",
+]
+
+
+class EndpointError(TunesmithError):
+    """The OpenAI-compatible endpoint cannot be used at all (unreachable, refused the key, no such model)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Answers chats. `fingerprint` identifies the model exactly (a cache key component)."""
+
+    fingerprint: str
+
+    def generate(self, chats: list[Chat], settings: DecodeSettings,
+                 progress: Progress | None = None) -> list[Generation]: ...
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` cut at the earliest occurrence of any stop string (excluded); whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _sha256(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return False
+
+
+# =============================================================================================
+# local transformers backend
+
+#: files whose presence means a directory carries its own tokenizer
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+#: files that decide how prompts are tokenised and rendered (hashed into the fingerprint)
+_TOKENIZER_FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                "chat_template.jinja", "chat_template.json", "tokenizer.model")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+#: most sequences decoded together, by device type (more rarely helps on CPU, see auto_batch_size)
+BATCH_CAP = {"cpu": 16, "cuda": 64, "mps": 16}
+#: share of the currently free memory the batch may take (KV cache + activations)
+MEMORY_SHARE = 0.4
+
+
+def _available_memory(device: str) -> int:
+    """Free bytes on `device` right now: the GPU's free memory, else MemAvailable of this machine."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    with contextlib.suppress(ImportError):
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 4 << 30
+
+
+def auto_batch_size(config: Any, prompt_tokens: int, max_new_tokens: int, *, dtype_bytes: int = 4,
+                    available_bytes: int, device_type: str = "cpu") -> int:
+    """How many sequences to decode together: what fits in MEMORY_SHARE of the free memory, capped.
+
+    Per sequence it counts the KV cache of the whole sequence (2 x layers x kv-heads x head-dim x
+    (prompt + new tokens) values), one layer's prefill activations (prompt x (4 x hidden + 3 x
+    intermediate) values), one layer's attention scores in fp32 (heads x prompt^2) and two fp32 rows
+    of logits. The cap (`BATCH_CAP`: 16 on CPU, 64 on CUDA) is where bigger batches stop paying off:
+    on CPU, decoding is compute-bound from about 16 rows on (SmolLM2-135M, 2 cores: 16 and 32 give
+    the same tokens/s), and a bigger batch only waits longer for its longest answer.
+    """
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0) or 1024)
+    layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0) or 24)
+    heads = int(getattr(text, "num_attention_heads", 0) or getattr(text, "n_head", 0) or 16)
+    kv_heads = int(getattr(text, "num_key_value_heads", 0) or heads)
+    head_dim = int(getattr(text, "head_dim", 0) or hidden // max(heads, 1))
+    inter = int(getattr(text, "intermediate_size", 0) or 4 * hidden)
+    vocab = int(getattr(text, "vocab_size", 0) or 32000)
+    seq = prompt_tokens + max_new_tokens
+    kv = 2 * layers * kv_heads * head_dim * seq * dtype_bytes
+    prefill = prompt_tokens * (4 * hidden + 3 * inter) * dtype_bytes + heads * prompt_tokens * prompt_tokens * 4
+    per_sequence = kv + prefill + 2 * vocab * 4
+    cap = BATCH_CAP.get(device_type, 16)
+    return max(1, min(cap, int(available_bytes * MEMORY_SHARE // max(per_sequence, 1))))
+
+
+def _default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def _default_dtype(device: str) -> str:
+    """fp32 on CPU (bf16 there is slower and changes greedy answers); bf16 on a GPU that has it."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+class LocalBackend:
+    """A transformers checkpoint (optionally + a PEFT LoRA adapter) answering on this machine.
+
+    Nothing heavy happens in the constructor: paths are checked and the fingerprint is computed from
+    file metadata and small files, so a fully cached evaluation never loads the model. The model is
+    loaded on the first `generate` call that has something to generate.
+
+    `batch_size` None picks it per batch with `auto_batch_size` (prompts are sorted longest first, so
+    each batch's first prompt is its longest). `dtype` defaults to float32 on CPU, bfloat16 on a GPU.
+    """
+
+    def __init__(self, model_path: Path | str, adapter_path: Path | str | None = None,
+                 batch_size: int | None = None, device: str | None = None, *, dtype: str | None = None) -> None:
+        self.model_path = Path(model_path).expanduser().resolve()
+        self.adapter_path = Path(adapter_path).expanduser().resolve() if adapter_path is not None else None
+        if batch_size is not None and batch_size < 1:
+            raise ModelError(f"batch size must be at least 1, got {batch_size}", "Pass --batch-size 1 or more.")
+        self.batch_size = batch_size
+        self.device = device or _default_device()
+        self.dtype = dtype or _default_dtype(self.device)
+        self._check_paths()
+        self.tokenizer_path = (self.adapter_path if self.adapter_path is not None
+                               and any((self.adapter_path / f).is_file() for f in _TOKENIZER_FILES)
+                               else self.model_path)
+        self.fingerprint = self._fingerprint()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def _check_paths(self) -> None:
+        if not (self.model_path / "config.json").is_file():
+            raise ModelError(f"{self.model_path} is not a model checkpoint directory: config.json is missing",
+                             "Point at a directory written by save_pretrained (config.json, weights, tokenizer).")
+        if self.adapter_path is not None:
+            if not (self.adapter_path / "adapter_config.json").is_file():
+                raise ModelError(f"{self.adapter_path} is not a PEFT adapter directory: adapter_config.json is missing",
+                                 "Point at the adapter directory a training run wrote (runs/<id>/adapter).")
+            if not self._adapter_weights():
+                raise ModelError(f"{self.adapter_path} has no adapter weights (adapter_model.safetensors)",
+                                 "The run may not have finished saving; resume or retrain it.")
+
+    def _adapter_weights(self) -> list[Path]:
+        assert self.adapter_path is not None
+        return [p for p in (self.adapter_path / "adapter_model.safetensors", self.adapter_path / "adapter_model.bin")
+                if p.is_file()]
+
+    def _fingerprint(self) -> str:
+        """sha256 over: engine + dtype, the base checkpoint (path, config, weight files' size and mtime),
+        the tokenizer and chat template files, and the adapter (config + weights, by content)."""
+        parts: list[str | bytes] = ["transformers", self.dtype, str(self.model_path),
+                                    (self.model_path / "config.json").read_bytes()]
+        for f in sorted(self.model_path.iterdir()):
+            if f.suffix in _WEIGHT_SUFFIXES and f.is_file():
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+        parts.append(f"tokenizer:{self.tokenizer_path == self.adapter_path}")
+        for name in _TOKENIZER_FINGERPRINT_FILES:
+            f = self.tokenizer_path / name
+            if f.is_file():
+                parts += [name, _file_sha256(f)]
+        if self.adapter_path is not None:
+            parts += ["adapter", (self.adapter_path / "adapter_config.json").read_bytes()]
+            parts += [_file_sha256(p) for p in self._adapter_weights()]
+        return _sha256(*parts)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from tunesmith.models.resolve import ResolvedModel, load_tokenizer
+
+            ref = str(self.tokenizer_path)
+            self._tokenizer = load_tokenizer(ResolvedModel(ref=ref, path=self.tokenizer_path, kind="directory",
+                                                           converted_from=None))
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        """The loaded model (a PeftModel when there is an adapter), in eval mode on `device`."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load_model()
+        return self._model
+
+    def _load_model(self) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        dtype = getattr(torch, self.dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(self.model_path), dtype=dtype, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - becomes a user-facing error
+            raise ModelError(f"cannot load the model in {self.model_path}: {_one_line(exc)}",
+                             "Check that the directory is a complete transformers checkpoint.") from exc
+        if self.adapter_path is not None:
+            try:
+                from peft import PeftModel
+            except ImportError as exc:
+                raise ModelError("evaluating a LoRA adapter needs the `peft` package, which is not installed",
+                                 "Install the training extras: pip install 'tunesmith[train]'") from exc
+            try:
+                model = PeftModel.from_pretrained(model, str(self.adapter_path), is_trainable=False)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(f"cannot load the adapter in {self.adapter_path} onto {self.model_path}: "
+                                 f"{_one_line(exc)}",
+                                 "Was the adapter trained on this base model? Evaluate it with the run's base model.") from exc
+        try:
+            model.to(self.device)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"cannot move the model to device {self.device!r}: {_one_line(exc)}",
+                             "Pick another device (cpu, cuda, cuda:1).") from exc
+        model.eval()
+        return model
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def generate(self, chats: list[Chat], settings: DecodeSettings, progress: Progress | None = None,
+                 *, on_result: OnResult | None = None) -> list[Generation]:
+        from tunesmith.models.chat import render
+
+        if not chats:
+            return []
+        tok = self.tokenizer
+        texts = [render(tok, chat, add_generation_prompt=True) for chat in chats]
+        # The template writes every special token itself (BOS included); training encodes the same way.
+        prompts: list[list[int]] = tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        model = self.model
+        results: list[Generation | None] = [None] * len(chats)
+        done = 0
+
+        def finish(index: int, gen: Generation) -> None:
+            nonlocal done
+            results[index] = gen
+            done += 1
+            if on_result is not None:
+                on_result(index, gen)
+            if progress is not None:
+                progress(done)
+
+        # Longest first: each batch's first prompt is its longest (batch sizing), similar lengths
+        # share a batch (little padding), and an out-of-memory shows up at the start, not the end.
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        queue: list[list[int]] = []
+        pos = 0
+        cap: int | None = None  # lowered after an out-of-memory
+        decoder = _Decoder(model, tok, settings, self.device)
+        while pos < len(order) or queue:
+            if queue:
+                batch = queue.pop(0)
+            else:
+                size = self.batch_size or self._auto_batch(len(prompts[order[pos]]), settings.max_new_tokens)
+                size = min(size, cap) if cap else size
+                batch, pos = order[pos:pos + size], pos + size
+            finished: set[int] = set()
+
+            def report(row: int, gen: Generation, batch: list[int] = batch, finished: set[int] = finished) -> None:
+                finished.add(batch[row])
+                finish(batch[row], gen)
+
+            try:
+                decoder.run([prompts[i] for i in batch], report)
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                left = [i for i in batch if i not in finished]
+                if len(left) <= 1:
+                    raise ModelError(f"out of memory generating one answer on {self.device} "
+                                     f"(prompt of {len(prompts[left[0]]) if left else 0} tokens, "
+                                     f"max_new_tokens {settings.max_new_tokens})",
+                                     "Lower max_new_tokens, use a bigger device, or evaluate on CPU.") from exc
+                _free_memory(self.device)
+                half = (len(left) + 1) // 2
+                cap = max(1, half)
+                queue[:0] = [left[:half], left[half:]]
+        return _complete(results)
+
+    def _auto_batch(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        import torch
+
+        config = getattr(self.model, "config", None)
+        return auto_batch_size(config, prompt_tokens, max_new_tokens,
+                               dtype_bytes=torch.finfo(getattr(torch, self.dtype)).bits // 8,
+                               available_bytes=_available_memory(self.device),
+                               device_type=self.device.split(":")[0])
+
+
+def _complete(results: list[Generation | None]) -> list[Generation]:
+    missing = sum(r is None for r in results)
+    if missing:  # pragma: no cover - defensive
+        raise RuntimeError(f"internal error: {missing} prompts got no answer")
+    return [r for r in results if r is not None]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_memory(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _can_evict(cache: Any) -> bool:
+    """Whether finished rows can be dropped from `cache`: plain (or sliding-window) key/value layers
+    only. Linear-attention and quantized layers keep other state; with those, finished rows go on
+    decoding with their tokens ignored, as in ``model.generate``."""
+    import transformers.cache_utils as cache_utils
+
+    plain = getattr(cache_utils, "DynamicLayer", None)
+    odd = tuple(t for t in (getattr(cache_utils, n, None) for n in ("LinearAttentionCacheLayerMixin",
+                                                                    "BaseQuantizedLayer")) if isinstance(t, type))
+    layers = getattr(cache, "layers", None)
+    return (isinstance(plain, type) and bool(layers)
+            and all(isinstance(layer, plain) and not isinstance(layer, odd) for layer in layers))
+
+
+class _Decoder:
+    """One batch of prompts through prefill and token-by-token decoding, mirroring ``model.generate``.
+
+    The inputs the model sees are exactly those ``generate`` builds for a left-padded batch: a 2-D
+    attention mask (dropped when nothing is padded), position ids = cumsum(mask) - 1 (so every row
+    counts its positions from its own first real token, as it would alone), a `DynamicCache`, and
+    logits of the last position only, taken in float32. Unlike ``generate``, a row that has finished
+    (end-of-turn token, stop string or max_new_tokens) leaves the batch at once: its rows of the KV
+    cache are dropped and the remaining rows carry on, so one long answer does not keep the compute of
+    the whole batch busy.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, settings: DecodeSettings, device: str) -> None:
+        from tunesmith.models.chat import end_of_turn_ids
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.device = device
+        self.eot = end_of_turn_ids(tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else min(self.eot, default=0)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.cache_kwarg = "cache" if _accepts(inner.forward, "cache") else "past_key_values"
+        self.keep_logits = _accepts(inner.forward, "logits_to_keep")
+        self.positions = _accepts(inner.forward, "position_ids")
+        self.stop = tuple(s for s in settings.stop if s)
+        #: enough trailing tokens to contain any stop string (a token is at least one byte, a
+        #: character at most four)
+        self.stop_window = 4 * max((len(s) for s in self.stop), default=0) + 4
+        self.greedy = settings.temperature <= 0
+        self.generator = None
+        if not self.greedy:
+            import torch
+            from transformers.generation.logits_process import (
+                LogitsProcessorList,
+                TemperatureLogitsWarper,
+                TopPLogitsWarper,
+            )
+
+            warpers: list[Any] = [TemperatureLogitsWarper(float(settings.temperature))]
+            if settings.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(float(settings.top_p)))
+            self.warpers = LogitsProcessorList(warpers)
+            self.generator = torch.Generator(device=device)
+            if settings.seed is not None:
+                self.generator.manual_seed(int(settings.seed))
+            else:
+                self.generator.seed()
+
+    def _next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        if self.greedy:
+            return torch.argmax(logits, dim=-1)
+        scores = self.warpers(None, logits)
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Any) -> Any:
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, self.cache_kwarg: cache,
+                                  "use_cache": True, "return_dict": True}
+        if self.positions:
+            kwargs["position_ids"] = positions
+        if self.keep_logits:
+            kwargs["logits_to_keep"] = 1
+        import torch
+
+        out = self.model(**kwargs)
+        return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+
+    def _hit_stop(self, tokens: list[int]) -> bool:
+        tail = self.tokenizer.decode(tokens[-self.stop_window:], skip_special_tokens=True)
+        return any(s in tail for s in self.stop)
+
+    def _result(self, tokens: list[int], ended: bool) -> Generation:
+        body = tokens[:-1] if tokens and tokens[-1] in self.eot else tokens
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        text, stopped = truncate_at_stop(text, self.stop)
+        return Generation(text=text, finish_reason="stop" if (ended or stopped) else "length",
+                          output_tokens=len(tokens))
+
+    def run(self, prompts: list[list[int]], report: Callable[[int, Generation], None]) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        max_new = self.settings.max_new_tokens
+        width = max(len(p) for p in prompts)
+        n = len(prompts)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            if p:
+                ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[row, width - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        attn: torch.Tensor | None = None if bool((mask == 1).all()) else mask
+        cache = DynamicCache(config=self.model.config)
+        live = list(range(n))  # batch rows still in the cache, in cache order
+        generated: list[list[int] | None] = [[] for _ in range(n)]  # None once reported
+        with torch.inference_mode():
+            logits = self._forward(ids, attn, positions, cache)
+            evict = _can_evict(cache)
+            last = positions[:, -1:]
+            while True:
+                nxt = self._next_tokens(logits)
+                values = nxt.tolist()
+                keep: list[int] = []
+                for j, row in enumerate(live):
+                    tokens = generated[row]
+                    if tokens is None:  # finished earlier, kept only because the cache cannot drop rows
+                        keep.append(j)
+                        continue
+                    tokens.append(values[j])
+                    ended = values[j] in self.eot
+                    if ended or len(tokens) >= max_new or (self.stop and self._hit_stop(tokens)):
+                        report(row, self._result(tokens, ended))
+                        generated[row] = None
+                        if evict:
+                            continue
+                    keep.append(j)
+                if all(generated[row] is None for row in live):
+                    return
+                if len(keep) < len(live):
+                    index = torch.tensor(keep, dtype=torch.long, device=nxt.device)
+                    cache.batch_select_indices(index)
+                    live = [live[j] for j in keep]
+                    nxt, last = nxt[index], last[index]
+                    if attn is not None:
+                        attn = attn[index]
+                if attn is not None:
+                    attn = torch.cat([attn, attn.new_ones((attn.shape[0], 1))], dim=-1)
+                last = last + 1
+                logits = self._forward(nxt[:, None], attn, last, cache)
+
+
+# =============================================================================================
+# OpenAI-compatible endpoint
+
+_RETRY_STATUS = {408, 409, 425, 429}
+_MAX_RETRY_AFTER = 120.0
+_MAX_BACKOFF = 30.0
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (Retry-After-Ms / Retry-After, seconds or an HTTP date)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    with contextlib.suppress(TypeError, ValueError):
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return min(max(float(ms) / 1000.0, 0.0), _MAX_RETRY_AFTER)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    with contextlib.suppress(TypeError, ValueError):
+        seconds = float(value)
+        if math.isfinite(seconds):
+            return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value)
+        return min(max(when.timestamp() - time.time(), 0.0), _MAX_RETRY_AFTER)
+    return None
+
+
+class EndpointBackend:
+    """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, Ollama, OpenAI, ...).
+
+    Up to `concurrency` requests are in flight at once. A request that fails with 429, 408/409, a 5xx
+    or a connection error/timeout is retried up to `max_retries` times, waiting what a 429's
+    Retry-After header says, else `backoff` x 2^attempt seconds (at most 30 s, with 10 % jitter).
+    A prompt that still fails, or fails with another status, becomes
+    ``Generation(text="", finish_reason="error", error=...)`` and the others carry on.
+
+    The first prompt is sent alone: when the endpoint cannot be reached at all (connection errors
+    through every retry), refuses the key (401/403) or does not know the model (404), `generate`
+    raises `EndpointError` before anything else is sent.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
+                 max_retries: int = 5, timeout: float = 120, *, backoff: float = 0.5) -> None:
+        import openai
+
+        if concurrency < 1:
+            raise EndpointError(f"endpoint concurrency must be at least 1, got {concurrency}",
+                                "Pass a concurrency of 1 or more.")
+        if max_retries < 0:
+            raise EndpointError(f"max_retries must be 0 or more, got {max_retries}", "Pass 0 or more retries.")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.backoff = backoff
+        self.fingerprint = _sha256("endpoint", self.base_url, model)
+        self.client = openai.OpenAI(base_url=self.base_url,
+                                    api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
+                                    max_retries=0, timeout=timeout)
+        self._sleep = time.sleep  # tests may replace it
+
+    # -- one prompt ----------------------------------------------------------------------------
+
+    def _request(self, chat: Chat, settings: DecodeSettings) -> Generation:
+        kwargs: dict[str, Any] = {"model": self.model, "messages": chat, "temperature": settings.temperature,
+                                  "top_p": settings.top_p, "max_tokens": settings.max_new_tokens}
+        if settings.stop:
+            kwargs["stop"] = list(settings.stop)
+        if settings.seed is not None:
+            kwargs["seed"] = settings.seed
+        resp = self.client.chat.completions.create(**kwargs)
+        if not resp.choices:
+            raise _BadReply("the endpoint answered with no choices")
+        choice = resp.choices[0]
+        text = (choice.message.content if choice.message is not None else None) or ""
+        text, stopped = truncate_at_stop(text, settings.stop)
+        usage = getattr(resp, "usage", None)
+        tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage is not None else 0
+        reason = "length" if choice.finish_reason == "length" and not stopped else "stop"
+        return Generation(text=text, finish_reason=reason, output_tokens=tokens)
+
+    def _one(self, chat: Chat, settings: DecodeSettings, *, first: bool = False,
+             cancelled: threading.Event | None = None) -> Generation:
+        import openai
+
+        last: BaseException | None = None
+        for attempt in range(self.max_retries + 1):
+            if cancelled is not None and cancelled.is_set():
+                return Generation("", "error", 0, error="cancelled")
+            delay: float | None = None
+            try:
+                return self._request(chat, settings)
+            except openai.APIConnectionError as exc:  # includes timeouts
+                last = exc
+            except openai.APIStatusError as exc:
+                last = exc
+                status = exc.status_code
+                if first and status in (401, 403, 404):
+                    raise self._fatal(exc) from exc
+                if status not in _RETRY_STATUS and status < 500:
+                    return Generation("", "error", 0, error=_describe(exc))
+                if status == 429:
+                    delay = _retry_after(exc)
+            except (openai.OpenAIError, _BadReply, ValueError, TypeError, AttributeError) as exc:
+                return Generation("", "error", 0, error=_describe(exc))
+            if attempt < self.max_retries:
+                if delay is None:
+                    delay = min(self.backoff * (2 ** attempt), _MAX_BACKOFF) * (1 + 0.1 * random.random())
+                if cancelled is not None:
+                    if cancelled.wait(delay):
+                        return Generation("", "error", 0, error="cancelled")
+                else:
+                    self._sleep(delay)
+        if first and isinstance(last, openai.APIConnectionError):
+            raise self._fatal(last) from last
+        return Generation("", "error", 0, error=_describe(last) + f" (after {self.max_retries + 1} attempts)")
+
+    def _fatal(self, exc: BaseException) -> EndpointError:
+        import openai
+
+        where = f"{self.base_url} (model {self.model!r})"
+        if isinstance(exc, openai.APITimeoutError):
+            return EndpointError(f"the endpoint {where} did not answer within {self.timeout:g} s",
+                                 f"Check that the server at {self.base_url} is up and not overloaded; "
+                                 "--endpoint must be its OpenAI-compatible base URL (usually ending in /v1).")
+        if isinstance(exc, openai.APIConnectionError):
+            return EndpointError(f"cannot reach the endpoint {where}: {_describe(exc)}",
+                                 f"Is the server running at {self.base_url}? --endpoint must be its "
+                                 "OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1).")
+        status = getattr(exc, "status_code", None)
+        if status in (401, 403):
+            return EndpointError(f"the endpoint {where} refused the API key (HTTP {status})",
+                                 "Set the key in OPENAI_API_KEY, or name the variable holding it with --api-key-env.")
+        return EndpointError(f"the endpoint {where} answered HTTP {status}: {_describe(exc)}",
+                             f"Check the model name (the server lists its models at {self.base_url}/models) and "
+                             "that --endpoint is the OpenAI-compatible base URL (usually ending in /v1).")
+
+    # -- many prompts --------------------------------------------------------------------------
+
+    def generate(self, chats: list[Chat], settings: DecodeSettings, progress: Progress | None = None,
+                 *, on_result: OnResult | None = None) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(chats)
+        done = 0
+
+        def finish(index: int, gen: Generation) -> None:
+            nonlocal done
+            results[index] = gen
+            done += 1
+            if on_result is not None:
+                on_result(index, gen)
+            if progress is not None:
+                progress(done)
+
+        if not chats:
+            return []
+        finish(0, self._one(chats[0], settings, first=True))
+        cancelled = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(chats) - 1)),
+                                  thread_name_prefix="tunesmith-endpoint")
+        try:
+            pending: dict[Future[Generation], int] = {
+                pool.submit(self._one, chats[i], settings, cancelled=cancelled): i for i in range(1, len(chats))}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    index = pending.pop(fut)
+                    finish(index, fut.result())
+        except BaseException:
+            cancelled.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return _complete(results)
+
+
+class _BadReply(Exception):
+    pass
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return f"HTTP {status}: {first}" if status is not None else f"{type(exc).__name__}: {first}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# =============================================================================================
+# vLLM (optional)
+
+
+def vllm_available() -> bool:
+    """Whether the `vllm` package can be imported here (it is never a dependency)."""
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class VLLMBackend:
+    """Offline vLLM (``vllm.LLM``), a LoRA adapter applied per request with ``LoRARequest``.
+
+    Prompts are rendered with the same `render` as everywhere else and passed as token ids (so vLLM
+    adds no second BOS); decoding stops at the model's end-of-turn ids and at the stop strings.
+    """
+
+    def __init__(self, model_path: Path | str, adapter_path: Path | str | None = None, *,
+                 dtype: str = "auto", gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
+                 **engine_kwargs: Any) -> None:
+        if not vllm_available():
+            raise ModelError("the vLLM backend needs the `vllm` package, which is not installed",
+                             "Install it on a Linux machine with a CUDA GPU (pip install vllm), "
+                             "or use the default transformers backend.")
+        self.model_path = Path(model_path).expanduser().resolve()
+        self.adapter_path = Path(adapter_path).expanduser().resolve() if adapter_path is not None else None
+        # the same identity checks and tokenizer choice as the transformers backend
+        local = LocalBackend(self.model_path, self.adapter_path, device="cpu", dtype="float32")
+        self.tokenizer_path = local.tokenizer_path
+        self._local = local
+        self.fingerprint = _sha256("vllm", dtype, local.fingerprint)
+        self._engine_kwargs = dict(dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                                   max_model_len=max_model_len, **engine_kwargs)
+        self._llm: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._local.tokenizer
+
+    def _engine(self) -> Any:
+        if self._llm is None:
+            from vllm import LLM
+
+            kwargs = {k: v for k, v in self._engine_kwargs.items() if v is not None}
+            if self.adapter_path is not None:
+                config = json.loads((self.adapter_path / "adapter_config.json").read_text(encoding="utf-8"))
+                kwargs.setdefault("enable_lora", True)
+                kwargs.setdefault("max_lora_rank", max(8, int(config.get("r", 8))))
+            try:
+                self._llm = LLM(model=str(self.model_path), tokenizer=str(self.tokenizer_path), seed=0, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                raise ModelError(f"vLLM cannot load {self.model_path}: {_one_line(exc)}",
+                                 "Use the default transformers backend for this model.") from exc
+        return self._llm
+
+    def generate(self, chats: list[Chat], settings: DecodeSettings, progress: Progress | None = None,
+                 *, on_result: OnResult | None = None) -> list[Generation]:
+        from vllm import SamplingParams
+
+        from tunesmith.models.chat import end_of_turn_ids, render
+
+        if not chats:
+            return []
+        tok = self.tokenizer
+        texts = [render(tok, chat, add_generation_prompt=True) for chat in chats]
+        ids = tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        params = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
+                                max_tokens=settings.max_new_tokens, stop=list(settings.stop) or None,
+                                seed=settings.seed, stop_token_ids=sorted(end_of_turn_ids(tok)),
+                                skip_special_tokens=True)
+        lora = None
+        if self.adapter_path is not None:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("tunesmith-adapter", 1, str(self.adapter_path))
+        outputs = self._engine().generate([{"prompt_token_ids": p} for p in ids], params, lora_request=lora,
+                                          use_tqdm=False)
+        results: list[Generation] = []
+        for index, out in enumerate(outputs):
+            best = out.outputs[0]
+            text, stopped = truncate_at_stop(best.text, settings.stop)
+            reason = "length" if best.finish_reason == "length" and not stopped else "stop"
+            gen = Generation(text=text, finish_reason=reason, output_tokens=len(best.token_ids))
+            results.append(gen)
+            if on_result is not None:
+                on_result(index, gen)
+            if progress is not None:
+                progress(index + 1)
+        return results
