@@ -37,6 +37,7 @@ from tunesmith.cli import project as _project  # noqa: E402,F401
 from tunesmith.cli import models as _models  # noqa: E402,F401
 from tunesmith.cli import train as _train  # noqa: E402,F401
 from tunesmith.cli import evaluate as _evaluate  # noqa: E402,F401
+from tunesmith.cli import run as _run  # noqa: E402,F401
 from tunesmith.cli.runs import runs_app  # noqa: E402
 
 app.add_typer(runs_app, name="runs")

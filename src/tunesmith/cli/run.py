@@ -1,0 +1,51 @@
+"""`tunesmith run PROJECT`: check, split, baseline, train, eval, report in one resumable command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from tunesmith.cli import app
+from tunesmith.cli._errors import handle_errors
+from tunesmith.cli._output import console
+
+
+@app.command("run")
+@handle_errors
+def run_command(
+    project: Path = typer.Argument(Path("."), help="Project directory."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    start: Optional[str] = typer.Option(None, "--from", help="Start at this stage (earlier ones must have run)."),
+    force: bool = typer.Option(False, "--force", help="Train even when the base model already passes the bar."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON event per stage on stdout."),
+) -> None:
+    """The whole workflow: check -> split -> baseline -> train -> eval -> report. Re-run to resume."""
+    from tunesmith.pipeline import run_pipeline
+
+    out = console()
+
+    def emit(event: dict[str, Any]) -> None:
+        if json_out:
+            print(json.dumps(event, default=str), flush=True)
+        else:
+            details = {k: v for k, v in event.items() if k not in ("event", "stage", "status", "metrics")}
+            out.print(f"[bold]{event['stage']:9}[/] {event['status']:8} " + ", ".join(f"{k}={v}" for k, v in details.items()))
+
+    result = run_pipeline(project, until=until, start=start, force=force, emit=emit,
+                          say=lambda m: print(m, file=sys.stderr), progress=not json_out)
+    if json_out:
+        print(json.dumps({"event": "done", **result.to_dict()}, default=str))
+        return
+    if result.summary:
+        from tunesmith.cli.evaluate import print_eval
+        from tunesmith.evaluate.api import EvalOutcome
+
+        gate = (result.stages.get("eval") or {})
+        print_eval(EvalOutcome(result.run_id or "", result.summary, None, Path(result.report) if result.report else None))
+        if gate.get("gate") == "fail":
+            out.print(f"[red]regression gate failed[/]: {', '.join(gate.get('new_failures', []))}")
+            raise typer.Exit(1)

@@ -1,0 +1,154 @@
+"""`tunesmith run`: the whole path on a tiny model; unchanged stages skipped; a killed run resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from datagen import SYSTEM, clean_examples, write_jsonl
+from tunesmith.cli import app
+
+runner = CliRunner()
+
+
+def make_project(root: Path, model_dir: Path, *, n: int = 60, train: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tunesmith.yaml").write_text(
+        f"task: 'Answer with one compact JSON object.'\nbase_model: {model_dir}\n"
+        f"system_prompt: {json.dumps(SYSTEM)}\noutput:\n  json: true\n"
+        "data:\n  regression: regression.jsonl\n  test_fraction: 0.2\n"
+        "eval:\n  max_new_tokens: 8\n" + train)
+    write_jsonl(root / "data.jsonl", clean_examples(n))
+    write_jsonl(root / "regression.jsonl", [
+        {"id": f"r{i}", "prompt": f"regression {i}", "assertions": [{"type": "not_contains", "value": "ZZZZ"}]}
+        for i in range(20)])
+    return root
+
+
+def events(stdout: str) -> dict[str, dict]:
+    out = {}
+    for line in stdout.strip().splitlines():
+        e = json.loads(line)
+        if e.get("event") == "stage":
+            out[e["stage"]] = e
+        elif e.get("event") == "done":
+            out["done"] = e
+    return out
+
+
+def test_whole_run_then_everything_is_skipped(tmp_path, tiny_model_dir):
+    root = make_project(tmp_path / "p", tiny_model_dir, train="train:\n  epochs: 1\n")
+    first = runner.invoke(app, ["run", str(root), "--force", "--json"])
+    assert first.exit_code == 0, first.output
+    ev = events(first.stdout)
+    assert [ev[s]["status"] for s in ("check", "split", "baseline", "train", "eval", "report")] == ["ok"] * 6
+    run_id = ev["train"]["run_id"]
+    run_dir = root / "runs" / run_id
+    for name in ("adapter", "plan.json", "metrics.json", "steps.jsonl", "report.html"):
+        assert (run_dir / name).exists(), name
+    assert ev["done"]["summary"]["test"]["n"] > 0
+    second = runner.invoke(app, ["run", str(root), "--force", "--json"])
+    ev2 = events(second.stdout)
+    assert [ev2[s]["status"] for s in ("check", "split", "baseline", "train", "eval")] == ["skipped"] * 5
+    assert ev2["train"]["run_id"] == run_id
+    # a changed training setting re-runs training (and what follows), nothing before it
+    with open(root / "tunesmith.yaml", "a") as fh:
+        fh.write("  seed: 7\n")
+    third = events(runner.invoke(app, ["run", str(root), "--force", "--json"]).stdout)
+    assert third["check"]["status"] == "skipped" and third["split"]["status"] == "skipped"
+    assert third["train"]["status"] == "ok" and third["train"]["run_id"] != run_id
+    assert third["eval"]["status"] == "ok"
+
+
+def test_until_and_from(tmp_path, tiny_model_dir):
+    root = make_project(tmp_path / "p", tiny_model_dir)
+    result = runner.invoke(app, ["run", str(root), "--until", "split", "--json"])
+    assert result.exit_code == 0
+    assert set(events(result.stdout)) == {"check", "split", "done"}
+    assert (root / "data" / "test.seal.json").exists()
+    result = runner.invoke(app, ["run", str(root), "--from", "eval"])
+    assert result.exit_code == 2 and "no trained run" in result.stderr
+    result = runner.invoke(app, ["run", str(root), "--until", "deploy"])
+    assert result.exit_code == 2 and "unknown stage" in result.stderr
+
+
+def test_baseline_stops_without_force_when_base_is_good(tmp_path, tiny_model_dir):
+    """The guide: a base model already right >= 80 % of the time should be prompted, not fine-tuned."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.evaluate.generate import LocalBackend
+    from tunesmith.evaluate.types import DecodeSettings
+
+    model_dir = tmp_path / "talkative"
+    shutil.copytree(tiny_model_dir, model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(8.0)  # varied greedy text instead of newlines
+    model.save_pretrained(model_dir)
+    prompts = [r["messages"][1]["content"] for r in clean_examples(60, seed=3)]
+    chats = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in prompts]
+    said = [g.text for g in LocalBackend(model_dir).generate(chats, DecodeSettings(max_new_tokens=8))]
+    root = make_project(tmp_path / "p", model_dir)
+    write_jsonl(root / "data.jsonl", [{"messages": c + [{"role": "assistant", "content": a}]} for c, a in zip(chats, said)])
+    (root / "tunesmith.yaml").write_text((root / "tunesmith.yaml").read_text().replace("output:\n  json: true\n", ""))
+    result = runner.invoke(app, ["run", str(root)])
+    assert result.exit_code == 1
+    assert "baseline: the base model already answers 100%" in result.stderr and "--force" in result.stderr
+    assert not (root / "runs").exists() or not list((root / "runs").glob("2*"))
+
+
+def test_data_errors_stop_at_check(tmp_path, tiny_model_dir):
+    root = make_project(tmp_path / "p", tiny_model_dir)
+    with open(root / "data.jsonl", "a") as fh:
+        fh.write("{broken\n")
+    result = runner.invoke(app, ["run", str(root)])
+    assert result.exit_code == 1 and "check: 1 error(s)" in result.stderr and "hint:" in result.stderr
+    assert not (root / "data" / "train.jsonl").exists()
+
+
+def test_missing_project_and_unbuilt_example(tmp_path, tiny_model_dir):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no such project directory" in result.stderr
+    root = make_project(tmp_path / "p", tiny_model_dir)
+    os.rename(root / "data.jsonl", root / "made.jsonl")
+    (root / "build.py").write_text("import shutil; shutil.copy('made.jsonl', 'data.jsonl')\n")
+    (root / "tunesmith.yaml").write_text((root / "tunesmith.yaml").read_text() + "build: python build.py\n")
+    result = runner.invoke(app, ["run", str(root), "--until", "split"])
+    assert result.exit_code == 0, result.output
+    assert (root / "data.jsonl").exists() and "built" in result.stderr
+
+
+def test_kill_during_training_then_run_resumes(tmp_path, tiny_model_dir):
+    root = make_project(tmp_path / "p", tiny_model_dir, train="train:\n  epochs: 12\n  eval_every: 2\n")
+    cmd = [sys.executable, "-m", "tunesmith", "run", str(root), "--force", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 300
+    checkpoint = None
+    while time.time() < deadline and proc.poll() is None:
+        found = sorted((root / "runs").glob("*/checkpoints/checkpoint-*"))
+        if len(found) >= 2:
+            checkpoint = found
+            break
+        time.sleep(0.2)
+    assert checkpoint, "training never wrote two checkpoints"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    run_dir = checkpoint[0].parent.parent
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ev = events(result.stdout)
+    assert ev["check"]["status"] == "skipped" and ev["split"]["status"] == "skipped"
+    assert ev["train"]["status"] == "resumed" and ev["train"]["run_id"] == run_dir.name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] >= 2
