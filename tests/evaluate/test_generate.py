@@ -82,9 +82,11 @@ def plain_generate(model, tok, chat, max_new_tokens: int) -> Generation:
 # --- LocalBackend ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch_size", [4, None])
-def test_batched_equals_one_at_a_time_plain_generate(lively_model: Path, batch_size: int | None) -> None:
+@pytest.mark.parametrize(("batch_size", "row_prefill"), [(4, None), (None, None), (3, False)])
+def test_batched_equals_one_at_a_time_plain_generate(lively_model: Path, batch_size: int | None,
+                                                     row_prefill: bool | None) -> None:
     backend = LocalBackend(lively_model, batch_size=batch_size, device="cpu")
+    backend.row_prefill = row_prefill  # None: by device (rows on CPU); False: one padded batch (the GPU way)
     prompts = chats(10)
     seen: list[int] = []
     streamed: dict[int, Generation] = {}
@@ -184,7 +186,7 @@ def test_auto_batch_size_follows_memory_and_caps() -> None:
 
     config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49152)
-    assert auto_batch_size(config, 300, 128, available_bytes=64 << 30) == 16
+    assert auto_batch_size(config, 300, 128, available_bytes=64 << 30) == 32
     assert auto_batch_size(config, 300, 128, available_bytes=64 << 30, device_type="cuda") == 64
     assert auto_batch_size(config, 300, 128, available_bytes=1) == 1
     small = auto_batch_size(config, 4000, 256, available_bytes=2 << 30)

@@ -39,7 +39,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from tunesmith.errors import ModelError, TunesmithError
+from tunesmith.errors import ModelError, TunesmithError, UsageError
 from tunesmith.evaluate.types import DecodeSettings, Generation
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,8 +115,8 @@ _TOKENIZER_FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "spec
                                 "chat_template.jinja", "chat_template.json", "tokenizer.model")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
-#: most sequences decoded together, by device type (more rarely helps on CPU, see auto_batch_size)
-BATCH_CAP = {"cpu": 16, "cuda": 64, "mps": 16}
+#: most sequences decoded together, by device type (see auto_batch_size)
+BATCH_CAP = {"cpu": 32, "cuda": 64, "mps": 32}
 #: share of the currently free memory the batch may take (KV cache + activations)
 MEMORY_SHARE = 0.4
 
@@ -146,9 +146,10 @@ def auto_batch_size(config: Any, prompt_tokens: int, max_new_tokens: int, *, dty
     Per sequence it counts the KV cache of the whole sequence (2 x layers x kv-heads x head-dim x
     (prompt + new tokens) values), one layer's prefill activations (prompt x (4 x hidden + 3 x
     intermediate) values), one layer's attention scores in fp32 (heads x prompt^2) and two fp32 rows
-    of logits. The cap (`BATCH_CAP`: 16 on CPU, 64 on CUDA) is where bigger batches stop paying off:
-    on CPU, decoding is compute-bound from about 16 rows on (SmolLM2-135M, 2 cores: 16 and 32 give
-    the same tokens/s), and a bigger batch only waits longer for its longest answer.
+    of logits. The cap (`BATCH_CAP`: 32 on CPU, 64 on CUDA) is where bigger batches stop paying off.
+    On a CPU, decoding is compute-bound: SmolLM2-135M on one core made 88 tokens/s at 16 rows, 100 at
+    32, 108 at 48 and 105 at 64 (96 pyfunc-json prompts, 128 new tokens), as a bigger batch spends
+    longer waiting for its longest answer with few rows left.
     """
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     hidden = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0) or 1024)
@@ -308,6 +309,7 @@ class LocalBackend:
 
         if not chats:
             return []
+        _check_settings(settings)
         tok = self.tokenizer
         texts = [render(tok, chat, add_generation_prompt=True) for chat in chats]
         # The template writes every special token itself (BOS included); training encodes the same way.
@@ -346,7 +348,7 @@ class LocalBackend:
                 finish(batch[row], gen)
 
             try:
-                decoder.run([prompts[i] for i in batch], report)
+                decoder.run([prompts[i] for i in batch], report, row_prefill=self._row_prefill())
             except Exception as exc:
                 if not _is_oom(exc):
                     raise
@@ -362,6 +364,12 @@ class LocalBackend:
                 queue[:0] = [left[:half], left[half:]]
         return _complete(results)
 
+    #: prefill prompt by prompt (True), as one padded batch (False), or None: by device (rows on CPU)
+    row_prefill: bool | None = None
+
+    def _row_prefill(self) -> bool:
+        return self.row_prefill if self.row_prefill is not None else not self.device.startswith("cuda")
+
     def _auto_batch(self, prompt_tokens: int, max_new_tokens: int) -> int:
         import torch
 
@@ -370,6 +378,17 @@ class LocalBackend:
                                dtype_bytes=torch.finfo(getattr(torch, self.dtype)).bits // 8,
                                available_bytes=_available_memory(self.device),
                                device_type=self.device.split(":")[0])
+
+
+def _check_settings(settings: DecodeSettings) -> None:
+    if settings.max_new_tokens < 1:
+        raise UsageError(f"max_new_tokens must be at least 1, got {settings.max_new_tokens}",
+                         "Pass --max-new-tokens 1 or more.")
+    if settings.temperature < 0:
+        raise UsageError(f"temperature must be 0 (greedy) or more, got {settings.temperature}",
+                         "Use temperature 0 for a repeatable evaluation.")
+    if not 0 < settings.top_p <= 1:
+        raise UsageError(f"top_p must be in (0, 1], got {settings.top_p}", "Use top_p 1 to turn it off.")
 
 
 def _complete(results: list[Generation | None]) -> list[Generation]:
@@ -397,6 +416,70 @@ def _free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+_PREALLOCATED_LAYER: type | None = None
+
+
+def _preallocated_layer() -> type:
+    """A `DynamicLayer` whose keys/values live in buffers with room to grow: appending a decoded
+    position copies that position only, where `DynamicLayer` concatenates (copies) the whole cache at
+    every step, which on a CPU costs about as much as the attention itself. `keys`/`values` are views
+    of the filled part, so everything reading them sees what `DynamicLayer` would hold."""
+    global _PREALLOCATED_LAYER
+    if _PREALLOCATED_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class PreallocatedLayer(DynamicLayer):
+            def __init__(self, capacity: int) -> None:
+                super().__init__()
+                self.capacity = capacity
+                self.length = 0
+                self._k: Any = None
+                self._v: Any = None
+
+            def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                n = key_states.shape[-2]
+                if self._k is None or self.length + n > self._k.shape[-2]:
+                    size = max(self.capacity, 2 * (self.length + n)) if self._k is not None else max(
+                        self.capacity, n)
+                    k = key_states.new_empty((*key_states.shape[:-2], size, key_states.shape[-1]))
+                    v = value_states.new_empty((*value_states.shape[:-2], size, value_states.shape[-1]))
+                    if self.length:
+                        k[..., : self.length, :] = self._k[..., : self.length, :]
+                        v[..., : self.length, :] = self._v[..., : self.length, :]
+                    self._k, self._v = k, v
+                self._k[..., self.length: self.length + n, :] = key_states
+                self._v[..., self.length: self.length + n, :] = value_states
+                self.length += n
+                self.keys = self._k[..., : self.length, :]
+                self.values = self._v[..., : self.length, :]
+                return self.keys, self.values
+
+            def batch_select_indices(self, indices: Any) -> None:
+                if self._k is not None:
+                    self._k, self._v = self._k[indices, ...], self._v[indices, ...]
+                    self.keys = self._k[..., : self.length, :]
+                    self.values = self._v[..., : self.length, :]
+
+        _PREALLOCATED_LAYER = PreallocatedLayer
+    return _PREALLOCATED_LAYER
+
+
+def _new_cache(config: Any, capacity: int | None = None) -> Any:
+    """A `DynamicCache` for `config`; with `capacity`, plain full-attention layers preallocate room
+    for that many positions (other layer kinds are left as transformers makes them)."""
+    import transformers.cache_utils as cache_utils
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    plain = getattr(cache_utils, "DynamicLayer", None)
+    layers = getattr(cache, "layers", None)
+    if capacity and layers and all(type(layer) is plain for layer in layers):
+        cache.layers = [_preallocated_layer()(capacity) for _ in layers]
+    return cache
+
+
 def _can_evict(cache: Any) -> bool:
     """Whether finished rows can be dropped from `cache`: plain (or sliding-window) key/value layers
     only. Linear-attention and quantized layers keep other state; with those, finished rows go on
@@ -414,13 +497,14 @@ def _can_evict(cache: Any) -> bool:
 class _Decoder:
     """One batch of prompts through prefill and token-by-token decoding, mirroring ``model.generate``.
 
-    The inputs the model sees are exactly those ``generate`` builds for a left-padded batch: a 2-D
-    attention mask (dropped when nothing is padded), position ids = cumsum(mask) - 1 (so every row
-    counts its positions from its own first real token, as it would alone), a `DynamicCache`, and
-    logits of the last position only, taken in float32. Unlike ``generate``, a row that has finished
-    (end-of-turn token, stop string or max_new_tokens) leaves the batch at once: its rows of the KV
-    cache are dropped and the remaining rows carry on, so one long answer does not keep the compute of
-    the whole batch busy.
+    The decoding steps see exactly what ``generate`` builds for a left-padded batch: a 2-D attention
+    mask (dropped when nothing is padded), position ids = cumsum(mask) - 1 (so every row counts its
+    positions from its own first real token, as it would alone), a dynamic KV cache, and logits of the
+    last position only, taken in float32. Three things differ, none of them in the arithmetic a row
+    sees: on CPU each prompt is prefilled alone (batch 1, no padding, so no compute goes to padding)
+    and the caches are stacked left-padded; the cache keeps its keys/values in preallocated buffers
+    (`_preallocated_layer`); and a row that has finished (end-of-turn token, stop string or
+    max_new_tokens) leaves the batch at once, so the remaining rows do not carry it along.
     """
 
     def __init__(self, model: Any, tokenizer: Any, settings: DecodeSettings, device: str) -> None:
@@ -471,14 +555,14 @@ class _Decoder:
         return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Any) -> Any:
+        import torch
+
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, self.cache_kwarg: cache,
                                   "use_cache": True, "return_dict": True}
         if self.positions:
             kwargs["position_ids"] = positions
         if self.keep_logits:
             kwargs["logits_to_keep"] = 1
-        import torch
-
         out = self.model(**kwargs)
         return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
 
@@ -493,9 +577,40 @@ class _Decoder:
         return Generation(text=text, finish_reason="stop" if (ended or stopped) else "length",
                           output_tokens=len(tokens))
 
-    def run(self, prompts: list[list[int]], report: Callable[[int, Generation], None]) -> None:
+    def _prefill_rows(self, prompts: list[list[int]], width: int) -> tuple[torch.Tensor, Any] | None:
+        """Prefill each prompt alone (batch 1, no padding: exactly the computation a lone ``generate``
+        does) and stack the caches left-padded with zeros; None where the cache is not plain
+        full-attention key/value layers (sliding windows, linear attention): prefill as a batch then."""
         import torch
+        import torch.nn.functional as F
+        import transformers.cache_utils as cache_utils
         from transformers import DynamicCache
+
+        logits, caches = [], []
+        for p in prompts:
+            cache = DynamicCache(config=self.model.config)
+            ids = torch.tensor([p], dtype=torch.long, device=self.device)
+            positions = torch.arange(len(p), dtype=torch.long, device=self.device)[None, :]
+            logits.append(self._forward(ids, None, positions, cache))
+            layers = getattr(cache, "layers", None)
+            if not layers or any(type(layer) is not getattr(cache_utils, "DynamicLayer", None) for layer in layers):
+                return None
+            caches.append(cache)
+        merged = _new_cache(self.model.config, width + self.settings.max_new_tokens)
+        for index in range(len(caches[0].layers)):
+            keys = [F.pad(c.layers[index].keys, (0, 0, width - len(p), 0)) for c, p in zip(caches, prompts)]
+            values = [F.pad(c.layers[index].values, (0, 0, width - len(p), 0)) for c, p in zip(caches, prompts)]
+            merged.update(torch.cat(keys), torch.cat(values), index)
+        return torch.cat(logits), merged
+
+    def run(self, prompts: list[list[int]], report: Callable[[int, Generation], None], *,
+            row_prefill: bool = True) -> None:
+        """Decode `prompts` together; ``report(row, generation)`` as each one finishes.
+
+        `row_prefill` prefills prompt by prompt (no compute spent on padding: what a CPU wants);
+        otherwise the left-padded batch is prefilled in one forward pass (what a GPU wants).
+        """
+        import torch
 
         max_new = self.settings.max_new_tokens
         width = max(len(p) for p in prompts)
@@ -509,11 +624,15 @@ class _Decoder:
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         attn: torch.Tensor | None = None if bool((mask == 1).all()) else mask
-        cache = DynamicCache(config=self.model.config)
         live = list(range(n))  # batch rows still in the cache, in cache order
         generated: list[list[int] | None] = [[] for _ in range(n)]  # None once reported
         with torch.inference_mode():
-            logits = self._forward(ids, attn, positions, cache)
+            rows = self._prefill_rows(prompts, width) if row_prefill and n > 1 and all(prompts) else None
+            if rows is not None:
+                logits, cache = rows
+            else:
+                cache = _new_cache(self.model.config, width + max_new)
+                logits = self._forward(ids, attn, positions, cache)
             evict = _can_evict(cache)
             last = positions[:, -1:]
             while True:
@@ -708,6 +827,7 @@ class EndpointBackend:
 
         if not chats:
             return []
+        _check_settings(settings)
         finish(0, self._one(chats[0], settings, first=True))
         cancelled = threading.Event()
         pool = ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(chats) - 1)),
@@ -811,6 +931,7 @@ class VLLMBackend:
 
         if not chats:
             return []
+        _check_settings(settings)
         tok = self.tokenizer
         texts = [render(tok, chat, add_generation_prompt=True) for chat in chats]
         ids = tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
