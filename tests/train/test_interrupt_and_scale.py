@@ -90,3 +90,18 @@ def test_two_processes_match_one(tmp_path, tiny_model_dir):
         assert abs(one[step] - two[step]) < 0.01 * abs(one[step]), (step, one[step], two[step])
     plan_two = json.loads(next((project / "runs").glob("*-two")).joinpath("plan.json").read_text())
     assert plan_two["derived"]["processes"] == 2 and plan_two["derived"]["gradient_accumulation"] == 2
+
+
+def test_a_half_written_checkpoint_is_skipped(tmp_path):
+    """kill -9 while the Trainer is saving leaves checkpoint-N without trainer_state.json."""
+    from tunesmith.train.local import last_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "checkpoint-2").mkdir(parents=True)
+    (ckpts / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (ckpts / "checkpoint-10").mkdir()
+    (ckpts / "checkpoint-4").mkdir()
+    (ckpts / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"partial")
+    assert last_checkpoint(tmp_path) == ckpts / "checkpoint-2"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2"]
+    assert last_checkpoint(tmp_path / "none") is None

@@ -106,10 +106,19 @@ def _rows(data) -> list[dict[str, list[int]]]:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint; a half-written one (the process was killed while saving) is removed.
 
+    The Trainer writes trainer_state.json last, so a checkpoint without it never finished.
+    """
     ckpt_dir = run_dir / "checkpoints"
-    return Path(found) if ckpt_dir.is_dir() and (found := get_last_checkpoint(str(ckpt_dir))) else None
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()), key=_step_of)
+    for ckpt in reversed(found):
+        if (ckpt / "trainer_state.json").is_file():
+            return ckpt
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return None
 
 
 def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_events: bool = False,
