@@ -199,3 +199,21 @@ def test_trackers_only_when_asked_and_installed(monkeypatch):
     with pytest.raises(TunesmithError) as info:
         trackers(["wandb"])
     assert "pip install wandb" in info.value.hint
+
+
+def test_the_selective_loss_runs_under_the_trainers_mixed_precision(tiny_model_dir, tmp_path):
+    """The loss bypasses model.forward (where accelerate puts autocast), so it must enter autocast itself."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from tunesmith.train.trainer import TunesmithTrainer
+
+    seen = []
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to=[])
+    trainer = TunesmithTrainer(model=model, args=args)
+    batch = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 3, 4]])}
+    trainer.compute_loss(trainer.model, batch)
+    assert seen == [torch.bfloat16]

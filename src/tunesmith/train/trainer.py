@@ -86,7 +86,10 @@ class TunesmithTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = selective_lm_loss(model, inputs, num_items_in_batch)
+        # accelerate applies mixed precision by wrapping model.forward; this loss calls the decoder and
+        # the head directly, so it must enter the autocast context itself (bf16 on capable CPUs/GPUs).
+        with self.accelerator.autocast():
+            loss = selective_lm_loss(model, inputs, num_items_in_batch)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # num_items counts labelled tokens over all processes; DDP averages gradients, so scale back.
             loss = loss * self.accelerator.num_processes
