@@ -5,13 +5,16 @@ VENV ?= .venv
 TS := $(VENV)/bin/tunesmith
 PROJECT ?= examples/pyfunc-json
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-data test bench clean
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
 	$(TS) models resolve builtin:smollm2-135m-instruct
+	$(TS) run $(PROJECT)
+
+demo-data: setup
 	$(TS) split --project $(PROJECT)
 	$(TS) split --project $(PROJECT) --verify
 	$(TS) check $(PROJECT)/data/train.jsonl --project $(PROJECT)
