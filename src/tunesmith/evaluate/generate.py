@@ -315,17 +315,8 @@ class LocalBackend:
         # The template writes every special token itself (BOS included); training encodes the same way.
         prompts: list[list[int]] = tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
         model = self.model
-        results: list[Generation | None] = [None] * len(chats)
-        done = 0
-
-        def finish(index: int, gen: Generation) -> None:
-            nonlocal done
-            results[index] = gen
-            done += 1
-            if on_result is not None:
-                on_result(index, gen)
-            if progress is not None:
-                progress(done)
+        collector = _Results(len(chats), progress, on_result)
+        finish = collector.finish
 
         # Longest first: each batch's first prompt is its longest (batch sizing), similar lengths
         # share a batch (little padding), and an out-of-memory shows up at the start, not the end.
@@ -362,7 +353,7 @@ class LocalBackend:
                 half = (len(left) + 1) // 2
                 cap = max(1, half)
                 queue[:0] = [left[:half], left[half:]]
-        return _complete(results)
+        return collector.complete()
 
     #: prefill prompt by prompt (True), as one padded batch (False), or None: by device (rows on CPU)
     row_prefill: bool | None = None
@@ -391,11 +382,28 @@ def _check_settings(settings: DecodeSettings) -> None:
         raise UsageError(f"top_p must be in (0, 1], got {settings.top_p}", "Use top_p 1 to turn it off.")
 
 
-def _complete(results: list[Generation | None]) -> list[Generation]:
-    missing = sum(r is None for r in results)
-    if missing:  # pragma: no cover - defensive
-        raise RuntimeError(f"internal error: {missing} prompts got no answer")
-    return [r for r in results if r is not None]
+class _Results:
+    """Answers by prompt index as they arrive, reported to the progress and on_result callbacks."""
+
+    def __init__(self, n: int, progress: Progress | None, on_result: OnResult | None) -> None:
+        self.results: list[Generation | None] = [None] * n
+        self.done = 0
+        self.progress, self.on_result = progress, on_result
+
+    def finish(self, index: int, gen: Generation) -> None:
+        self.results[index] = gen
+        self.done += 1
+        if self.on_result is not None:
+            self.on_result(index, gen)
+        if self.progress is not None:
+            self.progress(self.done)
+
+    def complete(self) -> list[Generation]:
+        results = self.results
+        missing = sum(r is None for r in results)
+        if missing:  # pragma: no cover - defensive
+            raise RuntimeError(f"internal error: {missing} prompts got no answer")
+        return [r for r in results if r is not None]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -813,17 +821,8 @@ class EndpointBackend:
 
     def generate(self, chats: list[Chat], settings: DecodeSettings, progress: Progress | None = None,
                  *, on_result: OnResult | None = None) -> list[Generation]:
-        results: list[Generation | None] = [None] * len(chats)
-        done = 0
-
-        def finish(index: int, gen: Generation) -> None:
-            nonlocal done
-            results[index] = gen
-            done += 1
-            if on_result is not None:
-                on_result(index, gen)
-            if progress is not None:
-                progress(done)
+        collector = _Results(len(chats), progress, on_result)
+        finish = collector.finish
 
         if not chats:
             return []
@@ -845,7 +844,7 @@ class EndpointBackend:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        return _complete(results)
+        return collector.complete()
 
 
 class _BadReply(Exception):

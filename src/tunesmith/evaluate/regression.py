@@ -172,10 +172,16 @@ def check_assertions(item: EvalItem, output: str, *, validator: Any = None,
             fn = (scorers or {}).get(a["name"])
             if fn is None:
                 pending.append(f"scorer: {a['name']} not loaded")
-            else:
-                value = float(fn(output))
-                if value < float(a.get("min", 1.0)):
-                    failures.append(f"scorer: {a['name']} = {value:.3f} < {a.get('min', 1.0)}")
+                continue
+            from tunesmith.evaluate.metrics import ScorerInput
+
+            try:
+                value = float(fn(ScorerInput(item.id, item.prompt_text(), output, item.expected)))
+            except Exception as exc:  # noqa: BLE001 - a user scorer's failure is this prompt's failure
+                failures.append(f"scorer: {a['name']} raised {type(exc).__name__}: {exc}")
+                continue
+            if value < float(a.get("min", 1.0)):
+                failures.append(f"scorer: {a['name']} = {value:.3f} < {a.get('min', 1.0)}")
     return AssertionResult(not failures and not pending, failures, pending)
 
 

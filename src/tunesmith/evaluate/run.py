@@ -95,7 +95,9 @@ def evaluate_subject(project: Project, subject: Subject, test: list[EvalItem], r
     scorers = [load_scorer(spec, project.root) for spec in project.eval.scorers]
     scores = [score_item(it, g, schema=schema, regex=regex, scorers=scorers) for it, g in zip(test, test_gens)]
     validator = _validator(project)
-    named = {getattr(s, "name", str(i)): s for i, s in enumerate(scorers)}
+    # A regression `scorer` assertion names its scorer by spec (module:function or file.py:function).
+    specs = {a["name"] for it in regression for a in it.assertions if a["type"] == "scorer"}
+    named = {spec: load_scorer(spec, project.root) for spec in specs}
     reg = {it.id: check_assertions(it, g.text, validator=validator, scorers=named) for it, g in zip(regression, reg_gens)}
     return SubjectEval(subject.name, scores, test_gens, reg, reg_gens, aggregate(scores))
 
