@@ -109,7 +109,9 @@ class JudgeSettings(_Strict):
 
 
 class EvalSettings(_Strict):
-    max_new_tokens: int = Field(256, ge=1, le=32768, description="Longest answer generated per prompt.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=32768,
+        description="Longest answer generated per prompt (default: 1.25 x the longest training answer + 16 tokens).")
     batch_size: int | None = Field(None, ge=1, le=512, description="Local generation batch (default: from memory).")
     baseline_threshold: float = Field(0.8, gt=0, le=1, description="Base model pass rate at which fine-tuning is not advised.")
     max_new_failures: int = Field(0, ge=0, description="Regression prompts a run may newly fail before the gate fails.")

@@ -79,7 +79,11 @@ def test_precedence_default_file_flag():
     assert (plan["rank"], s["rank"].source) == (12, FLAG)
     assert s["rank"].why == "--rank"
     assert plan["alpha"] == 24  # follows the chosen rank
-    assert (plan["dropout"], s["dropout"].source) == (0.05, DEFAULT)
+    # on CPU dropout is off (measured cost), and a file value still wins over the device choice
+    assert (plan["dropout"], s["dropout"].source) == (0.0, DEVICE)
+    assert plan_for(100, file={"dropout": 0.1})["dropout"] == 0.1
+    gpu = plan_for(100, device=GPU)
+    assert (gpu["dropout"], gpu.settings["dropout"].source) == (0.05, DEFAULT)
 
     flagged = plan_for(100, file={"learning_rate": 1e-3}, flags={"learning_rate": 5e-5, "alpha": 7})
     assert (flagged["learning_rate"], flagged.settings["learning_rate"].source) == (5e-5, FLAG)

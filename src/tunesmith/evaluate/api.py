@@ -45,7 +45,11 @@ class EvalOutcome:
 
 
 def _settings(project: Project, opts: EvalOptions) -> DecodeSettings:
-    return DecodeSettings(max_new_tokens=opts.max_new_tokens or project.eval.max_new_tokens)
+    if opts.max_new_tokens:
+        return DecodeSettings(max_new_tokens=opts.max_new_tokens)
+    from tunesmith.evaluate.budget import answer_token_budget
+
+    return DecodeSettings(max_new_tokens=answer_token_budget(project)[0])
 
 
 def _estimates(ev: SubjectEval) -> dict[str, Any]:
@@ -177,7 +181,7 @@ def base_correct_lines(project_dir: Path | str, file: Path, *, max_new_tokens: i
     items = examples_as_items(file, project.system_prompt, prefix="train", what="file")
     subject = resolve_subject(project, "base")
     (say or (lambda _m: None))(f"base model answers {len(items)} training prompts (cached for next time)")
-    settings = DecodeSettings(max_new_tokens=max_new_tokens or project.eval.max_new_tokens)
+    settings = _settings(project, EvalOptions(max_new_tokens=max_new_tokens))
     gens = subject.backend.generate([it.chat for it in items], settings, progress)
     correct = [it.line for it, g in zip(items, gens)
                if score_item(it, g, schema=None, regex=None).exact_match]

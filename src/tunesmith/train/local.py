@@ -31,7 +31,12 @@ def build_model(prep: Prepared) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from transformers import set_seed
+
     plan = prep.plan
+    # the LoRA initialisation draws random numbers: seed it here, not only in the Trainer, so that the
+    # step-time measurement (which builds a model first) cannot shift what the real run starts from
+    set_seed(plan["seed"])
     method = plan["method"]
     dtype = torch.float32
     kwargs: dict[str, Any] = {}
