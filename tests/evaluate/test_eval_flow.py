@@ -69,6 +69,8 @@ def test_eval_reports_paired_comparison_and_stores_everything(project):
     assert metrics["json_valid"]["n"] == test_n and 0 <= metrics["json_valid"]["lo"] <= metrics["json_valid"]["hi"] <= 1
     comp = out["summary"]["comparison"]["json_valid"]
     assert comp["verdict"] in ("better", "worse", "no detectable difference") and "p_value" in comp
+    for descriptive in ("length_chars", "output_tokens"):  # no direction: never "better"/"worse"
+        assert out["summary"]["comparison"][descriptive]["verdict"] in ("higher", "lower", "no detectable difference")
     assert out["summary"]["base"]["regression"]["passed"] == 4  # the suite was written from base answers
     report = Path(out["report"])
     assert report.exists() and "loss-chart" in report.read_text()

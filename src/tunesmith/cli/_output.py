@@ -13,9 +13,14 @@ def print_json(obj: Any) -> None:
 
 
 def console(stderr: bool = False):
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # piped or logged output (CI, `| tee`) gets room for the tables instead of rich's 80 columns
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def format_lines(lines: list[int], limit: int = 12) -> str:

@@ -394,6 +394,9 @@ def load_scorer(spec: str, base_dir: Path, *, name: str | None = None) -> NamedS
 #: Pass/fail metrics (compare with kind="binary") and numeric ones (kind="score"), in report order.
 BINARY_METRICS: tuple[str, ...] = ("exact_match", "json_valid", "schema_valid", "regex_ok", "stop_rate")
 SCORE_METRICS: tuple[str, ...] = ("field_accuracy", "length_chars", "output_tokens")
+#: measurements with no better direction (shorter is right for one task, wrong for another): their
+#: paired comparison says "higher" or "lower", never "better" or "worse"
+DESCRIPTIVE_METRICS: tuple[str, ...] = ("length_chars", "output_tokens")
 _REPORT_ORDER = ("exact_match", "json_valid", "schema_valid", "field_accuracy", "regex_ok", "stop_rate",
                  "length_chars", "output_tokens")
 #: Present in every aggregate (n may be 0); the others only when defined for at least one item.

@@ -124,14 +124,20 @@ def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[E
 
 def paired_comparisons(base: SubjectEval, tuned: SubjectEval) -> dict[str, Any]:
     """Per metric: the paired difference tuned - base on the items both answered, and the verdict."""
-    from tunesmith.evaluate.metrics import metric_kind, paired_values
+    import dataclasses
+
+    from tunesmith.evaluate.metrics import DESCRIPTIVE_METRICS, metric_kind, paired_values
     from tunesmith.evaluate.stats import compare
 
     out = {}
     for name in tuned.aggregate:
         _, a_vals, b_vals = paired_values(base.test_scores, tuned.test_scores, name)
         if a_vals:
-            out[name] = compare(a_vals, b_vals, kind=metric_kind(name))
+            result = compare(a_vals, b_vals, kind=metric_kind(name))
+            if name in DESCRIPTIVE_METRICS:
+                plain = {"better": "higher", "worse": "lower"}.get(result.verdict, result.verdict)
+                result = dataclasses.replace(result, verdict=plain)
+            out[name] = result
     return out
 
 

@@ -76,7 +76,8 @@ class Comparison:
     diff: Estimate
     p_value: float | None
     mde: float
-    verdict: Literal["better", "worse", "no detectable difference"]
+    #: "better" / "worse" / "no detectable difference"; "higher" / "lower" for descriptive metrics
+    verdict: Literal["better", "worse", "no detectable difference", "higher", "lower"]
     n: int
 
     def to_dict(self) -> dict[str, Any]:
