@@ -1,0 +1,48 @@
+"""`tunesmith serve`: an OpenAI-compatible endpoint, one base model, adapters hot-swapped by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunesmith.cli import app
+from tunesmith.cli._errors import handle_errors
+
+
+@app.command()
+@handle_errors
+def serve(
+    project: Path = typer.Option(Path("."), "--project", "-p", help="Project directory (its base model, runs and system prompt)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the project's base_model)."),
+    adapter: list[str] = typer.Option([], "--adapter", "-a", help="NAME=RUN_OR_DIR to load at start (repeatable)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY)."),
+    allow_dir: list[Path] = typer.Option([], "--allow-dir", help="Another directory adapters may be loaded from (repeatable)."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="Requests decoded together (default 16 on CPU, 64 on GPU)."),
+    max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="Largest max_tokens a request may ask for."),
+    max_body_kb: int = typer.Option(1024, "--max-body-kb", min=1, help="Largest request body, in KiB."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)."),
+    no_system_prompt: bool = typer.Option(False, "--no-system-prompt", help="Do not add the project's system prompt to requests without one."),
+    engine: str = typer.Option("transformers", "--engine", help="transformers (built in) or vllm (runs `vllm serve`)."),
+    print_command: bool = typer.Option(False, "--print-command", help="With --engine vllm: print the command as JSON and exit."),
+) -> None:
+    """Serve the base model and its LoRA adapters over the OpenAI chat completions API."""
+    from tunesmith.serve.api import API_KEY_ENV, ServeConfig, parse_adapter_flag, serve as run_server, vllm_command
+
+    config = ServeConfig(
+        project_dir=project, base=base, adapters=[parse_adapter_flag(a) for a in adapter], host=host, port=port,
+        api_key=api_key or os.environ.get(API_KEY_ENV) or None, allow_dirs=list(allow_dir), max_batch=max_batch,
+        max_tokens=max_tokens, max_body_bytes=max_body_kb * 1024, device=device,
+        apply_system_prompt=not no_system_prompt, engine=engine,
+    )
+    if print_command:
+        command, env = vllm_command(config)
+        print(json.dumps({"command": command, "env": env}))
+        return
+    run_server(config, say=lambda m: print(m, file=sys.stderr))

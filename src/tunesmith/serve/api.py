@@ -1,0 +1,231 @@
+"""Build and run `tunesmith serve`: one base model, adapters by name, an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError, TunesmithError, UsageError
+
+Say = Callable[[str], None]
+API_KEY_ENV = "TUNESMITH_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    project_dir: Path | None = None
+    base: str | None = None  # default: the project's base model
+    adapters: list[tuple[str, str]] = field(default_factory=list)  # (name, run id or directory)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    allow_dirs: list[Path] = field(default_factory=list)
+    max_batch: int | None = None  # default: 16 on CPU, 64 on a GPU
+    max_tokens: int = 2048
+    max_body_bytes: int = 1 << 20
+    device: str | None = None
+    apply_system_prompt: bool = True
+    engine: str = "transformers"  # or "vllm"
+    grace_s: float = 15.0
+
+
+def parse_adapter_flag(value: str) -> tuple[str, str]:
+    """NAME=RUN_OR_PATH, or a bare RUN_OR_PATH (named after the run id or directory)."""
+    if "=" in value:
+        name, _, source = value.partition("=")
+        if not name or not source:
+            raise UsageError(f"--adapter {value!r}: expected NAME=RUN_OR_PATH", "e.g. --adapter sql=latest")
+        return name.strip(), source.strip()
+    source = value.strip()
+    if not source:
+        raise UsageError("--adapter needs a value", "e.g. --adapter sql=latest")
+    return Path(source.rstrip("/")).name if "/" in source else source, source
+
+
+def _load_project(config: ServeConfig) -> Any | None:
+    from tunesmith.project import load_project
+
+    if config.project_dir is None:
+        return None
+    if not (Path(config.project_dir) / "tunesmith.yaml").is_file():
+        if config.base is None:
+            raise UsageError(f"{config.project_dir} has no tunesmith.yaml and no --base was given",
+                             "run from a project directory (--project DIR) or name the model: --base builtin:smollm2-135m-instruct")
+        return None
+    return load_project(config.project_dir)
+
+
+def build_state(config: ServeConfig, say: Say | None = None) -> Any:
+    """Load the base model and the start-up adapters; the returned ServerState backs `create_app`."""
+    say = say or (lambda _m: None)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.evaluate.generate import _default_device, _default_dtype
+    from tunesmith.models.resolve import ResolvedModel, load_tokenizer, resolve_model
+    from tunesmith.serve.adapters import AdapterLocator, ServedBase
+    from tunesmith.serve.app import Limits, ServerState
+    from tunesmith.serve.engine import Engine
+
+    project = _load_project(config)
+    ref = config.base or (project.base_model if project is not None else None)
+    if ref is None:
+        raise UsageError("no base model: give --base or serve from a project", "e.g. --base builtin:smollm2-135m-instruct")
+    resolved = resolve_model(ref)
+    device = config.device or _default_device()
+    say(f"loading {ref} on {device}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=getattr(torch, _default_dtype(device)),
+                                                     local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - a user-facing error
+        raise ModelError(f"cannot load the base model in {resolved.path}: {exc}",
+                         "check that it is a complete transformers checkpoint") from exc
+    model.to(device).eval()
+    tokenizer = load_tokenizer(ResolvedModel(ref=str(resolved.path), path=resolved.path, kind="directory",
+                                             converted_from=None))
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    name = ref.split(":", 1)[1] if ref.startswith("builtin:") else Path(ref.rstrip("/")).name or ref
+    base = ServedBase(ref=ref, path=resolved.path, name=name,
+                      system_prompt=project.system_prompt if project is not None else None)
+    engine = Engine(model, tokenizer, device=device, max_batch=config.max_batch or (16 if device == "cpu" else 64))
+    locator = AdapterLocator(base, project=project, allowed_dirs=list(config.allow_dirs))
+    state = ServerState(engine, tokenizer, base, locator, api_key=config.api_key,
+                        limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context),
+                        apply_system_prompt=config.apply_system_prompt)
+    try:
+        for adapter_name, source in config.adapters:
+            info = state.load_adapter_sync(adapter_name, source)
+            say(f"adapter {info.name} <- {info.path}")
+    except TunesmithError:
+        engine.close(0)
+        raise
+    return state
+
+
+@dataclass
+class RunningServer:
+    url: str
+    server: Any
+    thread: threading.Thread
+    state: Any
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+
+def _uvicorn_config(app: Any, config: ServeConfig) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=int(config.grace_s), lifespan="on")
+
+
+def _app_with_lifespan(state: Any, config: ServeConfig) -> Any:
+    from tunesmith.serve.app import create_app
+
+    # uvicorn first waits (up to grace_s) for the requests in flight, then the lifespan ends: the
+    # engine fails whatever is still decoding, so no client hangs
+    return create_app(state, on_shutdown=lambda: state.engine.close(1.0))
+
+
+def start_in_thread(state: Any, config: ServeConfig) -> RunningServer:
+    """Serve `state` on a background thread (tests, benchmarks); port 0 picks a free port."""
+    import uvicorn
+
+    app = _app_with_lifespan(state, config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(_uvicorn_config(app, config))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="tunesmith-http")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ModelError("the HTTP server did not start", "see the log above")
+        time.sleep(0.02)
+    return RunningServer(f"http://{host}:{port}/v1", server, thread, state)
+
+
+def serve(config: ServeConfig, say: Say | None = None) -> None:
+    """Run until interrupted (Ctrl-C finishes requests in flight for up to grace_s, then fails them)."""
+    say = say or (lambda m: print(m, file=sys.stderr))
+    _check_exposure(config, say)
+    if config.engine == "vllm":
+        import shutil
+
+        command, env = vllm_command(config)
+        if shutil.which("vllm") is None:
+            raise UsageError("--engine vllm needs vLLM, which is not installed",
+                             "pip install vllm (on a machine with a supported GPU), or use --engine transformers")
+        say("starting vLLM: " + shlex.join(command))
+        os.execvpe(command[0], command, {**os.environ, **env})
+    import uvicorn
+
+    state = build_state(config, say)
+    app = _app_with_lifespan(state, config)
+    names = ", ".join([state.base.name, *state.adapters])
+    say(f"serving {names} at http://{config.host}:{config.port}/v1" + (" (API key required)" if config.api_key else ""))
+    uvicorn.Server(_uvicorn_config(app, config)).run()
+
+
+def _check_exposure(config: ServeConfig, say: Say) -> None:
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
+        say(f"warning: listening on {config.host} without an API key: anyone who can reach this port can use "
+            f"the models (set --api-key or {API_KEY_ENV})")
+
+
+def vllm_command(config: ServeConfig) -> tuple[list[str], dict[str, str]]:
+    """The `vllm serve` command line (and environment) serving the same base and adapters."""
+    import json
+
+    from tunesmith.models.resolve import resolve_model
+    from tunesmith.serve.adapters import AdapterLocator, ServedBase, check_name
+
+    if config.engine != "vllm":
+        raise UsageError(f"unknown engine {config.engine!r}", "use --engine transformers or --engine vllm")
+    project = _load_project(config)
+    ref = config.base or (project.base_model if project is not None else None)
+    if ref is None:
+        raise UsageError("no base model: give --base or serve from a project", "e.g. --base builtin:smollm2-135m-instruct")
+    resolved = resolve_model(ref)
+    name = ref.split(":", 1)[1] if ref.startswith("builtin:") else Path(ref.rstrip("/")).name or ref
+    base = ServedBase(ref=ref, path=resolved.path, name=name)
+    locator = AdapterLocator(base, project=project, allowed_dirs=list(config.allow_dirs))
+    modules: list[str] = []
+    ranks: list[int] = []
+    for adapter_name, source in config.adapters:
+        check_name(adapter_name, base)
+        path, run_id = locator.locate(source)
+        locator.inspect(path, run_id)
+        modules.append(f"{adapter_name}={path}")
+        adapter_config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        ranks.append(int(adapter_config.get("r", 16)))
+    command = ["vllm", "serve", str(resolved.path), "--served-model-name", name,
+               "--host", config.host, "--port", str(config.port),
+               "--enable-lora", "--max-lora-rank", str(_vllm_rank(max(ranks, default=16))),
+               "--max-loras", str(max(4, len(modules)))]
+    if modules:
+        command += ["--lora-modules", *modules]
+    if config.api_key:
+        command += ["--api-key", config.api_key]
+    return command, {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+
+
+def _vllm_rank(rank: int) -> int:
+    """vLLM accepts only some maximum ranks (8, 16, 32, 64, ...): the smallest that holds `rank`."""
+    for allowed in (8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= allowed:
+            return allowed
+    return rank

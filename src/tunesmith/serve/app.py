@@ -1,0 +1,421 @@
+"""The OpenAI-compatible HTTP API (FastAPI): chat completions, models, and adapter hot-swap.
+
+Handlers never touch the model: they validate, render the chat with the base model's template, and
+hand a job to the `Engine`, whose worker thread streams events back through an asyncio queue.
+FastAPI is imported at module level because it resolves the handlers' annotations; only
+`tunesmith serve` imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.serve.adapters import AdapterInfo, AdapterLocator, ServedBase, check_name, check_shapes
+from tunesmith.serve.engine import Engine, EngineClosed, Finished, Job, Sampling
+from tunesmith.serve.errors import (
+    BadRequest, Conflict, NotFound, ServeError, TooLarge, Unauthorized, Unavailable, error_body,
+)
+
+# -- request bodies --------------------------------------------------------------------------------
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise BadRequest(f"content part of type {part.type!r} is not supported", "send text parts only",
+                                 param="messages")
+            parts.append(part.text)
+        return "".join(parts)
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatRequest(_Lenient):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1)
+    min_tokens: int = Field(0, ge=0)  # vLLM's extension: no end-of-turn before this many tokens
+    # accepted when they ask for nothing: sent by some clients with their defaults
+    frequency_penalty: float | None = 0
+    presence_penalty: float | None = 0
+    logprobs: bool | None = False
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return [s for s in stops if s]
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.n != 1:
+            return "n", "only n=1 is supported; send separate requests"
+        if self.tools or self.functions:
+            return "tools", "tool calling is not supported by this server"
+        if self.logprobs:
+            return "logprobs", "logprobs are not supported by this server"
+        if self.frequency_penalty or self.presence_penalty:
+            return "frequency_penalty", "frequency and presence penalties are not supported; leave them at 0"
+        return None
+
+
+class AdapterRequest(_Lenient):
+    name: str
+    source: str | None = None
+    path: str | None = None  # alias of source
+
+
+# -- limits and state ------------------------------------------------------------------------------
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_tokens: int = 2048
+    context: int = 2048
+
+
+@dataclass
+class ServerState:
+    engine: Engine
+    tokenizer: Any
+    base: ServedBase
+    locator: AdapterLocator
+    api_key: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    apply_system_prompt: bool = True
+    adapters: dict[str, AdapterInfo] = field(default_factory=dict)
+    unloading: set[str] = field(default_factory=set)
+    lock: asyncio.Lock | None = None
+
+    # -- adapters (model edits run on the engine thread) -----------------------------------------
+
+    def load_adapter_sync(self, name: str, source: str) -> AdapterInfo:
+        """Validate and load an adapter; blocks until the engine thread has loaded it."""
+        check_name(name, self.base)
+        if name in self.adapters:
+            raise Conflict(f"adapter {name!r} is already loaded", "unload it first (DELETE /v1/adapters/NAME)",
+                           param="name")
+        path, run_id = self.locator.locate(source)
+        trained_on, system_prompt = self.locator.inspect(path, run_id)
+        info = AdapterInfo(name, path, source, run_id, trained_on, system_prompt)
+        self.engine.call(lambda: self._load_on_engine(info)).result()
+        self.adapters[name] = info
+        return info
+
+    def _load_on_engine(self, info: AdapterInfo) -> None:
+        from peft import PeftModel
+
+        engine = self.engine
+        check_shapes(engine.model, info.path)
+        if isinstance(engine.model, PeftModel):
+            engine.model.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
+        else:
+            engine.model = PeftModel.from_pretrained(engine.model, str(info.path), adapter_name=info.name,
+                                                     is_trainable=False)
+        engine.model.eval()
+
+    def _unload_on_engine(self, name: str) -> bool:
+        """False while rows of `name` are still decoding (the caller retries)."""
+        engine = self.engine
+        if name in engine.active_adapters():
+            return False
+        model = engine.model
+        if len(model.peft_config) == 1:
+            # PEFT keeps no adapter-less PeftModel: take the LoRA layers out, back to the plain base
+            engine.model = model.unload()
+        else:
+            model.delete_adapter(name)
+        engine.model.eval()
+        return True
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None) -> Any:
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await asyncio.to_thread(on_shutdown)
+
+    app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.tunesmith = state
+    state.lock = asyncio.Lock()
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_request: Request, exc: ServeError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else None
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None, code),
+                            status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Any:
+        if request.url.path != "/health":
+            if state.api_key:
+                given = request.headers.get("authorization", "")
+                token = given[7:].strip() if given.lower().startswith("bearer ") else ""
+                if not hmac.compare_digest(token.encode(), state.api_key.encode()):
+                    exc = Unauthorized("missing or wrong API key",
+                                       "send 'Authorization: Bearer KEY' with the key the server was started with")
+                    return JSONResponse(exc.body(), status_code=exc.status)
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > state.limits.max_body_bytes:
+                exc2 = TooLarge(f"request body of {int(length)} bytes is over the limit of "
+                                f"{state.limits.max_body_bytes}", "send a smaller request")
+                return JSONResponse(exc2.body(), status_code=exc2.status)
+        return await call_next(request)
+
+    async def _json_body(request: Request) -> Any:
+        body = await request.body()
+        if len(body) > state.limits.max_body_bytes:
+            raise TooLarge(f"request body of {len(body)} bytes is over the limit of {state.limits.max_body_bytes}",
+                           "send a smaller request")
+        try:
+            return json.loads(body or b"null")
+        except ValueError as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}", "send a JSON object") from exc
+
+    def _parse(model: type[BaseModel], data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise BadRequest("the request body must be a JSON object", "send a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise BadRequest(f"{param}: {first['msg']}" if param else first["msg"],
+                             "see the OpenAI chat completions API for the field", param=param) from exc
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        base = {"id": state.base.name, "object": "model", "created": state.base.created, "owned_by": "tunesmith",
+                "root": state.base.ref, "parent": None}
+        data = [base] + [a.to_dict() | {"parent": state.base.name} for a in state.adapters.values()
+                         if a.name not in state.unloading]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        for m in (await models())["data"]:
+            if m["id"] == name:
+                return m
+        raise NotFound(f"the model {name!r} does not exist", _known(state), param="model")
+
+    @app.post("/v1/adapters", status_code=201)
+    async def load_adapter(request: Request) -> dict[str, Any]:
+        req = _parse(AdapterRequest, await _json_body(request))
+        source = req.source or req.path
+        if not source:
+            raise BadRequest("give the adapter's source: a run id of the project or an adapter directory",
+                             'send {"name": "...", "source": "RUN_OR_DIR"}', param="source")
+        assert state.lock is not None
+        async with state.lock:  # one adapter edit at a time
+            try:
+                info = await asyncio.to_thread(state.load_adapter_sync, req.name, source)
+            except EngineClosed as exc:
+                raise Unavailable(exc.message, exc.hint) from exc
+        return info.to_dict() | {"parent": state.base.name}
+
+    @app.delete("/v1/adapters/{name}")
+    async def unload_adapter(name: str) -> dict[str, Any]:
+        assert state.lock is not None
+        async with state.lock:
+            if name not in state.adapters:
+                raise NotFound(f"no adapter {name!r} is loaded", _known(state), param="name")
+            state.unloading.add(name)  # new requests for it get a 404 from now on
+            try:
+                while not await asyncio.wrap_future(state.engine.call(lambda: state._unload_on_engine(name))):
+                    await asyncio.sleep(0.05)  # its requests in flight finish first
+                del state.adapters[name]
+            except EngineClosed as exc:
+                raise Unavailable(exc.message, exc.hint) from exc
+            finally:
+                state.unloading.discard(name)
+        return {"id": name, "object": "model", "deleted": True}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req: ChatRequest = _parse(ChatRequest, await _json_body(request))
+        problem = req.unsupported()
+        if problem:
+            raise BadRequest(f"{problem[0]}: {problem[1]}", param=problem[0], code="unsupported_parameter")
+        adapter, system_prompt = _target(state, req.model)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        if system_prompt and state.apply_system_prompt and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        prompt_ids = _encode(state.tokenizer, messages)
+        room = state.limits.context - len(prompt_ids)
+        if room < 1:
+            raise BadRequest(f"the prompt is {len(prompt_ids)} tokens; this model's context is {state.limits.context}",
+                             "shorten the conversation", param="messages", code="context_length_exceeded")
+        asked = req.max_completion_tokens or req.max_tokens
+        if asked is not None and asked > state.limits.max_tokens:
+            raise BadRequest(f"max_tokens {asked} is over this server's limit of {state.limits.max_tokens}",
+                             "ask for fewer tokens", param="max_tokens")
+        max_tokens = min(asked or state.limits.max_tokens, room)
+        sampling = Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                            stop=tuple(req.stop or ()), min_tokens=min(req.min_tokens, max_tokens))
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def emit(event: tuple[str, Any]) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        job = Job(prompt_ids, adapter, sampling, emit)
+        try:
+            state.engine.submit(job)
+        except EngineClosed as exc:
+            raise Unavailable(exc.message, exc.hint) from exc
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_stream(job, events, rid, created, req.model, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await _complete(request, job, events, rid, created, req.model)
+
+    return app
+
+
+def _known(state: ServerState) -> str:
+    names = [state.base.name] + [n for n in state.adapters if n not in state.unloading]
+    return "loaded models: " + ", ".join(names)
+
+
+def _target(state: ServerState, name: str) -> tuple[str | None, str | None]:
+    """(adapter name or None for the base, the system prompt to apply when the request has none)."""
+    if name in state.base.aliases():
+        return None, state.base.system_prompt
+    info = state.adapters.get(name)
+    if info is None or name in state.unloading:
+        raise NotFound(f"the model {name!r} does not exist", _known(state), param="model")
+    return name, info.system_prompt or state.base.system_prompt
+
+
+def _encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    from tunesmith.models.chat import render
+
+    try:
+        text = render(tokenizer, messages, add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001 - a template that refuses this conversation
+        raise BadRequest(f"the chat template cannot render these messages: {exc}",
+                         "check the roles and their order", param="messages") from exc
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _usage(done: Finished) -> dict[str, int]:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+async def _complete(request: Any, job: Job, events: asyncio.Queue[tuple[str, Any]], rid: str, created: int,
+                    model: str) -> dict[str, Any]:
+    try:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled.set()
+                    raise
+                continue
+            if kind == "error":
+                raise ServeError(value, code="generation_failed") if "shut" not in value else Unavailable(value)
+            if kind == "done":
+                done: Finished = value
+                return {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                        "system_fingerprint": None,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                                     "logprobs": None, "finish_reason": done.finish_reason}],
+                        "usage": _usage(done)}
+    except BaseException:
+        job.cancelled.set()
+        raise
+
+
+def _chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:
+    body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+async def _stream(job: Job, events: asyncio.Queue[tuple[str, Any]], rid: str, created: int, model: str,
+                  include_usage: bool) -> AsyncIterator[str]:
+    try:
+        yield _chunk(rid, created, model, {"role": "assistant", "content": ""}, None)
+        while True:
+            kind, value = await events.get()
+            if kind == "delta":
+                yield _chunk(rid, created, model, {"content": value}, None)
+            elif kind == "error":
+                yield f"data: {json.dumps(error_body(value, 'server_error', None, 'generation_failed'))}\n\n"
+                break
+            else:
+                done: Finished = value
+                yield _chunk(rid, created, model, {}, done.finish_reason)
+                if include_usage:
+                    body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                            "choices": [], "usage": _usage(done)}
+                    yield f"data: {json.dumps(body)}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()  # the client went away (or we are done): the engine drops the row
+

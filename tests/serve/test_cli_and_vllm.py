@@ -1,0 +1,74 @@
+"""`tunesmith serve` flags, the vLLM command it would run, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.errors import UsageError
+from tunesmith.serve.api import ServeConfig, parse_adapter_flag, vllm_command
+
+
+def test_parse_adapter_flag():
+    assert parse_adapter_flag("sql=latest") == ("sql", "latest")
+    assert parse_adapter_flag("runs/20261129-x/adapter/") == ("adapter", "runs/20261129-x/adapter/")
+    assert parse_adapter_flag("20261129-abc") == ("20261129-abc", "20261129-abc")
+    for bad in ("=x", "name=", ""):
+        with pytest.raises(UsageError) as info:
+            parse_adapter_flag(bad)
+        assert "NAME=RUN_OR_PATH" in info.value.hint or "--adapter" in info.value.message
+
+
+def test_vllm_command_serves_the_same_base_and_adapters(serve_base, serve_assets):
+    config = ServeConfig(base=str(serve_base), engine="vllm", host="0.0.0.0", port=9001, api_key="k",
+                         allow_dirs=[serve_assets["allowed"]],
+                         adapters=[("alpha", str(serve_assets["alpha"])), ("beta", str(serve_assets["beta"]))])
+    command, env = vllm_command(config)
+    assert command[:3] == ["vllm", "serve", str(serve_base.resolve())]
+    flags = command[3:]
+    assert flags[flags.index("--served-model-name") + 1] == serve_base.name
+    assert flags[flags.index("--host") + 1] == "0.0.0.0" and flags[flags.index("--port") + 1] == "9001"
+    assert "--enable-lora" in flags and flags[flags.index("--max-lora-rank") + 1] == "8"  # rank 4 -> vLLM's 8
+    i = flags.index("--lora-modules")
+    assert flags[i + 1: i + 3] == [f"alpha={serve_assets['alpha'].resolve()}", f"beta={serve_assets['beta'].resolve()}"]
+    assert flags[flags.index("--api-key") + 1] == "k"
+    assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+
+
+def test_vllm_command_applies_the_same_adapter_checks(serve_base, serve_assets):
+    from tunesmith.serve.errors import AdapterRejected, Forbidden
+
+    base = dict(base=str(serve_base), engine="vllm", allow_dirs=[serve_assets["allowed"]])
+    with pytest.raises(Forbidden):
+        vllm_command(ServeConfig(adapters=[("x", str(serve_assets["outside"]))], **base))
+    with pytest.raises(AdapterRejected) as info:
+        vllm_command(ServeConfig(adapters=[("x", str(serve_assets["wide_adapter"]))], **base))
+    assert info.value.code == "base_mismatch"
+
+
+def test_cli_print_command_and_missing_vllm(serve_base, serve_assets, monkeypatch):
+    runner = CliRunner()
+    args = ["serve", "--base", str(serve_base), "--engine", "vllm", "--allow-dir", str(serve_assets["allowed"]),
+            "--adapter", f"alpha={serve_assets['alpha']}"]
+    result = runner.invoke(app, [*args, "--print-command"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["command"][:2] == ["vllm", "serve"] and f"alpha={serve_assets['alpha'].resolve()}" in printed["command"]
+    if shutil.which("vllm") is None:
+        result = runner.invoke(app, args)
+        assert result.exit_code != 0 and "vLLM" in result.output and "not installed" in result.output
+
+
+def test_cli_without_project_or_base_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code != 0 and "--base" in result.output and "tunesmith.yaml" in result.output
+
+
+def test_cli_bad_adapter_flag(serve_base):
+    result = CliRunner().invoke(app, ["serve", "--base", str(serve_base), "--adapter", "x="])
+    assert result.exit_code != 0 and "NAME=RUN_OR_PATH" in result.output

@@ -1,0 +1,301 @@
+"""`tunesmith serve` over real HTTP on 127.0.0.1, driven by the official openai client."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from fixtures.serving import PROMPTS, start
+
+
+def client(server, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url, api_key=kw.pop("api_key", "unused"), max_retries=0, timeout=60, **kw)
+
+
+def ask(c: openai.OpenAI, model: str, prompt: str, **kw) -> str:
+    reply = c.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                      max_tokens=12, temperature=0, **kw)
+    return reply.choices[0].message.content
+
+
+def test_each_adapter_answers_as_it_does_alone(server, expected):
+    c = client(server)
+    for model in ("alpha", "beta", "base"):
+        assert [ask(c, model, p) for p in PROMPTS[:3]] == expected[model][:3]
+
+
+def test_non_streaming_reply_shape_and_usage(server, expected):
+    reply = client(server).chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=12, temperature=0)
+    assert reply.object == "chat.completion" and reply.model == "alpha" and reply.id.startswith("chatcmpl-")
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == expected["alpha"][0]
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 12
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_streaming_gives_the_same_text_and_usage(server, expected):
+    stream = client(server).chat.completions.create(
+        model="beta", messages=[{"role": "user", "content": PROMPTS[1]}], max_tokens=12, temperature=0,
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == expected["beta"][1]
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert len(finishes) == 1
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert all(ch.object == "chat.completion.chunk" and ch.model == "beta" for ch in chunks)
+
+
+def test_max_tokens_stop_and_seed(server):
+    c = client(server)
+    reply = c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                      temperature=0)
+    assert reply.usage.completion_tokens <= 3
+    full = ask(c, "alpha", PROMPTS[2])
+    if len(full) > 4:
+        stop = full[2:4]
+        cut = ask(c, "alpha", PROMPTS[2], stop=[stop])
+        assert cut == full[: full.find(stop)] and stop not in cut
+    sampled = [c.chat.completions.create(model="beta", messages=[{"role": "user", "content": "x"}], max_tokens=8,
+                                         temperature=1.0, top_p=0.9, seed=7).choices[0].message.content for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_models_lists_base_and_adapters(server):
+    ids = [m.id for m in client(server).models.list().data]
+    assert ids[0] == server.state.base.name and {"alpha", "beta"} <= set(ids)
+
+
+def test_concurrent_requests_to_different_adapters_never_cross(server, expected):
+    c = client(server)
+    jobs = [(m, i) for i in range(len(PROMPTS)) for m in ("alpha", "beta", "base")]
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda job: ask(c, job[0], PROMPTS[job[1]]), jobs))
+    wrong = [(m, i, a) for (m, i), a in zip(jobs, answers) if a != expected[m][i]]
+    assert not wrong, f"answers from the wrong model: {wrong[:3]}"
+    assert server.state.engine.peak_batch > 1  # they really shared batches
+
+
+def test_hot_load_and_unload(server, serve_assets, expected):
+    c = client(server)
+    http = httpx.Client(base_url=server.url, timeout=60)
+    made = http.post("/adapters", json={"name": "gamma", "source": str(serve_assets["gamma"])})
+    assert made.status_code == 201, made.text
+    assert made.json()["id"] == "gamma"
+    assert "gamma" in [m.id for m in c.models.list().data]
+    gamma = ask(c, "gamma", PROMPTS[0])
+    assert gamma not in (expected["alpha"][0], expected["beta"][0])
+    assert ask(c, "alpha", PROMPTS[0]) == expected["alpha"][0]  # the others are untouched
+    again = http.post("/adapters", json={"name": "gamma", "source": str(serve_assets["gamma"])})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "adapter_exists"
+    gone = http.delete("/adapters/gamma")
+    assert gone.status_code == 200 and gone.json()["deleted"] is True
+    with pytest.raises(openai.NotFoundError):
+        ask(c, "gamma", PROMPTS[0])
+    assert ask(c, "beta", PROMPTS[0]) == expected["beta"][0]
+    assert http.delete("/adapters/gamma").status_code == 404
+
+
+def test_unloading_every_adapter_leaves_the_base_serving(serve_base, serve_assets, expected):
+    running = start(serve_base, serve_assets, adapters=[("alpha", str(serve_assets["alpha"]))])
+    try:
+        http = httpx.Client(base_url=running.url, timeout=60)
+        assert http.delete("/adapters/alpha").status_code == 200
+        c = client(running)
+        assert ask(c, "base", PROMPTS[0]) == expected["base"][0]
+        assert http.post("/adapters", json={"name": "alpha2", "source": str(serve_assets["alpha"])}).status_code == 201
+        assert ask(c, "alpha2", PROMPTS[0]) == expected["alpha"][0]
+    finally:
+        running.stop()
+
+
+def test_unknown_model_is_a_404_in_openai_shape(server):
+    with pytest.raises(openai.NotFoundError) as info:
+        ask(client(server), "nope", "hi")
+    error = info.value.body
+    assert error["code"] == "model_not_found" and "nope" in error["message"] and "alpha" in error["message"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "alpha"}, "messages"),
+    ({"model": "alpha", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "temperature": 5}, "temperature"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}, "max_tokens"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
+    ([1, 2], None),
+])
+def test_malformed_requests_get_400_with_an_error_object(server, body, param):
+    reply = httpx.post(server.url + "/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if param:
+        assert error["param"] == param
+
+
+def test_invalid_json_and_oversized_bodies(server):
+    bad = httpx.post(server.url + "/chat/completions", content=b"{not json", timeout=60,
+                     headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    huge = {"model": "alpha", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
+    big = httpx.post(server.url + "/chat/completions", json=huge, timeout=60)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+
+def test_prompt_longer_than_the_context_is_refused(server):
+    long = " ".join(["word"] * 5000)
+    reply = httpx.post(server.url + "/chat/completions", timeout=60,
+                       json={"model": "alpha", "messages": [{"role": "user", "content": long}]})
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_api_key_required_on_every_request(serve_base, serve_assets, monkeypatch):
+    running = start(serve_base, serve_assets, api_key="s3cret", adapters=[])
+    try:
+        with pytest.raises(openai.AuthenticationError) as info:
+            client(running, api_key="wrong").models.list()
+        assert info.value.status_code == 401 and info.value.body["code"] == "invalid_api_key"
+        assert httpx.post(running.url + "/chat/completions", json={}).status_code == 401
+        assert httpx.post(running.url + "/adapters", json={"name": "x", "source": "y"}).status_code == 401
+        assert client(running, api_key="s3cret").models.list().data[0].id == running.state.base.name
+        assert httpx.get(running.url.replace("/v1", "/health")).status_code == 200
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("source, status, code", [
+    ("../../../../etc", 403, "path_not_allowed"),
+    ("/etc", 403, "path_not_allowed"),
+])
+def test_adapter_paths_outside_the_allowed_directories_are_refused(server, serve_assets, source, status, code):
+    source = str(serve_assets["allowed"]) + "/" + source if source.startswith("..") else source
+    reply = httpx.post(server.url + "/adapters", json={"name": "evil", "source": source}, timeout=60)
+    assert reply.status_code == status and reply.json()["error"]["code"] == code
+    assert "allowed" in reply.json()["error"]["message"]
+
+
+def test_symlink_out_of_the_allowed_directory_is_refused(server, serve_assets):
+    link = serve_assets["allowed"] / "sneaky"
+    if not link.exists():
+        link.symlink_to(serve_assets["outside"], target_is_directory=True)
+    reply = httpx.post(server.url + "/adapters", json={"name": "sneaky", "source": str(link)}, timeout=60)
+    assert reply.status_code == 403
+
+
+def test_pickled_adapter_is_refused(server, serve_assets):
+    reply = httpx.post(server.url + "/adapters", json={"name": "pk", "source": str(serve_assets["pickled"])}, timeout=60)
+    assert reply.status_code == 400
+    assert "safetensors" in reply.json()["error"]["message"] and reply.json()["error"]["code"] == "adapter_rejected"
+
+
+@pytest.mark.parametrize("which", ["wide_adapter", "twin_adapter"])
+def test_adapter_trained_on_another_base_is_refused_with_both_names(server, serve_assets, which):
+    reply = httpx.post(server.url + "/adapters", json={"name": "other", "source": str(serve_assets[which])}, timeout=60)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "base_mismatch"
+    trained_on = json.loads((serve_assets[which] / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert trained_on in error["message"] and str(server.state.base.path) in error["message"]
+    assert "other" not in [m["id"] for m in httpx.get(server.url + "/models").json()["data"]]
+
+
+def test_bad_adapter_names_are_refused(server, serve_assets):
+    for name, status in (("../x", 400), ("base", 409), ("", 400)):
+        reply = httpx.post(server.url + "/adapters", json={"name": name, "source": str(serve_assets["gamma"])},
+                           timeout=60)
+        assert reply.status_code == status, (name, reply.text)
+
+
+def test_client_disconnecting_mid_stream_does_not_stall_others(server, expected):
+    c = client(server)
+    with httpx.Client(timeout=60) as http, http.stream(
+            "POST", server.url + "/chat/completions",
+            json={"model": "alpha", "messages": [{"role": "user", "content": "go"}], "max_tokens": 1500,
+                  "min_tokens": 1500, "temperature": 0, "stream": True}) as response:
+        for _ in response.iter_lines():
+            break  # read one event, then hang up
+    started = time.monotonic()
+    assert ask(c, "beta", PROMPTS[3]) == expected["beta"][3]
+    assert time.monotonic() - started < 30
+    deadline = time.monotonic() + 10
+    while server.state.engine._rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.state.engine._rows  # the abandoned row left the batch
+
+
+def test_shutdown_with_requests_in_flight_ends_them_cleanly(serve_base, serve_assets):
+    running = start(serve_base, serve_assets, adapters=[], grace_s=1.0)
+    outcomes: list[object] = []
+
+    def long_request() -> None:
+        try:
+            reply = httpx.post(running.url + "/chat/completions", timeout=60,
+                               json={"model": "base", "messages": [{"role": "user", "content": "x"}],
+                                     "max_tokens": 2000, "min_tokens": 2000, "temperature": 1.0, "seed": 1})
+            outcomes.append(reply.status_code)
+        except httpx.HTTPError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=long_request) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while not running.state.engine._rows and time.monotonic() < deadline:
+        time.sleep(0.02)
+    running.stop(timeout=60)
+    for t in threads:
+        t.join(60)
+    assert len(outcomes) == 3 and not any(t.is_alive() for t in threads)
+    # each either finished (200), failed with a server error, or saw the connection close: none hangs
+    assert all(o in (200, 503, 500) or isinstance(o, str) for o in outcomes), outcomes
+    assert not running.thread.is_alive()
+
+
+def test_project_runs_by_id_and_its_system_prompt(serve_base, serve_assets, tmp_path):
+    from tunesmith.evaluate.generate import LocalBackend
+    from tunesmith.evaluate.types import DecodeSettings
+    from tunesmith.runs import RunRegistry
+    from tunesmith.serve.api import ServeConfig, build_state, start_in_thread
+
+    system = "You answer in one word."
+    (tmp_path / "tunesmith.yaml").write_text(
+        f"task: answer questions in one word\nbase_model: {serve_base}\nsystem_prompt: {system}\n")
+    registry = RunRegistry(tmp_path / "runs")
+    project_config = {"project": {"base_model": str(serve_base), "system_prompt": system}}
+    run_dir = registry.create_run("20261129-000000-abcd-one", project_root=tmp_path, base_model=str(serve_base),
+                                  method="lora", config=project_config, plan={}, data={})
+    shutil.copytree(serve_assets["alpha"], run_dir / "adapter")
+    config = ServeConfig(project_dir=tmp_path, port=0, adapters=[("one", "latest")])
+    running = start_in_thread(build_state(config), config)
+    try:
+        c = client(running)
+        backend = LocalBackend(serve_base, adapter_path=serve_assets["alpha"])
+        chats = [[{"role": "system", "content": s}, {"role": "user", "content": PROMPTS[0]}]
+                 for s in (system, "Another prompt.")]
+        with_project, with_own = [g.text for g in backend.generate(chats, DecodeSettings(max_new_tokens=12))]
+        assert with_project != with_own
+        assert ask(c, "one", PROMPTS[0]) == with_project  # the project's prompt was added
+        own = c.chat.completions.create(model="one", max_tokens=12, temperature=0, messages=[
+            {"role": "system", "content": "Another prompt."}, {"role": "user", "content": PROMPTS[0]}])
+        assert own.choices[0].message.content == with_own  # a request's own system prompt is kept
+        http = httpx.Client(base_url=running.url, timeout=60)
+        assert http.post("/adapters", json={"name": "again", "source": "20261129-000000"}).status_code == 201
+        missing = http.post("/adapters", json={"name": "nope", "source": "no-such-run"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "run_not_found"
+        # with a project, directories outside its runs directory stay refused
+        outside = http.post("/adapters", json={"name": "o", "source": str(serve_assets["beta"])})
+        assert outside.status_code == 403
+    finally:
+        running.stop()
