@@ -48,3 +48,7 @@ class UsageError(TunesmithError):
 
 class RunNotFoundError(TunesmithError):
     """A run reference (id, id prefix or `latest`) matches no run, or more than one."""
+
+
+class ExportError(TunesmithError):
+    """A merged checkpoint or exported file cannot be made, or does not behave like the trained model."""

@@ -1,0 +1,90 @@
+"""Shipping commands: merge (adapter folded into the base) and export (one GGUF file for llama.cpp / Ollama)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunesmith.cli import app
+from tunesmith.cli._errors import handle_errors
+from tunesmith.cli._output import console, print_json
+
+PROJECT = typer.Option(Path("."), "--project", "-p", help="Project directory.")
+JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
+VERIFY_N = typer.Option(None, "--verify-n", help="Check greedy outputs on the first N sealed test prompts (default: all; 0 skips the check).")
+ALLOW_MISMATCH = typer.Option(False, "--allow-mismatch", help="Keep the result even when its greedy outputs differ.")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+@app.command()
+@handle_errors
+def merge(
+    run: str = typer.Argument(..., help="Run id (or prefix, or 'latest') whose LoRA adapter to merge."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for the merged checkpoint (new or empty)."),
+    project: Path = PROJECT,
+    verify_n: Optional[int] = VERIFY_N,
+    allow_mismatch: bool = ALLOW_MISMATCH,
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory (once the merge is verified)."),
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Fold a run's adapter into its base model: a plain checkpoint any transformers server can load."""
+    from tunesmith.ship.merge import merge_run
+
+    outcome = merge_run(project, run, output, force=force, verify_n=verify_n, allow_mismatch=allow_mismatch, say=_say)
+    if json_out:
+        print_json(outcome.to_dict())
+        return
+    out = console()
+    out.print(f"merged run {outcome.run_id} ({outcome.method}) into {outcome.base_model} -> {outcome.output} "
+              f"({outcome.dtype}, {outcome.seconds} s)")
+    v = outcome.verification
+    if v is None:
+        out.print("greedy outputs: not checked (--verify-n 0)")
+        return
+    out.print(v.summary())
+    if not v.ok:
+        out.print(f"[yellow]warning:[/] kept although outputs differ (--allow-mismatch) on {v.shown_ids()}")
+
+
+@app.command()
+@handle_errors
+def export(
+    run: str = typer.Argument(..., help="Run id (or prefix, or 'latest') to export."),
+    fmt: str = typer.Option("gguf", "--format", help="Output format: gguf."),
+    quant: str = typer.Option("f16", "--quant", help="f16 (exact) or q8_0 (about half the size, lossy)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write (default: <run dir>/export/model-<quant>.gguf)."),
+    project: Path = PROJECT,
+    verify_n: Optional[int] = VERIFY_N,
+    allow_mismatch: bool = ALLOW_MISMATCH,
+    json_out: bool = JSON_OPT,
+) -> None:
+    """Merge a run in memory and write one GGUF file that llama.cpp and Ollama load, then verify it."""
+    from tunesmith.ship.gguf_export import export_run, record_path
+
+    outcome = export_run(project, run, fmt=fmt, quant=quant, out=output, verify_n=verify_n,
+                         allow_mismatch=allow_mismatch, say=_say)
+    if json_out:
+        print_json(outcome.to_dict())
+        return
+    out = console()
+    types = ", ".join(f"{n} {t}" for t, n in sorted(outcome.tensors.items()))
+    out.print(f"wrote {outcome.path} ({outcome.size_bytes / 1e6:.1f} MB; {outcome.architecture} as llama.cpp "
+              f"{outcome.gguf_architecture}; tensors: {types}; {outcome.seconds} s)")
+    for note in outcome.notes:
+        out.print(f"note: {note}")
+    if outcome.template is None or outcome.outputs is None:
+        out.print("not verified (--verify-n 0)")
+        return
+    out.print(outcome.template.summary("template token ids"))
+    out.print(outcome.outputs.summary())
+    if outcome.quant != "f16" and not outcome.outputs.ok:
+        out.print(f"({outcome.quant} is lossy: answers may change where two tokens are nearly tied; not an error)")
+    elif not (outcome.template.ok and outcome.outputs.ok):
+        out.print("[yellow]warning:[/] kept although it differs (--allow-mismatch)")
+    out.print(f"record: {record_path(outcome.path)}")

@@ -1,0 +1,388 @@
+"""`tunesmith merge`: fold a run's LoRA adapter into its base model, and prove nothing changed.
+
+The merged checkpoint is an ordinary transformers directory (safetensors weights, config, generation
+config, and the run's own tokenizer files and chat template, copied byte for byte), so anything that
+loads a Hugging Face model can serve it without PEFT. It is built in a temporary directory next to the
+target and renamed into place only when it is complete and verified: the greedy answers of the merged
+model, loaded back from disk, must equal the adapter model's on the run's sealed test prompts.
+
+A QLoRA run is merged into the base reloaded in 16 bit (bf16 on a GPU, fp32 on CPU), never into a
+4-bit base: merging into 4-bit weights rounds the LoRA update away (PEFT's guidance). A full
+fine-tune has nothing to merge; its model is already a plain checkpoint in ``<run>/model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ExportError, ModelError, UsageError
+from tunesmith.evaluate.types import DecodeSettings, EvalItem
+from tunesmith.io import write_json_atomic
+from tunesmith.project import Project, load_project
+
+Say = Callable[[str], None]
+
+#: tokenizer files copied from the run: the exact tokenizer and chat template training used
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+MERGE_RECORD = "tunesmith-merge.json"
+#: prompt ids a mismatch message names before "and N more"
+SHOWN_IDS = 5
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# what a run trained
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """A run's output: the adapter and the base it was trained on, or a full fine-tune's checkpoint."""
+
+    run_id: str
+    run_dir: Path
+    method: str
+    base_ref: str
+    base_path: Path | None  # None for a full fine-tune (its checkpoint is complete on its own)
+    adapter_dir: Path | None
+    model_dir: Path | None
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """Where the tokenizer training used lives: saved next to the adapter / model, else the base's."""
+        for candidate in (self.adapter_dir, self.model_dir):
+            if candidate is not None and any((candidate / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+                return candidate
+        assert self.base_path is not None or self.model_dir is not None
+        return self.base_path or self.model_dir  # type: ignore[return-value]
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The directory holding the architecture's config.json (the base, or the full model)."""
+        return self.model_dir if self.model_dir is not None else self.base_path  # type: ignore[return-value]
+
+
+def run_method(record: Any) -> str:
+    """lora | qlora | full, from the run's plan.json (`settings.method.value`), else its registry row."""
+    plan = record.plan if isinstance(record.plan, dict) else {}
+    settings = plan.get("settings")
+    method = settings.get("method") if isinstance(settings, dict) else None
+    value = method.get("value") if isinstance(method, dict) else None
+    return str(value or record.method or "lora")
+
+
+def locate_run(project: Project, ref: str) -> RunModel:
+    """The run `ref` names (id, prefix or 'latest') and what it produced."""
+    from tunesmith.train.api import registry_for
+
+    record = registry_for(project).get(ref)
+    run_dir = Path(record.path)
+    adapter, model = run_dir / "adapter", run_dir / "model"
+    base_ref = record.base_model or project.base_model
+    if (adapter / "adapter_config.json").is_file():
+        from tunesmith.models.resolve import resolve_model
+
+        return RunModel(record.id, run_dir, run_method(record), base_ref, resolve_model(base_ref).path, adapter, None)
+    if (model / "config.json").is_file():
+        return RunModel(record.id, run_dir, run_method(record), base_ref, None, None, model)
+    raise UsageError(f"run {record.id} has no trained adapter or model yet (status {record.status})",
+                     f"finish it with `tunesmith train --resume {record.id}`")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and merging
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def merge_dtype(device: str, bf16_supported: bool) -> str:
+    """bf16 on a GPU that has it, else fp32 (16-bit on a CPU is slower and changes greedy answers)."""
+    return "bfloat16" if device.startswith("cuda") and bf16_supported else "float32"
+
+
+def merge_load_kwargs(method: str, device: str, *, bf16_supported: bool) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for the base model an adapter is folded into.
+
+    The same for every method, on purpose: a QLoRA adapter was trained against a 4-bit base, but it is
+    merged into the base reloaded in 16 bit (32 on CPU). Folding the LoRA update into 4-bit weights
+    would round it away, so no quantization_config is ever passed here.
+    """
+    if method not in ("lora", "qlora"):
+        raise UsageError(f"a {method} run has no adapter to merge", "merge runs trained with --method lora or qlora")
+    return {"dtype": merge_dtype(device, bf16_supported), "local_files_only": True}
+
+
+def _bf16_supported(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def load_merged(run: RunModel, *, device: str | None = None) -> tuple[Any, str]:
+    """The run's model with the adapter folded in (or the full fine-tune as is), in eval mode; and its dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    if run.adapter_dir is None:
+        dtype = merge_dtype(device, _bf16_supported(device))
+        model = _load_checkpoint(AutoModelForCausalLM, run.checkpoint_dir, dtype=getattr(torch, dtype),
+                                 local_files_only=True)
+        return model.to(device).eval(), dtype
+    kwargs = merge_load_kwargs(run.method, device, bf16_supported=_bf16_supported(device))
+    dtype = kwargs.pop("dtype")
+    base = _load_checkpoint(AutoModelForCausalLM, run.checkpoint_dir, dtype=getattr(torch, dtype), **kwargs)
+    base.to(device)
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(base, str(run.adapter_dir), is_trainable=False)
+    except Exception as exc:  # noqa: BLE001 - becomes a user-facing error
+        raise ModelError(f"cannot load the adapter in {run.adapter_dir} onto {run.base_path}: {_one_line(exc)}",
+                         "Is it complete, and was it trained on this base model? Retrain or resume the run.") from exc
+    try:
+        merged = peft_model.merge_and_unload(safe_merge=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportError(f"cannot fold the adapter of run {run.run_id} into its base model: {_one_line(exc)}",
+                          "The adapter weights are broken (NaN or infinite values?); retrain the run.") from exc
+    return merged.eval(), dtype
+
+
+def _load_checkpoint(auto: Any, path: Path, **kwargs: Any) -> Any:
+    try:
+        return auto.from_pretrained(str(path), **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot load the model in {path}: {_one_line(exc)}",
+                         "Check that the directory is a complete transformers checkpoint.") from exc
+
+
+def save_merged(model: Any, target: Path, tokenizer_dir: Path) -> None:
+    """Weights (safetensors), config and generation config, plus the run's tokenizer files verbatim."""
+    kwargs: dict[str, Any] = {}
+    with contextlib.suppress(TypeError, ValueError):
+        if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
+            kwargs["safe_serialization"] = True  # transformers 4.x; 5.x writes safetensors only
+    model.save_pretrained(str(target), **kwargs)
+    if not any(target.glob("*.safetensors")):  # pragma: no cover - defensive
+        raise ExportError(f"saving the merged model to {target} wrote no safetensors file",
+                          "Update transformers (pip install -U transformers) and merge again.")
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, target / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# verification
+
+
+@dataclass
+class Verification:
+    """How many prompts two models (or tokenizers) treat identically, and which ones they do not."""
+
+    what: str
+    total: int
+    identical: int
+    mismatched: list[str] = field(default_factory=list)
+    computed_on: str = "sealed test set"
+
+    @property
+    def ok(self) -> bool:
+        return self.identical == self.total
+
+    def summary(self, label: str = "greedy outputs") -> str:
+        return f"{label}: {self.identical}/{self.total} identical ({self.what}; {self.computed_on})"
+
+    def shown_ids(self) -> str:
+        shown = ", ".join(self.mismatched[:SHOWN_IDS])
+        more = len(self.mismatched) - SHOWN_IDS
+        return shown + (f" and {more} more" if more > 0 else "")
+
+    def require(self, label: str, *, allow: bool, hint: str) -> None:
+        """Raise ExportError naming the first differing prompts, unless everything matched or `allow`."""
+        if self.ok or allow:
+            return
+        raise ExportError(f"{label}: {self.identical}/{self.total} identical ({self.what}); "
+                          f"they differ on {self.shown_ids()}", hint)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "computed_on": self.computed_on, "total": self.total,
+                "identical": self.identical, "mismatched": self.mismatched}
+
+
+def verification_prompts(project: Project, verify_n: int | None) -> tuple[list[EvalItem], DecodeSettings]:
+    """The first `verify_n` sealed test prompts (all when None, none when 0) and greedy settings."""
+    if verify_n is not None and verify_n < 0:
+        raise UsageError(f"--verify-n must be 0 or more, got {verify_n}", "leave it out to check every sealed test prompt")
+    from tunesmith.evaluate.budget import answer_token_budget
+
+    settings = DecodeSettings(max_new_tokens=answer_token_budget(project)[0])
+    if verify_n == 0:
+        return [], settings
+    from tunesmith.evaluate.items import test_items
+
+    items = test_items(project)
+    return (items if verify_n is None else items[:verify_n]), settings
+
+
+def compare_greedy(reference: Any, candidate: Any, items: list[EvalItem], settings: DecodeSettings, *,
+                   what: str, computed_on: str) -> Verification:
+    """Greedy answers of two backends on the same prompts; a prompt matches when text and ending match."""
+    chats = [it.chat for it in items]
+    ref = reference.generate(chats, settings)
+    got = candidate.generate(chats, settings)
+    mismatched = [it.id for it, a, b in zip(items, ref, got) if (a.text, a.finish_reason) != (b.text, b.finish_reason)]
+    return Verification(what, len(items), len(items) - len(mismatched), mismatched, computed_on)
+
+
+def describe_prompts(items: list[EvalItem], settings: DecodeSettings) -> str:
+    return f"{len(items)} sealed test prompt(s), max_new_tokens {settings.max_new_tokens}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the output directory
+
+
+def check_output_dir(out: Path, *, force: bool, protected: dict[str, Path | None]) -> None:
+    """Refuse a target that is a file, a non-empty directory (without --force), or holds a model in use."""
+    for what, path in protected.items():
+        if path is None:
+            continue
+        path = path.resolve()
+        if out == path or out in path.parents:
+            raise UsageError(f"-o {out} would overwrite {what} ({path})", "pick a new directory for the merged model")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} exists and is not a directory", "pick a directory path for the merged model")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(f"-o {out} exists and is not empty",
+                         "pick a new directory, or pass --force to replace it once the merge is complete and verified")
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A temporary directory next to `out`; removed on error, so a failed merge leaves nothing behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` to `out`; an existing `out` is moved aside first and removed after."""
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+    if out.is_dir() and any(out.iterdir()):
+        old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out.is_dir():
+            out.rmdir()
+        os.rename(tmp, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+@dataclass
+class MergeOutcome:
+    run_id: str
+    output: Path
+    base_model: str
+    method: str
+    dtype: str
+    verification: Verification | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "output": str(self.output), "base_model": self.base_model,
+                "method": self.method, "dtype": self.dtype, "seconds": self.seconds,
+                "verification": self.verification.to_dict() if self.verification else None}
+
+
+MISMATCH_HINT = ("The merged model is not saved. Greedy answers can flip where two tokens are nearly tied "
+                 "(rounding differs once the adapter is folded in); pass --allow-mismatch to keep it anyway.")
+
+
+def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool = False, verify_n: int | None = None,
+              allow_mismatch: bool = False, device: str | None = None, say: Say | None = None) -> MergeOutcome:
+    """Merge run `ref`'s adapter into its base, save it to `out` and verify it (see the module doc)."""
+    say = say or _quiet
+    started = time.monotonic()
+    project = load_project(project_dir)
+    run = locate_run(project, ref)
+    if run.adapter_dir is None:
+        raise UsageError(f"run {run.run_id} is a full fine-tune: there is no adapter to merge, "
+                         f"the model is already a complete checkpoint at {run.model_dir}",
+                         f"use that directory as it is, or `tunesmith export {run.run_id} --format gguf` for llama.cpp")
+    target = Path(out).expanduser().absolute()
+    check_output_dir(target, force=force, protected={"the base model": run.base_path, "the run directory": run.run_dir})
+    items, settings = verification_prompts(project, verify_n)  # a broken seal fails before the heavy work
+    device = device or default_device()
+    say(f"merging run {run.run_id} ({run.method}) into {run.base_ref} on {device}")
+    model, dtype = load_merged(run, device=device)
+    with staged_dir(target) as tmp:
+        save_merged(model, tmp, run.tokenizer_dir)
+        del model
+        verification = None
+        if items:
+            say(f"verifying: greedy answers of the merged and the adapter model on {describe_prompts(items, settings)}")
+            verification = verify_merged(project, run, tmp, items, settings, device=device)
+        write_json_atomic(tmp / MERGE_RECORD, merge_record(run, dtype, verification, settings))
+        if verification is not None:
+            verification.require("greedy outputs", allow=allow_mismatch, hint=MISMATCH_HINT)
+        publish_dir(tmp, target)
+    return MergeOutcome(run.run_id, target, run.base_ref, run.method, dtype, verification,
+                        round(time.monotonic() - started, 1))
+
+
+def verify_merged(project: Project, run: RunModel, merged_dir: Path, items: list[EvalItem],
+                  settings: DecodeSettings, *, device: str) -> Verification:
+    """Greedy answers of `merged_dir` (loaded from disk) against the adapter model's (cached if evaluated)."""
+    from tunesmith.evaluate.cache import CachedBackend
+    from tunesmith.evaluate.generate import LocalBackend
+    from tunesmith.evaluate.run import cache_for
+
+    assert run.base_path is not None and run.adapter_dir is not None
+    adapter = CachedBackend(LocalBackend(run.base_path, adapter_path=run.adapter_dir, device=device), cache_for(project))
+    merged = LocalBackend(merged_dir, device=device)
+    return compare_greedy(adapter, merged, items, settings, what="merged model vs adapter model",
+                          computed_on=describe_prompts(items, settings))
+
+
+def merge_record(run: RunModel, dtype: str, verification: Verification | None,
+                 settings: DecodeSettings) -> dict[str, Any]:
+    from tunesmith import __version__
+
+    return {
+        "run_id": run.run_id, "base_model": run.base_ref, "base_path": str(run.base_path),
+        "adapter": str(run.adapter_dir), "method": run.method, "dtype": dtype,
+        "verification": verification.to_dict() if verification else None,
+        "decode": {"max_new_tokens": settings.max_new_tokens, "temperature": 0.0},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tunesmith": __version__,
+    }
