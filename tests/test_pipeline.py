@@ -152,3 +152,41 @@ def test_kill_during_training_then_run_resumes(tmp_path, tiny_model_dir):
     assert ev["train"]["status"] == "resumed" and ev["train"]["run_id"] == run_dir.name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= 2
+
+
+def test_disk_full_during_training_then_run_resumes(tmp_path, tiny_model_dir, monkeypatch):
+    """ENOSPC while saving a checkpoint: a clear message, the half-written checkpoint is not used, and the
+    next `run` continues from the last complete one."""
+    import errno
+
+    from tunesmith.train.trainer import TunesmithTrainer
+
+    root = make_project(tmp_path / "p", tiny_model_dir, train="train:\n  epochs: 3\n  eval_every: 2\n")
+    real_save = TunesmithTrainer._save_checkpoint
+    calls = {"n": 0}
+
+    def save_until_disk_fills(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] < 3:
+            return real_save(self, *args, **kwargs)
+        partial = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "adapter_model.safetensors").write_bytes(b"\0" * 10)  # cut off mid-write
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(TunesmithTrainer, "_save_checkpoint", save_until_disk_fills)
+    first = runner.invoke(app, ["run", str(root), "--force", "--json"])
+    assert first.exit_code != 0
+    assert "disk full while training run" in first.output and "--resume" in first.output
+    run_dir = next((root / "runs").glob("*-run"))
+    from tunesmith.runs import RunRegistry
+
+    assert RunRegistry(root / "runs").get(run_dir.name).status == "failed"
+    monkeypatch.setattr(TunesmithTrainer, "_save_checkpoint", real_save)
+    second = runner.invoke(app, ["run", str(root), "--force", "--json"])
+    assert second.exit_code == 0, second.output
+    ev = events(second.stdout)
+    assert ev["train"]["status"] == "resumed" and ev["train"]["run_id"] == run_dir.name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 4  # the two complete checkpoints were at steps 2 and 4
+    assert ev["eval"]["status"] == "ok"
