@@ -224,6 +224,20 @@ def migrate(conn: sqlite3.Connection) -> int:
     return target
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL once. The switch needs the database to itself, and SQLite reports a competing
+    opener as "locked" at once instead of waiting for busy_timeout: two processes creating a registry
+    together would see that, so the switch is retried until BUSY_TIMEOUT_S."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def _write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
@@ -379,7 +393,7 @@ class RunRegistry:
         try:
             with self._errors():
                 conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
+                _use_wal(conn)
                 migrate(conn)
                 yield conn
         finally:

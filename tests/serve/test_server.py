@@ -61,10 +61,10 @@ def test_max_tokens_stop_and_seed(server):
                                       temperature=0)
     assert reply.usage.completion_tokens <= 3
     full = ask(c, "alpha", PROMPTS[2])
-    if len(full) > 4:
-        stop = full[2:4]
-        cut = ask(c, "alpha", PROMPTS[2], stop=[stop])
-        assert cut == full[: full.find(stop)] and stop not in cut
+    assert len(full) > 4
+    stop = full[2:4]
+    cut = ask(c, "alpha", PROMPTS[2], stop=[stop])
+    assert cut == full[: full.find(stop)] and stop not in cut
     sampled = [c.chat.completions.create(model="beta", messages=[{"role": "user", "content": "x"}], max_tokens=8,
                                          temperature=1.0, top_p=0.9, seed=7).choices[0].message.content for _ in range(2)]
     assert sampled[0] == sampled[1]
@@ -212,13 +212,33 @@ def test_adapter_trained_on_another_base_is_refused_with_both_names(server, serv
 
 
 def test_bad_adapter_names_are_refused(server, serve_assets):
-    for name, status in (("../x", 400), ("base", 409), ("", 400)):
+    for name, status in (("../x", 400), ("base", 409), ("", 400), ("v1.2", 400)):
         reply = httpx.post(server.url + "/adapters", json={"name": name, "source": str(serve_assets["gamma"])},
                            timeout=60)
         assert reply.status_code == status, (name, reply.text)
 
 
-def test_client_disconnecting_mid_stream_does_not_stall_others(server, expected):
+@pytest.fixture
+def slow_steps(server, monkeypatch):
+    """Each decoding step takes >= 5 ms, so an abandoned 1500-token row would run for seconds."""
+    engine = server.state.engine
+    forward = engine._forward
+
+    def slow(*args, **kwargs):
+        time.sleep(0.005)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_forward", slow)
+    return engine
+
+
+def _wait_until_idle(engine, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while engine._rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_client_disconnecting_mid_stream_does_not_stall_others(server, expected, slow_steps):
     c = client(server)
     with httpx.Client(timeout=60) as http, http.stream(
             "POST", server.url + "/chat/completions",
@@ -226,17 +246,35 @@ def test_client_disconnecting_mid_stream_does_not_stall_others(server, expected)
                   "min_tokens": 1500, "temperature": 0, "stream": True}) as response:
         for _ in response.iter_lines():
             break  # read one event, then hang up
-    started = time.monotonic()
+    steps = slow_steps.steps
     assert ask(c, "beta", PROMPTS[3]) == expected["beta"][3]
-    assert time.monotonic() - started < 30
-    deadline = time.monotonic() + 10
-    while server.state.engine._rows and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not server.state.engine._rows  # the abandoned row left the batch
+    _wait_until_idle(slow_steps)
+    assert not slow_steps._rows and slow_steps.steps - steps < 300  # the abandoned row left the batch
 
 
-def test_shutdown_with_requests_in_flight_ends_them_cleanly(serve_base, serve_assets):
+def test_non_streaming_client_that_hangs_up_frees_its_row(server, slow_steps):
+    import socket
+
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "go"}], "max_tokens": 1500,
+                       "min_tokens": 1500, "temperature": 0}).encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    deadline = time.monotonic() + 30
+    while not slow_steps._rows and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sock.close()
+    steps = slow_steps.steps
+    _wait_until_idle(slow_steps)
+    assert not slow_steps._rows and slow_steps.steps - steps < 400
+
+
+def test_shutdown_with_requests_in_flight_ends_them_cleanly(serve_base, serve_assets, monkeypatch):
     running = start(serve_base, serve_assets, adapters=[], grace_s=1.0)
+    engine = running.state.engine
+    forward = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda *a, **k: (time.sleep(0.005), forward(*a, **k))[1])
     outcomes: list[object] = []
 
     def long_request() -> None:
@@ -244,7 +282,7 @@ def test_shutdown_with_requests_in_flight_ends_them_cleanly(serve_base, serve_as
             reply = httpx.post(running.url + "/chat/completions", timeout=60,
                                json={"model": "base", "messages": [{"role": "user", "content": "x"}],
                                      "max_tokens": 2000, "min_tokens": 2000, "temperature": 1.0, "seed": 1})
-            outcomes.append(reply.status_code)
+            outcomes.append((reply.status_code, reply.json()["error"]["type"]))
         except httpx.HTTPError as exc:
             outcomes.append(type(exc).__name__)
 
@@ -252,15 +290,69 @@ def test_shutdown_with_requests_in_flight_ends_them_cleanly(serve_base, serve_as
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
-    while not running.state.engine._rows and time.monotonic() < deadline:
+    while len(engine._rows) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
+    started = time.monotonic()
     running.stop(timeout=60)
     for t in threads:
         t.join(60)
     assert len(outcomes) == 3 and not any(t.is_alive() for t in threads)
-    # each either finished (200), failed with a server error, or saw the connection close: none hangs
-    assert all(o in (200, 503, 500) or isinstance(o, str) for o in outcomes), outcomes
-    assert not running.thread.is_alive()
+    # 2000 slow tokens cannot finish in the 1 s grace: each request fails with a server error (or sees the
+    # connection close), and nothing hangs
+    assert all(o == (503, "server_error") or isinstance(o, str) for o in outcomes), outcomes
+    assert time.monotonic() - started < 30 and not running.thread.is_alive()
+
+
+def test_null_fields_mean_defaults(server, expected):
+    reply = httpx.post(server.url + "/chat/completions", timeout=60, json={
+        "model": "alpha", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 12,
+        "temperature": 0, "top_p": None, "n": None, "stream": None, "stop": None, "seed": None})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == expected["alpha"][0]
+
+
+def test_chunked_body_over_the_limit_is_refused_while_reading(server):
+    def chunks():
+        yield b'{"model": "alpha", "messages": [{"role": "user", "content": "'
+        for _ in range(64):
+            yield b"x" * 65536
+        yield b'"}]}'
+
+    reply = httpx.post(server.url + "/chat/completions", content=chunks(), timeout=60,
+                       headers={"content-type": "application/json"})
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
+
+
+def test_adapters_that_would_change_the_shared_base_or_are_damaged_are_refused(server, serve_assets):
+    allowed = serve_assets["allowed"]
+    risky = allowed / "pissa"
+    if not risky.exists():
+        shutil.copytree(serve_assets["alpha"], risky)
+        cfg = json.loads((risky / "adapter_config.json").read_text())
+        cfg["init_lora_weights"] = "pissa"
+        (risky / "adapter_config.json").write_text(json.dumps(cfg))
+    reply = httpx.post(server.url + "/adapters", json={"name": "pissa", "source": str(risky)}, timeout=60)
+    assert reply.status_code == 400 and "rewrites the base weights" in reply.json()["error"]["message"]
+    broken = allowed / "broken"
+    if not broken.exists():
+        shutil.copytree(serve_assets["alpha"], broken)
+        (broken / "adapter_model.safetensors").write_bytes(b"not safetensors at all")
+    reply = httpx.post(server.url + "/adapters", json={"name": "broken", "source": str(broken)}, timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "adapter_rejected"
+    assert {"pissa", "broken"}.isdisjoint(m["id"] for m in httpx.get(server.url + "/models").json()["data"])
+    assert ask(client(server), "alpha", PROMPTS[0])  # still serving
+
+
+def test_a_failing_generation_is_a_500_server_error(server, monkeypatch):
+    engine = server.state.engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(engine, "_forward", broken)
+    with pytest.raises(openai.InternalServerError) as info:
+        ask(client(server), "alpha", "hi")
+    assert info.value.status_code == 500 and "kernel exploded" in info.value.body["message"]
 
 
 def test_project_runs_by_id_and_its_system_prompt(serve_base, serve_assets, tmp_path):

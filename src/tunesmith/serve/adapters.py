@@ -19,7 +19,11 @@ from typing import Any
 
 from tunesmith.serve.errors import AdapterRejected, Forbidden, NotFound
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# no "." (PEFT uses adapter names inside module keys)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,63}$")
+# initialisations that rewrite the base weights when the adapter loads (PiSSA, OLoRA, CorDA, LoftQ...):
+# on a shared base they would change every model served
+_SAFE_INITS = (True, False, "gaussian")
 
 
 @dataclass
@@ -54,7 +58,7 @@ def check_name(name: str, base: ServedBase) -> str:
         from tunesmith.serve.errors import BadRequest
 
         raise BadRequest(f"adapter name {name!r} is not allowed",
-                         "use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+                         "use 1-64 letters, digits, '_', ':' or '-', starting with a letter or digit",
                          param="name", code="invalid_adapter_name")
     if name in base.aliases():
         from tunesmith.serve.errors import Conflict
@@ -117,6 +121,9 @@ class AdapterLocator:
                                "`tunesmith runs list` shows the runs; or give an adapter directory",
                                param="source", code="run_not_found") from exc
             run_dir = Path(record.path).resolve()
+            if not _inside(run_dir, self.roots):
+                raise Forbidden(f"run {record.id} lives outside the allowed directories ({run_dir})",
+                                "move it back under the runs directory, or pass --allow-dir", param="source")
             adapter = run_dir / "adapter"
             if not (adapter / "adapter_config.json").is_file():
                 raise AdapterRejected(f"run {record.id} has no LoRA adapter (status {record.status})",
@@ -158,6 +165,14 @@ class AdapterLocator:
         if str(config.get("peft_type", "")).upper() != "LORA":
             raise AdapterRejected(f"{adapter} is a {config.get('peft_type')!r} adapter; only LoRA is served",
                                   "train with method lora or qlora", param="source")
+        init = config.get("init_lora_weights", True)
+        if init not in _SAFE_INITS:
+            raise AdapterRejected(
+                f"{adapter} uses init_lora_weights={init!r}, which rewrites the base weights when it loads",
+                "convert it to a plain LoRA first (PEFT's path_initial_model_for_weight_conversion)", param="source")
+        if config.get("megatron_config") or config.get("layer_replication"):
+            raise AdapterRejected(f"{adapter} needs megatron_config or layer_replication, which this server does not load",
+                                  "serve it with a plain LoRA adapter", param="source")
         if not (adapter / "adapter_model.safetensors").is_file():
             pickled = (adapter / "adapter_model.bin").is_file()
             raise AdapterRejected(
@@ -206,8 +221,8 @@ class AdapterLocator:
                     self._base_identity = weights_identity(self.base.path)
                 if weights_identity(path) == self._base_identity:
                     return True
-        if run_base and not Path(run_base).expanduser().exists():
-            # a model reference (builtin:..., hub id): compare where it resolves, when it does offline
+        if run_base and run_base.startswith("builtin:"):
+            # a model embedded in a package: compare where it resolves (local files only, no download)
             try:
                 from tunesmith.models.resolve import resolve_model
 

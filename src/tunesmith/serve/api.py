@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ModelError, TunesmithError, UsageError
+from tunesmith.errors import ModelError, UsageError
 
 Say = Callable[[str], None]
 API_KEY_ENV = "TUNESMITH_API_KEY"
@@ -103,8 +103,9 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     try:
         for adapter_name, source in config.adapters:
             info = state.load_adapter_sync(adapter_name, source)
+            state.adapters[info.name] = info
             say(f"adapter {info.name} <- {info.path}")
-    except TunesmithError:
+    except BaseException:
         engine.close(0)
         raise
     return state
@@ -125,16 +126,34 @@ class RunningServer:
 def _uvicorn_config(app: Any, config: ServeConfig) -> Any:
     import uvicorn
 
+    # the engine has already answered or failed every request when uvicorn starts waiting (see _server)
     return uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", access_log=False,
-                          timeout_graceful_shutdown=int(config.grace_s), lifespan="on")
+                          timeout_graceful_shutdown=5, lifespan="on")
+
+
+def _server(app: Any, state: Any, config: ServeConfig) -> Any:
+    """A uvicorn server whose shutdown first lets the engine finish what it is decoding (up to grace_s)
+    and fail the rest with a 503 the clients can read, while the HTTP side still delivers the answers;
+    only then does uvicorn stop listening and close connections."""
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            await asyncio.to_thread(state.engine.close, config.grace_s)
+            await asyncio.sleep(0.2)  # let the handlers write the last answers and errors
+            await super().shutdown(sockets=sockets)
+
+    return Server(_uvicorn_config(app, config))
 
 
 def _app_with_lifespan(state: Any, config: ServeConfig) -> Any:
     from tunesmith.serve.app import create_app
 
-    # uvicorn first waits (up to grace_s) for the requests in flight, then the lifespan ends: the
-    # engine fails whatever is still decoding, so no client hangs
-    return create_app(state, on_shutdown=lambda: state.engine.close(1.0))
+    # the engine is closed when uvicorn shuts down (_server); closing again at the end of the lifespan
+    # covers a server stopped any other way
+    return create_app(state, on_shutdown=lambda: state.engine.close(0))
 
 
 def start_in_thread(state: Any, config: ServeConfig) -> RunningServer:
@@ -146,7 +165,7 @@ def start_in_thread(state: Any, config: ServeConfig) -> RunningServer:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(_uvicorn_config(app, config))
+    server = _server(app, state, config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="tunesmith-http")
     thread.start()
@@ -169,7 +188,7 @@ def serve(config: ServeConfig, say: Say | None = None) -> None:
         if shutil.which("vllm") is None:
             raise UsageError("--engine vllm needs vLLM, which is not installed",
                              "pip install vllm (on a machine with a supported GPU), or use --engine transformers")
-        say("starting vLLM: " + shlex.join(command))
+        say("starting vLLM: " + shlex.join(command) + (" (API key in VLLM_API_KEY)" if env else ""))
         os.execvpe(command[0], command, {**os.environ, **env})
     import uvicorn
 
@@ -177,7 +196,7 @@ def serve(config: ServeConfig, say: Say | None = None) -> None:
     app = _app_with_lifespan(state, config)
     names = ", ".join([state.base.name, *state.adapters])
     say(f"serving {names} at http://{config.host}:{config.port}/v1" + (" (API key required)" if config.api_key else ""))
-    uvicorn.Server(_uvicorn_config(app, config)).run()
+    _server(app, state, config).run()
 
 
 def _check_exposure(config: ServeConfig, say: Say) -> None:
@@ -218,9 +237,12 @@ def vllm_command(config: ServeConfig) -> tuple[list[str], dict[str, str]]:
                "--max-loras", str(max(4, len(modules)))]
     if modules:
         command += ["--lora-modules", *modules]
-    if config.api_key:
-        command += ["--api-key", config.api_key]
-    return command, {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    env = {}
+    if config.api_key:  # in the environment, not on the command line where `ps` shows it
+        env["VLLM_API_KEY"] = config.api_key
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING stays off: vLLM's own load endpoint takes any path, which would
+    # bypass --allow-dir; restart with other --adapter flags instead
+    return command, env
 
 
 def _vllm_rank(rank: int) -> int:

@@ -20,13 +20,14 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.adapters import AdapterInfo, AdapterLocator, ServedBase, check_name, check_shapes
 from tunesmith.serve.engine import Engine, EngineClosed, Finished, Job, Sampling
 from tunesmith.serve.errors import (
-    BadRequest, Conflict, NotFound, ServeError, TooLarge, Unauthorized, Unavailable, error_body,
+    AdapterRejected, BadRequest, Conflict, NotFound, ServeError, ServerFailure, TooLarge, Unauthorized, Unavailable,
+    error_body,
 )
 
 # -- request bodies --------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ class ChatRequest(_Lenient):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -82,6 +83,14 @@ class ChatRequest(_Lenient):
     logprobs: bool | None = False
     tools: list[Any] | None = None
     functions: list[Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_mean_defaults(cls, data: Any) -> Any:
+        # OpenAI's API takes null for "the default"; some clients send it explicitly
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k in ("model", "messages")}
+        return data
 
     @field_validator("stop")
     @classmethod
@@ -145,9 +154,15 @@ class ServerState:
         path, run_id = self.locator.locate(source)
         trained_on, system_prompt = self.locator.inspect(path, run_id)
         info = AdapterInfo(name, path, source, run_id, trained_on, system_prompt)
-        self.engine.call(lambda: self._load_on_engine(info)).result()
-        self.adapters[name] = info
-        return info
+        try:
+            self.engine.call(lambda: self._load_on_engine(info)).result(timeout=600)
+        except (ServeError, EngineClosed):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged or odd adapter: refused, the server goes on
+            raise AdapterRejected(f"cannot load adapter {path}: {type(exc).__name__}: {exc}",
+                                  "check that it is a complete PEFT LoRA adapter saved with save_pretrained",
+                                  param="source") from exc
+        return info  # the caller records it (on the event loop, where the dict is read)
 
     def _load_on_engine(self, info: AdapterInfo) -> None:
         from peft import PeftModel
@@ -200,30 +215,17 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
         return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None, code),
                             status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Any) -> Any:
-        if request.url.path != "/health":
-            if state.api_key:
-                given = request.headers.get("authorization", "")
-                token = given[7:].strip() if given.lower().startswith("bearer ") else ""
-                if not hmac.compare_digest(token.encode(), state.api_key.encode()):
-                    exc = Unauthorized("missing or wrong API key",
-                                       "send 'Authorization: Bearer KEY' with the key the server was started with")
-                    return JSONResponse(exc.body(), status_code=exc.status)
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > state.limits.max_body_bytes:
-                exc2 = TooLarge(f"request body of {int(length)} bytes is over the limit of "
-                                f"{state.limits.max_body_bytes}", "send a smaller request")
-                return JSONResponse(exc2.body(), status_code=exc2.status)
-        return await call_next(request)
+    app.add_middleware(_Guard, state=state)
 
     async def _json_body(request: Request) -> Any:
-        body = await request.body()
-        if len(body) > state.limits.max_body_bytes:
-            raise TooLarge(f"request body of {len(body)} bytes is over the limit of {state.limits.max_body_bytes}",
-                           "send a smaller request")
+        body = bytearray()
+        async for chunk in request.stream():  # read up to the limit, not the whole body first
+            body += chunk
+            if len(body) > state.limits.max_body_bytes:
+                raise TooLarge(f"request body is over the limit of {state.limits.max_body_bytes} bytes",
+                               "send a smaller request")
         try:
-            return json.loads(body or b"null")
+            return json.loads(bytes(body) or b"null")
         except ValueError as exc:
             raise BadRequest(f"the request body is not valid JSON: {exc}", "send a JSON object") from exc
 
@@ -270,6 +272,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
                 info = await asyncio.to_thread(state.load_adapter_sync, req.name, source)
             except EngineClosed as exc:
                 raise Unavailable(exc.message, exc.hint) from exc
+            state.adapters[info.name] = info
         return info.to_dict() | {"parent": state.base.name}
 
     @app.delete("/v1/adapters/{name}")
@@ -333,6 +336,35 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
     return app
 
 
+class _Guard:
+    """API key and declared body size, checked before any route (a pure ASGI middleware: Starlette's
+    BaseHTTPMiddleware would hide client disconnects from the routes)."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        problem: ServeError | None = None
+        if self.state.api_key:
+            given = headers.get("authorization", "")
+            token = given[7:].strip() if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.state.api_key.encode()):
+                problem = Unauthorized("missing or wrong API key",
+                                       "send 'Authorization: Bearer KEY' with the key the server was started with")
+        length = headers.get("content-length", "")
+        if problem is None and length.isdigit() and int(length) > self.state.limits.max_body_bytes:
+            problem = TooLarge(f"request body of {int(length)} bytes is over the limit of "
+                               f"{self.state.limits.max_body_bytes}", "send a smaller request")
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        await JSONResponse(problem.body(), status_code=problem.status)(scope, receive, send)
+
+
 def _known(state: ServerState) -> str:
     names = [state.base.name] + [n for n in state.adapters if n not in state.unloading]
     return "loaded models: " + ", ".join(names)
@@ -366,17 +398,19 @@ def _usage(done: Finished) -> dict[str, int]:
 
 async def _complete(request: Any, job: Job, events: asyncio.Queue[tuple[str, Any]], rid: str, created: int,
                     model: str) -> dict[str, Any]:
+    async def watch() -> None:  # a client that hangs up frees its place in the batch
+        while not job.cancelled.is_set():
+            if await request.is_disconnected():
+                job.cancelled.set()
+                return
+            await asyncio.sleep(0.25)
+
+    watcher = asyncio.create_task(watch())
     try:
         while True:
-            try:
-                kind, value = await asyncio.wait_for(events.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled.set()
-                    raise
-                continue
+            kind, value = await events.get()
             if kind == "error":
-                raise ServeError(value, code="generation_failed") if "shut" not in value else Unavailable(value)
+                raise Unavailable(value) if "shut" in value else ServerFailure(value)
             if kind == "done":
                 done: Finished = value
                 return {"id": rid, "object": "chat.completion", "created": created, "model": model,
@@ -384,9 +418,9 @@ async def _complete(request: Any, job: Job, events: asyncio.Queue[tuple[str, Any
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
                                      "logprobs": None, "finish_reason": done.finish_reason}],
                         "usage": _usage(done)}
-    except BaseException:
+    finally:
         job.cancelled.set()
-        raise
+        watcher.cancel()
 
 
 def _chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:

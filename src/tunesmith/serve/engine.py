@@ -13,6 +13,7 @@ unloading adapters — runs on the worker thread, between steps; HTTP handlers o
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import threading
@@ -152,8 +153,13 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    if text.endswith("\ufffd"):  # a multi-byte character split across tokens
-        return len(text) - len(text.rstrip("\ufffd"))
+    """Characters at the end of `text` not to stream yet: an unfinished multi-byte character (decoded
+    as U+FFFD) and, before it, the longest tail that may still grow into a stop string."""
+    broken = len(text) - len(text.rstrip("\ufffd"))
+    return broken + _stop_prefix(text[: len(text) - broken], stops)
+
+
+def _stop_prefix(text: str, stops: tuple[str, ...]) -> int:
     longest = 0
     for s in stops:
         for k in range(min(len(s) - 1, len(text)), longest, -1):
@@ -183,6 +189,8 @@ class Engine:
         self._inbox: queue.Queue[Job | tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._closing = threading.Event()
         self._rows: list[_Row] = []
+        #: taken from the inbox, not yet in the batch (it is full, or its cache cannot take more rows)
+        self._waiting: collections.deque[Job] = collections.deque()
         self._cache: Any = None
         self._mask: Any = None  # [rows, cache length], 1 = a real position
         self._joinable = True  # False for caches that cannot be re-padded: one request at a time
@@ -198,6 +206,8 @@ class Engine:
         if self._closing.is_set():
             raise EngineClosed("the server is shutting down", "retry against a running server")
         self._inbox.put(job)
+        if not self._thread.is_alive():  # closed between the check and the put
+            self._drain_inbox()
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run `fn` on the worker thread between decoding steps (model edits never race a forward)."""
@@ -206,17 +216,21 @@ class Engine:
             future.set_exception(EngineClosed("the server is shutting down", "retry against a running server"))
             return future
         self._inbox.put((fn, future))
+        if not self._thread.is_alive():
+            self._drain_inbox()
         return future
 
     def active_adapters(self) -> set[str]:
-        return {r.adapter_name for r in self._rows}
+        """Adapters of the rows decoding and of the jobs waiting for room (worker thread only)."""
+        return {r.adapter_name for r in self._rows} | {j.adapter or BASE_ROW for j in self._waiting}
 
     def close(self, grace_s: float = 10.0) -> None:
         """Stop taking work; rows still decoding get `grace_s` to finish, then fail with an error."""
-        self._closing.set()
         self._grace_until = time.monotonic() + grace_s
+        self._closing.set()
         self._inbox.put(None)
         self._thread.join(timeout=grace_s + 30)
+        self._drain_inbox()  # anything submitted while the worker was stopping
 
     # -- worker --------------------------------------------------------------------------------
 
@@ -237,21 +251,32 @@ class Engine:
         self._fail_all("the server shut down before this request finished")
         self._drain_inbox()
 
+    def _has_room(self) -> bool:
+        return not self._rows or (self._joinable and len(self._rows) < self.max_batch)
+
     def _admit(self) -> bool:
-        """Take queued work (blocking only while idle). False once closed with nothing left to do."""
+        """Take queued work (blocking only while idle). False once closed with nothing left to do.
+
+        Model calls run as they come; jobs wait in `_waiting` until the batch has room for them.
+        """
         while True:
-            if self._rows:
-                try:
-                    item = self._inbox.get_nowait()
-                except queue.Empty:
-                    return True
-            else:
-                if self._closing.is_set() and self._inbox.empty():
-                    return False
-                try:
-                    item = self._inbox.get(timeout=0.5)
-                except queue.Empty:
+            while self._waiting and self._has_room():
+                job = self._waiting.popleft()
+                if job.cancelled.is_set():
                     continue
+                try:
+                    self._join(job)
+                except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
+                    job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
+            busy = bool(self._rows)
+            if not busy and self._closing.is_set() and self._inbox.empty():
+                return False
+            try:
+                item = self._inbox.get_nowait() if busy else self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                if busy:
+                    return True
+                continue
             if item is None:  # close()'s wake-up call
                 continue
             if isinstance(item, tuple):
@@ -267,12 +292,7 @@ class Engine:
             if self._closing.is_set():
                 item.emit(("error", "the server is shutting down"))
                 continue
-            try:
-                self._join(item)
-            except Exception as exc:  # noqa: BLE001 - this request fails, the batch goes on
-                item.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
-            if len(self._rows) >= self.max_batch or (self._rows and not self._joinable):
-                return True
+            self._waiting.append(item)
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str]) -> Any:
         import torch
@@ -327,7 +347,7 @@ class Engine:
             self._rows = [row]
             self.peak_batch = max(self.peak_batch, 1)
             return
-        if not (joinable and self._joinable):  # pragma: no cover - _admit stops admitting first
+        if not (joinable and self._joinable):  # pragma: no cover - _has_room() keeps such jobs waiting
             raise RuntimeError("this model's cache cannot take a request into a running batch")
         old_len = self._mask.shape[1]
         width = max(old_len, n)
@@ -404,10 +424,11 @@ class Engine:
         self._mask = self._mask[:, n:]
 
     def _fail_all(self, message: str) -> None:
-        for row in self._rows:
+        for job in [r.job for r in self._rows] + list(self._waiting):
             with contextlib.suppress(Exception):
-                row.job.emit(("error", message))
+                job.emit(("error", message))
         self._rows, self._cache, self._mask = [], None, None
+        self._waiting.clear()
 
     def _drain_inbox(self) -> None:
         while True:

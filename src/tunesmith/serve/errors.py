@@ -47,6 +47,10 @@ class TooLarge(ServeError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
+class ServerFailure(ServeError):
+    status, type, code = 500, "server_error", "generation_failed"
+
+
 class Unavailable(ServeError):
     status, type, code = 503, "server_error", "shutting_down"
 
