@@ -320,7 +320,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
         def emit(event: tuple[str, Any]) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        job = Job(prompt_ids, adapter, sampling, emit)
+        job = Job(prompt_ids, adapter, sampling, emit, stream=req.stream)
         try:
             state.engine.submit(job)
         except EngineClosed as exc:

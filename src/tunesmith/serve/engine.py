@@ -64,6 +64,8 @@ class Job:
     sampling: Sampling
     emit: Callable[[Event], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: deltas are emitted only for streamed jobs; the others get the whole text when done
+    stream: bool = True
 
 
 class _Row:
@@ -115,6 +117,12 @@ class _Row:
         """Record a sampled token, stream what became final; True when the row has finished."""
         self.tokens.append(token)
         ended = token in self.eot
+        last = ended or len(self.tokens) >= self.job.sampling.max_tokens
+        if not (last or self.job.stream or self.stop):
+            # nobody reads the text before the end: skip decoding it at every step
+            self.pending = token
+            self.position = len(self.job.prompt_ids) + len(self.tokens) - 1
+            return False
         body = self.tokens[:-1] if ended else self.tokens
         text = self.tokenizer.decode(body, skip_special_tokens=True)
         cut = _first_stop(text, self.stop)
@@ -139,7 +147,7 @@ class _Row:
         return False
 
     def _send(self, text: str) -> None:
-        if len(text) > self.sent:
+        if self.job.stream and len(text) > self.sent:
             self.job.emit(("delta", text[self.sent:]))
             self.sent = len(text)
 
