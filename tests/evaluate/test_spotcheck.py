@@ -174,7 +174,7 @@ def test_answers_from_a_real_browser_reach_answers_json(tmp_path: Path) -> None:
     sc = build_spotcheck(make_items(), n=20, seed=3)
     d = tmp_path / "spot"
     sc.save(d)
-    server, url = serve_spotcheck(d)
+    server, url = serve_spotcheck(d, test_hooks=True)
     try:
         dom = render_dom(url + "?autotest=1", wait_attr="data-autotest")
         assert body_attribute(dom, "data-rendered") == "1"
@@ -297,3 +297,18 @@ def test_unblind_accepts_the_saved_key_file_and_rejects_bad_answers(tmp_path: Pa
         unblind(saved_key, {sc.item_ids[0]: {"ship_A": "yes"}})
     with pytest.raises(DataError):
         unblind({"x": {"A": "tuned", "B": "tuned"}}, {})
+
+
+def test_served_page_ignores_autotest_unless_the_server_allows_it(tmp_path: Path) -> None:
+    need_chromium()
+    sc = build_spotcheck(make_items(), n=20, seed=3)
+    d = tmp_path / "spot"
+    sc.save(d)
+    server, url = serve_spotcheck(d)
+    try:
+        dom = render_dom(url + "?autotest=1", wait_attr="data-autotest")
+        assert body_attribute(dom, "data-rendered") == "1"
+        assert body_attribute(dom, "data-autotest") is None and server.posts == 0
+        assert not (d / ANSWERS_NAME).exists()
+    finally:
+        server.close()

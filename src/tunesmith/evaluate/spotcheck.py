@@ -245,6 +245,11 @@ _JS = r"""
     setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   });
 
+  // The ?autotest=1 hook clicks answers by itself (browser tests). On a served page it runs only when
+  // the server was started with test_hooks, so answers.json, which unblinding reads, never gets
+  // answers nobody gave; a page opened as a file keeps its answers in the browser only.
+  var testHooks = !served;
+
   function autotest() {
     // Test hook (?autotest=1): click the real inputs with a fixed pattern, so the page's own change
     // handlers save the answers; body gets data-autotest="done" once every save has finished.
@@ -266,7 +271,10 @@ _JS = r"""
   try { apply((JSON.parse(localStorage.getItem(storeKey) || "null") || {}).answers); } catch (e) { /* ignore */ }
   var ready = served
     ? fetch("/answers", {cache: "no-store"}).then(function (r) { return r.ok ? r.json() : null; })
-        .then(function (d) { if (d) apply(d.answers); setStatus("answers are saved to the server as you go"); })
+        .then(function (d) {
+          if (d) { apply(d.answers); testHooks = d.test_hooks === true; }
+          setStatus("answers are saved to the server as you go");
+        })
         .catch(function () { setStatus("server not reachable; answers are kept in this browser"); })
     : Promise.resolve().then(function () {
         setStatus("opened as a file: answers are kept in this browser; use download when done");
@@ -274,7 +282,7 @@ _JS = r"""
   ready.then(function () {
     render();
     document.body.setAttribute("data-rendered", "1");
-    if (new URLSearchParams(location.search).get("autotest") === "1") return autotest();
+    if (testHooks && new URLSearchParams(location.search).get("autotest") === "1") return autotest();
   });
 })();
 """
@@ -412,8 +420,10 @@ class SpotcheckServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, *, test_hooks: bool = False) -> None:
         self.directory = directory
+        #: the page's ?autotest=1 hook (it clicks answers by itself) runs only when this server allows it
+        self.test_hooks = test_hooks
         page = directory / PAGE_NAME
         manifest = directory / MANIFEST_NAME
         if not page.is_file() or not manifest.is_file():
@@ -511,6 +521,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/answers":
             with self.server.lock:
                 doc = self.server.document()
+                if self.server.test_hooks:
+                    doc = {**doc, "test_hooks": True}
                 body = json.dumps(doc, ensure_ascii=False)
             self._send(200, body.encode("utf-8"), "application/json; charset=utf-8")
         else:  # nothing else in the directory is served: not the key, not the manifest
@@ -544,14 +556,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, result)
 
 
-def serve_spotcheck(directory: str | os.PathLike[str], port: int = 0) -> tuple[SpotcheckServer, str]:
+def serve_spotcheck(directory: str | os.PathLike[str], port: int = 0, *,
+                    test_hooks: bool = False) -> tuple[SpotcheckServer, str]:
     """Serve a saved spot check on 127.0.0.1 (`port` 0: any free port) in a background thread.
 
     Returns ``(server, url)``; open `url` in a browser. Every answer the page sends is merged into
     ``answers.json`` in `directory`, rewritten atomically. An existing answers.json is resumed.
-    Call ``server.close()`` to stop.
+    Call ``server.close()`` to stop. `test_hooks` lets the page's ``?autotest=1`` hook answer by itself
+    (browser tests only: a person's page never answers for them).
     """
-    server = SpotcheckServer(Path(directory), port)
+    server = SpotcheckServer(Path(directory), port, test_hooks=test_hooks)
     server.thread.start()
     return server, server.url
 
