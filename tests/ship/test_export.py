@@ -246,3 +246,17 @@ def test_export_mismatch_fails_and_writes_nothing(ship, tmp_path, monkeypatch):
     assert "error: template token ids: 0/2 identical (GGUF tokenizer + chat template vs the run's); they differ on test:" \
         in result.stderr
     assert "--allow-mismatch" in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_an_existing_file_unless_forced_or_an_earlier_export(ship, tmp_path):
+    mine = tmp_path / "mine.gguf"
+    mine.write_bytes(b"precious")
+    result = cli("export", ship["runs"]["lora"], "-p", ship["root"], "-o", mine, "--verify-n", "0")
+    assert result.exit_code == 2 and "exists and is not an earlier tunesmith export" in result.stderr
+    assert mine.read_bytes() == b"precious"
+    result = cli("export", ship["runs"]["lora"], "-p", ship["root"], "-o", mine, "--verify-n", "0", "--force")
+    assert result.exit_code == 0, result.output
+    assert mine.read_bytes()[:4] == b"GGUF"
+    # an earlier export (its record next to it) is simply replaced
+    result = cli("export", ship["runs"]["lora"], "-p", ship["root"], "-o", mine, "--verify-n", "0")
+    assert result.exit_code == 0, result.output

@@ -155,12 +155,69 @@ def test_cli_merge_refuses_a_non_empty_directory_unless_forced(ship, tmp_path):
     (out / "keep.txt").write_text("mine")
     result = cli("merge", ship["runs"]["lora"], "-o", out, "-p", ship["root"])
     assert result.exit_code == 2
-    assert f"error: -o {out} exists and is not empty" in result.stderr and "--force" in result.stderr
+    assert f"error: -o {out.resolve()} exists and is not empty" in result.stderr and "--force" in result.stderr
+    # --force replaces only an earlier merge, never somebody's directory
+    result = cli("merge", ship["runs"]["lora"], "-o", out, "-p", ship["root"], "--force")
+    assert result.exit_code == 2 and "replaces only earlier merges" in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    result = cli("merge", ship["runs"]["lora"], "-o", out, "-p", ship["root"], "--force", "--verify-n", "1")
+    merged = tmp_path / "merged"
+    assert cli("merge", ship["runs"]["lora"], "-o", merged, "-p", ship["root"], "--verify-n", "1").exit_code == 0
+    (merged / "stale.txt").write_text("from before")
+    result = cli("merge", ship["runs"]["lora"], "-o", merged, "-p", ship["root"], "--force", "--verify-n", "1")
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    assert not (merged / "stale.txt").exists() and (merged / "model.safetensors").exists()
     assert "greedy outputs: 1/1 identical" in result.stdout
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no .old-* or temp left
+
+
+def test_protected_paths_cannot_be_reached_sideways(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    run = tmp_path / "p" / "runs" / "r"
+    (run / "adapter").mkdir(parents=True)
+    data = tmp_path / "p" / "data" / "train.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text("{}\n")
+    protected = {"the base model": base, "the run directory": run, "the project's train data": data}
+    for out in (tmp_path / "p" / ".." / "base", run / "adapter", tmp_path / "p" / "data", tmp_path / "p" / "runs" / ".." / "data"):
+        with pytest.raises(UsageError, match="would overwrite"):
+            check_output_dir(out.absolute(), force=True, protected=protected)
+    link = tmp_path / "sneaky"
+    link.symlink_to(base, target_is_directory=True)
+    with pytest.raises(UsageError, match="the base model"):
+        check_output_dir(link, force=True, protected=protected)
+
+
+def test_merge_into_the_project_directory_is_refused(ship):
+    result = cli("merge", ship["runs"]["lora"], "-o", ship["root"], "-p", ship["root"], "--force")
+    assert result.exit_code == 2 and "would overwrite" in result.stderr
+    assert (ship["root"] / "tunesmith.yaml").exists()
+
+
+def test_merged_generation_config_stops_at_the_end_of_turn(ship, tmp_path):
+    from tunesmith.models.chat import end_of_turn_ids
+    from tunesmith.models.resolve import load_tokenizer
+
+    out = tmp_path / "merged"
+    merge_run(ship["root"], ship["runs"]["lora"], out, verify_n=0)
+    eos = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
+    eos = set(eos if isinstance(eos, list) else [eos])
+    assert end_of_turn_ids(load_tokenizer(str(out))) <= eos
+
+
+def test_a_run_without_a_chat_template_is_refused_before_any_work(ship, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(ship["adapter"], adapter)
+    (adapter / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((adapter / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (adapter / "tokenizer_config.json").write_text(json.dumps(config))
+    run_id = "20250101-000009-abab-notemplate"
+    ship["add_run"](ship["root"], run_id, method="lora", base_model=ship["base"], adapter=adapter)
+    for args in (("merge", run_id, "-o", tmp_path / "m"), ("export", run_id, "--format", "gguf")):
+        result = cli(*args, "-p", ship["root"])
+        assert result.exit_code == 2 and "has no chat template" in result.stderr, result.output
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_merge_mismatch_fails_and_writes_nothing(ship, tmp_path, monkeypatch):

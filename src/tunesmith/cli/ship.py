@@ -62,13 +62,14 @@ def export(
     project: Path = PROJECT,
     verify_n: Optional[int] = VERIFY_N,
     allow_mismatch: bool = ALLOW_MISMATCH,
+    force: bool = typer.Option(False, "--force", help="Replace an existing file that is not an earlier export."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Merge a run in memory and write one GGUF file that llama.cpp and Ollama load, then verify it."""
     from tunesmith.ship.gguf_export import export_run, record_path
 
     outcome = export_run(project, run, fmt=fmt, quant=quant, out=output, verify_n=verify_n,
-                         allow_mismatch=allow_mismatch, say=_say)
+                         allow_mismatch=allow_mismatch, force=force, say=_say)
     if json_out:
         print_json(outcome.to_dict())
         return

@@ -45,6 +45,7 @@ from tunesmith.ship.merge import (
     describe_prompts,
     load_merged,
     locate_run,
+    require_chat_template,
     verification_prompts,
 )
 
@@ -342,9 +343,20 @@ def check_export_args(fmt: str, quant: str, out: Path | None) -> None:
         raise UsageError(f"-o {out} is a directory", "give a file name ending in .gguf")
 
 
+def check_export_target(target: Path, *, force: bool, protected: list[Path]) -> None:
+    """An existing file is replaced only with --force, or when it is an earlier export (its record is
+    next to it); never the base model or the GGUF it was converted from."""
+    for path in protected:
+        if target == path.resolve():
+            raise UsageError(f"-o {target} is the model this run was trained from", "pick another file name")
+    if target.exists() and not force and not record_path(target).is_file():
+        raise UsageError(f"-o {target} exists and is not an earlier tunesmith export",
+                         "pick another file name, or pass --force to replace it")
+
+
 def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: str = "f16", out: Path | str | None = None,
                verify_n: int | None = None, allow_mismatch: bool = False, device: str | None = None,
-               say: Say | None = None) -> ExportOutcome:
+               say: Say | None = None, force: bool = False) -> ExportOutcome:
     """Merge run `ref` in memory and write it as GGUF, then verify the file (see the module doc)."""
     from transformers import AutoConfig
 
@@ -358,8 +370,13 @@ def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: s
     plan = check_exportable(AutoConfig.from_pretrained(str(run.checkpoint_dir), local_files_only=True))
     tok_dir = run.tokenizer_dir
     tokenizer = load_tokenizer(ResolvedModel(ref=str(tok_dir), path=tok_dir, kind="directory", converted_from=None))
+    require_chat_template(tokenizer, tok_dir)
     vocab = vocab_spec(tokenizer, plan.vocab_size)
-    target = (Path(out).expanduser() if out is not None else run.run_dir / "export" / f"model-{quant}.gguf").absolute()
+    target = (Path(out).expanduser() if out is not None else run.run_dir / "export" / f"model-{quant}.gguf").resolve()
+    from tunesmith.models.resolve import resolve_model
+
+    resolved = resolve_model(run.base_ref)
+    check_export_target(target, force=force, protected=[p for p in (resolved.converted_from, resolved.path) if p])
     items, settings = verification_prompts(project, verify_n)
     device = device or default_device()
     say(f"exporting run {run.run_id} ({plan.architecture} as llama.cpp {plan.gguf_arch}, {quant}) on {device}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import secrets
 import shutil
@@ -170,6 +171,15 @@ def load_merged(run: RunModel, *, device: str | None = None) -> tuple[Any, str]:
     return merged.eval(), dtype
 
 
+def _stored_dtype(checkpoint: Path) -> str | None:
+    try:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if isinstance(value, str) else None
+
+
 def _load_checkpoint(auto: Any, path: Path, **kwargs: Any) -> Any:
     try:
         return auto.from_pretrained(str(path), **kwargs)
@@ -178,8 +188,36 @@ def _load_checkpoint(auto: Any, path: Path, **kwargs: Any) -> Any:
                          "Check that the directory is a complete transformers checkpoint.") from exc
 
 
+def require_chat_template(tokenizer: Any, where: Path) -> None:
+    """Serving and exporting need the chat template training used; say so before any heavy work."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ExportError(f"the tokenizer in {where} has no chat template",
+                          "training renders every example with the model's chat template: add one "
+                          "(tokenizer.chat_template, or chat_template.jinja) to that directory and run again")
+
+
+def _stop_on_end_of_turn(model: Any, tokenizer_dir: Path) -> None:
+    """The generation config stops on the chat template's end-of-turn tokens too (e.g. <|im_end|>), as
+    tunesmith's own decoding and its verification do; otherwise servers that read generation_config.json
+    would run past the end of the answer."""
+    from tunesmith.models.chat import end_of_turn_ids
+    from tunesmith.models.resolve import ResolvedModel, load_tokenizer
+
+    tokenizer = load_tokenizer(ResolvedModel(ref=str(tokenizer_dir), path=tokenizer_dir, kind="directory",
+                                             converted_from=None))
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return
+    eos = config.eos_token_id
+    current = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    wanted = sorted(current | set(end_of_turn_ids(tokenizer)))
+    if wanted:
+        config.eos_token_id = wanted if len(wanted) > 1 else wanted[0]
+
+
 def save_merged(model: Any, target: Path, tokenizer_dir: Path) -> None:
     """Weights (safetensors), config and generation config, plus the run's tokenizer files verbatim."""
+    _stop_on_end_of_turn(model, tokenizer_dir)
     kwargs: dict[str, Any] = {}
     with contextlib.suppress(TypeError, ValueError):
         if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
@@ -265,18 +303,25 @@ def describe_prompts(items: list[EvalItem], settings: DecodeSettings) -> str:
 
 
 def check_output_dir(out: Path, *, force: bool, protected: dict[str, Path | None]) -> None:
-    """Refuse a target that is a file, a non-empty directory (without --force), or holds a model in use."""
+    """Refuse a target that is a file, holds or lies inside a model or data in use, or is a non-empty
+    directory (without --force, or with --force when it is not an earlier merge's output)."""
+    out = out.resolve()  # `..` and symlinks cannot sneak past the comparisons below
     for what, path in protected.items():
         if path is None:
             continue
         path = path.resolve()
-        if out == path or out in path.parents:
+        if out == path or out in path.parents or path in out.parents:
             raise UsageError(f"-o {out} would overwrite {what} ({path})", "pick a new directory for the merged model")
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out} exists and is not a directory", "pick a directory path for the merged model")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(f"-o {out} exists and is not empty",
-                         "pick a new directory, or pass --force to replace it once the merge is complete and verified")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UsageError(f"-o {out} exists and is not empty",
+                             "pick a new directory, or pass --force to replace it once the merge is complete and verified")
+        if not (out / MERGE_RECORD).is_file():
+            raise UsageError(f"-o {out} is not empty and is not a merge tunesmith wrote (no {MERGE_RECORD}): "
+                             "--force replaces only earlier merges",
+                             "pick a new directory, or empty this one yourself if it really should go")
 
 
 @contextlib.contextmanager
@@ -297,7 +342,11 @@ def publish_dir(tmp: Path, out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
         os.rename(out, old)
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(old, out)  # put the earlier merge back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         if out.is_dir():
@@ -340,12 +389,26 @@ def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool
         raise UsageError(f"run {run.run_id} is a full fine-tune: there is no adapter to merge, "
                          f"the model is already a complete checkpoint at {run.model_dir}",
                          f"use that directory as it is, or `tunesmith export {run.run_id} --format gguf` for llama.cpp")
-    target = Path(out).expanduser().absolute()
-    check_output_dir(target, force=force, protected={"the base model": run.base_path, "the run directory": run.run_dir})
+    target = Path(out).expanduser().resolve()
+    check_output_dir(target, force=force, protected={
+        "the base model": run.base_path, "the run directory": run.run_dir,
+        **{f"the project's {name} data": project.path(getattr(project.data, name))
+           for name in ("source", "train", "test", "regression")}})
+    if target == project.root.resolve() or target in project.root.resolve().parents:
+        raise UsageError(f"-o {target} would overwrite the project directory ({project.root})",
+                         "pick a new directory for the merged model, e.g. -o merged/")
+    from tunesmith.models.resolve import ResolvedModel, load_tokenizer
+
+    require_chat_template(load_tokenizer(ResolvedModel(ref=str(run.tokenizer_dir), path=run.tokenizer_dir,
+                                                       kind="directory", converted_from=None)), run.tokenizer_dir)
     items, settings = verification_prompts(project, verify_n)  # a broken seal fails before the heavy work
     device = device or default_device()
     say(f"merging run {run.run_id} ({run.method}) into {run.base_ref} on {device}")
     model, dtype = load_merged(run, device=device)
+    stored = _stored_dtype(run.checkpoint_dir)
+    if stored and stored != dtype:
+        say(f"note: the base is stored in {stored}; the merged model is saved in {dtype} "
+            f"(exact on this device, {'larger' if dtype == 'float32' else 'different'} on disk)")
     with staged_dir(target) as tmp:
         save_merged(model, tmp, run.tokenizer_dir)
         del model
