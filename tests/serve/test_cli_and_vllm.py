@@ -74,3 +74,8 @@ def test_cli_without_project_or_base_is_a_clear_error(tmp_path, monkeypatch):
 def test_cli_bad_adapter_flag(serve_base):
     result = CliRunner().invoke(app, ["serve", "--base", str(serve_base), "--adapter", "x="])
     assert result.exit_code != 0 and "NAME=RUN_OR_PATH" in result.output
+
+
+def test_cli_unknown_engine(serve_base):
+    result = CliRunner().invoke(app, ["serve", "--base", str(serve_base), "--engine", "tgi"])
+    assert result.exit_code != 0 and "unknown engine 'tgi'" in result.output and "--engine vllm" in result.output

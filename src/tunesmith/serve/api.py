@@ -180,6 +180,8 @@ def start_in_thread(state: Any, config: ServeConfig) -> RunningServer:
 def serve(config: ServeConfig, say: Say | None = None) -> None:
     """Run until interrupted (Ctrl-C finishes requests in flight for up to grace_s, then fails them)."""
     say = say or (lambda m: print(m, file=sys.stderr))
+    if config.engine not in ("transformers", "vllm"):
+        raise UsageError(f"unknown engine {config.engine!r}", "use --engine transformers or --engine vllm")
     _check_exposure(config, say)
     if config.engine == "vllm":
         import shutil
