@@ -255,3 +255,17 @@ def test_cli_merge_user_errors(ship, tmp_path):
     result = cli("merge", runs["lora"], "-o", tmp_path / "x", "-p", root, "--verify-n", "-1")
     assert result.exit_code == 2 and "--verify-n must be 0 or more, got -1" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_merge_can_save_in_another_precision_and_checks_it(ship, tmp_path):
+    out = tmp_path / "bf16"
+    result = cli("merge", ship["runs"]["lora"], "-o", out, "-p", ship["root"], "--dtype", "bfloat16", "--allow-mismatch",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["dtype"] == "bfloat16" and outcome["verification"]["total"] == ship["prompts"]
+    config = json.loads((out / "config.json").read_text())
+    assert (config.get("dtype") or config.get("torch_dtype")) == "bfloat16"
+    assert json.loads((out / MERGE_RECORD).read_text())["dtype"] == "bfloat16"
+    bad = cli("merge", ship["runs"]["lora"], "-o", tmp_path / "x", "-p", ship["root"], "--dtype", "int4")
+    assert bad.exit_code == 2 and "--dtype 'int4' is not one of" in bad.stderr

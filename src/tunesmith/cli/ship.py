@@ -31,12 +31,14 @@ def merge(
     verify_n: Optional[int] = VERIFY_N,
     allow_mismatch: bool = ALLOW_MISMATCH,
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory (once the merge is verified)."),
+    dtype: str = typer.Option("auto", "--dtype", help="Saved precision: auto (that of the merge: exact), stored (the base's own), float32, bfloat16, float16."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Fold a run's adapter into its base model: a plain checkpoint any transformers server can load."""
     from tunesmith.ship.merge import merge_run
 
-    outcome = merge_run(project, run, output, force=force, verify_n=verify_n, allow_mismatch=allow_mismatch, say=_say)
+    outcome = merge_run(project, run, output, force=force, verify_n=verify_n, allow_mismatch=allow_mismatch, say=_say,
+                        save_dtype=dtype)
     if json_out:
         print_json(outcome.to_dict())
         return

@@ -378,11 +378,18 @@ MISMATCH_HINT = ("The merged model is not saved. Greedy answers can flip where t
                  "(rounding differs once the adapter is folded in); pass --allow-mismatch to keep it anyway.")
 
 
+SAVE_DTYPES = ("auto", "stored", "float32", "bfloat16", "float16")
+
+
 def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool = False, verify_n: int | None = None,
-              allow_mismatch: bool = False, device: str | None = None, say: Say | None = None) -> MergeOutcome:
+              allow_mismatch: bool = False, device: str | None = None, say: Say | None = None,
+              save_dtype: str = "auto") -> MergeOutcome:
     """Merge run `ref`'s adapter into its base, save it to `out` and verify it (see the module doc)."""
     say = say or _quiet
     started = time.monotonic()
+    if save_dtype not in SAVE_DTYPES:
+        raise UsageError(f"--dtype {save_dtype!r} is not one of {', '.join(SAVE_DTYPES)}",
+                         "auto keeps the precision of the merge (exact); stored uses the base's own dtype")
     project = load_project(project_dir)
     run = locate_run(project, ref)
     if run.adapter_dir is None:
@@ -406,9 +413,17 @@ def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool
     say(f"merging run {run.run_id} ({run.method}) into {run.base_ref} on {device}")
     model, dtype = load_merged(run, device=device)
     stored = _stored_dtype(run.checkpoint_dir)
-    if stored and stored != dtype:
-        say(f"note: the base is stored in {stored}; the merged model is saved in {dtype} "
-            f"(exact on this device, {'larger' if dtype == 'float32' else 'different'} on disk)")
+    wanted = (stored or dtype) if save_dtype == "stored" else dtype if save_dtype == "auto" else save_dtype
+    if wanted != dtype:
+        import torch
+
+        # rounding the merged weights can flip near-tied greedy answers: the check below tells
+        model = model.to(getattr(torch, wanted))
+        say(f"saving in {wanted} (merged in {dtype})")
+        dtype = wanted
+    elif stored and stored != dtype:
+        say(f"note: the base is stored in {stored}; the merged model is saved in {dtype} (exact; "
+            f"--dtype stored saves it in {stored})")
     with staged_dir(target) as tmp:
         save_merged(model, tmp, run.tokenizer_dir)
         del model
