@@ -79,3 +79,11 @@ def test_cli_bad_adapter_flag(serve_base):
 def test_cli_unknown_engine(serve_base):
     result = CliRunner().invoke(app, ["serve", "--base", str(serve_base), "--engine", "tgi"])
     assert result.exit_code != 0 and "unknown engine 'tgi'" in result.output and "--engine vllm" in result.output
+
+
+def test_serving_without_fastapi_says_which_extra_to_install(serve_base, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
+    result = CliRunner().invoke(app, ["serve", "--base", str(serve_base)])
+    assert result.exit_code != 0 and "needs uvicorn" in result.output and "tunesmith[serve]" in result.output

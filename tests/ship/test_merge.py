@@ -223,7 +223,7 @@ def test_a_run_without_a_chat_template_is_refused_before_any_work(ship, tmp_path
 def test_cli_merge_mismatch_fails_and_writes_nothing(ship, tmp_path, monkeypatch):
     import tunesmith.ship.merge as merge_mod
 
-    def differing(reference, candidate, items, settings, *, what, computed_on):
+    def differing(reference, candidate, items, settings, *, what, computed_on, progress=None):
         ids = [it.id for it in items]
         return Verification(what, len(ids), len(ids) - 2, ids[:2], computed_on)
 

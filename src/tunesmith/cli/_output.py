@@ -47,3 +47,21 @@ def byte_progress(description: str, total: int, enabled: bool = True) -> Iterato
             bar.update(task, completed=total if offset < 0 else offset)
 
         yield update
+
+
+@contextmanager
+def generation_progress(enabled: bool, label: str = "generating") -> Iterator[Any]:
+    """A bar over answers generated; yields `update(done, total=None)` for the library to call."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task("gen", total=None)
+
+        def update(done: int, total: int | None = None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

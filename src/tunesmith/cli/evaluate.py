@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import typer
 
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
-from tunesmith.cli._output import console, format_lines, print_json
+from tunesmith.cli._output import console, generation_progress, print_json
 
 PROJECT = typer.Option(Path("."), "--project", "-p", help="Project directory.")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -21,24 +20,6 @@ JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr)
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    """A bar over prompts answered; the backend reports how many are done."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console(stderr=True), transient=True) as bar:
-        task = bar.add_task("gen", total=None)
-
-        def update(done: int, total: int | None = None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 def _fmt(est: dict[str, Any] | None) -> str:
@@ -104,7 +85,7 @@ def eval_command(
     opts = EvalOptions(endpoint=endpoint, api_key=os.environ.get(api_key_env), batch_size=batch_size,
                        max_new_tokens=max_new_tokens, judge=not no_judge, allow_self_judging=allow_self_judging,
                        gate=gate_flag)
-    with _progress(not json_out) as progress:
+    with generation_progress(not json_out) as progress:
         outcome = evaluate(project, run, opts, say=_say, progress=progress)
     if json_out:
         print_json(outcome.to_dict())
@@ -126,7 +107,7 @@ def baseline(
     """Should you fine-tune at all? Evaluate the base model first."""
     from tunesmith.evaluate.api import EvalOptions, baseline as run_baseline
 
-    with _progress(not json_out) as progress:
+    with generation_progress(not json_out) as progress:
         outcome = run_baseline(project, EvalOptions(max_new_tokens=max_new_tokens, report=False), say=_say, progress=progress)
     if json_out:
         print_json(outcome.to_dict())

@@ -10,7 +10,7 @@ import typer
 
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
-from tunesmith.cli._output import console, print_json
+from tunesmith.cli._output import console, generation_progress, print_json
 
 PROJECT = typer.Option(Path("."), "--project", "-p", help="Project directory.")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -37,8 +37,9 @@ def merge(
     """Fold a run's adapter into its base model: a plain checkpoint any transformers server can load."""
     from tunesmith.ship.merge import merge_run
 
-    outcome = merge_run(project, run, output, force=force, verify_n=verify_n, allow_mismatch=allow_mismatch, say=_say,
-                        save_dtype=dtype)
+    with generation_progress(not json_out, "verifying") as progress:
+        outcome = merge_run(project, run, output, force=force, verify_n=verify_n, allow_mismatch=allow_mismatch,
+                            say=_say, save_dtype=dtype, progress=progress)
     if json_out:
         print_json(outcome.to_dict())
         return
@@ -70,8 +71,9 @@ def export(
     """Merge a run in memory and write one GGUF file that llama.cpp and Ollama load, then verify it."""
     from tunesmith.ship.gguf_export import export_run, record_path
 
-    outcome = export_run(project, run, fmt=fmt, quant=quant, out=output, verify_n=verify_n,
-                         allow_mismatch=allow_mismatch, force=force, say=_say)
+    with generation_progress(not json_out, "verifying") as progress:
+        outcome = export_run(project, run, fmt=fmt, quant=quant, out=output, verify_n=verify_n,
+                             allow_mismatch=allow_mismatch, force=force, say=_say, progress=progress)
     if json_out:
         print_json(outcome.to_dict())
         return

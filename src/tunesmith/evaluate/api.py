@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +9,7 @@ from typing import Any
 
 from tunesmith.evaluate.items import regression_items, test_items
 from tunesmith.evaluate.run import (
-    Subject, SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, store_eval,
+    SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, store_eval,
 )
 from tunesmith.evaluate.types import DecodeSettings
 from tunesmith.project import Project, load_project

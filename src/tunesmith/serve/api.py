@@ -63,8 +63,24 @@ def _load_project(config: ServeConfig) -> Any | None:
     return load_project(config.project_dir)
 
 
+def require_serving_libraries() -> None:
+    """FastAPI and uvicorn come with the `serve` extra; say how to get them instead of a traceback."""
+    import importlib
+
+    missing = []
+    for name in ("fastapi", "uvicorn"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UsageError(f"tunesmith serve needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                         "not installed", "pip install 'tunesmith[serve]'")
+
+
 def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     """Load the base model and the start-up adapters; the returned ServerState backs `create_app`."""
+    require_serving_libraries()
     say = say or (lambda _m: None)
     import torch
     from transformers import AutoModelForCausalLM
@@ -158,8 +174,6 @@ def _app_with_lifespan(state: Any, config: ServeConfig) -> Any:
 
 def start_in_thread(state: Any, config: ServeConfig) -> RunningServer:
     """Serve `state` on a background thread (tests, benchmarks); port 0 picks a free port."""
-    import uvicorn
-
     app = _app_with_lifespan(state, config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -192,8 +206,6 @@ def serve(config: ServeConfig, say: Say | None = None) -> None:
                              "pip install vllm (on a machine with a supported GPU), or use --engine transformers")
         say("starting vLLM: " + shlex.join(command) + (" (API key in VLLM_API_KEY)" if env else ""))
         os.execvpe(command[0], command, {**os.environ, **env})
-    import uvicorn
-
     state = build_state(config, say)
     app = _app_with_lifespan(state, config)
     names = ", ".join([state.base.name, *state.adapters])

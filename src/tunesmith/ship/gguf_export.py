@@ -38,6 +38,7 @@ from tunesmith.io import sha256_file, write_json_atomic
 from tunesmith.project import load_project
 from tunesmith.ship.gguf_vocab import VocabSpec, cannot_export, emulate_llama_cpp_pre, vocab_spec
 from tunesmith.ship.merge import (
+    Progress,
     RunModel,
     Verification,
     compare_greedy,
@@ -287,7 +288,8 @@ def compare_templates(trained: Any, exported: Any, items: list[EvalItem], comput
 
 
 def verify_gguf(path: Path, trained_tokenizer: Any, reference: Any, items: list[EvalItem], settings: DecodeSettings,
-                *, pre: str, quant: str, workdir: Path) -> tuple[Verification, Verification]:
+                *, pre: str, quant: str, workdir: Path,
+                progress: Progress | None = None) -> tuple[Verification, Verification]:
     """Load `path` back with transformers; compare template token ids and greedy answers (see module doc)."""
     from tunesmith.models.resolve import load_tokenizer, resolve_model
 
@@ -301,7 +303,8 @@ def verify_gguf(path: Path, trained_tokenizer: Any, reference: Any, items: list[
         candidate = LocalBackend(loaded.path, device=reference.device, dtype=reference.dtype)
         reference_name = "merged model" + (" at f16" if quant == "f16" else "")
         outputs = compare_greedy(reference, candidate, items, settings,
-                                 what=f"GGUF {quant} loaded by transformers vs {reference_name}", computed_on=on)
+                                 what=f"GGUF {quant} loaded by transformers vs {reference_name}", computed_on=on,
+                                 progress=progress)
     return template, outputs
 
 
@@ -356,7 +359,7 @@ def check_export_target(target: Path, *, force: bool, protected: list[Path]) -> 
 
 def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: str = "f16", out: Path | str | None = None,
                verify_n: int | None = None, allow_mismatch: bool = False, device: str | None = None,
-               say: Say | None = None, force: bool = False) -> ExportOutcome:
+               say: Say | None = None, force: bool = False, progress: Progress | None = None) -> ExportOutcome:
     """Merge run `ref` in memory and write it as GGUF, then verify the file (see the module doc)."""
     from transformers import AutoConfig
 
@@ -394,7 +397,7 @@ def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: s
             say(f"verifying: loading {target.name} back with transformers; {describe_prompts(items, settings)}")
             reference = InMemoryBackend(model, tokenizer, run.checkpoint_dir)
             template, outputs = verify_gguf(tmp, tokenizer, reference, items, settings, pre=vocab.pre, quant=quant,
-                                            workdir=target.parent)
+                                            workdir=target.parent, progress=progress)
         del model
         outcome = ExportOutcome(run.run_id, target, quant, plan.architecture, plan.gguf_arch, tmp.stat().st_size,
                                 counts, template, outputs, list(plan.notes))

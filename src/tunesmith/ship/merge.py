@@ -32,6 +32,8 @@ from tunesmith.io import write_json_atomic
 from tunesmith.project import Project, load_project
 
 Say = Callable[[str], None]
+#: progress(done, total) over the answers a verification generates
+Progress = Callable[[int, int], None]
 
 #: tokenizer files copied from the run: the exact tokenizer and chat template training used
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -285,11 +287,14 @@ def verification_prompts(project: Project, verify_n: int | None) -> tuple[list[E
 
 
 def compare_greedy(reference: Any, candidate: Any, items: list[EvalItem], settings: DecodeSettings, *,
-                   what: str, computed_on: str) -> Verification:
-    """Greedy answers of two backends on the same prompts; a prompt matches when text and ending match."""
+                   what: str, computed_on: str, progress: Progress | None = None) -> Verification:
+    """Greedy answers of two backends on the same prompts; a prompt matches when text and ending match.
+
+    `progress(done, total)` counts the answers of both sides."""
     chats = [it.chat for it in items]
-    ref = reference.generate(chats, settings)
-    got = candidate.generate(chats, settings)
+    n = len(chats)
+    ref = reference.generate(chats, settings, (lambda d: progress(d, 2 * n)) if progress else None)
+    got = candidate.generate(chats, settings, (lambda d: progress(n + d, 2 * n)) if progress else None)
     mismatched = [it.id for it, a, b in zip(items, ref, got) if (a.text, a.finish_reason) != (b.text, b.finish_reason)]
     return Verification(what, len(items), len(items) - len(mismatched), mismatched, computed_on)
 
@@ -383,7 +388,7 @@ SAVE_DTYPES = ("auto", "stored", "float32", "bfloat16", "float16")
 
 def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool = False, verify_n: int | None = None,
               allow_mismatch: bool = False, device: str | None = None, say: Say | None = None,
-              save_dtype: str = "auto") -> MergeOutcome:
+              save_dtype: str = "auto", progress: Progress | None = None) -> MergeOutcome:
     """Merge run `ref`'s adapter into its base, save it to `out` and verify it (see the module doc)."""
     say = say or _quiet
     started = time.monotonic()
@@ -430,7 +435,7 @@ def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool
         verification = None
         if items:
             say(f"verifying: greedy answers of the merged and the adapter model on {describe_prompts(items, settings)}")
-            verification = verify_merged(project, run, tmp, items, settings, device=device)
+            verification = verify_merged(project, run, tmp, items, settings, device=device, progress=progress)
         write_json_atomic(tmp / MERGE_RECORD, merge_record(run, dtype, verification, settings))
         if verification is not None:
             verification.require("greedy outputs", allow=allow_mismatch, hint=MISMATCH_HINT)
@@ -440,7 +445,7 @@ def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool
 
 
 def verify_merged(project: Project, run: RunModel, merged_dir: Path, items: list[EvalItem],
-                  settings: DecodeSettings, *, device: str) -> Verification:
+                  settings: DecodeSettings, *, device: str, progress: Progress | None = None) -> Verification:
     """Greedy answers of `merged_dir` (loaded from disk) against the adapter model's (cached if evaluated)."""
     from tunesmith.evaluate.cache import CachedBackend
     from tunesmith.evaluate.generate import LocalBackend
@@ -450,7 +455,7 @@ def verify_merged(project: Project, run: RunModel, merged_dir: Path, items: list
     adapter = CachedBackend(LocalBackend(run.base_path, adapter_path=run.adapter_dir, device=device), cache_for(project))
     merged = LocalBackend(merged_dir, device=device)
     return compare_greedy(adapter, merged, items, settings, what="merged model vs adapter model",
-                          computed_on=describe_prompts(items, settings))
+                          computed_on=describe_prompts(items, settings), progress=progress)
 
 
 def merge_record(run: RunModel, dtype: str, verification: Verification | None,

@@ -109,7 +109,7 @@ def validated_flags(flags: dict[str, Any]) -> dict[str, Any]:
     """Flags get the same range checks as tunesmith.yaml, reported with the flag's name."""
     from pydantic import ValidationError
 
-    from tunesmith.project import Project, TrainSettings
+    from tunesmith.project import TrainSettings
 
     given = {k: v for k, v in flags.items() if v is not None}
     problems = []
