@@ -190,3 +190,24 @@ def test_disk_full_during_training_then_run_resumes(tmp_path, tiny_model_dir, mo
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 4  # the two complete checkpoints were at steps 2 and 4
     assert ev["eval"]["status"] == "ok"
+
+
+def test_run_with_a_judge_prints_its_scores_in_the_final_table(tmp_path, tiny_model_dir):
+    from fixtures.fake_openai import FakeOpenAI, Reply
+
+    def judge(req):
+        text = req["messages"][-1]["content"]
+        if "winner" in text:
+            return Reply(content=json.dumps({"winner": "second", "reason": "tuned is better"}))
+        return Reply(content=json.dumps({"correctness": 4, "format": 5, "completeness": 3, "notes": "ok"}))
+
+    with FakeOpenAI(judge) as server:
+        judge_settings = f"  judge:\n    base_url: {server.base_url}\n    model: judge-model\n"  # under eval:
+        root = make_project(tmp_path / "p", tiny_model_dir, train=judge_settings + "train:\n  epochs: 1\n")
+        result = runner.invoke(app, ["run", str(root), "--force"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "LLM judge judge-model: rubric scores 1-5" in out
+    assert "correctness" in out and "4.000 [4.000, 4.000]" in out
+    # "second" in both orders: a position-biased judge, so every pair is a tie and consistency is 0 %
+    assert "side by side in both orders" in out and "the same verdict in both orders 0%" in out

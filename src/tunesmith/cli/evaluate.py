@@ -28,6 +28,29 @@ def _fmt(est: dict[str, Any] | None) -> str:
     return f"{est['mean']:.3f} [{est['lo']:.3f}, {est['hi']:.3f}] (n={est['n']})"
 
 
+def _print_judge(out: Any, judge: dict[str, Any]) -> None:
+    """Rubric scores (1-5) per criterion, base and tuned, with intervals; then the pairwise tally."""
+    from rich.table import Table
+
+    rubric = judge.get("rubric") or {}
+    tuned, base = rubric.get("tuned") or {}, rubric.get("base") or {}
+    table = Table(title=f"LLM judge {judge.get('model', '')}: rubric scores 1-5 (n={tuned.get('n', 0)})")
+    for col in ("criterion", "base", "tuned"):
+        table.add_column(col)
+    for crit in ("correctness", "format", "completeness", "overall"):
+        if crit in tuned:
+            table.add_row(crit, _fmt(base.get(crit)), _fmt(tuned.get(crit)))
+    out.print(table)
+    failed = len(tuned.get("failures") or [])
+    if failed:
+        out.print(f"judge: {failed} answer(s) could not be scored (see the report)")
+    pw = judge.get("pairwise")
+    if pw:
+        out.print(f"judge, side by side in both orders ({pw['judged']} judged): tuned better {pw['wins_tuned']}, "
+                  f"base better {pw['wins_base']}, ties {pw['ties']}; the same verdict in both orders "
+                  f"{pw['position_consistency_rate']:.0%} of the time")
+
+
 def print_eval(outcome) -> None:
     from rich.table import Table
 
@@ -51,7 +74,7 @@ def print_eval(outcome) -> None:
             line += f" (base {s['base']['regression']['passed']}/{s['base']['regression']['total']})"
         out.print(line)
     if s.get("judge"):
-        out.print(f"judge: {json.dumps(s['judge'], default=str)[:400]}")
+        _print_judge(out, s["judge"])
     if outcome.gate:
         g = outcome.gate
         if g["status"] == "fail":
