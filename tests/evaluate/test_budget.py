@@ -34,3 +34,14 @@ def test_budget_from_the_file_wins_and_fallback_without_train(tmp_path, tiny_mod
     other = tmp_path / "other"
     other.mkdir()
     assert answer_token_budget(load_project(_project(other, tiny_model_dir)))[0] == FALLBACK
+
+
+def test_eval_says_which_budget_it_used(tmp_path, tiny_model_dir):
+    from tunesmith.evaluate.api import EvalOptions, _settings
+
+    rows = clean_examples(40)
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    said: list[str] = []
+    settings = _settings(load_project(_project(tmp_path, tiny_model_dir)), EvalOptions(), said.append)
+    assert len(said) == 1 and f"answers of up to {settings.max_new_tokens} new tokens" in said[0]
+    assert "longest training answer" in said[0]

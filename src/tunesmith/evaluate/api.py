@@ -42,12 +42,15 @@ class EvalOutcome:
                 "report": str(self.report) if self.report else None, "warnings": self.warnings}
 
 
-def _settings(project: Project, opts: EvalOptions) -> DecodeSettings:
+def _settings(project: Project, opts: EvalOptions, say: Say | None = None) -> DecodeSettings:
     if opts.max_new_tokens:
         return DecodeSettings(max_new_tokens=opts.max_new_tokens)
     from tunesmith.evaluate.budget import answer_token_budget
 
-    return DecodeSettings(max_new_tokens=answer_token_budget(project)[0])
+    budget, why = answer_token_budget(project)
+    if say is not None:
+        say(f"answers of up to {budget} new tokens ({why})")
+    return DecodeSettings(max_new_tokens=budget)
 
 
 def _estimates(ev: SubjectEval) -> dict[str, Any]:
@@ -66,7 +69,7 @@ def evaluate(project_dir: Path | str, ref: str, opts: EvalOptions | None = None,
     project = load_project(project_dir)
     test = test_items(project)
     regression, warnings = regression_items(project)
-    settings = _settings(project, opts)
+    settings = _settings(project, opts, say)
     subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size)
     tuned = evaluate_subject(project, subject, test, regression, settings, say=say, progress=progress)
     store_eval(project, tuned, subject, test, regression, settings)
