@@ -269,3 +269,15 @@ def test_merge_can_save_in_another_precision_and_checks_it(ship, tmp_path):
     assert json.loads((out / MERGE_RECORD).read_text())["dtype"] == "bfloat16"
     bad = cli("merge", ship["runs"]["lora"], "-o", tmp_path / "x", "-p", ship["root"], "--dtype", "int4")
     assert bad.exit_code == 2 and "--dtype 'int4' is not one of" in bad.stderr
+
+
+def test_a_base_stored_quantized_is_refused(tmp_path):
+    from tunesmith.ship.merge import refuse_quantized_base
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama",
+                                                      "quantization_config": {"quant_method": "bitsandbytes"}}))
+    with pytest.raises(ExportError) as info:
+        refuse_quantized_base(tmp_path)
+    assert "stored quantized (bitsandbytes)" in info.value.message and "16-bit" in info.value.hint
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    refuse_quantized_base(tmp_path)  # a plain checkpoint passes

@@ -143,6 +143,22 @@ def _bf16_supported(device: str) -> bool:
     return device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def refuse_quantized_base(checkpoint: Path) -> None:
+    """A base checkpoint saved already quantized (a `*-bnb-4bit` repo) would load, and merge, in 4 bit
+    whatever tunesmith asks for: the LoRA update would be rounded away. Refuse it by name."""
+    try:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    if quant:
+        method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else "unknown"
+        raise ExportError(f"the base model in {checkpoint} is stored quantized ({method}): merging into it would "
+                          "round the adapter's update away",
+                          "merge onto the same model in 16-bit (its non-quantized release), with the adapter "
+                          "trained on it; or serve the adapter unmerged with `tunesmith serve`")
+
+
 def load_merged(run: RunModel, *, device: str | None = None) -> tuple[Any, str]:
     """The run's model with the adapter folded in (or the full fine-tune as is), in eval mode; and its dtype."""
     import torch
@@ -154,6 +170,7 @@ def load_merged(run: RunModel, *, device: str | None = None) -> tuple[Any, str]:
         model = _load_checkpoint(AutoModelForCausalLM, run.checkpoint_dir, dtype=getattr(torch, dtype),
                                  local_files_only=True)
         return model.to(device).eval(), dtype
+    refuse_quantized_base(run.checkpoint_dir)
     kwargs = merge_load_kwargs(run.method, device, bf16_supported=_bf16_supported(device))
     dtype = kwargs.pop("dtype")
     base = _load_checkpoint(AutoModelForCausalLM, run.checkpoint_dir, dtype=getattr(torch, dtype), **kwargs)
