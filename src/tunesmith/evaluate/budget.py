@@ -31,9 +31,9 @@ def answer_token_budget(project: Project) -> tuple[int, str]:
                for m in ex.messages if m.role == "assistant" and m.content]
     if not answers:
         return FALLBACK, f"default {FALLBACK} (no answers in {train.name})"
+    from tunesmith.models.chat import token_lengths
     from tunesmith.models.resolve import load_tokenizer
 
-    tokenizer = load_tokenizer(project.base_model)
-    longest = max(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
+    longest = max(token_lengths(load_tokenizer(project.base_model), answers))
     budget = min(CEILING, max(FLOOR, math.ceil(longest * MARGIN_FACTOR) + MARGIN_TOKENS))
     return budget, f"1.25 x the longest training answer ({longest} tokens) + {MARGIN_TOKENS}"

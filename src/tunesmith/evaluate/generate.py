@@ -256,11 +256,9 @@ class LocalBackend:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from tunesmith.models.resolve import ResolvedModel, load_tokenizer
+            from tunesmith.models.resolve import tokenizer_in
 
-            ref = str(self.tokenizer_path)
-            self._tokenizer = load_tokenizer(ResolvedModel(ref=ref, path=self.tokenizer_path, kind="directory",
-                                                           converted_from=None))
+            self._tokenizer = tokenizer_in(self.tokenizer_path)
         return self._tokenizer
 
     @property
@@ -305,15 +303,13 @@ class LocalBackend:
 
     def generate(self, chats: list[Chat], settings: DecodeSettings, progress: Progress | None = None,
                  *, on_result: OnResult | None = None) -> list[Generation]:
-        from tunesmith.models.chat import render
+        from tunesmith.models.chat import prompt_ids
 
         if not chats:
             return []
         _check_settings(settings)
         tok = self.tokenizer
-        texts = [render(tok, chat, add_generation_prompt=True) for chat in chats]
-        # The template writes every special token itself (BOS included); training encodes the same way.
-        prompts: list[list[int]] = tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        prompts = prompt_ids(tok, chats)
         model = self.model
         collector = _Results(len(chats), progress, on_result)
         finish = collector.finish
@@ -926,14 +922,13 @@ class VLLMBackend:
                  *, on_result: OnResult | None = None) -> list[Generation]:
         from vllm import SamplingParams
 
-        from tunesmith.models.chat import end_of_turn_ids, render
+        from tunesmith.models.chat import end_of_turn_ids, prompt_ids
 
         if not chats:
             return []
         _check_settings(settings)
         tok = self.tokenizer
-        texts = [render(tok, chat, add_generation_prompt=True) for chat in chats]
-        ids = tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        ids = prompt_ids(tok, chats)
         params = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                                 max_tokens=settings.max_new_tokens, stop=list(settings.stop) or None,
                                 seed=settings.seed, stop_token_ids=sorted(end_of_turn_ids(tok)),

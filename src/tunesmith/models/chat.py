@@ -33,6 +33,16 @@ def render(tokenizer: Any, chat: list[dict[str, str]], *, add_generation_prompt:
     return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def prompt_ids(tokenizer: Any, chats: list[list[dict[str, str]]]) -> list[list[int]]:
+    """Token ids of each chat rendered up to the assistant's turn, as the model is asked to answer it.
+
+    The template writes every special token itself (BOS included); training encodes the same way."""
+    if not chats:
+        return []
+    texts = [render(tokenizer, chat, add_generation_prompt=True) for chat in chats]
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+
 def token_lengths(tokenizer: Any, texts: list[str]) -> list[int]:
     """Token counts of already-rendered texts (the template supplies special tokens itself)."""
     if not texts:

@@ -162,6 +162,12 @@ def load_tokenizer(ref_or_resolved: str | os.PathLike[str] | ResolvedModel) -> P
     return tokenizer
 
 
+def tokenizer_in(directory: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in `directory` (a checkpoint, or an adapter directory, which has no
+    config.json and so is not a model reference `resolve_model` accepts)."""
+    return load_tokenizer(ResolvedModel(ref=str(directory), path=Path(directory), kind="directory", converted_from=None))
+
+
 # ---------------------------------------------------------------------------------------------
 # builtin / directory / hub
 

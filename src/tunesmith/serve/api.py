@@ -78,6 +78,21 @@ def require_serving_libraries() -> None:
                          "not installed", "pip install 'tunesmith[serve]'")
 
 
+def _served_base(config: ServeConfig) -> tuple[Any, Any]:
+    """(the project or None, the ServedBase): the base model both engines serve, and its name."""
+    from tunesmith.models.resolve import resolve_model
+    from tunesmith.serve.adapters import ServedBase
+
+    project = _load_project(config)
+    ref = config.base or (project.base_model if project is not None else None)
+    if ref is None:
+        raise UsageError("no base model: give --base or serve from a project", "e.g. --base builtin:smollm2-135m-instruct")
+    resolved = resolve_model(ref)
+    name = ref.split(":", 1)[1] if ref.startswith("builtin:") else Path(ref.rstrip("/")).name or ref
+    return project, ServedBase(ref=ref, path=resolved.path, name=name,
+                               system_prompt=project.system_prompt if project is not None else None)
+
+
 def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     """Load the base model and the start-up adapters; the returned ServerState backs `create_app`."""
     require_serving_libraries()
@@ -86,31 +101,23 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     from transformers import AutoModelForCausalLM
 
     from tunesmith.evaluate.generate import _default_device, _default_dtype
-    from tunesmith.models.resolve import ResolvedModel, load_tokenizer, resolve_model
-    from tunesmith.serve.adapters import AdapterLocator, ServedBase
+    from tunesmith.models.resolve import tokenizer_in
+    from tunesmith.serve.adapters import AdapterLocator
     from tunesmith.serve.app import Limits, ServerState
     from tunesmith.serve.engine import Engine
 
-    project = _load_project(config)
-    ref = config.base or (project.base_model if project is not None else None)
-    if ref is None:
-        raise UsageError("no base model: give --base or serve from a project", "e.g. --base builtin:smollm2-135m-instruct")
-    resolved = resolve_model(ref)
+    project, base = _served_base(config)
     device = config.device or _default_device()
-    say(f"loading {ref} on {device}")
+    say(f"loading {base.ref} on {device}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=getattr(torch, _default_dtype(device)),
+        model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=getattr(torch, _default_dtype(device)),
                                                      local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - a user-facing error
-        raise ModelError(f"cannot load the base model in {resolved.path}: {exc}",
+        raise ModelError(f"cannot load the base model in {base.path}: {exc}",
                          "check that it is a complete transformers checkpoint") from exc
     model.to(device).eval()
-    tokenizer = load_tokenizer(ResolvedModel(ref=str(resolved.path), path=resolved.path, kind="directory",
-                                             converted_from=None))
+    tokenizer = tokenizer_in(base.path)
     context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
-    name = ref.split(":", 1)[1] if ref.startswith("builtin:") else Path(ref.rstrip("/")).name or ref
-    base = ServedBase(ref=ref, path=resolved.path, name=name,
-                      system_prompt=project.system_prompt if project is not None else None)
     engine = Engine(model, tokenizer, device=device, max_batch=config.max_batch or (16 if device == "cpu" else 64))
     locator = AdapterLocator(base, project=project, allowed_dirs=list(config.allow_dirs))
     state = ServerState(engine, tokenizer, base, locator, api_key=config.api_key,
@@ -223,18 +230,11 @@ def vllm_command(config: ServeConfig) -> tuple[list[str], dict[str, str]]:
     """The `vllm serve` command line (and environment) serving the same base and adapters."""
     import json
 
-    from tunesmith.models.resolve import resolve_model
-    from tunesmith.serve.adapters import AdapterLocator, ServedBase, check_name
+    from tunesmith.serve.adapters import AdapterLocator, check_name
 
     if config.engine != "vllm":
         raise UsageError(f"unknown engine {config.engine!r}", "use --engine transformers or --engine vllm")
-    project = _load_project(config)
-    ref = config.base or (project.base_model if project is not None else None)
-    if ref is None:
-        raise UsageError("no base model: give --base or serve from a project", "e.g. --base builtin:smollm2-135m-instruct")
-    resolved = resolve_model(ref)
-    name = ref.split(":", 1)[1] if ref.startswith("builtin:") else Path(ref.rstrip("/")).name or ref
-    base = ServedBase(ref=ref, path=resolved.path, name=name)
+    project, base = _served_base(config)
     locator = AdapterLocator(base, project=project, allowed_dirs=list(config.allow_dirs))
     modules: list[str] = []
     ranks: list[int] = []
@@ -245,7 +245,7 @@ def vllm_command(config: ServeConfig) -> tuple[list[str], dict[str, str]]:
         modules.append(f"{adapter_name}={path}")
         adapter_config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
         ranks.append(int(adapter_config.get("r", 16)))
-    command = ["vllm", "serve", str(resolved.path), "--served-model-name", name,
+    command = ["vllm", "serve", str(base.path), "--served-model-name", base.name,
                "--host", config.host, "--port", str(config.port),
                "--enable-lora", "--max-lora-rank", str(_vllm_rank(max(ranks, default=16))),
                "--max-loras", str(max(4, len(modules)))]

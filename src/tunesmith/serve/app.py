@@ -381,14 +381,13 @@ def _target(state: ServerState, name: str) -> tuple[str | None, str | None]:
 
 
 def _encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    from tunesmith.models.chat import render
+    from tunesmith.models.chat import prompt_ids
 
     try:
-        text = render(tokenizer, messages, add_generation_prompt=True)
+        return prompt_ids(tokenizer, [messages])[0]
     except Exception as exc:  # noqa: BLE001 - a template that refuses this conversation
         raise BadRequest(f"the chat template cannot render these messages: {exc}",
                          "check the roles and their order", param="messages") from exc
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _usage(done: Finished) -> dict[str, int]:

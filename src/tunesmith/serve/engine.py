@@ -330,8 +330,6 @@ class Engine:
         import transformers.cache_utils as cache_utils
         from transformers import DynamicCache
 
-        from tunesmith.evaluate.generate import _new_cache
-
         row = _Row(job, self.eot, self.tokenizer, self.device)
         n = len(job.prompt_ids)
         cache = DynamicCache(config=self.config)
@@ -346,33 +344,26 @@ class Engine:
         joinable = bool(layers) and all(type(layer) is plain for layer in layers)
         if not self._rows:
             self._joinable = joinable
-            capacity = n + min(job.sampling.max_tokens, ROOM)
-            merged = _new_cache(self.config, capacity) if joinable else cache
-            if joinable:
-                for index, layer in enumerate(cache.layers):
-                    merged.update(layer.keys, layer.values, index)
-            self._cache = merged
-            self._mask = torch.ones((1, n), dtype=torch.long, device=self.device)
             self._rows = [row]
+            self._cache = self._rebuilt(((l.keys, l.values) for l in cache.layers), n) if joinable else cache
+            self._mask = torch.ones((1, n), dtype=torch.long, device=self.device)
             self.peak_batch = max(self.peak_batch, 1)
             return
         if not (joinable and self._joinable):  # pragma: no cover - _has_room() keeps such jobs waiting
             raise RuntimeError("this model's cache cannot take a request into a running batch")
         old_len = self._mask.shape[1]
         width = max(old_len, n)
-        room = max(r.job.sampling.max_tokens - len(r.tokens) for r in [*self._rows, row])
-        merged = _new_cache(self.config, width + min(room, ROOM) + 1)
-        for index, (old, new) in enumerate(zip(self._cache.layers, cache.layers)):
-            keys = torch.cat([F.pad(old.keys, (0, 0, width - old_len, 0)), F.pad(new.keys, (0, 0, width - n, 0))])
-            values = torch.cat([F.pad(old.values, (0, 0, width - old_len, 0)),
-                                F.pad(new.values, (0, 0, width - n, 0))])
-            merged.update(keys, values, index)
-        mask_old = F.pad(self._mask, (width - old_len, 0))
+
+        def left_pad(t: Any, length: int) -> Any:
+            return F.pad(t, (0, 0, width - length, 0))
+
+        self._rows.append(row)
+        self._cache = self._rebuilt(((torch.cat([left_pad(old.keys, old_len), left_pad(new.keys, n)]),
+                                      torch.cat([left_pad(old.values, old_len), left_pad(new.values, n)]))
+                                     for old, new in zip(self._cache.layers, cache.layers)), width)
         mask_new = torch.zeros((1, width), dtype=torch.long, device=self.device)
         mask_new[0, width - n:] = 1
-        self._cache = merged
-        self._mask = torch.cat([mask_old, mask_new])
-        self._rows.append(row)
+        self._mask = torch.cat([F.pad(self._mask, (width - old_len, 0)), mask_new])
         self.peak_batch = max(self.peak_batch, len(self._rows))
 
     def _step(self) -> None:
@@ -422,15 +413,20 @@ class Engine:
             self._trim_left(first)
 
     def _trim_left(self, n: int) -> None:
+        self._cache = self._rebuilt(((l.keys[..., n:, :].contiguous(), l.values[..., n:, :].contiguous())
+                                     for l in self._cache.layers), self._mask.shape[1] - n)
+        self._mask = self._mask[:, n:]
+
+    def _rebuilt(self, keys_values: Any, length: int) -> Any:
+        """A batch cache holding these per-layer (keys, values) of `length` positions, with room for the
+        current rows' next tokens (up to ROOM; it grows by doubling past that)."""
         from tunesmith.evaluate.generate import _new_cache
 
-        length = self._mask.shape[1]
         room = max(r.job.sampling.max_tokens - len(r.tokens) for r in self._rows)
-        merged = _new_cache(self.config, length - n + min(room, ROOM) + 1)
-        for index, layer in enumerate(self._cache.layers):
-            merged.update(layer.keys[..., n:, :].contiguous(), layer.values[..., n:, :].contiguous(), index)
-        self._cache = merged
-        self._mask = self._mask[:, n:]
+        cache = _new_cache(self.config, length + min(room, ROOM) + 1)
+        for index, (keys, values) in enumerate(keys_values):
+            cache.update(keys, values, index)
+        return cache
 
     def _fail_all(self, message: str) -> None:
         for job in [r.job for r in self._rows] + list(self._waiting):

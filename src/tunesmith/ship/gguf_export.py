@@ -363,7 +363,7 @@ def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: s
     """Merge run `ref` in memory and write it as GGUF, then verify the file (see the module doc)."""
     from transformers import AutoConfig
 
-    from tunesmith.models.resolve import ResolvedModel, load_tokenizer
+    from tunesmith.models.resolve import tokenizer_in
 
     say = say or _say_nothing
     started = time.monotonic()
@@ -372,7 +372,7 @@ def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: s
     run = locate_run(project, ref)
     plan = check_exportable(AutoConfig.from_pretrained(str(run.checkpoint_dir), local_files_only=True))
     tok_dir = run.tokenizer_dir
-    tokenizer = load_tokenizer(ResolvedModel(ref=str(tok_dir), path=tok_dir, kind="directory", converted_from=None))
+    tokenizer = tokenizer_in(tok_dir)
     require_chat_template(tokenizer, tok_dir)
     vocab = vocab_spec(tokenizer, plan.vocab_size)
     target = (Path(out).expanduser() if out is not None else run.run_dir / "export" / f"model-{quant}.gguf").resolve()

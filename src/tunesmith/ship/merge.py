@@ -215,15 +215,12 @@ def require_chat_template(tokenizer: Any, where: Path) -> None:
                           "(tokenizer.chat_template, or chat_template.jinja) to that directory and run again")
 
 
-def _stop_on_end_of_turn(model: Any, tokenizer_dir: Path) -> None:
+def _stop_on_end_of_turn(model: Any, tokenizer: Any) -> None:
     """The generation config stops on the chat template's end-of-turn tokens too (e.g. <|im_end|>), as
     tunesmith's own decoding and its verification do; otherwise servers that read generation_config.json
     would run past the end of the answer."""
     from tunesmith.models.chat import end_of_turn_ids
-    from tunesmith.models.resolve import ResolvedModel, load_tokenizer
 
-    tokenizer = load_tokenizer(ResolvedModel(ref=str(tokenizer_dir), path=tokenizer_dir, kind="directory",
-                                             converted_from=None))
     config = getattr(model, "generation_config", None)
     if config is None:
         return
@@ -234,9 +231,9 @@ def _stop_on_end_of_turn(model: Any, tokenizer_dir: Path) -> None:
         config.eos_token_id = wanted if len(wanted) > 1 else wanted[0]
 
 
-def save_merged(model: Any, target: Path, tokenizer_dir: Path) -> None:
+def save_merged(model: Any, target: Path, tokenizer_dir: Path, tokenizer: Any) -> None:
     """Weights (safetensors), config and generation config, plus the run's tokenizer files verbatim."""
-    _stop_on_end_of_turn(model, tokenizer_dir)
+    _stop_on_end_of_turn(model, tokenizer)
     kwargs: dict[str, Any] = {}
     with contextlib.suppress(TypeError, ValueError):
         if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
@@ -426,10 +423,10 @@ def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool
     if target == project.root.resolve() or target in project.root.resolve().parents:
         raise UsageError(f"-o {target} would overwrite the project directory ({project.root})",
                          "pick a new directory for the merged model, e.g. -o merged/")
-    from tunesmith.models.resolve import ResolvedModel, load_tokenizer
+    from tunesmith.models.resolve import tokenizer_in
 
-    require_chat_template(load_tokenizer(ResolvedModel(ref=str(run.tokenizer_dir), path=run.tokenizer_dir,
-                                                       kind="directory", converted_from=None)), run.tokenizer_dir)
+    tokenizer = tokenizer_in(run.tokenizer_dir)
+    require_chat_template(tokenizer, run.tokenizer_dir)
     items, settings = verification_prompts(project, verify_n)  # a broken seal fails before the heavy work
     device = device or default_device()
     say(f"merging run {run.run_id} ({run.method}) into {run.base_ref} on {device}")
@@ -447,7 +444,7 @@ def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool
         say(f"note: the base is stored in {stored}; the merged model is saved in {dtype} (exact; "
             f"--dtype stored saves it in {stored})")
     with staged_dir(target) as tmp:
-        save_merged(model, tmp, run.tokenizer_dir)
+        save_merged(model, tmp, run.tokenizer_dir, tokenizer)
         del model
         verification = None
         if items:
