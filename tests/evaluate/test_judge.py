@@ -443,4 +443,4 @@ def test_a_fatal_error_mid_run_stops_and_keeps_finished_items() -> None:
     assert "judge-model" in ei.value.message
     partial = ei.value.partial
     assert partial is not None and [s.id for s in partial.scores] == ["item-0"]
-    assert len(server.requests) < 6
+    assert len(server.requests) <= 1 + 2  # the first, then at most one per worker: a fatal answer stops the rest

@@ -557,6 +557,7 @@ class _Runner:
                 if status in _FATAL_STATUS:
                     what = {401: "refused the API key", 403: "refused access",
                             404: f"does not know model {cfg.model!r} (or the URL is not an OpenAI-compatible /v1)"}
+                    self.stop.set()  # the other workers must not send more before the main thread wakes
                     raise _Fatal(JudgeError(f"the judge at {cfg.base_url} {what[status]} (HTTP {status}: {e.message})",
                                             "check --judge-url, --judge-model and OPENAI_API_KEY")) from e
                 if status not in _RETRYABLE_STATUS and status < 500:
