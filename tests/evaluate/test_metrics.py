@@ -77,12 +77,26 @@ def test_exact_match_normalises_json() -> None:
 
 
 def test_json_valid_follows_check_rule() -> None:
-    assert score(None, ' {"a": 1} ').json_valid is True
-    assert score(None, "[1, 2]").json_valid is True
-    assert score(None, '{"a": ').json_valid is False
-    assert score(None, "just text").json_valid is False
+    assert score(None, ' {"a": 1} ', expects_json=True).json_valid is True
+    assert score(None, "[1, 2]", expects_json=True).json_valid is True
+    assert score(None, '{"a": ', expects_json=True).json_valid is False
+    assert score(None, "just text", expects_json=True).json_valid is False
     # like `tunesmith check`, only objects and arrays count as JSON outputs
-    assert score(None, "42").json_valid is False
+    assert score(None, "42", expects_json=True).json_valid is False
+
+
+def test_json_valid_is_defined_only_where_json_is_expected() -> None:
+    # a classifier's "positive" is not a JSON failure: no contract, a plain-text expected answer
+    assert score("positive", "positive").json_valid is None
+    assert score("positive", '{"label": "positive"}').json_valid is None
+    # a JSON expected answer, a schema, or the project's json contract each ask for JSON
+    assert score('{"a": 1}', "not json").json_valid is False
+    assert score("[1]", "[1]").json_valid is True
+    assert score(None, '{"a": 1}', schema={"type": "object"}).json_valid is True
+    assert score("plain", "plain", expects_json=True).json_valid is False
+    agg = aggregate([score_item(item("positive", id=f"x{i}"), gen("positive"), schema=None, regex=None)
+                     for i in range(3)])
+    assert "json_valid" not in agg and agg["exact_match"].mean == 1.0
 
 
 def test_schema_valid_uses_the_check_validator() -> None:
@@ -181,8 +195,8 @@ def test_error_items_are_marked_and_excluded() -> None:
 def test_all_errors_gives_n_zero() -> None:
     agg = aggregate([score_item(item(id=str(i)), gen("", "error"), schema=None, regex=None) for i in range(3)])
     assert agg.excluded == 3
-    assert agg["json_valid"].n == 0 and math.isnan(agg["json_valid"].mean)
-    assert "exact_match" not in agg
+    assert agg["stop_rate"].n == 0 and math.isnan(agg["stop_rate"].mean)
+    assert "exact_match" not in agg and "json_valid" not in agg
 
 
 # --- aggregation ----------------------------------------------------------------------------------
@@ -201,7 +215,7 @@ def test_aggregate_means_intervals_and_definedness() -> None:
     assert agg["stop_rate"].mean == 0.8
     assert agg["length_chars"] == Estimate(1.0, 1.0, 1.0, 10)
     assert agg["output_tokens"].mean == 4.5  # (0 + 1 + ... + 9) / 10 = 45 / 10
-    assert agg["json_valid"].mean == 0.0
+    assert "json_valid" not in agg  # plain-text answers, no JSON contract
     assert "schema_valid" not in agg and "regex_ok" not in agg and "field_accuracy" not in agg
     assert aggregate(scores, seed=1) == agg  # deterministic
     assert metric_kind("exact_match") == "binary" and metric_kind("field_accuracy") == "score"

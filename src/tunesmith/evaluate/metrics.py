@@ -7,7 +7,10 @@ What each metric means (per item, see `score_item`):
   order, spacing and number spelling (`1.0` vs `1`) do not matter; booleans never equal numbers.
   None when the item has no expected answer.
 * `json_valid` – the stripped output is a JSON object or array that parses: the same rule
-  `tunesmith check` applies to training outputs (`tunesmith.data.checks.contract`).
+  `tunesmith check` applies to training outputs (`tunesmith.data.checks.contract`). Defined only
+  where JSON is expected – the project's contract is JSON (`expects_json`, or a schema) or the
+  item's expected answer is a JSON document; None otherwise (a classifier's "positive" is not a
+  JSON failure).
 * `schema_valid` – the output is JSON and valid against the project's JSON Schema, validated with
   the same validator construction as `check` (`validators.validator_for(schema)(schema)`);
   False when the output is not JSON, None when there is no schema.
@@ -240,6 +243,7 @@ def score_item(
     schema: dict | None = None,
     regex: str | None = None,
     scorers: Sequence[NamedScorer | Scorer] = (),
+    expects_json: bool = False,
 ) -> ItemScore:
     """Every metric for one generation (see the module docstring for the definitions)."""
     named = _as_named(scorers)
@@ -253,24 +257,27 @@ def score_item(
 
     stripped = text.strip()
     parsed = _parse_json_document(stripped)
-    json_valid = parsed is not _MISSING
+    is_json = parsed is not _MISSING
 
     exact: bool | None = None
     expected_parsed: Any = _MISSING
     if item.expected is not None:
         exp = item.expected.strip()
         expected_parsed = _parse_json_document(exp)
-        if json_valid and expected_parsed is not _MISSING:
+        if is_json and expected_parsed is not _MISSING:
             exact = _json_equal(parsed, expected_parsed)
         else:
             exact = stripped == exp
 
     schema_valid: bool | None = None
     if schema is not None:
-        schema_valid = json_valid and bool(_validator(schema).is_valid(parsed))
+        schema_valid = is_json and bool(_validator(schema).is_valid(parsed))
 
     field_accuracy: float | None = None
     fields: dict[str, bool] = {}
+    # nobody asked for JSON here: "not JSON" would be a meaningless zero
+    json_valid = is_json if expects_json or schema is not None or expected_parsed is not _MISSING else None
+
     if isinstance(expected_parsed, dict) and expected_parsed:
         out_obj = parsed if isinstance(parsed, dict) else None
         for k, v in expected_parsed.items():
@@ -400,7 +407,7 @@ DESCRIPTIVE_METRICS: tuple[str, ...] = ("length_chars", "output_tokens")
 _REPORT_ORDER = ("exact_match", "json_valid", "schema_valid", "field_accuracy", "regex_ok", "stop_rate",
                  "length_chars", "output_tokens")
 #: Present in every aggregate (n may be 0); the others only when defined for at least one item.
-_ALWAYS = ("json_valid", "stop_rate", "length_chars", "output_tokens")
+_ALWAYS = ("stop_rate", "length_chars", "output_tokens")
 
 _SCORER_PREFIX = "scorer:"
 
@@ -483,7 +490,7 @@ def aggregate(scores: Sequence[ItemScore], *, seed: int = 0, n_boot: int = 2000)
 
     Keys: exact_match, json_valid, schema_valid, field_accuracy, regex_ok, stop_rate (share that
     finished with "stop"), length_chars and output_tokens (means), and 'scorer:<name>' per user
-    scorer. json_valid, stop_rate, length_chars and output_tokens are always present; the others
+    scorer. stop_rate, length_chars and output_tokens are always present; the others
     when defined for at least one item (a scorer: when it ran on at least one item). Generation
     errors are left out of everything and counted in `.excluded`.
     """

@@ -93,7 +93,8 @@ def evaluate_subject(project: Project, subject: Subject, test: list[EvalItem], r
     test_gens, reg_gens = gens[: len(test)], gens[len(test):]
     schema, regex = project.load_schema(), project.output.regex
     scorers = [load_scorer(spec, project.root) for spec in project.eval.scorers]
-    scores = [score_item(it, g, schema=schema, regex=regex, scorers=scorers) for it, g in zip(test, test_gens)]
+    scores = [score_item(it, g, schema=schema, regex=regex, scorers=scorers, expects_json=project.output.expects_json)
+              for it, g in zip(test, test_gens)]
     validator = _validator(project)
     # A regression `scorer` assertion names its scorer by spec (module:function or file.py:function).
     specs = {a["name"] for it in regression for a in it.assertions if a["type"] == "scorer"}
