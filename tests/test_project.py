@@ -94,3 +94,22 @@ def test_missing_data_without_build(tmp_path):
     with pytest.raises(ProjectError, match="does not exist") as exc:
         build_data(load_project(tmp_path))
     assert "build" in exc.value.hint
+
+
+def test_a_relative_base_model_path_is_relative_to_the_project(tmp_path: Path, monkeypatch) -> None:
+    project_dir = tmp_path / "proj"
+    (project_dir / "models" / "mine").mkdir(parents=True)
+    (project_dir / "tunesmith.yaml").write_text("task: 'label the sentiment of a review'\nbase_model: ./models/mine\n")
+    monkeypatch.chdir(tmp_path)  # not the project directory
+    assert load_project("proj").base_model == str((project_dir / "models" / "mine").resolve())
+    # a hub id stays a hub id; a directory of that name inside the project wins, as paths do
+    (project_dir / "tunesmith.yaml").write_text("task: 'label the sentiment of a review'\nbase_model: org/name\n")
+    assert load_project("proj").base_model == "org/name"
+    (project_dir / "org" / "name").mkdir(parents=True)
+    assert load_project("proj").base_model == str((project_dir / "org" / "name").resolve())
+    # a missing ./path still names the project-relative place in later errors
+    (project_dir / "tunesmith.yaml").write_text("task: 'label the sentiment of a review'\nbase_model: ./gone.gguf\n")
+    assert load_project("proj").base_model == str((project_dir / "gone.gguf").resolve())
+    for kept in ("builtin:smollm2-135m-instruct", "/abs/model.gguf"):
+        (project_dir / "tunesmith.yaml").write_text(f"task: 'label the sentiment of a review'\nbase_model: {kept}\n")
+        assert load_project("proj").base_model == kept

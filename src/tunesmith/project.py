@@ -191,6 +191,19 @@ def find_project_dir(start: Path) -> Path | None:
     return None
 
 
+def _model_in_project(ref: str, root: Path) -> str:
+    """A relative model path in tunesmith.yaml is relative to the project, like every other path in
+    it; a hub id ("org/name") stays one unless the project holds a directory of that name."""
+    if ":" in ref.split("/", 1)[0]:
+        return ref  # builtin:NAME or a URL-like scheme
+    if Path(ref).expanduser().is_absolute():
+        return str(Path(ref).expanduser())
+    local = root / ref
+    if ref.startswith(("./", "../", ".\\", "..\\")) or local.exists():
+        return str(local.resolve())
+    return ref
+
+
 def load_project(directory: str | Path, overrides: dict[str, Any] | None = None) -> Project:
     """Load DIR/tunesmith.yaml, apply dotted-key overrides (CLI flags), validate everything at once."""
     import yaml
@@ -223,6 +236,7 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
             "fix the fields named above; `tunesmith init` writes a commented example",
             details=details,
         ) from None
+    project.base_model = _model_in_project(project.base_model, project.root)
     problems = []
     schema_path = project.path(project.output.json_schema)
     if schema_path is not None and not schema_path.is_file() and not project.build:
