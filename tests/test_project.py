@@ -113,3 +113,23 @@ def test_a_relative_base_model_path_is_relative_to_the_project(tmp_path: Path, m
     for kept in ("builtin:smollm2-135m-instruct", "/abs/model.gguf"):
         (project_dir / "tunesmith.yaml").write_text(f"task: 'label the sentiment of a review'\nbase_model: {kept}\n")
         assert load_project("proj").base_model == kept
+
+
+def test_init_writes_any_task_and_model_text_so_that_it_reads_back(tmp_path: Path) -> None:
+    task = 'Translate C:\\new\\path and \\d+ "quoted" text: keep # and ü as they are'
+    model = "./my models/#1: best.gguf"
+    init_project(tmp_path, task=task, base_model=model)
+    project = load_project(tmp_path)
+    assert project.task == task
+    assert project.base_model == str((tmp_path / model).resolve())
+
+
+def test_init_refuses_values_the_project_file_would_reject(tmp_path: Path) -> None:
+    with pytest.raises(ProjectError) as ei:
+        init_project(tmp_path, task="Classify")
+    assert "was not written" in ei.value.message and any("task" in d for d in ei.value.details)
+    assert not (tmp_path / "tunesmith.yaml").exists()
+    a_file = tmp_path / "data.jsonl"
+    a_file.write_text("{}\n")
+    with pytest.raises(ProjectError, match="is a file, not a directory"):
+        init_project(a_file, task="Always answer with a JSON object.")

@@ -251,7 +251,7 @@ PROJECT_TEMPLATE = """\
 
 # One sentence: exactly what the tuned model must do that the base model does not.
 # "Better answers" is not a sentence; "always reply with a JSON object with keys a, b, c" is.
-task: "{task}"
+task: {task}
 
 # format | style | domain | multistep: sets the minimum dataset size `check` expects
 # (format 50-100 examples, style 100-300, domain 500-1000, multistep 1000-2000).
@@ -285,11 +285,41 @@ def init_project(directory: Path, *, task: str, base_model: str = DEFAULT_MODEL,
     from tunesmith.io import write_text_atomic
 
     target = directory / PROJECT_FILE
+    if directory.exists() and not directory.is_dir():
+        raise ProjectError(f"{directory} is a file, not a directory",
+                           "name a new or existing directory for the project")
     if target.exists() and not force:
         raise ProjectError(f"{target} already exists", "edit it, or pass --force to overwrite it")
-    text = PROJECT_TEMPLATE.format(task=task.replace('"', "'"), base_model=base_model)
+    text = PROJECT_TEMPLATE.format(task=_yaml_string(task), base_model=_yaml_string(base_model))
+    _check_template(text, target)
     write_text_atomic(target, text)
     return target
+
+
+def _yaml_string(value: str) -> str:
+    """A YAML scalar that reads back as exactly `value` (quotes, backslashes, '#', ': ' and all)."""
+    import yaml
+
+    for ensure_ascii in (False, True):  # readable first; escaped when YAML would not read it back
+        quoted = json.dumps(value, ensure_ascii=ensure_ascii)
+        try:
+            if yaml.safe_load(f"v: {quoted}") == {"v": value}:
+                return quoted
+        except yaml.YAMLError:
+            pass
+    raise ProjectError(f"cannot write {value!r} into tunesmith.yaml", "use printable text")
+
+
+def _check_template(text: str, target: Path) -> None:
+    """Refuse to write a project file that the next command would reject (a too-short task, ...)."""
+    import yaml
+
+    try:
+        Project.model_validate(yaml.safe_load(text))
+    except ValidationError as exc:
+        details = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ProjectError(f"{target} was not written: {len(details)} problem(s) in the values given",
+                           "fix the options named above (--task is one full sentence)", details=details) from None
 
 
 def build_data(project: Project, *, force: bool = False) -> bool:
