@@ -18,3 +18,53 @@ def test_write_jsonl_atomic(tmp_path):
     n = write_jsonl_atomic(tmp_path / "a" / "b.jsonl", ({"i": i} for i in range(3)))
     assert n == 3
     assert (tmp_path / "a" / "b.jsonl").read_text().count("\n") == 3
+
+
+def test_unwritable_outputs_are_told_in_words(tmp_path):
+    from tunesmith.errors import OutputError
+
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("keep\n")
+    with pytest.raises(OutputError, match="adir: it is a directory"):
+        write_jsonl_atomic(tmp_path / "adir", [{"i": 1}])
+    with pytest.raises(OutputError, match="afile is a file, not a directory"):
+        write_jsonl_atomic(tmp_path / "afile" / "deeper" / "x.jsonl", [{"i": 1}])
+    assert (tmp_path / "afile").read_text() == "keep\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+
+
+def test_a_full_disk_at_the_end_of_a_write_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from tunesmith.errors import OutputError
+
+    target = tmp_path / "out.jsonl"
+    target.write_text("old\n")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OutputError, match="the disk is full"):
+        write_jsonl_atomic(target, [{"i": 1}])
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+    with pytest.raises(OutputError) as ei:
+        write_jsonl_atomic(target, [{"i": 1}])
+    assert ei.value.errno == errno.ENOSPC  # training tells a full disk apart to say how to resume
+
+
+def test_cli_turns_an_unexpected_os_error_into_a_message(tmp_path, capsys):
+    import typer
+
+    from tunesmith.cli._errors import handle_errors
+
+    @handle_errors
+    def reads_a_directory():
+        open(tmp_path)
+
+    with pytest.raises(typer.Exit) as ei:
+        reads_a_directory()
+    assert ei.value.exit_code == 2
+    err = capsys.readouterr().err
+    assert f"error: Is a directory: {tmp_path}" in err and "Traceback" not in err and "hint:" in err

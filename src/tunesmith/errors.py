@@ -52,3 +52,9 @@ class RunNotFoundError(TunesmithError):
 
 class ExportError(TunesmithError):
     """A merged checkpoint or exported file cannot be made, or does not behave like the trained model."""
+
+
+class OutputError(TunesmithError):
+    """An output file or directory cannot be written (a directory in the way, no permission, disk full)."""
+
+    errno: int | None = None  # the OS error number behind it, when there was one

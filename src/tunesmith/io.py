@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from tunesmith.errors import OutputError
 
 
 @contextlib.contextmanager
@@ -19,22 +22,53 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
     A crash or an exception leaves the previous file (or nothing) in place, never a partial one.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise OutputError(f"cannot write {target}: it is a directory", "name a file to write, not a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
     try:
         encoding = None if "b" in mode else "utf-8"
         newline = None if "b" in mode else "\n"
         with open(fd, mode, encoding=encoding, newline=newline) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _cannot_write(target, exc) from None
         # mkstemp makes the file private (0600); reports and data are meant to be read by others.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        try:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _cannot_write(target, exc) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _cannot_write(target: Path, exc: OSError) -> OutputError:
+    """Say which output failed and why, in words (a file where a directory should be, no space, ...)."""
+    error = _describe_write_failure(target, exc)
+    error.errno = exc.errno  # callers that resume (training) tell a full disk apart
+    return error
+
+
+def _describe_write_failure(target: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return OutputError(f"cannot write {target}: {blocker} is a file, not a directory",
+                               "choose an output path whose folders are folders")
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"cannot write {target}: the disk is full", "free some space and run the command again")
+    return OutputError(f"cannot write {target}: {reason}",
+                       "check that the folder exists or can be created and that you may write there")
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -41,6 +41,15 @@ def handle_errors(fn: F) -> F:
                 raise
             print(format_error(exc), file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # a file problem no command foresaw: still a sentence, not a traceback
+            if debug_enabled():
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"error: {exc.strerror or type(exc).__name__}{where}\n"
+                  "hint: check the path and its permissions (TUNESMITH_DEBUG=1 shows where it happened)",
+                  file=sys.stderr)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             if debug_enabled():
                 raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,7 +142,7 @@ def train_project(project_dir: Path | str, flags: dict[str, Any] | None = None, 
         raise
     except (TunesmithError, RuntimeError, OSError) as exc:
         registry.set_status(run_id, "failed", error=str(exc)[:2000])
-        if isinstance(exc, OSError) and exc.errno == 28:
+        if getattr(exc, "errno", None) == errno.ENOSPC:  # an OSError, or an OutputError of ours
             raise TunesmithError(f"disk full while training run {run_id}",
                                  f"free space, then `tunesmith train --resume {run_id}` continues from the last checkpoint") from None
         raise
