@@ -220,3 +220,13 @@ def test_check_skips_token_stats_when_project_model_is_unavailable(tmp_path):
     # asked for explicitly by flag: an error
     result = run("check", tmp_path / "data.jsonl", "--model", "builtin:not-a-model")
     assert result.exit_code == 2 and "hint:" in result.stderr
+
+
+def test_json_commands_report_failures_as_json_on_stdout(tmp_path):
+    result = run("check", tmp_path / "missing.jsonl", "--json")
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "DataError" and "missing.jsonl" in error["message"] and error["hint"]
+    assert error["exit_code"] == 2
+    result = run("train", "-p", tmp_path, "--dry-run", "--json")
+    assert result.exit_code == 2 and json.loads(result.stdout)["error"]["type"] == "ProjectError"

@@ -7,6 +7,7 @@ and exits with its code. Tracebacks only with TUNESMITH_DEBUG=1.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +40,12 @@ def handle_errors(fn: F) -> F:
         except TunesmithError as exc:
             if debug_enabled():
                 raise
+            if kwargs.get("json_out"):
+                # scripts that asked for JSON get the failure as JSON too, on stdout
+                json.dump({"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+                                     "details": exc.details, "exit_code": exc.exit_code}}, sys.stdout)
+                sys.stdout.write("\n")
+                sys.stdout.flush()
             print(format_error(exc), file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
