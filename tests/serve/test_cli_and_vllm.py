@@ -87,3 +87,29 @@ def test_serving_without_fastapi_says_which_extra_to_install(serve_base, monkeyp
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
     result = CliRunner().invoke(app, ["serve", "--base", str(serve_base)])
     assert result.exit_code != 0 and "needs uvicorn" in result.output and "tunesmith[serve]" in result.output
+
+
+def test_cli_a_taken_port_or_unknown_host_fails_before_the_model_loads(serve_base, monkeypatch):
+    import socket
+
+    import tunesmith.serve.api as serve_api
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the port is taken")
+
+    monkeypatch.setattr(serve_api, "build_state", must_not_load)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        result = CliRunner().invoke(app, ["serve", "--base", str(serve_base), "--port", str(port)])
+    finally:
+        taken.close()
+    assert result.exit_code == 2 and f"port {port} on 127.0.0.1 is already in use" in result.output
+    assert "--port" in result.output
+    result = CliRunner().invoke(app, ["serve", "--base", str(serve_base), "--host", "no-such-host.invalid",
+                                      "--api-key", "k"])
+    assert result.exit_code == 2 and "cannot listen on 'no-such-host.invalid'" in result.output
+    result = CliRunner().invoke(app, ["serve", "--base", str(serve_base), "--port", "70000"])
+    assert result.exit_code == 2 and "65535" in result.output

@@ -194,7 +194,7 @@ def spotcheck(
     n: Optional[int] = typer.Option(None, "--n", help="How many test prompts (default 20)."),
     results: Optional[Path] = typer.Option(None, "--results", help="Unblind this answers file and apply the ship rule."),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Serve the page on 127.0.0.1 and save answers as they are made."),
-    port: int = typer.Option(0, "--port", help="Port for --serve (0 = any free port)."),
+    port: int = typer.Option(0, "--port", min=0, max=65535, help="Port for --serve (0 = any free port)."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Blinded side-by-side spot check of base and tuned outputs; then unblind with --results."""

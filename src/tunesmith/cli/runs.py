@@ -79,7 +79,7 @@ def _num(value: Any) -> str:
 @handle_errors
 def list_runs(
     project: Optional[Path] = RUNS_PROJECT_OPT,
-    limit: int = typer.Option(50, "--limit", "-n", help="Show at most this many runs, newest first (0: all)."),
+    limit: int = typer.Option(50, "--limit", "-n", min=0, help="Show at most this many runs, newest first (0: all)."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """List runs, newest first: id, status, method, base model, when, headline metrics."""

@@ -21,7 +21,7 @@ def serve(
     base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the project's base_model)."),
     adapter: list[str] = typer.Option([], "--adapter", "-a", help="NAME=RUN_OR_DIR to load at start (repeatable)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (127.0.0.1: this machine only)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY)."),
     allow_dir: list[Path] = typer.Option([], "--allow-dir", help="Another directory adapters may be loaded from (repeatable)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", min=1, help="Requests decoded together (default 16 on CPU, 64 on GPU)."),

@@ -41,7 +41,7 @@ def train(
     patience: Optional[int] = typer.Option(None, "--patience", help="Rising evaluations before the overfitting stop."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
-    num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes via accelerate (DDP)."),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes via accelerate (DDP)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON event per line on stdout."),
 ) -> None:
     """Train a LoRA / QLoRA / full fine-tune of the base model on the project's training split."""

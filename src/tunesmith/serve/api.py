@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import socket
@@ -182,9 +183,7 @@ def _app_with_lifespan(state: Any, config: ServeConfig) -> Any:
 def start_in_thread(state: Any, config: ServeConfig) -> RunningServer:
     """Serve `state` on a background thread (tests, benchmarks); port 0 picks a free port."""
     app = _app_with_lifespan(state, config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.host, config.port))
+    sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
     server = _server(app, state, config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
@@ -213,11 +212,36 @@ def serve(config: ServeConfig, say: Say | None = None) -> None:
                              "pip install vllm (on a machine with a supported GPU), or use --engine transformers")
         say("starting vLLM: " + shlex.join(command) + (" (API key in VLLM_API_KEY)" if env else ""))
         os.execvpe(command[0], command, {**os.environ, **env})
-    state = build_state(config, say)
-    app = _app_with_lifespan(state, config)
-    names = ", ".join([state.base.name, *state.adapters])
-    say(f"serving {names} at http://{config.host}:{config.port}/v1" + (" (API key required)" if config.api_key else ""))
-    _server(app, state, config).run()
+    sock = bind_socket(config.host, config.port)  # before loading the model: a taken port fails in a second
+    try:
+        state = build_state(config, say)
+        app = _app_with_lifespan(state, config)
+        names = ", ".join([state.base.name, *state.adapters])
+        say(f"serving {names} at http://{config.host}:{config.port}/v1" + (" (API key required)" if config.api_key else ""))
+        _server(app, state, config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port, or a UsageError that says why not (port taken, bad host)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {host!r}: {exc.strerror}",
+                         "--host takes an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"port {port} on {host} is already in use",
+                             "stop what listens there, or pick another port with --port") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                         "pick another --host or --port (ports below 1024 need privileges)") from None
+    return sock
 
 
 def _check_exposure(config: ServeConfig, say: Say) -> None:
