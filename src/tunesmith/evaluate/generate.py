@@ -275,6 +275,9 @@ class LocalBackend:
 
         dtype = getattr(torch, self.dtype)
         try:
+            from tunesmith.models.quiet import quiet_transformers
+
+            quiet_transformers()
             model = AutoModelForCausalLM.from_pretrained(str(self.model_path), dtype=dtype, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - becomes a user-facing error
             raise ModelError(f"cannot load the model in {self.model_path}: {_one_line(exc)}",

@@ -111,6 +111,9 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     device = config.device or _default_device()
     say(f"loading {base.ref} on {device}")
     try:
+        from tunesmith.models.quiet import quiet_transformers
+
+        quiet_transformers()
         model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=getattr(torch, _default_dtype(device)),
                                                      local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - a user-facing error

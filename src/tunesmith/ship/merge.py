@@ -201,6 +201,9 @@ def _stored_dtype(checkpoint: Path) -> str | None:
 
 def _load_checkpoint(auto: Any, path: Path, **kwargs: Any) -> Any:
     try:
+        from tunesmith.models.quiet import quiet_transformers
+
+        quiet_transformers()
         return auto.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot load the model in {path}: {_one_line(exc)}",

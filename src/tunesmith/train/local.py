@@ -50,6 +50,9 @@ def build_model(prep: Prepared) -> Any:
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    from tunesmith.models.quiet import quiet_transformers
+
+    quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(str(prep.model_path), dtype=dtype, **kwargs)
     model.config.use_cache = False
     if method == "full":

@@ -88,6 +88,9 @@ def generate_answers(model_path: Path, tokenizer: Any, prompts: list[str], max_n
 
     from tunesmith.models.chat import render
 
+    from tunesmith.models.quiet import quiet_transformers
+
+    quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
     model.eval()
     side = tokenizer.padding_side

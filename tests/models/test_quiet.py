@@ -1,0 +1,22 @@
+import warnings
+
+from tunesmith.models.quiet import quiet_transformers
+
+
+def test_quiet_transformers_hides_the_weight_bar_but_not_hub_downloads():
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    try:
+        quiet_transformers()
+        assert not hf_logging.is_progress_bar_enabled()
+        assert not are_progress_bars_disabled()  # a hub download still shows its progress
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            quiet_transformers()  # filters are inserted in front of "default"
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("something else", FutureWarning)
+        assert [str(w.message) for w in caught] == ["something else"]
+    finally:
+        hf_logging.enable_progress_bar()
