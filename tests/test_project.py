@@ -133,3 +133,24 @@ def test_init_refuses_values_the_project_file_would_reject(tmp_path: Path) -> No
     a_file.write_text("{}\n")
     with pytest.raises(ProjectError, match="is a file, not a directory"):
         init_project(a_file, task="Always answer with a JSON object.")
+
+
+@pytest.mark.parametrize("data, fields", [
+    ("  train: data/train.jsonl\n  test: ./data/train.jsonl\n", "data.train and data.test"),
+    ("  source: data/all.jsonl\n  train: data/all.jsonl\n", "data.source and data.train"),
+    ("  test: data/test.jsonl\n  regression: data/test.jsonl\n", "data.test and data.regression"),
+])
+def test_data_paths_must_differ(tmp_path, data, fields):
+    (tmp_path / "tunesmith.yaml").write_text("task: 'Always answer with a JSON object.'\ndata:\n" + data)
+    with pytest.raises(ProjectError) as exc:
+        load_project(tmp_path)
+    assert any(f"{fields} are the same file" in d for d in exc.value.details), exc.value.details
+
+
+def test_test_fraction_bounds_are_the_fields():
+    from tunesmith.project import DataPaths
+
+    lo, hi = DataPaths.test_fraction_bounds()
+    assert (lo, hi) == (0.05, 0.5)
+    DataPaths(test_fraction=lo)
+    DataPaths(test_fraction=hi)

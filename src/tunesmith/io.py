@@ -28,7 +28,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise _cannot_write(target, exc) from None
+        raise cannot_write(target, exc) from None
     try:
         encoding = None if "b" in mode else "utf-8"
         newline = None if "b" in mode else "\n"
@@ -38,20 +38,20 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
                 fh.flush()
                 os.fsync(fh.fileno())
             except OSError as exc:
-                raise _cannot_write(target, exc) from None
+                raise cannot_write(target, exc) from None
         # mkstemp makes the file private (0600); reports and data are meant to be read by others.
         try:
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except OSError as exc:
-            raise _cannot_write(target, exc) from None
+            raise cannot_write(target, exc) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def _cannot_write(target: Path, exc: OSError) -> OutputError:
+def cannot_write(target: Path, exc: OSError) -> OutputError:
     """Say which output failed and why, in words (a file where a directory should be, no space, ...)."""
     error = _describe_write_failure(target, exc)
     error.errno = exc.errno  # callers that resume (training) tell a full disk apart

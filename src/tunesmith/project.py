@@ -62,6 +62,28 @@ class DataPaths(_Strict):
     test_fraction: float = Field(0.15, ge=0.05, le=0.5, description="Share of examples sealed away for testing.")
     regression: str | None = Field(None, description="Regression suite: 20-50 prompts with assertions.")
 
+    @classmethod
+    def test_fraction_bounds(cls) -> tuple[float, float]:
+        """(lowest, highest) test_fraction allowed, so `split --test-fraction` is held to the same range."""
+        meta = cls.model_fields["test_fraction"].metadata
+        return next(m.ge for m in meta if hasattr(m, "ge")), next(m.le for m in meta if hasattr(m, "le"))
+
+    @model_validator(mode="after")
+    def _one_file_per_role(self) -> DataPaths:
+        # `split` writes train and test from source: a shared path means one silently overwrites the
+        # other (the seal then vouches for training rows), and a regression suite is no data file.
+        roles = {"source": self.source, "train": self.train, "test": self.test, "regression": self.regression}
+        seen: dict[Path, str] = {}
+        for role, rel in roles.items():
+            if rel is None:
+                continue
+            key = Path(rel)  # normalises "./a" and "a//b"; both are relative to the same project root
+            if key in seen:
+                raise ValueError(f"data.{seen[key]} and data.{role} are the same file ({rel}); "
+                                 "give each its own path")
+            seen[key] = role
+        return self
+
 
 class CheckSettings(_Strict):
     near_duplicate_threshold: float = Field(0.8, gt=0.3, le=1.0, description="Jaccard similarity over character 5-grams.")

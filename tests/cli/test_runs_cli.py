@@ -141,7 +141,7 @@ def test_show_unknown_and_ambiguous_refs(tmp_path):
     assert "error: no run 'zzz'" in result.stderr
     assert "tunesmith runs list" in result.stderr and "20240102-090000-cccc-gamma" in result.stderr
     result = run("show", "20240101-120000-aaa", "--project", tmp_path, "--json")
-    assert result.exit_code == 2 and result.stdout == ""
+    assert result.exit_code == 2 and json.loads(result.stdout)["error"]["type"] == "RunNotFoundError"
     assert "ambiguous" in result.stderr
     assert "20240101-120000-aaaa-alpha" in result.stderr and "20240101-120000-aaab-beta" in result.stderr
 

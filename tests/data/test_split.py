@@ -1,10 +1,13 @@
+import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from datagen import clean_examples, words, write_jsonl
 from tunesmith.data.split import row_hash, split_file, verify_seal
-from tunesmith.errors import SealError, UsageError
+from tunesmith.errors import DataError, OutputError, SealError, UsageError
 
 
 def _split(tmp_path, rows, fraction=0.2):
@@ -101,3 +104,278 @@ def test_malformed_rows_go_to_train(tmp_path):
     r = _split(tmp_path, rows)
     assert r.unparsed_rows == 2
     assert "{not json" in (tmp_path / "train.jsonl").read_text()
+
+
+# --- outputs on one path -------------------------------------------------------------------------
+
+def _runner():
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_split_refuses_train_and_test_on_one_path(tmp_path):
+    src = write_jsonl(tmp_path / "all.jsonl", clean_examples(40))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(UsageError, match="train and test are the same file") as exc:
+        split_file(src, tmp_path / "same.jsonl", tmp_path / "d" / ".." / "same.jsonl")
+    assert "--train/--test" in exc.value.hint
+    with pytest.raises(UsageError, match="source and test are the same file"):
+        split_file(src, tmp_path / "train.jsonl", src)
+    with pytest.raises(UsageError, match="train and test seal are the same file"):
+        split_file(src, tmp_path / "test.seal.json", tmp_path / "test.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl", "d"]  # nothing written
+
+
+def test_split_cli_refuses_train_and_test_on_one_path(tmp_path):
+    src = write_jsonl(tmp_path / "all.jsonl", clean_examples(40))
+    result = _runner()("split", src, "--train", tmp_path / "same.jsonl", "--test", tmp_path / "same.jsonl")
+    assert result.exit_code == 2 and "train and test are the same file" in result.stderr
+    assert not (tmp_path / "same.jsonl").exists()
+
+
+# --- a split that realises nothing like test_fraction ----------------------------------------------
+
+def _one_cluster(n: int) -> list[dict]:
+    """n examples with one input (different answers): a cluster that has to stay on one side, whatever
+    counts as a near-duplicate."""
+    prompt = "Summarise this customer ticket as one JSON object: the printer on floor 22 keeps jamming"
+    return [{"messages": [{"role": "user", "content": prompt},
+                          {"role": "assistant", "content": json.dumps({"topic": "printer", "ticket": i})}]}
+            for i in range(n)]
+
+
+def test_split_refuses_when_a_cluster_empties_a_side(tmp_path):
+    src = write_jsonl(tmp_path / "all.jsonl", _one_cluster(120))
+    with pytest.raises(DataError, match=r"leave (train|test) without examples \((0 train / 120|120 train / 0) test") as exc:
+        split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl", test_fraction=0.15, near_threshold=0.8)
+    assert "largest near-duplicate cluster holds 120" in exc.value.message
+    assert "tunesmith check" in exc.value.message
+    assert "raise checks.near_duplicate_threshold (now 0.8)" in exc.value.hint and "deduplicate" in exc.value.hint
+    assert not (tmp_path / "test.jsonl").exists() and not (tmp_path / "test.seal.json").exists()
+
+
+def test_split_refuses_too_few_examples_for_a_side(tmp_path):
+    src = write_jsonl(tmp_path / "all.jsonl", clean_examples(1))
+    with pytest.raises(DataError, match="no near-duplicate clusters, but 1 example") as exc:
+        split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+    assert "add examples" in exc.value.hint
+
+
+def test_split_warns_when_the_test_share_is_far_off(tmp_path):
+    # the cluster goes whole to one side: the test share is ~4 % or ~80 %, never near the 15 % asked
+    rows = clean_examples(40) + _one_cluster(160)
+    result = _split(tmp_path, rows, fraction=0.15)
+    share = result.test_rows / 200
+    assert result.largest_cluster == 160
+    assert len(result.warnings) == 1 and f"got {share:.0%} of the examples ({result.test_rows} of 200)" in result.warnings[0]
+    assert "far from the 15% asked" in result.warnings[0]
+    assert "largest near-duplicate cluster holds 160" in result.warnings[0]
+    (tmp_path / "plain").mkdir()
+    assert _split(tmp_path / "plain", clean_examples(200), fraction=0.2).warnings == []
+
+
+def test_split_cli_prints_and_reports_the_share_warning(tmp_path):
+    src = write_jsonl(tmp_path / "all.jsonl", clean_examples(40) + _one_cluster(160))
+    run = _runner()
+    result = run("split", src, "--test-fraction", "0.15", "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["largest_cluster"] == 160 and "largest near-duplicate cluster holds 160" in info["warnings"][0]
+    result = run("split", src, "--test-fraction", "0.15")
+    assert result.exit_code == 0 and "warning: the test set got" in result.stdout
+
+
+# --- verify: every row counts, and how often --------------------------------------------------------
+
+def test_verify_detects_a_duplicated_sealed_row(tmp_path):
+    _split(tmp_path, clean_examples(100))
+    test = tmp_path / "test.jsonl"
+    original = test.read_text().splitlines()
+    test.write_text("\n".join(original + [original[0]]) + "\n")
+    report = verify_seal(test)
+    assert not report.ok
+    assert report.duplicated == [len(original) + 1] and report.added == [len(original) + 1] and report.removed == 0
+    result = _runner()("split", "--verify", "--test", test)
+    assert result.exit_code == 1 and "SEAL BROKEN" in result.stdout
+    assert f"extra copies of sealed rows at line {len(original) + 1}" in result.stdout
+    # a copy in place of another row: same count, one row gone
+    swapped = [original[0]] + original[:1] + original[2:]
+    test.write_text("\n".join(swapped) + "\n")
+    report = verify_seal(test)
+    assert not report.ok and report.duplicated == [2] and report.missing == [2] and report.removed == 1
+    result = _runner()("split", "--verify", "--test", test, "--json")
+    info = json.loads(result.stdout)
+    assert result.exit_code == 1 and info["duplicated_lines"] == [2] and info["missing_sealed_rows"] == [2]
+
+
+def test_verify_names_missing_rows_and_reorders(tmp_path):
+    _split(tmp_path, clean_examples(100))
+    test = tmp_path / "test.jsonl"
+    original = test.read_text().splitlines()
+    test.write_text("\n".join(original[:2] + original[3:]) + "\n")
+    report = verify_seal(test)
+    assert not report.ok and report.missing == [3] and report.removed == 1 and report.moved == []
+    result = _runner()("split", "--verify", "--test", test)
+    assert result.exit_code == 1 and "missing line 3 of the sealed file" in result.stdout
+    # order is part of the seal (the rows are recorded in order)
+    test.write_text("\n".join([original[1], original[0]] + original[2:]) + "\n")
+    report = verify_seal(test)
+    assert not report.ok and report.moved == [1, 2] and not (report.added or report.changed or report.missing)
+    result = _runner()("split", "--verify", "--test", test)
+    assert result.exit_code == 1 and "out of their sealed order at lines 1, 2" in result.stdout
+
+
+# --- all outputs or none ------------------------------------------------------------------------------
+
+def _snapshot(tmp_path):
+    return {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+
+def test_split_with_train_a_directory_changes_nothing(tmp_path):
+    _split(tmp_path, clean_examples(60))
+    before = _snapshot(tmp_path)
+    (tmp_path / "all.jsonl").write_text((tmp_path / "all.jsonl").read_text() + json.dumps(clean_examples(1, seed=4)[0]) + "\n")
+    before["all.jsonl"] = (tmp_path / "all.jsonl").read_bytes()
+    (tmp_path / "traindir").mkdir()
+    with pytest.raises(OutputError, match="cannot write the train file .*traindir: it is a directory"):
+        split_file(tmp_path / "all.jsonl", tmp_path / "traindir", tmp_path / "test.jsonl")
+    assert _snapshot(tmp_path) == before and list((tmp_path / "traindir").iterdir()) == []
+
+
+def test_split_write_failure_leaves_old_files_and_no_temps(tmp_path, monkeypatch):
+    from tunesmith.data import split as split_mod
+
+    _split(tmp_path, clean_examples(60))
+    before = _snapshot(tmp_path)
+    real_fsync = os.fsync
+
+    def disk_full_on_train(fd):  # the training split is the one that fails, after the test split is done
+        if ".train.jsonl." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(split_mod.os, "fsync", disk_full_on_train)
+    with pytest.raises(OutputError, match="train.jsonl: the disk is full") as exc:
+        _split(tmp_path, clean_examples(70))
+    assert "free some space" in exc.value.hint
+    assert _snapshot(tmp_path) == {**before, "all.jsonl": (tmp_path / "all.jsonl").read_bytes()}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_split_names_outputs_replaced_before_a_failed_rename(tmp_path, monkeypatch):
+    from tunesmith.data import split as split_mod
+
+    real_replace = os.replace
+
+    def fail_for_train(src, dst):
+        if Path(dst).name == "train.jsonl":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(split_mod.os, "replace", fail_for_train)
+    with pytest.raises(OutputError, match="train.jsonl: Permission denied") as exc:
+        _split(tmp_path, clean_examples(60))
+    assert exc.value.details == [f"already replaced: {tmp_path / 'test.jsonl'}",
+                                 f"already replaced: {tmp_path / 'test.seal.json'}"]
+    assert "run `tunesmith split` again" in exc.value.hint
+    assert verify_seal(tmp_path / "test.jsonl").ok  # the test set and its seal stay a pair
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- re-splitting must not move sealed rows into train ------------------------------------------
+
+def test_resplit_refuses_to_move_sealed_rows_into_train(tmp_path):
+    rows = clean_examples(200)
+    _split(tmp_path, rows, fraction=0.3)
+    before = _snapshot(tmp_path)
+    with pytest.raises(SealError, match=r"row\(s\) of the previous sealed test set .* would move into") as exc:
+        _split(tmp_path, rows, fraction=0.15)
+    assert "test fraction 0.3" in exc.value.hint and "--reseal" in exc.value.hint
+    assert _snapshot(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    old_test = len(_inputs(tmp_path / "test.jsonl"))
+    src = tmp_path / "all.jsonl"
+    result = split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl", test_fraction=0.15, reseal=True)
+    assert result.moved_from_previous_seal == old_test - result.test_rows > 0
+    assert result.dropped_from_previous_seal == 0 and result.kept_from_previous_seal == result.test_rows
+    assert any("moved into train (resealed)" in w for w in result.warnings)
+    assert not any("no longer in the source" in w for w in result.warnings)
+
+
+def test_resplit_reports_only_rows_really_gone(tmp_path):
+    rows = clean_examples(200)
+    _split(tmp_path, rows, fraction=0.3)
+    gone = set(sorted(_inputs(tmp_path / "test.jsonl"))[:3])
+    kept = [r for r in rows if r["messages"][1]["content"] not in gone]
+    src = write_jsonl(tmp_path / "all.jsonl", kept)
+    result = split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl", test_fraction=0.15, reseal=True)
+    assert result.moved_from_previous_seal > 0  # still in the source, now in train: not "gone"
+    assert result.dropped_from_previous_seal == 3
+    assert "3 row(s) of the previous seal are no longer in the source" in result.warnings
+
+
+def test_resplit_cli_needs_reseal(tmp_path):
+    src = write_jsonl(tmp_path / "all.jsonl", clean_examples(200))
+    run = _runner()
+    assert run("split", src, "--test-fraction", "0.3").exit_code == 0
+    result = run("split", src, "--test-fraction", "0.15")
+    assert result.exit_code == 2 and "would move into" in result.stderr and "--reseal" in result.stderr
+    result = run("split", src, "--test-fraction", "0.15", "--reseal")
+    assert result.exit_code == 0 and "moved into train (resealed)" in result.stdout
+    assert "no longer in the source" not in result.stdout
+
+
+def test_resplit_over_an_unreadable_seal(tmp_path):
+    _split(tmp_path, clean_examples(60))
+    (tmp_path / "test.seal.json").write_text("{broken")
+    with pytest.raises(SealError, match="the seal is unreadable .*keep the previously sealed rows out") as exc:
+        _split(tmp_path, clean_examples(60))
+    assert "--reseal" in exc.value.hint
+    src = tmp_path / "all.jsonl"
+    result = split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl", test_fraction=0.2, reseal=True)
+    assert result.kept_from_previous_seal is None and verify_seal(tmp_path / "test.jsonl").ok
+
+
+# --- no usable examples -------------------------------------------------------------------------------
+
+def test_split_refuses_input_without_examples(tmp_path):
+    array = tmp_path / "all.json"
+    array.write_text(json.dumps(clean_examples(30), indent=2))
+    with pytest.raises(DataError, match="one JSON array, not JSON Lines") as exc:
+        split_file(array, tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+    assert f"tunesmith convert {array} -o {tmp_path / 'all.converted.jsonl'} --to messages" in exc.value.hint
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="holds no examples"):
+        split_file(tmp_path / "empty.jsonl", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+    write_jsonl(tmp_path / "bad.jsonl", ["{not json", '{"foo": 1}'])
+    with pytest.raises(DataError, match=r"none of its 2 row\(s\) is a well-formed example") as exc:
+        split_file(tmp_path / "bad.jsonl", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+    assert "JSONL, one example object per line" in exc.value.hint
+    assert not (tmp_path / "train.jsonl").exists() and not (tmp_path / "test.seal.json").exists()
+    result = _runner()("split", array)
+    assert result.exit_code == 2 and "tunesmith convert" in result.stderr
+
+
+# --- test fraction bounds -------------------------------------------------------------------------------
+
+def test_test_fraction_bounds_match_the_project_file(tmp_path):
+    src = write_jsonl(tmp_path / "all.jsonl", clean_examples(40))
+    for bad in (0.6, 0.01):
+        with pytest.raises(UsageError, match=rf"test fraction {bad} is out of range \(0.05-0.5\)"):
+            split_file(src, tmp_path / "tr.jsonl", tmp_path / "te.jsonl", test_fraction=bad)
+    run = _runner()
+    result = run("split", src, "--test-fraction", "0.6")
+    assert result.exit_code == 2 and "--test-fraction 0.6 is out of range (0.05-0.5)" in result.stderr
+    assert run("split", src, "--test-fraction", "0.5").exit_code == 0
+
+
+def test_the_share_warning_ignores_what_chance_explains_in_small_files():
+    from tunesmith.data.split import _check_sides
+
+    # 8 of 30 for 0.15: 1.9 standard deviations of hash placement, not a cluster problem
+    assert _check_sides(Path("d.jsonl"), 30, 8, 1, 0.15, 0.8) == []
+    # the same share of 1000 rows is no accident
+    assert _check_sides(Path("d.jsonl"), 1000, 267, 1, 0.15, 0.8)

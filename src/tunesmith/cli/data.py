@@ -122,15 +122,18 @@ def _print_report(report, project) -> None:
 def split(
     file: Optional[Path] = typer.Argument(None, help="All examples (default: the project's data.source)."),
     project: Optional[Path] = PROJECT_OPT,
-    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Share sealed for testing (default 0.15)."),
+    test_fraction: Optional[float] = typer.Option(None, "--test-fraction", help="Share sealed for testing, 0.05-0.5 (default 0.15)."),
     train: Optional[Path] = typer.Option(None, "--train", help="Where to write the training split."),
     test: Optional[Path] = typer.Option(None, "--test", help="Where to write the sealed test split."),
     verify: bool = typer.Option(False, "--verify", help="Only verify the sealed test set against its seal."),
+    reseal: bool = typer.Option(False, "--reseal", help="Seal a new test set even if rows of the old one move into train."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Split once, before curation, and seal the test set (SHA-256 of the file and of every row)."""
-    from tunesmith.data.split import split_file, verify_seal
+    from tunesmith.data.split import check_test_fraction, split_file, verify_seal
 
+    if test_fraction is not None and not verify:
+        check_test_fraction(test_fraction, "--test-fraction")  # before a build command runs for nothing
     proj = _project_for(file, project)
     if file is None and proj is not None and not verify:
         from tunesmith.project import build_data
@@ -148,8 +151,7 @@ def split(
         elif report.ok:
             print(f"{test_path}: seal intact ({report.rows} rows)")
         else:
-            print(f"{test_path}: SEAL BROKEN: changed {format_lines(report.changed) or 'none'}; "
-                  f"added {format_lines(report.added) or 'none'}; {report.removed} row(s) removed")
+            print(f"{test_path}: SEAL BROKEN: {_seal_differences(report)}")
         if not report.ok:
             raise typer.Exit(1)
         return
@@ -159,7 +161,7 @@ def split(
     train_path = train or (proj.path(proj.data.train) if proj else source.with_name("train.jsonl"))
     fraction = test_fraction if test_fraction is not None else (proj.data.test_fraction if proj else 0.15)
     threshold = proj.checks.near_duplicate_threshold if proj else 0.8
-    result = split_file(source, train_path, test_path, test_fraction=fraction, near_threshold=threshold)
+    result = split_file(source, train_path, test_path, test_fraction=fraction, near_threshold=threshold, reseal=reseal)
     if json_out:
         print_json(result.to_dict())
         return
@@ -167,8 +169,26 @@ def split(
     print(f"{result.test_rows} test rows -> {result.test} (sealed in {result.seal}; do not look at them)")
     if result.unparsed_rows:
         print(f"{result.unparsed_rows} malformed row(s) went to train, where `tunesmith check` reports them")
-    if result.dropped_from_previous_seal:
-        print(f"warning: {result.dropped_from_previous_seal} row(s) of the previous seal are no longer in the source")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+
+
+def _seal_differences(report) -> str:
+    """What a broken seal's test file differs in, by line number (never by content: the set is sealed)."""
+    copies = set(report.duplicated)
+    new = [ln for ln in report.added if ln not in copies]
+    parts = []
+    if report.changed:
+        parts.append(f"changed {format_lines(report.changed)}")
+    if new:
+        parts.append(f"added {format_lines(new)}")
+    if report.duplicated:
+        parts.append(f"extra copies of sealed rows at {format_lines(report.duplicated)}")
+    if report.missing:
+        parts.append(f"missing {format_lines(report.missing)} of the sealed file ({report.removed} row(s))")
+    if report.moved:
+        parts.append(f"rows out of their sealed order at {format_lines(report.moved)}")
+    return "; ".join(parts)
 
 
 @app.command()

@@ -8,20 +8,26 @@ only move it towards test, never out of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
+import os
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tunesmith.data.checks.dedup import input_key
 from tunesmith.data.checks.near import MAIN, NearIndex
 from tunesmith.data.formats import parse_record
 from tunesmith.data.minhash import UnionFind
-from tunesmith.data.reader import iter_raw, iter_raw_lines
-from tunesmith.errors import SealError, UsageError
-from tunesmith.io import atomic_writer, sha256_file, write_json_atomic
+from tunesmith.data.reader import iter_raw, iter_raw_lines, looks_like_json_array
+from tunesmith.errors import DataError, OutputError, SealError, UsageError
+from tunesmith.io import cannot_write, sha256_file
+from tunesmith.project import DataPaths
 
 SEAL_VERSION = 1
 
@@ -34,8 +40,14 @@ class SplitResult:
     train_rows: int
     test_rows: int
     unparsed_rows: int
+    #: Examples in the biggest group that has to stay on one side (near-duplicates, or the same input).
+    largest_cluster: int = 1
     kept_from_previous_seal: int | None = None
+    #: Rows of the previous seal that are gone from the source.
     dropped_from_previous_seal: int | None = None
+    #: Rows of the previous seal that now went to train (only possible with reseal=True).
+    moved_from_previous_seal: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
@@ -49,13 +61,76 @@ def row_hash(raw: bytes) -> str:
     return hashlib.sha256(raw.strip()).hexdigest()
 
 
+def check_test_fraction(value: float, name: str = "test fraction") -> None:
+    """Hold a flag to the bounds tunesmith.yaml holds data.test_fraction to (one source: DataPaths)."""
+    lo, hi = DataPaths.test_fraction_bounds()
+    if not lo <= value <= hi:  # also refuses NaN
+        raise UsageError(f"{name} {value} is out of range ({lo}-{hi})",
+                         f"use a value between {lo} and {hi}, e.g. 0.15 (data.test_fraction allows the same range)")
+
+
 def split_file(source: Path, train: Path, test: Path, *, test_fraction: float = 0.15,
-               near_threshold: float = 0.8) -> SplitResult:
-    if not 0.0 < test_fraction < 1.0:
-        raise UsageError(f"test fraction {test_fraction} is out of range", "use a value between 0.05 and 0.5, e.g. 0.15")
-    if source.resolve() in (train.resolve(), test.resolve()):
-        raise UsageError(f"{source} would be overwritten by the split", "write train/test to other paths")
-    score: dict[int, float] = {}  # line -> position in [0, 1)
+               near_threshold: float = 0.8, reseal: bool = False) -> SplitResult:
+    """Split `source` into train and a sealed test set; all three outputs change together or not at all.
+
+    reseal=True allows rows of an earlier seal to move into train (a new test set replaces the old one).
+    """
+    check_test_fraction(test_fraction)
+    seal = seal_path_for(test)
+    _check_paths(source, train, test, seal)
+    score, unparsed = _scores(source, near_threshold)
+    if not score:
+        raise _no_examples(source, unparsed)
+    test_lines = {ln for ln, s in score.items() if s < test_fraction}
+    largest = max(Counter(score.values()).values())  # rows sharing a score share a side
+    warnings = _check_sides(source, len(score), len(test_lines), largest, test_fraction, near_threshold)
+    previous = _previous_seal(seal, reseal)
+    old_rows = set(previous["rows"]) if previous is not None else set()
+    with _Staging() as staging:
+        ftrain, ftest = staging.open(train), staging.open(test)
+        rows, n_train, moved = _write_rows(source, test_lines, ftrain, ftest, old_rows)
+        if moved and not reseal:
+            raise _leak_error(seal, train, previous, len(moved))
+        fseal = staging.open(seal)
+        fseal.write((json.dumps({
+            "version": SEAL_VERSION,
+            "source": str(source),
+            "test_fraction": test_fraction,
+            "near_duplicate_threshold": near_threshold,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "file_sha256": ftest.sha.hexdigest(),
+            "train_sha256": ftrain.sha.hexdigest(),
+            "rows": rows,
+        }, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        # The test set and its seal first: should the last rename fail, verify still sees a consistent pair.
+        staging.commit([ftest, fseal, ftrain])
+    result = SplitResult(train, test, seal, n_train, len(rows), unparsed, largest, warnings=warnings)
+    if previous is not None:
+        _compare_with_previous(result, old_rows, set(rows), moved)
+    return result
+
+
+def _check_paths(source: Path, train: Path, test: Path, seal: Path) -> None:
+    """One file per role: two roles on one path means one output silently overwrites the other."""
+    roles = {"source": source, "train": train, "test": test, "test seal": seal}
+    seen: dict[Path, str] = {}
+    for role, path in roles.items():
+        key = path.resolve()
+        if key in seen:
+            raise UsageError(
+                f"{seen[key]} and {role} are the same file ({path}): the split would overwrite one with the other",
+                "give source, train and test different paths (--train/--test, or data.train/data.test in tunesmith.yaml)")
+        seen[key] = role
+    for role in ("train", "test", "test seal"):
+        if roles[role].is_dir():  # caught before anything is written, not at the last rename
+            raise OutputError(f"cannot write the {role} file {roles[role]}: it is a directory",
+                              "name a file to write, not a directory (or move the directory away)")
+
+
+def _scores(source: Path, near_threshold: float) -> tuple[dict[int, float], int]:
+    """Position in [0, 1) of every well-formed example by line (shared within a near-duplicate
+    cluster), and the number of malformed rows."""
+    score: dict[int, float] = {}
     near = NearIndex(near_threshold)
     unparsed = 0
     for raw in iter_raw(source):
@@ -72,38 +147,178 @@ def split_file(source: Path, train: Path, test: Path, *, test_fraction: float = 
         lowest = min(score[ln] for ln in group)
         for ln in group:
             score[ln] = lowest
-    test_lines = {ln for ln, s in score.items() if s < test_fraction}
+    return score, unparsed
 
-    seal = seal_path_for(test)
-    previous = _load_seal(seal) if seal.exists() else None
+
+def _no_examples(source: Path, unparsed: int) -> DataError:
+    if unparsed == 0:
+        return DataError(f"{source}: holds no examples (the file is empty); nothing to split",
+                         "add examples, one JSON object per line")
+    if looks_like_json_array(source):
+        out = source.with_name(f"{source.stem}.converted.jsonl")
+        return DataError(f"{source}: the file is one JSON array, not JSON Lines; no example to split",
+                         f"convert it: tunesmith convert {source} -o {out} --to messages, then split {out}")
+    return DataError(f"{source}: none of its {unparsed} row(s) is a well-formed example; nothing to split",
+                     f"the file must be JSONL, one example object per line; `tunesmith check {source}` says what is "
+                     "wrong with each line")
+
+
+def _check_sides(source: Path, n: int, n_test: int, largest: int, test_fraction: float,
+                 near_threshold: float) -> list[str]:
+    """Refuse a split that leaves a side without examples; warn when the test share is far from the one asked for.
+
+    Clusters go whole to one side (no leakage), so a giant cluster can swamp test_fraction.
+    """
+    n_train = n - n_test
+    if largest > 1:
+        why = (f"near-duplicates (and examples with the same input) go to one side together, and the largest "
+               f"near-duplicate cluster holds {largest} examples (`tunesmith check {source}` lists the clusters)")
+        fix = ("deduplicate (`tunesmith fix` keeps one example per cluster) or diversify the examples, or raise "
+               f"checks.near_duplicate_threshold (now {near_threshold}) so fewer examples count as near-duplicates")
+    else:
+        why = f"there are no near-duplicate clusters, but {n} example(s) are too few for test fraction {test_fraction}"
+        fix = "add examples (a few dozen at least)"
+    if n_test == 0 or n_train == 0:
+        empty = "test" if n_test == 0 else "train"
+        raise DataError(f"{source}: the split would leave {empty} without examples "
+                        f"({n_train} train / {n_test} test of {n}): {why}", fix)
+    share = n_test / n
+    # Rows are placed by hash, so a small file strays from the fraction by chance alone: warn only
+    # beyond half the fraction and beyond three binomial standard deviations.
+    chance = 3 * math.sqrt(test_fraction * (1 - test_fraction) / n)
+    if abs(share - test_fraction) <= max(test_fraction / 2, chance):
+        return []
+    return [f"the test set got {share:.0%} of the examples ({n_test} of {n}), far from the {test_fraction:.0%} asked "
+            f"for: {why}"]
+
+
+def _previous_seal(seal: Path, reseal: bool) -> dict[str, Any] | None:
+    """The seal a re-split replaces: its rows must not move into train."""
+    if not seal.exists():
+        return None
+    try:
+        return _load_seal(seal)
+    except SealError as exc:
+        if reseal:
+            return None
+        raise SealError(f"{exc.message}; split needs it to keep the previously sealed rows out of train",
+                        "restore it (e.g. from version control), or seal a new test set with "
+                        "`tunesmith split --reseal`") from None
+
+
+def _write_rows(source: Path, test_lines: set[int], ftrain: _Staged, ftest: _Staged,
+                old_rows: set[str]) -> tuple[list[str], int, set[str]]:
+    """Write every non-blank source line to its side: (test row hashes, train rows, old sealed rows now in train)."""
     rows: list[str] = []
     n_train = 0
-    with atomic_writer(train, "wb") as ftrain, atomic_writer(test, "wb") as ftest:
-        for lineno, raw_line in iter_raw_lines(source):
-            if not raw_line.strip():
-                continue
-            if lineno in test_lines:
-                ftest.write(raw_line + b"\n")
-                rows.append(row_hash(raw_line))
-            else:
-                ftrain.write(raw_line + b"\n")
-                n_train += 1
-    write_json_atomic(seal, {
-        "version": SEAL_VERSION,
-        "source": str(source),
-        "test_fraction": test_fraction,
-        "near_duplicate_threshold": near_threshold,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "file_sha256": sha256_file(test),
-        "train_sha256": sha256_file(train),
-        "rows": rows,
-    })
-    result = SplitResult(train, test, seal, n_train, len(rows), unparsed)
-    if previous is not None:
-        old = set(previous["rows"])
-        result.kept_from_previous_seal = len(old & set(rows))
-        result.dropped_from_previous_seal = len(old - set(rows))
-    return result
+    moved: set[str] = set()
+    for lineno, raw_line in iter_raw_lines(source):
+        if not raw_line.strip():
+            continue
+        if lineno in test_lines:
+            ftest.write(raw_line + b"\n")
+            rows.append(row_hash(raw_line))
+        else:
+            ftrain.write(raw_line + b"\n")
+            n_train += 1
+            if old_rows and (h := row_hash(raw_line)) in old_rows:
+                moved.add(h)
+    return rows, n_train, moved
+
+
+def _leak_error(seal: Path, train: Path, previous: dict[str, Any], moved: int) -> SealError:
+    return SealError(
+        f"{moved} row(s) of the previous sealed test set ({seal}) would move into {train}: the old test set counts "
+        "as seen (runs may have been scored on it), and training on its rows leaks it into training",
+        f"re-split with the previous settings (test fraction {previous.get('test_fraction')}, near-duplicate "
+        f"threshold {previous.get('near_duplicate_threshold')}), or seal a new test set anyway with "
+        "`tunesmith split --reseal` (scores on the old test set are then not comparable with new ones)")
+
+
+def _compare_with_previous(result: SplitResult, old_rows: set[str], new_rows: set[str], moved: set[str]) -> None:
+    result.kept_from_previous_seal = len(old_rows & new_rows)
+    result.moved_from_previous_seal = len(moved)
+    result.dropped_from_previous_seal = len(old_rows - new_rows - moved)
+    if moved:
+        result.warnings.append(f"{len(moved)} row(s) of the previous sealed test set moved into train (resealed): "
+                               "scores on the old test set are not comparable with new ones")
+    if result.dropped_from_previous_seal:
+        result.warnings.append(f"{result.dropped_from_previous_seal} row(s) of the previous seal are no longer "
+                               "in the source")
+
+
+@dataclass
+class _Staged:
+    """One output being written to a temp file next to it (same directory, so the rename is atomic)."""
+
+    target: Path
+    tmp: Path
+    fh: IO[bytes]
+    sha: Any = field(default_factory=hashlib.sha256)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.fh.write(data)
+        except OSError as exc:
+            raise cannot_write(self.target, exc) from None
+        self.sha.update(data)
+
+    def finish(self) -> None:
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.chmod(self.tmp, 0o644)  # mkstemp makes it private; data files are meant to be read by others
+        except OSError as exc:
+            raise cannot_write(self.target, exc) from None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fh.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()  # after a commit it is gone already
+
+
+class _Staging:
+    """Temp files for several outputs, renamed into place only once all of them are complete.
+
+    Any failure before the renames leaves every old file as it was and no temp file behind.
+    """
+
+    def __init__(self) -> None:
+        self.files: list[_Staged] = []
+
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for f in self.files:
+            f.discard()
+
+    def open(self, target: Path) -> _Staged:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except OSError as exc:
+            raise cannot_write(target, exc) from None
+        staged = _Staged(target, Path(tmp), open(fd, "wb"))
+        self.files.append(staged)
+        return staged
+
+    def commit(self, order: list[_Staged]) -> None:
+        for f in self.files:
+            f.finish()
+        replaced: list[Path] = []
+        for f in order:
+            try:
+                os.replace(f.tmp, f.target)
+            except OSError as exc:
+                error = cannot_write(f.target, exc)
+                if replaced:
+                    error.details = [f"already replaced: {p}" for p in replaced]
+                    error.hint += "; then run `tunesmith split` again (the outputs are out of step until then)"
+                raise error from None
+            replaced.append(f.target)
 
 
 def _load_seal(seal: Path) -> dict[str, Any]:
@@ -113,25 +328,37 @@ def _load_seal(seal: Path) -> dict[str, Any]:
             raise ValueError("no rows")
         return data
     except (OSError, ValueError) as exc:
-        raise SealError(f"{seal}: the seal is unreadable ({exc})", "re-create it with `tunesmith split`") from None
+        raise SealError(f"{seal}: the seal is unreadable ({exc})",
+                        "restore it, or seal a new test set with `tunesmith split --reseal`") from None
 
 
 @dataclass
 class SealReport:
+    """Verdict of verify_seal. Line numbers are the test file's; sealed rows are numbered as when sealed."""
+
     test: Path
     ok: bool
     rows: int
+    #: Lines whose sealed row was replaced by new content.
     changed: list[int] = field(default_factory=list)
+    #: Lines beyond the sealed rows: new content, or an extra copy of a sealed row.
     added: list[int] = field(default_factory=list)
     removed: int = 0
+    #: The part of `added` that copies a sealed row.
+    duplicated: list[int] = field(default_factory=list)
+    #: Sealed rows that are gone (counted in `removed`).
+    missing: list[int] = field(default_factory=list)
+    #: The same rows in another order: lines that are out of place.
+    moved: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"test": str(self.test), "ok": self.ok, "rows": self.rows, "changed_lines": self.changed,
-                "added_lines": self.added, "removed_rows": self.removed}
+                "added_lines": self.added, "removed_rows": self.removed, "duplicated_lines": self.duplicated,
+                "missing_sealed_rows": self.missing, "moved_lines": self.moved}
 
 
 def verify_seal(test: Path, seal: Path | None = None) -> SealReport:
-    """Compare a test file with its seal: which lines changed, were added, or went missing."""
+    """Compare a test file with its seal, row by row: the rows, how often each occurs, and their order."""
     seal = seal or seal_path_for(test)
     if not seal.exists():
         raise SealError(f"{seal}: no seal for {test}", "create the split (and its seal) with `tunesmith split`")
@@ -143,13 +370,37 @@ def verify_seal(test: Path, seal: Path | None = None) -> SealReport:
     report = SealReport(test, True, len(current))
     if sha256_file(test) == data.get("file_sha256"):
         return report
-    sealed_set = set(sealed_rows)
-    current_set = {h for _, h in current}
-    if len(current) == len(sealed_rows):
-        report.changed = [ln for (ln, h), want in zip(current, sealed_rows) if h != want]
-    else:
-        report.added = [ln for ln, h in current if h not in sealed_set]
-        report.removed = len(sealed_set - current_set)
-    # Only whitespace or line-ending changes: rows hash the same, the file does not.
-    report.ok = not (report.changed or report.added or report.removed)
+    if [h for _, h in current] == sealed_rows:
+        return report  # only whitespace or line endings changed: every row hashes the same
+    _compare_rows(report, current, sealed_rows)
+    report.ok = not (report.changed or report.added or report.missing or report.moved)
     return report
+
+
+def _compare_rows(report: SealReport, current: list[tuple[int, str]], sealed: list[str]) -> None:
+    """Fill in what differs. Rows are compared as a multiset (a second copy of a sealed row is not the
+    sealed row), and order counts, as it always has: the seal records the rows in order."""
+    want = Counter(sealed)
+    short = want - Counter(h for _, h in current)
+    missing: set[int] = set()  # positions in the seal; the last copies of a row count as the missing ones
+    for pos in range(len(sealed) - 1, -1, -1):
+        if short[sealed[pos]] > 0:
+            short[sealed[pos]] -= 1
+            missing.add(pos)
+    seen: Counter[str] = Counter()
+    for k, (line, h) in enumerate(current):
+        seen[h] += 1
+        if seen[h] <= want[h]:
+            continue  # a sealed row, present
+        if h in want:
+            report.added.append(line)
+            report.duplicated.append(line)
+        elif k in missing:  # new content where a sealed row went missing: an edit
+            missing.discard(k)
+            report.changed.append(line)
+        else:
+            report.added.append(line)
+    report.missing = sorted(pos + 1 for pos in missing)
+    report.removed = len(report.missing)
+    if not (report.changed or report.added or report.missing):
+        report.moved = [line for (line, h), want_h in zip(current, sealed) if h != want_h]
