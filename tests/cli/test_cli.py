@@ -230,3 +230,14 @@ def test_json_commands_report_failures_as_json_on_stdout(tmp_path):
     assert error["exit_code"] == 2
     result = run("train", "-p", tmp_path, "--dry-run", "--json")
     assert result.exit_code == 2 and json.loads(result.stdout)["error"]["type"] == "ProjectError"
+
+
+def test_check_prints_bracketed_data_as_text(tmp_path):
+    # "[/INST]" in a system prompt crashed the report (rich markup); "[bold]" vanished from it
+    rows = [{"messages": [{"role": "system", "content": "[INST] Use [bold]labels[/bold] only [/INST]"},
+                          {"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "{}"}]}
+            for i in range(3)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    result = run("check", tmp_path / "d.jsonl", "--no-tokens")
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "'[INST] Use [bold]labels[/bold] only [/INST]'" in result.stdout

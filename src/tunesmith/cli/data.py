@@ -91,16 +91,22 @@ def _add_base_findings(report, file: Path, project) -> None:
 
 
 def _print_report(report, project) -> None:
+    from rich.markup import escape
+
+    # messages quote the user's data and paths: "[INST]" or "[bold]" in them is text, not markup
     out = console()
     stats = report.stats
-    where = f" (project {project.root})" if project is not None else ""
-    out.print(f"[bold]{report.file}[/]: {report.examples} examples, {stats.get('valid_examples', 0)} well-formed{where}")
+    where = f" (project {escape(str(project.root))})" if project is not None else ""
+    out.print(f"[bold]{escape(str(report.file))}[/]: {report.examples} examples, "
+              f"{stats.get('valid_examples', 0)} well-formed{where}")
     colors = {"error": "red", "warning": "yellow", "info": "cyan"}
     for f in report.findings:
         lines = format_lines(f.lines)
-        out.print(f"[{colors[f.severity]}]{f.severity:7}[/] [bold]{f.check}[/] {f.message}" + (f" ({lines})" if lines else ""))
-        out.print(f"        hint: {f.hint}", style="dim")
-    if "formats" in stats:
+        out.print(f"[{colors[f.severity]}]{f.severity:7}[/] [bold]{f.check}[/] {escape(f.message)}"
+                  + (f" ({lines})" if lines else ""))
+        if f.hint:
+            out.print(f"        hint: {f.hint}", style="dim", markup=False)
+    if stats.get("formats"):
         out.print("formats: " + ", ".join(f"{k} {v}" for k, v in stats["formats"].items()))
     if "tokens" in stats:
         t = stats["tokens"]
@@ -108,9 +114,9 @@ def _print_report(report, project) -> None:
                   f"{t['per_epoch']:,} tokens per epoch")
     for sp in stats.get("system_prompts", [])[:3]:
         text = sp["prompt"] if len(sp["prompt"]) <= 80 else sp["prompt"][:79] + "…"
-        out.print(f"system prompt x{sp['count']}: {text!r}")
+        out.print(f"system prompt x{sp['count']}: {text!r}", markup=False)
     if "size_verdict" in stats:
-        out.print(f"size: {stats['size_verdict']['message']}")
+        out.print(f"size: {stats['size_verdict']['message']}", markup=False)
     n_err = len(report.errors)
     n_warn = sum(f.severity == "warning" for f in report.findings)
     verdict = "[red]not ready to train[/]" if n_err else "[green]no errors[/]"
