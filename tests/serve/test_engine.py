@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import pytest
 
@@ -118,6 +119,42 @@ def test_cancelled_row_leaves_and_model_calls_run_between_steps(engine_and_tok):
     while engine.call(lambda: len(engine._rows)).result(timeout=30):
         pass
     assert engine.steps - steps < 50  # it left at once, not after its 1900 tokens
+
+
+def test_a_job_dropped_after_its_client_left_says_so(engine_and_tok):
+    # the HTTP handler waits on these events: without a last word it would wait forever
+    engine, tok = engine_and_tok
+    col = Collector()
+    job = Job(_prompt(tok, "go on"), None, Sampling(max_tokens=1900, temperature=1.0, seed=3, min_tokens=1900), col)
+    engine.submit(job)
+    col.events.get(timeout=30)
+    job.cancelled.set()
+    deadline = time.monotonic() + 30
+    events = []
+    while ("cancelled", None) not in events and time.monotonic() < deadline:
+        events.append(col.events.get(timeout=30))
+    assert ("cancelled", None) in events
+
+
+def test_one_rows_sampling_failure_fails_only_that_row(engine_and_tok, monkeypatch):
+    from tunesmith.serve import engine as engine_module
+
+    engine, tok = engine_and_tok
+    real = engine_module._Row.sample
+
+    def sample(row, logits):
+        if row.job.sampling.seed == 13:
+            raise RuntimeError("probability tensor contains nan")
+        return real(row, logits)
+
+    monkeypatch.setattr(engine_module._Row, "sample", sample)
+    bad, good = Collector(), Collector()
+    engine.submit(Job(_prompt(tok, "a"), None, Sampling(max_tokens=20, temperature=1.0, seed=5, min_tokens=20), good))
+    engine.submit(Job(_prompt(tok, "b"), None, Sampling(max_tokens=20, temperature=1.0, seed=13), bad))
+    kind, message, _ = bad.result()
+    assert kind == "error" and "nan" in message
+    kind, done, _ = good.result()
+    assert kind == "done" and done.completion_tokens == 20
 
 
 def test_max_tokens_and_stop_strings(engine_and_tok, serve_base):

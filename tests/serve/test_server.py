@@ -135,6 +135,14 @@ def test_unknown_model_is_a_404_in_openai_shape(server):
     ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
     ({"model": "alpha", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
     ([1, 2], None),
+    # accepted and ignored before: a client asking for JSON mode must not get plain text as if it were JSON
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
+     "response_format"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 10}}, "logit_bias"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "top_k": 5}, "top_k"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "repetition_penalty": 1.3}, "repetition_penalty"),
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
+     "stream_options"),
 ])
 def test_malformed_requests_get_400_with_an_error_object(server, body, param):
     reply = httpx.post(server.url + "/chat/completions", json=body, timeout=60)
@@ -152,6 +160,40 @@ def test_invalid_json_and_oversized_bodies(server):
     huge = {"model": "alpha", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
     big = httpx.post(server.url + "/chat/completions", json=huge, timeout=60)
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_crash(server):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    reply = httpx.post(server.url + "/chat/completions", content=deep, timeout=60,
+                       headers={"content-type": "application/json"})
+    assert reply.status_code == 400 and "nests JSON too deeply" in reply.json()["error"]["message"]
+    assert ask(client(server), "alpha", "hi")  # still serving
+
+
+def test_default_sampling_fields_and_text_format_are_accepted(server, expected):
+    reply = client(server).chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=12, temperature=0,
+        response_format={"type": "text"}, extra_body={"top_k": -1, "repetition_penalty": 1.0})
+    assert reply.choices[0].message.content == expected["alpha"][0]
+
+
+def test_a_tiny_temperature_decodes_greedily_and_harms_no_one(server, expected):
+    c = client(server)
+    with ThreadPoolExecutor(4) as pool:
+        others = [pool.submit(ask, c, "beta", PROMPTS[i]) for i in range(3)]
+        tiny = c.chat.completions.create(model="alpha", messages=[{"role": "user", "content": PROMPTS[0]}],
+                                         max_tokens=12, temperature=1e-40)
+        assert [f.result() for f in others] == expected["beta"][:3]
+    assert tiny.choices[0].message.content == expected["alpha"][0]
+
+
+def test_model_lookup_by_alias_and_the_base_cannot_be_unloaded(server):
+    http = httpx.Client(base_url=server.url, timeout=60)
+    assert http.get("/models/base").json()["id"] == "base"
+    assert http.get("/models/" + server.state.base.name).json()["id"] == server.state.base.name
+    assert http.get("/models/").json()["object"] == "list"
+    gone = http.delete("/adapters/base")
+    assert gone.status_code == 400 and "cannot be unloaded" in gone.json()["error"]["message"]
 
 
 def test_prompt_longer_than_the_context_is_refused(server):
@@ -389,5 +431,14 @@ def test_project_runs_by_id_and_its_system_prompt(serve_base, serve_assets, tmp_
         # with a project, directories outside its runs directory stay refused
         outside = http.post("/adapters", json={"name": "o", "source": str(serve_assets["beta"])})
         assert outside.status_code == 403
+    finally:
+        running.stop()
+    # an adapter from an allowed directory was not trained in the project: no project prompt for it
+    config = ServeConfig(project_dir=tmp_path, port=0, adapters=[("foreign", str(serve_assets["alpha"]))],
+                         allow_dirs=[serve_assets["alpha"].parent])
+    running = start_in_thread(build_state(config), config)
+    try:
+        bare = backend.generate([[{"role": "user", "content": PROMPTS[0]}]], DecodeSettings(max_new_tokens=12))[0].text
+        assert ask(client(running), "foreign", PROMPTS[0]) == bare
     finally:
         running.stop()

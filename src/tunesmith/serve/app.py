@@ -83,6 +83,10 @@ class ChatRequest(_Lenient):
     logprobs: bool | None = False
     tools: list[Any] | None = None
     functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logit_bias: dict[str, float] | None = None
+    top_k: int | None = None  # vLLM's extension
+    repetition_penalty: float | None = None  # vLLM's extension
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +115,18 @@ class ChatRequest(_Lenient):
             return "logprobs", "logprobs are not supported by this server"
         if self.frequency_penalty or self.presence_penalty:
             return "frequency_penalty", "frequency and presence penalties are not supported; leave them at 0"
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            return "response_format", ("JSON mode and JSON schemas are not enforced by this server; leave "
+                                       "response_format out (a model tuned to a JSON contract answers in JSON) "
+                                       "or serve with --engine vllm, which constrains decoding")
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported by this server"
+        if self.top_k not in (None, 0, -1):
+            return "top_k", "top_k is not supported; use top_p"
+        if self.repetition_penalty not in (None, 1.0):
+            return "repetition_penalty", "repetition_penalty is not supported; leave it at 1.0"
+        if self.stream_options is not None and not self.stream:
+            return "stream_options", "stream_options is only allowed when stream is true"
         return None
 
 
@@ -228,6 +244,8 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
             return json.loads(bytes(body) or b"null")
         except ValueError as exc:
             raise BadRequest(f"the request body is not valid JSON: {exc}", "send a JSON object") from exc
+        except RecursionError:
+            raise BadRequest("the request body nests JSON too deeply", "send a JSON object of ordinary depth") from None
 
     def _parse(model: type[BaseModel], data: Any) -> Any:
         if not isinstance(data, dict):
@@ -254,7 +272,12 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str) -> dict[str, Any]:
-        for m in (await models())["data"]:
+        if not name:  # "/v1/models/": the list, not a model called ""
+            return await models()
+        listed = (await models())["data"]
+        if name in state.base.aliases():  # the names a chat request may use for the base
+            return listed[0] | {"id": name}
+        for m in listed:
             if m["id"] == name:
                 return m
         raise NotFound(f"the model {name!r} does not exist", _known(state), param="model")
@@ -279,6 +302,10 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
     async def unload_adapter(name: str) -> dict[str, Any]:
         assert state.lock is not None
         async with state.lock:
+            if name in state.base.aliases():
+                raise BadRequest(f"{name!r} is the base model, which cannot be unloaded",
+                                 "DELETE /v1/adapters/NAME unloads an adapter; stop the server to free the base",
+                                 param="name")
             if name not in state.adapters:
                 raise NotFound(f"no adapter {name!r} is loaded", _known(state), param="name")
             state.unloading.add(name)  # new requests for it get a 404 from now on
@@ -377,7 +404,8 @@ def _target(state: ServerState, name: str) -> tuple[str | None, str | None]:
     info = state.adapters.get(name)
     if info is None or name in state.unloading:
         raise NotFound(f"the model {name!r} does not exist", _known(state), param="model")
-    return name, info.system_prompt or state.base.system_prompt
+    # the prompt of the run that trained it; an adapter from elsewhere never saw the project's prompt
+    return name, info.system_prompt
 
 
 def _encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -408,6 +436,8 @@ async def _complete(request: Any, job: Job, events: asyncio.Queue[tuple[str, Any
     try:
         while True:
             kind, value = await events.get()
+            if kind == "cancelled":  # the client hung up: nobody will read an answer
+                return {}
             if kind == "error":
                 raise Unavailable(value) if "shut" in value else ServerFailure(value)
             if kind == "done":
@@ -437,6 +467,8 @@ async def _stream(job: Job, events: asyncio.Queue[tuple[str, Any]], rid: str, cr
             kind, value = await events.get()
             if kind == "delta":
                 yield _chunk(rid, created, model, {"content": value}, None)
+            elif kind == "cancelled":
+                return
             elif kind == "error":
                 yield f"data: {json.dumps(error_body(value, 'server_error', None, 'generation_failed'))}\n\n"
                 break

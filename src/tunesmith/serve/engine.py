@@ -55,6 +55,13 @@ class Finished:
 #: what a request's `emit` receives, on the worker thread: ("delta", str), ("done", Finished),
 #: ("error", str)
 Event = tuple[str, Any]
+#: temperatures below this decode greedily (vLLM's _SAMPLING_EPS): dividing logits by 1e-38 gives inf
+SAMPLING_EPS = 1e-5
+
+
+def _dropped(job: Job) -> None:
+    """Tell the handler of a job the engine let go (its client hung up) that nothing more will come."""
+    job.emit(("cancelled", None))
 
 
 @dataclass
@@ -84,7 +91,7 @@ class _Row:
         s = job.sampling
         self.stop = tuple(x for x in s.stop if x)
         self.generator = None
-        if s.temperature > 0:
+        if s.temperature >= SAMPLING_EPS:  # below it, logits / temperature overflow: greedy, as in vLLM
             self.generator = torch.Generator(device=device)
             if s.seed is not None:
                 self.generator.manual_seed(int(s.seed))
@@ -271,6 +278,7 @@ class Engine:
             while self._waiting and self._has_room():
                 job = self._waiting.popleft()
                 if job.cancelled.is_set():
+                    _dropped(job)
                     continue
                 try:
                     self._join(job)
@@ -296,6 +304,7 @@ class Engine:
                         future.set_exception(exc)
                 continue
             if item.cancelled.is_set():
+                _dropped(item)
                 continue
             if self._closing.is_set():
                 item.emit(("error", "the server is shutting down"))
@@ -382,9 +391,15 @@ class Engine:
         keep: list[int] = []
         for j, row in enumerate(rows):
             if row.job.cancelled.is_set():
+                _dropped(row.job)
                 continue
-            token = greedy[j] if row.generator is None else row.sample(logits[j])
-            if not row.accept(token):
+            try:
+                token = greedy[j] if row.generator is None else row.sample(logits[j])
+                finished = row.accept(token)
+            except Exception as exc:  # noqa: BLE001 - one request's sampling fails it alone, not the batch
+                row.job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
+                continue
+            if not finished:
                 keep.append(j)
         if len(keep) < len(rows):
             self._evict(keep)
