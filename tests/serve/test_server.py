@@ -428,6 +428,7 @@ def test_project_runs_by_id_and_its_system_prompt(serve_base, serve_assets, tmp_
         assert http.post("/adapters", json={"name": "again", "source": "20261129-000000"}).status_code == 201
         missing = http.post("/adapters", json={"name": "nope", "source": "no-such-run"})
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "run_not_found"
+        assert missing.json()["error"]["message"].count("no run 'no-such-run'") == 1
         # with a project, directories outside its runs directory stay refused
         outside = http.post("/adapters", json={"name": "o", "source": str(serve_assets["beta"])})
         assert outside.status_code == 403

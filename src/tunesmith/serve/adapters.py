@@ -117,7 +117,7 @@ class AdapterLocator:
             try:
                 record = registry_for(self.project).get(source)
             except TunesmithError as exc:
-                raise NotFound(f"no run {source!r} in {self.project.path(self.project.train.runs_dir)}: {exc.message}",
+                raise NotFound(exc.message,  # "no run 'x' in DIR", or which runs an ambiguous prefix matches
                                "`tunesmith runs list` shows the runs; or give an adapter directory",
                                param="source", code="run_not_found") from exc
             run_dir = Path(record.path).resolve()
