@@ -113,3 +113,43 @@ def test_cli_a_taken_port_or_unknown_host_fails_before_the_model_loads(serve_bas
     assert result.exit_code == 2 and "cannot listen on 'no-such-host.invalid'" in result.output
     result = CliRunner().invoke(app, ["serve", "--base", str(serve_base), "--port", "70000"])
     assert result.exit_code == 2 and "65535" in result.output
+
+
+def test_a_second_ctrl_c_cuts_the_grace_short(monkeypatch):
+    import asyncio
+    import threading
+    import time
+
+    import uvicorn
+
+    from tunesmith.serve.api import _server
+
+    class SlowEngine:
+        def __init__(self) -> None:
+            self.now = threading.Event()
+            self.graces: list[float] = []
+
+        def close(self, grace_s: float) -> None:
+            self.graces.append(grace_s)
+            self.now.wait(grace_s)  # rows decode until their grace is over...
+            if grace_s == 0:
+                self.now.set()  # ...or a graceless close fails them at once
+
+    async def no_http_shutdown(self, sockets=None) -> None:
+        pass
+
+    monkeypatch.setattr(uvicorn.Server, "shutdown", no_http_shutdown)
+    engine = SlowEngine()
+    state = type("State", (), {"engine": engine})()
+    server = _server(lambda scope, receive, send: None, state, ServeConfig(grace_s=60))
+
+    async def two_signals() -> float:
+        started = time.monotonic()
+        shutting = asyncio.ensure_future(server.shutdown())
+        await asyncio.sleep(0.3)
+        server.force_exit = True  # what uvicorn does on the second SIGINT
+        await shutting
+        return time.monotonic() - started
+
+    assert asyncio.run(two_signals()) < 5
+    assert engine.graces == [60, 0] and server.force_exit is False

@@ -168,7 +168,16 @@ def _server(app: Any, state: Any, config: ServeConfig) -> Any:
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: Any = None) -> None:
-            await asyncio.to_thread(state.engine.close, config.grace_s)
+            closing = asyncio.ensure_future(asyncio.to_thread(state.engine.close, config.grace_s))
+            while not closing.done():
+                await asyncio.wait({closing}, timeout=0.1)
+                if self.force_exit and not closing.done():  # a second Ctrl-C: no grace, fail the rest now
+                    await asyncio.to_thread(state.engine.close, 0)
+                    # every request has its answer or error now: the usual quick close, not uvicorn's
+                    # forced one, which cancels the lifespan and prints its traceback
+                    self.force_exit = False
+                    break
+            await closing
             await asyncio.sleep(0.2)  # let the handlers write the last answers and errors
             await super().shutdown(sockets=sockets)
 
