@@ -8,6 +8,7 @@ Every dataset is a real JSONL file in tmp_path built by the `data` fixture (test
 from __future__ import annotations
 
 import json
+import random
 import sys
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from tunesmith.data.checks import CHECKS, CheckContext, CheckReport, run_check
 from tunesmith.data.checks.base import SEVERITY_ORDER
+from tunesmith.errors import UsageError
 
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
@@ -197,6 +199,38 @@ def test_empty_content(data, check):
     assert_absent(check(ok, name="control.jsonl"), "empty_content")
 
 
+def test_missing_assistant_when_every_assistant_turn_has_weight_0(data, check):
+    context_only = {"messages": [{"role": "user", "content": "first question"},
+                                 {"role": "assistant", "content": "context answer", "weight": 0},
+                                 {"role": "user", "content": "second question"},
+                                 {"role": "assistant", "content": "also context", "weight": 0}]}
+    report = check(data.planted({12: context_only, 50: {"messages": [{"role": "user", "content": "q"},
+                                                                      {"role": "assistant", "content": "a", "weight": 0}]}}))
+    f = assert_one(report, "missing_assistant", "error", [12, 50])
+    assert f["message"] == "every assistant turn has weight 0: nothing to train on"
+    assert "weight 1" in f["hint"]
+    assert report.stats["valid_examples"] == 68
+    # the control: one trained turn is enough
+    context_only["messages"][-1]["weight"] = 1
+    assert_absent(check(data.planted({12: context_only}), name="control.jsonl"), "missing_assistant")
+
+
+def test_unusable_assistant_content_says_what_is_wrong(data, check):
+    """An assistant turn whose content is null or a number exists: it is a content problem, not a missing turn."""
+    report = check(data.planted({
+        4: {"messages": [{"role": "user", "content": "a question"}, {"role": "assistant", "content": None}]},
+        9: {"messages": [{"role": "user", "content": "another one"}, {"role": "assistant", "content": 7}]},
+        17: {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": None}]},
+    }))
+    assert_absent(report, "missing_assistant")
+    found = assert_all(report, "content_type", "error", [4, 9, 17])
+    assert {f["message"]: f["lines"] for f in found} == {
+        "messages[1].content has no content (null or missing); it must be a string": [4],
+        "messages[1].content is an int; it must be a string": [9],
+        "conversations[1].value has no content (null or missing); it must be a string": [17],
+    }
+
+
 def test_content_type(data, check):
     report = check(data.planted({
         3: {"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "x"}]},
@@ -277,6 +311,80 @@ def test_near_duplicate_cluster_of_three(data, check):
     assert f["message"].startswith("3 near-identical examples")
 
 
+def _ticket_rows(vocab: list[str], n: int = 120, seed: int = 7) -> list[dict]:
+    """n rows of one ~200-character instruction plus a short, distinct ticket (2-5 words)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ticket = " ".join(rng.choice(vocab) for _ in range(rng.randint(2, 5)))
+        out.append({"messages": [{"role": "user", "content": TRIAGE + ticket},
+                                 {"role": "assistant", "content": rng.choice(["billing", "technical", "account"])}]})
+    return out
+
+
+TRIAGE = ("You are a support triage assistant. Read the customer ticket below carefully and classify it into "
+          "exactly one of the categories billing, technical or account. Answer with the category name only.\n\nTicket: ")
+
+
+def test_near_duplicate_ignores_a_shared_template(data, check):
+    """Regression: 120 distinct tickets behind one instruction were one near-duplicate cluster."""
+    from tunesmith.data.minhash import jaccard, shingle_set
+
+    rows = _ticket_rows(data.vocab)
+    # on the whole text, hundreds of pairs are over the threshold: the template dominates them
+    full = [shingle_set(r["messages"][0]["content"] + "\n" + r["messages"][1]["content"]) for r in rows]
+    assert sum(jaccard(a, b) >= 0.8 for i, a in enumerate(full) for b in full[i + 1:]) > 100
+    report = check(rows)
+    assert_absent(report, "near_duplicate")
+    assert report.stats["near_duplicate_clusters"] == 0
+    assert report.stats["valid_examples"] == 120
+
+
+def test_near_duplicate_inside_a_shared_template(data, check):
+    """Rows that share the template are still near-duplicates when their own parts (nearly) agree."""
+    rows = _ticket_rows(data.vocab)
+    ticket = "my card was charged twice for the yearly plan and the second payment never showed up in my account"
+    rows[29] = {"messages": [{"role": "user", "content": TRIAGE + ticket}, {"role": "assistant", "content": "billing"}]}
+    rows[89] = {"messages": [{"role": "user", "content": TRIAGE + ticket.replace("yearly", "monthly")},
+                             {"role": "assistant", "content": "billing"}]}
+    # the same ticket, one word of the template changed
+    other = "the app crashes every time I open the settings page on my phone since the last update"
+    rows[44] = {"messages": [{"role": "user", "content": TRIAGE + other}, {"role": "assistant", "content": "technical"}]}
+    rows[99] = {"messages": [{"role": "user", "content": TRIAGE.replace("carefully", "closely") + other},
+                             {"role": "assistant", "content": "technical"}]}
+    report = check(rows)
+    found = assert_all(report, "near_duplicate", "warning", [30, 45, 90, 100])
+    assert sorted(f["lines"] for f in found) == [[30, 90], [45, 100]]
+    assert found[0]["message"] == ("2 near-identical examples (Jaccard >= 0.80 on character 5-grams, "
+                                   "not counting text that most rows share)")
+
+
+def test_near_duplicate_template_that_starts_in_a_later_batch(data, check, monkeypatch):
+    """A template that only dominates later batches (files concatenated from several sources) is
+    recognised there: its rows are not one cluster either."""
+    from tunesmith.data.checks import near
+
+    monkeypatch.setattr(near, "BATCH", 40)
+    rows = data.clean(80, seed=3) + _ticket_rows(data.vocab)
+    report = check(rows)
+    assert_absent(report, "near_duplicate")
+
+
+def test_contradiction_needs_the_same_earlier_assistant_turns(data, check):
+    """Regression: the input is every turn before the last trained answer, earlier answers included."""
+    def talk(first: str, second: str, weight: int | None = None) -> dict:
+        turn = {"role": "assistant", "content": first} | ({} if weight is None else {"weight": weight})
+        return {"messages": [{"role": "user", "content": "Pick a number"}, turn,
+                             {"role": "user", "content": "Now double it."}, {"role": "assistant", "content": second}]}
+
+    assert_absent(check(data.planted({5: talk("3", "6"), 40: talk("7", "14")})), "contradiction")
+    # weight-0 turns are context, so part of the input too
+    assert_absent(check(data.planted({5: talk("3", "6", 0), 40: talk("7", "14", 0)}), name="w0.jsonl"), "contradiction")
+    # the same context and two answers to it: a contradiction
+    same = check(data.planted({5: talk("3", "6", 0), 40: talk("3", "7", 0)}), name="same.jsonl")
+    assert_one(same, "contradiction", "error", [5, 40])
+
+
 def test_contradiction(data, check):
     question = "is the sky blue on a clear summer day in the middle of the afternoon"
     report = check(data.planted({
@@ -323,6 +431,13 @@ def test_output_not_json(data, check):
     assert_absent(check(data.clean(70), name="c2.jsonl"), "output_not_json")
 
 
+def test_output_not_json_nested_too_deeply_to_parse(data, check):
+    """Regression: an output nested thousands deep crashed json.loads with RecursionError."""
+    deep = data.msgs("give me json please now", "[" * 100_000 + "]" * 100_000)
+    report = check(data.planted({13: deep}, json_outputs=True), expects_json=True)
+    assert_one(report, "output_not_json", "error", [13])
+
+
 def test_output_not_json_weight_zero_turns_are_not_outputs(data, check):
     weighted = {"messages": [
         {"role": "user", "content": "first"}, {"role": "assistant", "content": "not json, not trained", "weight": 0},
@@ -354,17 +469,38 @@ def test_output_regex(data, check):
     assert_absent(check(data.clean(70), name="control.jsonl", regex=regex), "output_regex")
 
 
+def test_invalid_output_regex_is_a_usage_error(data, check):
+    """Regression: `check --regex '('` crashed with re.error."""
+    with pytest.raises(UsageError) as exc:
+        check(data.clean(70), regex="(")
+    assert exc.value.message == ("output regex '(' is not a valid regular expression: "
+                                 "missing ), unterminated subpattern at position 0")
+    assert "--regex" in exc.value.hint and "backslash" in exc.value.hint
+
+
+def test_invalid_regex_flag_in_the_cli(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    path = data.write(tmp_path / "train.jsonl", data.clean(70))
+    result = CliRunner().invoke(app, ["check", str(path), "--regex", "(", "--no-tokens"])
+    assert result.exit_code == 2
+    assert "output regex '(' is not a valid regular expression" in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_key_style(data, check):
     camel = data.msgs("extract the fields", json.dumps({"label": "a", "summaryText": "b"}))
     report = check(data.planted({18: camel}, json_outputs=True))
     f = assert_one(report, "key_style", "warning", [18])
-    assert "camelCase" in f["message"] and "snake_case" in f["message"] and "'summaryText'" in f["message"]
+    assert f["message"] == "1 example(s) use camelCase keys (e.g. 'summaryText') but most examples use snake_case"
     assert report.stats["key_styles"] == {"snake_case": 69, "camelCase": 1}
     # the schema decides the expected style: snake_case data against a camelCase schema
     camel_schema = {"type": "object", "properties": {"myLabel": {"type": "string"}, "summaryText": {"type": "string"}}}
     by_schema = check(data.clean(70, json_outputs=True), name="schema.jsonl", schema=camel_schema)
     f = assert_one(by_schema, "key_style", "warning", list(range(1, 71)))
-    assert "the schema" in f["message"]
+    assert f["message"] == "70 example(s) use snake_case keys (e.g. 'summary_text') but the schema uses camelCase"
     assert_absent(check(data.clean(70, json_outputs=True), name="control.jsonl"), "key_style")
 
 
@@ -476,6 +612,8 @@ def test_too_few_examples(data, check):
     small = check(data.clean(40), name="small.jsonl")
     f = assert_one(small, "too_few_examples", "warning", [])
     assert "below the minimum of 50-100 for a format task" in f["message"]
+    # the hint names commands that exist (there is no `tunesmith generate`)
+    assert "tunesmith build --force" in f["hint"] and "generate" not in f["hint"]
     assert small.errors == []
     # the task kind sets the bar
     style = check(data.clean(70), name="style.jsonl", task_kind="style")
@@ -528,6 +666,34 @@ def test_test_overlap_lists_every_copy(data, check, tmp_path):
     assert_one(report, "test_overlap", "error", [8, 20])
 
 
+# --- tools ---------------------------------------------------------------------------------------
+
+
+def test_tools_not_trained(data, check):
+    calls = [{"id": "c1", "type": "function", "function": {"name": "lookup_order", "arguments": "{\"id\": 7}"}}]
+    tools = [{"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}]
+    report = check(data.planted({
+        6: {"messages": [{"role": "user", "content": "where is my order seven"},
+                         {"role": "assistant", "content": "Let me check.", "tool_calls": calls}]},
+        20: {"tools": tools, **data.msgs("what can you look up for me", "orders, by their number")},
+        33: {"messages": [{"role": "user", "content": "and order eight"},
+                          {"role": "assistant", "content": None, "tool_calls": calls}]},
+    }))
+    found = assert_all(report, "tools_not_trained", "warning", [6, 20])
+    assert {tuple(f["lines"]): f["message"] for f in found} == {
+        (6,): "an assistant turn carries tool calls, which are not trained: this row trains only the turn's text",
+        (20,): "the row's tool definitions ('tools') are not trained: the model never sees them",
+    }
+    assert report.stats["valid_examples"] == 69  # warnings: both rows are still examples
+    # a turn that is nothing but tool calls leaves no text to train on: an error
+    f = assert_one(report, "content_type", "error", [33])
+    assert f["message"] == "messages[1] holds only tool calls and no text: tool calls are not trained"
+    assert "exact form your app parses" in f["hint"]
+    # the control: unknown keys such as id and metadata are ignored silently
+    ok = data.planted({6: {"id": "row-6", "metadata": {"source": "crm"}, **data.msgs("plain question", "plain answer")}})
+    assert_clean(check(ok, name="control.jsonl"))
+
+
 # --- safety --------------------------------------------------------------------------------------
 
 
@@ -543,9 +709,9 @@ def test_secret(data, check):
     }))
     found = assert_all(report, "secret", "warning", [24, 48, 49, 69])
     kinds = {tuple(f["lines"]): f["message"] for f in found}
-    assert kinds[(24, 49)] == "2 example(s) contain what looks like a OpenAI/Anthropic-style API key"
-    assert "AWS access key id" in kinds[(48,)]
-    assert "private key" in kinds[(69,)]
+    assert kinds[(24, 49)] == "2 example(s) contain what looks like an OpenAI/Anthropic-style API key"
+    assert kinds[(48,)] == "1 example(s) contain what looks like an AWS access key id"
+    assert kinds[(69,)] == "1 example(s) contain what looks like a private key"
     assert report.errors == []
     assert_absent(check(data.clean(70), name="control.jsonl"), "secret")
 
@@ -558,8 +724,8 @@ def test_pii(data, check):
     }))
     found = assert_all(report, "pii", "warning", [26, 55, 56])
     kinds = {tuple(f["lines"]): f["message"] for f in found}
-    assert "e-mail address" in kinds[(26,)]
-    assert "phone number" in kinds[(55, 56)]
+    assert kinds[(26,)] == "1 example(s) contain what looks like an e-mail address"
+    assert kinds[(55, 56)] == "2 example(s) contain what looks like a phone number"
     # controls: numbers that are not phone numbers, and a bare '@'
     ok = data.planted({26: data.msgs("what is 12 times 12", "it is 144"),
                        55: data.msgs("reply @ noon", "order 1234567 shipped on 2024-01-05")})

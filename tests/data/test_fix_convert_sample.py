@@ -95,3 +95,96 @@ def test_sample_default_size_and_errors(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", ["{oops"])
     with pytest.raises(DataError, match="no well-formed examples"):
         sample_diverse(bad, 5)
+
+
+# --- regressions: templates, multi-turn inputs, broken text ---------------------------------------
+
+TRIAGE = ("You are a support triage assistant. Read the customer ticket below carefully and classify it into "
+          "exactly one of the categories billing, technical or account. Answer with the category name only.\n\nTicket: ")
+
+
+def _tickets(n: int = 120) -> list[dict]:
+    import random
+
+    from datagen import words
+
+    rng = random.Random(5)
+    return [{"messages": [{"role": "user", "content": TRIAGE + words(rng, rng.randint(3, 6))},
+                          {"role": "assistant", "content": rng.choice(["billing", "technical", "account"])}]}
+            for _ in range(n)]
+
+
+def test_fix_and_split_keep_templated_rows_apart(tmp_path):
+    """Regression: one shared instruction made 120 distinct tickets one cluster: fix kept 2, split put all on one side."""
+    from tunesmith.data.split import split_file
+
+    src = write_jsonl(tmp_path / "d.jsonl", _tickets())
+    result = fix_file(CheckContext(file=src), tmp_path / "clean.jsonl")
+    assert (result.kept, result.dropped) == (120, 0)
+    split = split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl", test_fraction=0.2)
+    assert 10 <= split.test_rows <= 40 and split.train_rows + split.test_rows == 120
+
+
+def test_fix_keeps_conversations_that_differ_in_an_earlier_answer(tmp_path):
+    """Regression: same user turns, different earlier assistant turns were a "contradiction" and both dropped."""
+    rows = clean_examples(40)
+    for first, second in (("3", "6"), ("7", "14")):
+        rows.append({"messages": [{"role": "user", "content": "Pick a number"}, {"role": "assistant", "content": first},
+                                  {"role": "user", "content": "Now double it."},
+                                  {"role": "assistant", "content": second}]})
+    result = fix_file(CheckContext(file=write_jsonl(tmp_path / "d.jsonl", rows)), tmp_path / "clean.jsonl")
+    assert (result.kept, result.dropped) == (42, 0)
+
+
+LONE = '{"messages": [{"role": "user", "content": "emoji cut \\ud83d here"}, {"role": "assistant", "content": "ok"}]}'
+
+
+def test_lone_surrogate_is_dropped_not_a_crash(tmp_path):
+    """Regression: check/fix/convert/sample/split crashed with UnicodeEncodeError on a lone surrogate escape."""
+    from tunesmith.data.split import split_file
+
+    src = write_jsonl(tmp_path / "d.jsonl", clean_examples(40) + [LONE])
+    fixed = fix_file(CheckContext(file=src), tmp_path / "clean.jsonl")
+    assert fixed.dropped == 1
+    log = json.loads(fixed.log.read_text())
+    assert log["line"] == 41 and log["checks"] == ["invalid_utf8"] and "surrogate" in log["reasons"][0]
+    converted = convert_file(src, tmp_path / "m.jsonl", "sharegpt")
+    assert converted.written == 40 and [ln for ln, _ in converted.failed] == [41]
+    assert 41 not in sample_diverse(src, 41).lines
+    assert split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl").unparsed_rows == 1
+
+
+def test_convert_lone_surrogate_in_a_json_array(tmp_path):
+    src = tmp_path / "arr.json"
+    src.write_text("[" + ",".join([json.dumps({"prompt": "p", "completion": "c"}), LONE]) + "]")
+    result = convert_file(src, tmp_path / "o.jsonl", "messages")
+    assert result.written == 1
+    assert result.failed[0][0] == 2 and "half of a UTF-16 surrogate pair" in result.failed[0][1]
+
+
+def test_convert_deeply_nested_json(tmp_path):
+    """Regression: RecursionError out of convert, for a deep line and for a deep 'array' file."""
+    from tunesmith.data.reader import TOO_DEEP
+
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n" + "[" * 100_000 + "\n")
+    result = convert_file(lines, tmp_path / "o.jsonl", "messages")
+    assert result.written == 1 and result.failed == [(2, TOO_DEEP)]
+    array = tmp_path / "deep.json"
+    array.write_text("[" * 100_000 + "]" * 100_000)
+    result = convert_file(array, tmp_path / "o2.jsonl", "messages")
+    assert result.written == 0 and result.failed == [(1, TOO_DEEP)]
+
+
+def test_convert_keeps_history_and_a_prompt_completion_system(tmp_path):
+    rows = [{"instruction": "And now?", "output": "b", "history": [["first q", "first a"]]},
+            {"system": "Be terse.", "prompt": "2+2=", "completion": "4"}]
+    result = convert_file(write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "m.jsonl", "messages")
+    assert result.written == 2 and not result.failed
+    out = [json.loads(l)["messages"] for l in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert out == [
+        [{"role": "user", "content": "first q"}, {"role": "assistant", "content": "first a"},
+         {"role": "user", "content": "And now?"}, {"role": "assistant", "content": "b"}],
+        [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2="},
+         {"role": "assistant", "content": "4"}],
+    ]

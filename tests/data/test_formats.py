@@ -15,6 +15,7 @@ from tunesmith.data.formats import (
     MessagesFormat,
     PromptCompletionFormat,
     ShareGPTFormat,
+    a_or_an,
     normalize_text,
     parse_record,
 )
@@ -65,8 +66,10 @@ def test_mixed_file_problems_are_reported_per_line(data, check):
     items[3] = {"prompt": "", "completion": "an answer"}                         # line 4: empty prompt
     report = check(items)
     got = {f["check"]: f["lines"] for f in report.to_dict()["findings"]}
-    # a non-string output is a content_type problem and, being dropped, leaves no assistant turn
-    assert got == {"missing_assistant": [2, 3], "content_type": [3], "empty_content": [4]}
+    # a non-string output is a content_type problem; the assistant turn is there, so not also "missing"
+    assert got == {"missing_assistant": [2], "content_type": [3], "empty_content": [4]}
+    assert [f["message"] for f in report.to_dict()["findings"] if f["check"] == "content_type"] == [
+        "output is an int; it must be a string"]
     assert report.stats["formats"] == {"messages": 16, "sharegpt": 15, "instruction": 15, "prompt_completion": 15}
 
 
@@ -190,9 +193,11 @@ def test_empty_text_parts_list_is_empty_content():
 @pytest.mark.parametrize("weight", [0, 1, 0.0, 1.0])
 def test_weight_0_or_1_accepted_on_assistant_turns(weight):
     ex = parse_record({"messages": [{"role": "user", "content": "q"},
-                                    {"role": "assistant", "content": "a", "weight": weight}]}, 1)
+                                    {"role": "assistant", "content": "a", "weight": weight},
+                                    {"role": "user", "content": "q2"},
+                                    {"role": "assistant", "content": "b"}]}, 1)
     assert ex.problems == []
-    assert ex.messages[-1].weight == weight
+    assert ex.messages[1].weight == weight
 
 
 @pytest.mark.parametrize("role, weight", [
@@ -284,3 +289,79 @@ def test_dump_refusals():
 def test_normalize_text():
     assert normalize_text("  a \n\t b  ") == "a b"
     assert normalize_text("cafe\u0301") == normalize_text("caf\u00e9") == "caf\u00e9"
+
+
+# --- fields that used to be dropped silently ------------------------------------------------------
+
+
+def test_instruction_history_becomes_earlier_turns():
+    ex = parse_record({"system": "sys", "instruction": "And now?", "output": "b",
+                       "history": [["first q", "first a"], ["second q", "second a"]], "id": 3}, 1)
+    assert ex.problems == [] and ex.warnings == []
+    assert roles(ex) == [("system", "sys"), ("user", "first q"), ("assistant", "first a"), ("user", "second q"),
+                         ("assistant", "second a"), ("user", "And now?"), ("assistant", "b")]
+    for empty in ([], None):
+        assert roles(parse_record({"instruction": "q", "output": "a", "history": empty}, 1)) == [("user", "q"),
+                                                                                              ("assistant", "a")]
+
+
+@pytest.mark.parametrize("history, check_id, message", [
+    ("nope", "unknown_format", "history is a str, expected a list of [question, answer] pairs"),
+    ([["only one"]], "unknown_format", "history[0] is a list of 1, expected a [question, answer] pair"),
+    ([{"q": "a"}], "unknown_format", "history[0] is a dict, expected a [question, answer] pair"),
+    ([["q", 5]], "content_type", "history[0][1] is an int; it must be a string"),
+])
+def test_bad_instruction_history(history, check_id, message):
+    ex = parse_record({"instruction": "q", "output": "a", "history": history}, 1)
+    assert [(p.check, p.message) for p in ex.problems] == [(check_id, message)]
+
+
+def test_prompt_completion_system_becomes_a_system_turn():
+    ex = parse_record({"system": "be brief", "prompt": "2+2=", "completion": "4"}, 1)
+    assert ex.problems == []
+    assert roles(ex) == [("system", "be brief"), ("user", "2+2="), ("assistant", "4")]
+    # an empty or null system column means no system prompt, in both single-turn formats
+    for rec in ({"prompt": "p", "completion": "c"}, {"instruction": "p", "output": "c"}):
+        for system in ("", "  ", None):
+            ex = parse_record(rec | {"system": system}, 1)
+            assert ex.problems == [] and ex.system is None
+    bad = parse_record({"system": 3, "prompt": "p", "completion": "c"}, 1)
+    assert [(p.check, p.message) for p in bad.problems] == [("content_type", "system is an int; it must be a string")]
+
+
+def test_tool_fields_are_warnings_not_problems():
+    calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    ex = parse_record({"tools": [{"type": "function"}], "messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "Let me check.", "tool_calls": calls}]}, 1)
+    assert ex.problems == []
+    assert [(w.check, w.where) for w in ex.warnings] == [("tools_not_trained", "tools"),
+                                                          ("tools_not_trained", "messages[1].tool_calls")]
+    assert ex.outputs() == ["Let me check."]
+    legacy = parse_record({"functions": [{"name": "f"}], "messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "ok", "function_call": {"name": "f"}}]}, 1)
+    assert [w.where for w in legacy.warnings] == ["functions", "messages[1].tool_calls"]
+    assert "'functions'" in legacy.warnings[0].message
+    only_calls = parse_record({"messages": [{"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": "", "tool_calls": calls}]}, 1)
+    assert checks(only_calls) == ["content_type"] and only_calls.problems[0].hint
+
+
+def test_nothing_to_train_on():
+    zero = parse_record({"messages": [{"role": "user", "content": "q"},
+                                      {"role": "assistant", "content": "a", "weight": 0}]}, 1)
+    assert checks(zero) == ["missing_assistant"]
+    assert zero.problems[0].message == "every assistant turn has weight 0: nothing to train on"
+    assert zero.problems[0].hint
+    # an assistant turn with unusable content is a content problem, not a missing turn
+    for content in (None, 3, {"text": "x"}):
+        ex = parse_record({"messages": [{"role": "user", "content": "q"},
+                                        {"role": "assistant", "content": content}]}, 1)
+        assert checks(ex) == ["content_type"], content
+    assert checks(parse_record({"instruction": "q", "output": None}, 1)) == ["content_type"]
+
+
+def test_articles_in_messages():
+    assert a_or_an("int") == "an int" and a_or_an("list") == "a list" and a_or_an("e-mail address") == "an e-mail address"
+    msg = parse_record({"messages": [{"role": "user", "content": 1.5}, {"role": "assistant", "content": "a"}]}, 1)
+    assert msg.problems[0].message == "messages[0].content is a float; it must be a string"
+    assert parse_record({"messages": {}}, 1).problems[0].message.startswith("'messages' is a dict, expected")

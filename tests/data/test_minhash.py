@@ -12,8 +12,13 @@ from tunesmith.data.minhash import (
     NGRAM,
     MinHasher,
     UnionFind,
+    batch_shingles,
     candidate_pairs,
+    drop_ids,
+    drop_shingles,
+    frequent_shingles,
     jaccard,
+    shingle_ids,
     shingle_set,
     shingle_text,
 )
@@ -148,6 +153,55 @@ def test_identical_texts_share_every_band():
     keys = mh.band_keys(mh.signatures(["same text, same keys"] * 2 + ["other words entirely"]))
     assert (keys[0] == keys[1]).all()
     assert not (keys[0] == keys[2]).any()
+
+
+# --- boilerplate ---------------------------------------------------------------------------------
+
+TEMPLATE = "Classify the ticket below into billing, technical or account. Ticket: "
+
+
+def test_batch_shingles_match_shingle_ids():
+    rng = random.Random(8)
+    texts = [random_text(rng, 1, 20) for _ in range(30)] + ["", "ab", "é"]
+    batch = batch_shingles(texts)
+    assert batch.counts.tolist() == [max(1, len(shingle_text(t)) - NGRAM + 1) for t in texts]
+    ends = np.cumsum(batch.counts)
+    for t, end, count in zip(texts, ends.tolist(), batch.counts.tolist()):
+        np.testing.assert_array_equal(np.unique(batch.ids[end - count : end]), shingle_ids(t))
+
+
+def test_frequent_shingles_are_the_template():
+    rng = random.Random(4)
+    texts = [TEMPLATE + random_text(rng, 3, 6) for _ in range(40)] + [random_text(rng) for _ in range(20)]
+    found = frequent_shingles(batch_shingles(texts))
+    template = shingle_ids(TEMPLATE.strip())
+    assert set(template.tolist()) <= set(found.tolist())  # in 40 of 60 documents: over half
+    assert len(found) < len(template) + 10  # little else (the odd common letter run of the tickets)
+    # in 20 of 40 documents is not over half; in fewer than 10 documents nothing is boilerplate
+    assert not set(template.tolist()) & set(frequent_shingles(batch_shingles(texts[20:])).tolist())
+    assert frequent_shingles(batch_shingles(texts[:9])).size == 0
+    # counted in a sample of the documents, the same template is found
+    assert set(template.tolist()) <= set(frequent_shingles(batch_shingles(texts), sample=20).tolist())
+
+
+def test_drop_shingles_and_the_all_boilerplate_fallback():
+    texts = [TEMPLATE + "refund my money please", TEMPLATE, "unrelated words here"]
+    batch = batch_shingles(texts)
+    drop = shingle_ids(TEMPLATE)
+    kept = drop_shingles(batch, drop)
+    assert kept.counts[0] < batch.counts[0]
+    assert not set(kept.ids[: kept.counts[0]].tolist()) & set(drop.tolist())
+    # the bare template is nothing but boilerplate: it keeps all of its shingles, and so does an unrelated text
+    assert kept.counts.tolist()[1:] == batch.counts.tolist()[1:]
+    assert drop_shingles(batch, np.zeros(0, dtype=np.uint64)) is batch
+    # one document at a time (the exact check) follows the same rule
+    assert set(drop_ids(shingle_ids(texts[0]), drop).tolist()) == set(kept.ids[: kept.counts[0]].tolist())
+    np.testing.assert_array_equal(drop_ids(shingle_ids(TEMPLATE), drop), shingle_ids(TEMPLATE))
+    # signatures of the filtered batch are those of the filtered shingles
+    mh = MinHasher()
+    sig = mh.signatures_of(kept)
+    assert sig.shape == (3, mh.num_perm)
+    np.testing.assert_array_equal(sig[2], mh.signatures(texts[2:])[0])
 
 
 # --- candidate pairs -----------------------------------------------------------------------------

@@ -273,3 +273,49 @@ def test_pretty_printed_turns_each_on_one_line(data, check, tmp_path):
     report = check(path)
     errors = [f for f in findings(report) if f["severity"] == "error"]
     assert sorted(ln for f in errors for ln in f["lines"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_unterminated_string_message(data, check):
+    """Regression: json's "Unterminated string starting at" came out as "... starting at at column 43"."""
+    report = check(data.planted({4: '{"messages": [{"role": "user", "content": "unterminated'}))
+    assert [f["message"] for f in findings(report)] == ["Unterminated string starting at column 43"]
+
+
+# --- lone surrogates and deep nesting ------------------------------------------------------------
+
+LONE = '{"messages": [{"role": "user", "content": "emoji cut \\ud83d here"}, {"role": "assistant", "content": "ok"}]}'
+
+
+def test_lone_surrogate_is_a_line_problem(data, check):
+    """Regression: a lone \\ud83d escape parsed into a str that crashed hashing and writing later."""
+    low = '{"messages": [{"role": "user", "content": "fine"}, {"role": "assistant", "content": "cut \\uDE00"}]}'
+    paired = '{"messages": [{"role": "user", "content": "a whole emoji \\ud83d\\ude00 here"}, {"role": "assistant", "content": "ok"}]}'
+    escaped = '{"messages": [{"role": "user", "content": "a path C:\\\\ud83d"}, {"role": "assistant", "content": "ok"}]}'
+    report = check(data.planted({8: LONE, 15: paired, 22: low, 30: escaped}))
+    assert summary(report) == [("invalid_utf8", "error", [8]), ("invalid_utf8", "error", [22])]
+    first, second = findings(report)
+    assert first["message"] == ("messages[0].content holds \\ud83d, half of a UTF-16 surrogate pair (a character cut "
+                                "in half), which cannot be written as UTF-8")
+    assert second["message"].startswith("messages[1].content holds \\ude00, half of a UTF-16 surrogate pair")
+    assert first["hint"].startswith("re-export the data as UTF-8")
+    assert report.stats["valid_examples"] == 68  # the paired emoji and the escaped backslash are fine
+
+
+def test_lone_surrogate_in_a_key_or_an_ignored_field(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": "a\\udc00", "prompt": "p", "completion": "c"}\n{"\\ud800": 1}\n')
+    recs = list(iter_raw(path))
+    assert [(r.line, r.error[0]) for r in recs] == [(1, "invalid_utf8"), (2, "invalid_utf8")]
+    assert recs[0].error[1].startswith("id holds \\udc00")
+    assert recs[1].error[1].startswith("a key of the record holds \\ud800")
+    assert recs[0].hint == reader.SURROGATE_HINT and recs[0].value is None
+
+
+def test_deeply_nested_line_is_malformed_json(data, check):
+    """Regression: 100,000 nested [ on one line raised RecursionError out of iter_raw."""
+    report = check(data.planted({5: "[" * 100_000, 9: '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}"}))
+    f = findings(report)
+    assert summary(report) == [("invalid_json_line", "error", [5, 9])]
+    assert f[0]["message"] == reader.TOO_DEEP
+    assert "nested too deeply" in reader.TOO_DEEP
+    assert report.stats["valid_examples"] == 68

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import FORMATS, iter_examples, parse_record
-from tunesmith.data.reader import BOM, looks_like_json_array, open_checked
+from tunesmith.data.formats import FORMATS, Example, Problem, iter_examples, parse_record
+from tunesmith.data.reader import BOM, SURROGATE_HINT, lone_surrogate, looks_like_json_array, open_checked
 from tunesmith.errors import UsageError
 from tunesmith.io import write_jsonl_atomic
 
@@ -30,11 +30,15 @@ def _examples(source: Path):
     if looks_like_json_array(source):
         try:
             items = json.loads(source.read_bytes().lstrip(BOM).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            items = None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            items = None  # read line by line instead, where each bad line gets its own problem
         if isinstance(items, list):
             for i, item in enumerate(items, start=1):
-                yield parse_record(item, i)
+                lone = lone_surrogate(item)
+                if lone is not None:
+                    yield Example(i, "?", [], 0, [Problem("invalid_utf8", lone, hint=SURROGATE_HINT)])
+                else:
+                    yield parse_record(item, i)
             return
     yield from iter_examples(source)
 

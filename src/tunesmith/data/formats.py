@@ -31,6 +31,8 @@ class Problem:
     check: str
     message: str
     where: str = ""
+    #: replaces the check's default hint when this problem needs its own advice
+    hint: str = ""
 
 
 @dataclass(slots=True)
@@ -40,6 +42,8 @@ class Example:
     messages: list[Message]
     offset: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: what is worth knowing but does not make the example unusable (e.g. tool calls that are not trained)
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def system(self) -> str | None:
@@ -64,6 +68,15 @@ class Example:
 _WS = re.compile(r"\s+")
 
 
+def a_or_an(noun: str) -> str:
+    """'an int', 'a list': by the first letter, which is right for every noun tunesmith puts after it."""
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
+def type_name(value: object) -> str:
+    return a_or_an(type(value).__name__)
+
+
 def normalize_text(text: str) -> str:
     """Unicode NFC and collapsed whitespace: the form used to compare inputs and prompts."""
     return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
@@ -74,6 +87,11 @@ class Format:
 
     @classmethod
     def matches(cls, obj: dict) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def assistant_turns(cls, obj: dict) -> int:
+        """How many assistant turns the record declares, usable or not (only `matches` holds)."""
         raise NotImplementedError
 
     @classmethod
@@ -95,12 +113,50 @@ def _content(value: object, where: str, problems: list[Problem]) -> str | None:
     ):
         return "".join(p["text"] for p in value)
     if value is None:
-        problems.append(Problem("content_type", f"{where} has no content", where))
+        problems.append(Problem("content_type", f"{where} has no content (null or missing); it must be a string", where))
     else:
-        problems.append(Problem(
-            "content_type", f"{where} is a {type(value).__name__}, expected a string", where,
-        ))
+        problems.append(Problem("content_type", f"{where} is {type_name(value)}; it must be a string", where))
     return None
+
+
+def _system(obj: dict, problems: list[Problem]) -> list[Message]:
+    """The optional top-level "system" field of the single-turn formats; null or blank means none."""
+    value = obj.get("system")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []  # exports often carry an empty system column: no system prompt, not an empty turn
+    system = _content(value, "system", problems)
+    return [] if system is None else [Message("system", system)]
+
+
+TOOLS_HINT = ("tunesmith trains text turns only: if the calls matter, write each one into the assistant text in "
+              "the exact form your app parses; otherwise drop the tool fields or the row")
+
+
+def _calls(turn: dict) -> bool:
+    """True when an assistant turn carries OpenAI tool calls (or the older function_call)."""
+    return bool(turn.get("tool_calls") or turn.get("function_call"))
+
+
+def _untrained_tools(obj: dict) -> list[Problem]:
+    """Tool definitions and tool calls a record carries: parsed rows keep only their text, so say so."""
+    out: list[Problem] = []
+    for key in ("tools", "functions"):
+        if obj.get(key):
+            out.append(Problem("tools_not_trained",
+                               f"the row's tool definitions ({key!r}) are not trained: the model never sees them", key))
+            break
+    turns = obj.get("messages")
+    if isinstance(turns, list):
+        for i, turn in enumerate(turns):
+            has_calls = isinstance(turn, dict) and ("tool_calls" in turn or "function_call" in turn)  # cheap test first
+            if has_calls and turn.get("role") == "assistant" and _calls(turn):
+                out.append(Problem(
+                    "tools_not_trained",
+                    "an assistant turn carries tool calls, which are not trained: this row trains only the turn's text",
+                    f"messages[{i}].tool_calls",
+                ))
+                break
+    return out
 
 
 class MessagesFormat(Format):
@@ -113,12 +169,17 @@ class MessagesFormat(Format):
         return "messages" in obj
 
     @classmethod
+    def assistant_turns(cls, obj: dict) -> int:
+        turns = obj["messages"]
+        return sum(isinstance(t, dict) and t.get("role") == "assistant" for t in turns) if isinstance(turns, list) else 0
+
+    @classmethod
     def parse(cls, obj: dict, problems: list[Problem]) -> list[Message]:
         turns = obj["messages"]
         if not isinstance(turns, list):
             problems.append(Problem(
                 "unknown_format",
-                f"'messages' is a {type(turns).__name__}, expected a list of {{role, content}} objects",
+                f"'messages' is {type_name(turns)}, expected a list of {{role, content}} objects",
                 "messages",
             ))
             return []
@@ -127,13 +188,19 @@ class MessagesFormat(Format):
             where = f"messages[{i}]"
             if not isinstance(turn, dict):
                 problems.append(Problem(
-                    "unknown_format", f"{where} is a {type(turn).__name__}, expected an object with role and content", where,
+                    "unknown_format", f"{where} is {type_name(turn)}, expected an object with role and content", where,
                 ))
                 continue
             role = turn.get("role")
             if role not in ROLES:
                 problems.append(Problem(
                     "unknown_role", f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role",
+                ))
+                continue
+            if role == "assistant" and _calls(turn) and turn.get("content") in (None, ""):
+                problems.append(Problem(
+                    "content_type", f"{where} holds only tool calls and no text: tool calls are not trained",
+                    f"{where}.content", hint=TOOLS_HINT,
                 ))
                 continue
             content = _content(turn.get("content"), f"{where}.content", problems)
@@ -175,12 +242,20 @@ class ShareGPTFormat(Format):
         return "conversations" in obj
 
     @classmethod
+    def assistant_turns(cls, obj: dict) -> int:
+        turns = obj["conversations"]
+        if not isinstance(turns, list):
+            return 0
+        return sum(isinstance(t, dict) and isinstance(t.get("from"), str) and _SHAREGPT_ROLES.get(t["from"]) == "assistant"
+                   for t in turns)
+
+    @classmethod
     def parse(cls, obj: dict, problems: list[Problem]) -> list[Message]:
         turns = obj["conversations"]
         if not isinstance(turns, list):
             problems.append(Problem(
                 "unknown_format",
-                f"'conversations' is a {type(turns).__name__}, expected a list of {{from, value}} objects",
+                f"'conversations' is {type_name(turns)}, expected a list of {{from, value}} objects",
                 "conversations",
             ))
             return []
@@ -189,7 +264,7 @@ class ShareGPTFormat(Format):
             where = f"conversations[{i}]"
             if not isinstance(turn, dict):
                 problems.append(Problem(
-                    "unknown_format", f"{where} is a {type(turn).__name__}, expected an object with from and value", where,
+                    "unknown_format", f"{where} is {type_name(turn)}, expected an object with from and value", where,
                 ))
                 continue
             speaker = turn.get("from")
@@ -223,8 +298,35 @@ def _single_turn(messages: list[Message]) -> tuple[str | None, str, str] | str:
     return system, messages[-2].content, messages[-1].content
 
 
+def _history(value: object, problems: list[Problem]) -> list[Message]:
+    """Alpaca "history": [[question, answer], ...] as user/assistant turns; null or absent means none."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(Problem(
+            "unknown_format", f"history is {type_name(value)}, expected a list of [question, answer] pairs", "history",
+        ))
+        return []
+    out: list[Message] = []
+    for i, pair in enumerate(value):
+        where = f"history[{i}]"
+        if not isinstance(pair, list) or len(pair) != 2:
+            what = f"a list of {len(pair)}" if isinstance(pair, list) else type_name(pair)
+            problems.append(Problem("unknown_format", f"{where} is {what}, expected a [question, answer] pair", where))
+            continue
+        question = _content(pair[0], f"{where}[0]", problems)
+        answer = _content(pair[1], f"{where}[1]", problems)
+        if question is not None and answer is not None:
+            out += [Message("user", question), Message("assistant", answer)]
+    return out
+
+
 class InstructionFormat(Format):
-    """Alpaca-style: {"instruction", "input"?, "output", "system"?}."""
+    """Alpaca-style: {"instruction", "input"?, "output", "system"?, "history"?}.
+
+    history is a list of earlier [question, answer] pairs, turns before the instruction (as
+    LLaMA-Factory reads it); their answers are trained like any assistant turn.
+    """
 
     name = "instruction"
 
@@ -233,12 +335,15 @@ class InstructionFormat(Format):
         return "instruction" in obj and "output" in obj
 
     @classmethod
+    def assistant_turns(cls, obj: dict) -> int:
+        history = obj.get("history")
+        pairs = sum(isinstance(p, list) and len(p) == 2 for p in history) if isinstance(history, list) else 0
+        return 1 + pairs
+
+    @classmethod
     def parse(cls, obj: dict, problems: list[Problem]) -> list[Message]:
-        out: list[Message] = []
-        if "system" in obj:
-            system = _content(obj["system"], "system", problems)
-            if system is not None:
-                out.append(Message("system", system))
+        out = _system(obj, problems)
+        out.extend(_history(obj.get("history"), problems))
         instruction = _content(obj["instruction"], "instruction", problems)
         extra = obj.get("input", "")
         extra = _content(extra, "input", problems) if extra is not None else ""
@@ -264,7 +369,7 @@ class InstructionFormat(Format):
 
 
 class PromptCompletionFormat(Format):
-    """{"prompt", "completion"} (older completion APIs)."""
+    """{"prompt", "completion", "system"?} (older completion APIs; some exports add a system prompt)."""
 
     name = "prompt_completion"
 
@@ -273,8 +378,12 @@ class PromptCompletionFormat(Format):
         return "prompt" in obj and "completion" in obj
 
     @classmethod
+    def assistant_turns(cls, obj: dict) -> int:
+        return 1
+
+    @classmethod
     def parse(cls, obj: dict, problems: list[Problem]) -> list[Message]:
-        out: list[Message] = []
+        out = _system(obj, problems)
         prompt = _content(obj["prompt"], "prompt", problems)
         completion = _content(obj["completion"], "completion", problems)
         if prompt is not None:
@@ -317,11 +426,25 @@ def parse_record(value: object, line: int, offset: int = 0) -> Example:
     for i, m in enumerate(messages):
         if not m.content.strip():
             problems.append(Problem("empty_content", f"the {m.role} turn #{i + 1} is empty", m.role))
-    if messages and not any(m.role == "assistant" for m in messages):
-        problems.append(Problem("missing_assistant", "no assistant turn: nothing to train on"))
-    elif not messages and not problems:
-        problems.append(Problem("missing_assistant", "no turns at all"))
-    return Example(line, fmt.name, messages, offset, problems)
+    problems.extend(_nothing_to_train(fmt, value, messages, problems))
+    warnings = [] if problems else _untrained_tools(value)
+    return Example(line, fmt.name, messages, offset, problems, warnings)
+
+
+def _nothing_to_train(fmt: type[Format], obj: dict, messages: list[Message], problems: list[Problem]) -> list[Problem]:
+    if not messages:
+        return [] if problems else [Problem("missing_assistant", "no turns at all")]
+    assistant = [m for m in messages if m.role == "assistant"]
+    if problems and len(assistant) < fmt.assistant_turns(obj):
+        return []  # an assistant turn is there but unusable; its own problem says why
+    if not assistant:
+        return [Problem("missing_assistant", "no assistant turn: nothing to train on")]
+    if all(m.weight == 0 for m in assistant):
+        return [Problem(
+            "missing_assistant", "every assistant turn has weight 0: nothing to train on", "weight",
+            hint="give the turn(s) the model should learn weight 1 (or no weight); weight 0 marks context the model only reads",
+        )]
+    return []
 
 
 def iter_examples(path: str | Path) -> Iterator[Example]:
@@ -330,6 +453,6 @@ def iter_examples(path: str | Path) -> Iterator[Example]:
 
     for raw in iter_raw(path):
         if raw.error is not None:
-            yield Example(raw.line, "?", [], raw.offset, [Problem(*raw.error)])
+            yield Example(raw.line, "?", [], raw.offset, [Problem(*raw.error, hint=raw.hint)])
         else:
             yield parse_record(raw.value, raw.line, raw.offset)

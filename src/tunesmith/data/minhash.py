@@ -4,12 +4,18 @@ Signatures are computed for a batch of documents at once (one pass per permutati
 shingles of the batch), and candidate pairs come from sorting each band's keys, so nothing is ever
 compared all-pairs. Candidates are re-checked with exact Jaccard by the caller, so the threshold
 means what it says.
+
+Boilerplate (a shingle in more than half of the documents: a shared instruction template, the keys of
+a JSON answer) is dropped before hashing and before the exact check: otherwise 120 rows of one
+200-character template plus a short distinct ticket all look alike. `frequent_shingles` finds it in a
+sample of a batch; `drop_shingles` removes it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +23,15 @@ NGRAM = 5
 _WS = re.compile(r"\s+")
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+_ID_BITS = 8 * NGRAM  # a packed shingle id is 40 bits
+_FIB = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: multiplicative hashing
+#: A shingle in more than this share of a batch's documents is boilerplate ...
+BOILERPLATE_SHARE = 0.5
+#: ... and in at least this many of them: in a handful of rows, shared text is a near duplicate, not a template.
+BOILERPLATE_MIN_DOCS = 10
+#: Documents of a batch counted for document frequency (evenly spaced): enough that the sampled share
+#: is within 0.07 of the batch's (3 standard deviations), few enough to cost ~2 % of hashing the batch.
+BOILERPLATE_SAMPLE = 512
 
 
 def shingle_text(text: str) -> bytes:
@@ -68,6 +83,95 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
+@dataclass(slots=True)
+class Shingles:
+    """The shingles of a batch of documents: packed ids (as `shingle_ids`, not de-duplicated) of all
+    documents one after the other, and how many belong to each (always at least one)."""
+
+    ids: np.ndarray
+    counts: np.ndarray
+
+
+def batch_shingles(texts: Iterable[str]) -> Shingles:
+    encoded = [shingle_text(t) for t in texts]
+    n = len(encoded)
+    if n == 0:
+        return Shingles(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
+    lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=n)
+    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint64)
+    total = buf.shape[0]
+    # Pack each 5-byte window exactly into 40 bits: no shingle collisions before hashing.
+    packed = buf[: total - NGRAM + 1].copy()
+    for k in range(1, NGRAM):
+        packed = (packed << np.uint64(8)) | buf[k : total - NGRAM + 1 + k]
+    counts = lengths - (NGRAM - 1)
+    starts = np.cumsum(lengths) - lengths
+    seg = np.cumsum(counts) - counts
+    # windows that cross from one document into the next are skipped
+    pos = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(seg, counts) + np.repeat(starts, counts)
+    return Shingles(packed[pos], counts)
+
+
+def frequent_shingles(batch: Shingles, share: float = BOILERPLATE_SHARE, min_docs: int = BOILERPLATE_MIN_DOCS,
+                      sample: int = BOILERPLATE_SAMPLE) -> np.ndarray:
+    """Sorted ids of the shingles in more than `share` (and at least `min_docs`) of the documents,
+    counted in up to `sample` evenly spaced documents of the batch."""
+    n = batch.counts.shape[0]
+    if n < min_docs:
+        return np.zeros(0, dtype=np.uint64)
+    picked = np.unique(np.linspace(0, n - 1, min(n, sample)).astype(np.int64))
+    ends = np.cumsum(batch.counts)
+    starts = ends - batch.counts
+    ids = np.concatenate([batch.ids[starts[d] : ends[d]] for d in picked.tolist()])
+    owner = np.repeat(np.arange(picked.shape[0], dtype=np.uint64), batch.counts[picked])
+    # one key per (document, shingle): a shingle repeated inside a document counts once
+    per_doc = _sorted_unique((owner << np.uint64(_ID_BITS)) | ids) & np.uint64((1 << _ID_BITS) - 1)
+    values = np.sort(per_doc)
+    if values.size == 0:
+        return values
+    starts_of_runs = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+    docs = np.diff(np.append(starts_of_runs, values.size))
+    need = max(min_docs, int(share * picked.shape[0]) + 1)
+    return values[starts_of_runs[docs >= need]]
+
+
+def drop_shingles(batch: Shingles, drop: np.ndarray) -> Shingles:
+    """The batch without the shingles in `drop` (sorted ids). A document that is nothing but those
+    shingles keeps all of its own, so it is still compared, on its full text."""
+    if drop.size == 0 or batch.ids.size == 0:
+        return batch
+    hit = _member(batch.ids, drop)
+    seg = np.cumsum(batch.counts) - batch.counts
+    removed = np.add.reduceat(hit.astype(np.int64), seg)
+    emptied = removed == batch.counts
+    if emptied.any():
+        hit &= ~np.repeat(emptied, batch.counts)
+        removed[emptied] = 0
+    return Shingles(batch.ids[~hit], batch.counts - removed)
+
+
+def _member(ids: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """ids in the sorted array drop, as a mask. A bit table on a multiplicative hash settles most ids
+    (3x faster than a binary search of every id); only its hits are looked up exactly."""
+    bits = min(24, max(16, int(drop.size).bit_length() + 6))
+    shift = np.uint64(64 - bits)
+    table = np.zeros(1 << bits, dtype=bool)
+    table[(drop * _FIB) >> shift] = True
+    maybe = np.flatnonzero(table[(ids * _FIB) >> shift])
+    hit = np.zeros(ids.shape[0], dtype=bool)
+    sub = ids[maybe]
+    hit[maybe] = drop[np.minimum(np.searchsorted(drop, sub), drop.size - 1)] == sub
+    return hit
+
+
+def drop_ids(ids: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """`shingle_ids` of one document without the shingles in `drop`, or all of them if none would remain."""
+    if drop.size == 0:
+        return ids
+    kept = np.setdiff1d(ids, drop, assume_unique=True)
+    return kept if kept.size else ids
+
+
 class MinHasher:
     """`num_perm` permutations grouped into bands of `rows`; band keys are what LSH sorts."""
 
@@ -81,24 +185,17 @@ class MinHasher:
 
     def signatures(self, texts: Iterable[str]) -> np.ndarray:
         """(n_docs, num_perm) uint32 MinHash signatures."""
-        encoded = [shingle_text(t) for t in texts]
-        n = len(encoded)
+        return self.signatures_of(batch_shingles(texts))
+
+    def signatures_of(self, batch: Shingles) -> np.ndarray:
+        """Signatures of a batch of shingles (after `drop_shingles`, if any)."""
+        n = batch.counts.shape[0]
         if n == 0:
             return np.zeros((0, self.num_perm), dtype=np.uint32)
-        lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=n)
-        buf = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.uint64)
-        total = buf.shape[0]
-        # Pack each 5-byte window exactly into 40 bits, then mix: no shingle collisions before hashing.
-        packed = buf[: total - NGRAM + 1].copy()
-        for k in range(1, NGRAM):
-            packed = (packed << np.uint64(8)) | buf[k : total - NGRAM + 1 + k]
-        counts = lengths - (NGRAM - 1)
-        starts = np.cumsum(lengths) - lengths
-        seg = np.cumsum(counts) - counts
-        pos = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(seg, counts) + np.repeat(starts, counts)
+        seg = np.cumsum(batch.counts) - batch.counts
         # 32-bit universal hashing (a*x + b mod 2^32, a odd) on the mixed shingle: half the memory
-        # traffic of 64-bit arithmetic, and the mixing above already spread the bits.
-        h = (_mix(packed[pos]) >> np.uint64(32)).astype(np.uint32)
+        # traffic of 64-bit arithmetic, and the mixing already spread the bits.
+        h = (_mix(batch.ids) >> np.uint64(32)).astype(np.uint32)
         sig = np.empty((n, self.num_perm), dtype=np.uint32)
         for k in range(self.num_perm):
             v = h * self._a[k] + self._b[k]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,20 @@ BOM = b"\xef\xbb\xbf"
 MAX_LINE_BYTES = 8 * 1024 * 1024
 
 
+SURROGATE_HINT = ("re-export the data as UTF-8 from its source (a tool cut a character such as an emoji in half), "
+                  "or delete the broken escape from the line")
+
+
 @dataclass(slots=True)
 class RawRecord:
-    """One non-blank line: parsed JSON in `value`, or a problem in `error` (check id, message)."""
+    """One non-blank line: parsed JSON in `value`, or a problem in `error` (check id, message) with,
+    for some problems, a `hint` of its own."""
 
     line: int
     offset: int
     value: object = None
     error: tuple[str, str] | None = None
+    hint: str = ""
 
 
 def open_checked(path: str | os.PathLike[str]) -> Path:
@@ -84,7 +91,56 @@ def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawRecord]:
             except json.JSONDecodeError as exc:
                 yield RawRecord(lineno, start, error=("invalid_json_line", _describe_json_error(text, exc)))
                 continue
+            except RecursionError:
+                yield RawRecord(lineno, start, error=("invalid_json_line", TOO_DEEP))
+                continue
+            # A lone surrogate can only come from a \uD800-\uDFFF escape (the UTF-8 decoder refuses
+            # encoded ones), so a line without "\ud" in either case needs no look at its strings.
+            if "\\ud" in text or "\\uD" in text:
+                lone = lone_surrogate(value)
+                if lone is not None:
+                    yield RawRecord(lineno, start, error=("invalid_utf8", lone), hint=SURROGATE_HINT)
+                    continue
             yield RawRecord(lineno, start, value=value)
+
+
+TOO_DEEP = (f"JSON nested too deeply to read (more than about {sys.getrecursionlimit():,} levels of [ or {{); "
+            "an example is never that deep")
+
+
+def lone_surrogate(value: object) -> str | None:
+    """Describe the first string (or key) holding half of a UTF-16 surrogate pair, or None.
+
+    json.loads turns a lone \\ud83d escape into a str that cannot be encoded as UTF-8, so every later
+    hash or write of it would crash; a paired escape becomes one proper character and passes.
+    """
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:  # iterative: a parsed line can still be nested hundreds deep
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                half = _half_pair(key)
+                if half is not None:
+                    return f"a key of {path or 'the record'} {half}"
+                stack.append((f"{path}.{key}" if path else key, child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            half = _half_pair(item)
+            if half is not None:
+                return f"{path or 'the line'} {half}"
+    return None
+
+
+def _half_pair(text: str) -> str | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds \\u{ord(text[exc.start]):04x}, half of a UTF-16 surrogate pair (a character cut in half), "
+                "which cannot be written as UTF-8")
+    return None
 
 
 def iter_raw_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
@@ -117,8 +173,10 @@ def looks_like_json_array(path: str | os.PathLike[str]) -> bool:
 
 
 def _describe_json_error(text: str, exc: json.JSONDecodeError) -> str:
+    # json's "Unterminated string starting at" already ends in "at"
+    where = f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
     if text.startswith("[") and exc.pos > 0:
-        return f"not a JSON object per line (a JSON array?): {exc.msg} at column {exc.colno}"
+        return f"not a JSON object per line (a JSON array?): {where}"
     if text in ("{", "}") or text.endswith(("{", ",", "[")):
-        return f"{exc.msg} at column {exc.colno}; a pretty-printed object spread over several lines?"
-    return f"{exc.msg} at column {exc.colno}"
+        return f"{where}; a pretty-printed object spread over several lines?"
+    return where

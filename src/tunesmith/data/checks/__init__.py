@@ -54,17 +54,17 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
     curation: list[Check] = [Contradictions(), SystemPrompts(), OutputContract(ctx), Safety(), NearDuplicates(ctx)]
     near = curation[-1]
     tokens = TokenLengths(ctx) if ctx.tokenizer is not None else None
-    structure: dict[tuple[str, str], list[int]] = {}
+    structure: dict[tuple[str, str, str], list[int]] = {}  # (check, message, hint) -> lines
     formats: Counter[str] = Counter()
     records = valid = 0
     for ex in iter_examples(ctx.file):
         records += 1
         if progress is not None and records % 4096 == 0:
             progress(ex.offset)
+        for p in (*ex.problems, *ex.warnings):
+            message = f"{p.where or 'record'}: {p.check} (details withheld: sealed test set)" if ctx.sealed else p.message
+            structure.setdefault((p.check, message, p.hint), []).append(ex.line)
         if ex.problems:
-            for p in ex.problems:
-                message = f"{p.where or 'record'}: {p.check} (details withheld: sealed test set)" if ctx.sealed else p.message
-                structure.setdefault((p.check, message), []).append(ex.line)
             continue
         valid += 1
         formats[ex.format] += 1
@@ -76,7 +76,7 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
             check.observe(ex)
         if tokens is not None:
             tokens.observe(ex)
-    findings = [finding(check, lines, message) for (check, message), lines in structure.items()]
+    findings = [finding(check, lines, message, hint=hint or None) for (check, message, hint), lines in structure.items()]
     if records == 0:
         findings.append(finding("too_few_examples", [], f"{ctx.file.name} holds no examples (the file is empty)",
                                 hint="add one JSON object per line"))

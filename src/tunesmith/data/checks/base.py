@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from tunesmith.data.formats import Example
+from tunesmith.data.formats import TOOLS_HINT, Example
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -36,6 +36,7 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "unknown_role": ("error", "roles are system, user and assistant (ShareGPT: system, human, gpt)"),
     "empty_content": ("error", "fill in the turn or drop the example; an empty turn teaches nothing"),
     "content_type": ("error", "content must be a string (or a list of {type: text, text} parts)"),
+    "tools_not_trained": ("warning", TOOLS_HINT),
     # curation
     "exact_duplicate": ("warning", "duplicates over-weight one example; `tunesmith fix` keeps the first"),
     "near_duplicate": ("warning", "near-copies teach one case many times; keep the best one (`tunesmith fix` keeps the first)"),

@@ -9,6 +9,7 @@ from typing import Any
 
 from tunesmith.data.checks.base import CheckContext, Finding, finding
 from tunesmith.data.formats import Example
+from tunesmith.errors import UsageError
 
 #: Outputs are treated as a JSON contract without being told when at least this share parses.
 INFER_JSON_SHARE = 0.9
@@ -57,6 +58,16 @@ def schema_keys(schema: Any, out: set[str] | None = None) -> set[str]:
     return out
 
 
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, re.DOTALL)
+    except re.error as exc:
+        raise UsageError(
+            f"output regex {pattern!r} is not a valid regular expression: {exc}",
+            "fix the pattern (--regex, or output.regex in tunesmith.yaml); a literal ( [ { . * + ? | \\ needs a backslash",
+        ) from None
+
+
 class OutputContract:
     def __init__(self, ctx: CheckContext) -> None:
         self._validator = None
@@ -64,7 +75,7 @@ class OutputContract:
             from jsonschema import validators
 
             self._validator = validators.validator_for(ctx.schema)(ctx.schema)
-        self._regex = re.compile(ctx.regex, re.DOTALL) if ctx.regex else None
+        self._regex = _compile(ctx.regex) if ctx.regex else None
         self._sealed = ctx.sealed
         self._not_json: list[int] = []
         self._json_count = 0
@@ -88,7 +99,7 @@ class OutputContract:
                 continue
             try:
                 value = json.loads(stripped)
-            except ValueError:
+            except (ValueError, RecursionError):  # nested thousands deep: no parser in production reads it either
                 self._not_json.append(ex.line)
                 continue
             self._json_count += 1
@@ -150,9 +161,9 @@ class OutputContract:
         if ctx.schema is not None:
             declared = Counter(s for s in map(key_style, schema_keys(ctx.schema)) if s)
             if declared:
-                expected, source = declared.most_common(1)[0][0], "the schema"
+                expected, source = declared.most_common(1)[0][0], "the schema uses"
         if expected is None and self._styles:
-            expected, source = self._styles.most_common(1)[0][0], "most examples"
+            expected, source = self._styles.most_common(1)[0][0], "most examples use"
         if expected is None:
             return []
         ctx.stats["key_styles"] = dict(self._styles)
@@ -162,6 +173,6 @@ class OutputContract:
                 sample = "<sealed>" if ctx.sealed else repr(self._example_key[style])
                 out.append(finding(
                     "key_style", lines,
-                    f"{len(lines)} example(s) use {style} keys (e.g. {sample}) but {source} use {expected}",
+                    f"{len(lines)} example(s) use {style} keys (e.g. {sample}) but {source} {expected}",
                 ))
         return out

@@ -19,8 +19,12 @@ def example_key(ex: Example) -> int:
 
 
 def input_key(ex: Example) -> int:
-    """Identity of what the model is given: normalised system + user turns."""
-    return _h("\x1e".join(normalize_text(m.content) for m in ex.messages if m.role in ("system", "user")))
+    """Identity of what the model is given: every turn before the last trained assistant turn, with
+    its role, normalised. Earlier assistant turns (weight 0 ones included) are part of the input: two
+    conversations that differ only there ask different questions."""
+    trained = [i for i, m in enumerate(ex.messages) if m.role == "assistant" and m.weight != 0]
+    end = trained[-1] if trained else len(ex.messages)
+    return _h("\x1e".join(f"{m.role}\x1f{normalize_text(m.content)}" for m in ex.messages[:end]))
 
 
 def output_key(ex: Example) -> int:

@@ -10,7 +10,17 @@ import numpy as np
 from tunesmith.data.checks.base import CheckContext, Finding, finding
 from tunesmith.data.checks.dedup import input_key
 from tunesmith.data.formats import Example, parse_record
-from tunesmith.data.minhash import MinHasher, UnionFind, candidate_pairs, jaccard_ids, shingle_ids
+from tunesmith.data.minhash import (
+    MinHasher,
+    UnionFind,
+    batch_shingles,
+    candidate_pairs,
+    drop_ids,
+    drop_shingles,
+    frequent_shingles,
+    jaccard_ids,
+    shingle_ids,
+)
 from tunesmith.data.reader import iter_raw, read_line_at
 
 BATCH = 4096
@@ -31,6 +41,11 @@ class NearIndex:
     Per document it keeps the band keys (16 x 8 bytes), one byte of each MinHash slot (64 bytes, a
     b-bit MinHash sketch for the prefilter: it can only over-estimate similarity), and the line, byte
     offset and origin needed to re-read the text of a candidate.
+
+    Boilerplate shingles (in over half of a batch's documents) are left out of the signatures and of
+    the exact Jaccard, so a shared template does not make its rows near-duplicates. The set only
+    grows: a template that first dominates a later batch (files concatenated from several sources) is
+    dropped from then on, and from every exact check.
     """
 
     def __init__(self, threshold: float = 0.8, hasher: MinHasher | None = None,
@@ -44,6 +59,8 @@ class NearIndex:
         self.lines: list[int] = []
         self.offsets = array("q")
         self.origin = bytearray()
+        #: sorted packed ids (`shingle_ids`) of the boilerplate shingles found so far
+        self.boilerplate = np.zeros(0, dtype=np.uint64)
 
     def add(self, text: str, line: int, offset: int, origin: int = MAIN) -> None:
         self._texts.append(text)
@@ -55,7 +72,11 @@ class NearIndex:
 
     def _flush(self) -> None:
         if self._texts:
-            sig = self.hasher.signatures(self._texts)
+            batch = batch_shingles(self._texts)
+            found = frequent_shingles(batch)
+            if found.size:
+                self.boilerplate = np.union1d(self.boilerplate, found)
+            sig = self.hasher.signatures_of(drop_shingles(batch, self.boilerplate))
             self._keys.append(self.hasher.band_keys(sig))
             self._sketch.append(sig.astype(np.uint8))  # low byte of every slot
             self._texts = []
@@ -94,7 +115,7 @@ class NearIndex:
             ids = cache.get(doc)
             if ids is None:
                 ex = parse_record(read_line_at(files[self.origin[doc]], self.offsets[doc]), self.lines[doc])
-                ids = shingle_ids(ex.dialogue_text())
+                ids = drop_ids(shingle_ids(ex.dialogue_text()), self.boilerplate)
                 if doc in remaining:
                     cache[doc] = ids
             if doc in remaining:
@@ -157,7 +178,8 @@ class NearDuplicates:
             lines = [idx.lines[d] for d in group]
             out.append(finding(
                 "near_duplicate", lines,
-                f"{len(lines)} near-identical examples (Jaccard >= {idx.threshold:.2f} on character 5-grams)",
+                f"{len(lines)} near-identical examples (Jaccard >= {idx.threshold:.2f} on character 5-grams, "
+                "not counting text that most rows share)",
             ))
         for test_line, train_lines in sorted(overlap.items()):
             out.append(finding(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tunesmith.data.checks.base import CheckContext, Finding, finding
-from tunesmith.data.formats import Example
+from tunesmith.data.formats import Example, a_or_an
 
 SECRET_PATTERNS: dict[str, str] = {
     "private key": r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |PGP |ENCRYPTED )?PRIVATE KEY(?: BLOCK)?-----",
@@ -92,6 +92,6 @@ class Safety:
 
     def finish(self, ctx: CheckContext) -> list[Finding]:
         return [
-            finding(check, lines, f"{len(lines)} example(s) contain what looks like a {kind}")
+            finding(check, lines, f"{len(lines)} example(s) contain what looks like {a_or_an(kind)}")
             for (check, kind), lines in sorted(self._hits.items())
         ]

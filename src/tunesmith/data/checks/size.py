@@ -39,7 +39,8 @@ def too_few(n: int, ctx: CheckContext) -> list[Finding]:
         return [finding("too_few_examples", [], sentence)]
     if verdict == "too_small":
         return [finding("too_few_examples", [], sentence, severity="warning",
-                        hint="collect or generate more examples (`tunesmith generate` distils them from a stronger model)")]
+                        hint="collect more examples (real inputs with checked answers are best); if the project's "
+                             "build: command makes the data, extend it and re-run `tunesmith build --force`")]
     return []
 
 
