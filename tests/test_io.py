@@ -68,3 +68,19 @@ def test_cli_turns_an_unexpected_os_error_into_a_message(tmp_path, capsys):
     assert ei.value.exit_code == 2
     err = capsys.readouterr().err
     assert f"error: Is a directory: {tmp_path}" in err and "Traceback" not in err and "hint:" in err
+
+
+def test_strict_json_refuses_python_constants_everywhere_json_is_judged():
+    from tunesmith.evaluate.metrics import score_item
+    from tunesmith.evaluate.regression import check_assertions
+    from tunesmith.evaluate.types import EvalItem, Generation
+    from tunesmith.io import loads_strict_json
+
+    with pytest.raises(ValueError, match="NaN is not JSON"):
+        loads_strict_json('{"a": NaN}')
+    assert loads_strict_json('{"a": 1.5}') == {"a": 1.5}
+    item = EvalItem(id="i", chat=[{"role": "user", "content": "q"}], expected='{"a": 1}')
+    assert score_item(item, Generation('{"a": Infinity}', "stop", 3), schema=None, regex=None).json_valid is False
+    reg = EvalItem(id="r", chat=[{"role": "user", "content": "q"}], expected=None,
+                   assertions=[{"type": "json_schema"}])
+    assert not check_assertions(reg, '{"a": NaN}').passed

@@ -90,6 +90,16 @@ def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[Any]) -> 
     return n
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def loads_strict_json(text: str | bytes) -> Any:
+    """`json.loads` without Python's extensions: NaN, Infinity and -Infinity are errors, as they are
+    for every other JSON parser a model's answer will meet."""
+    return json.loads(text, parse_constant=_not_json)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

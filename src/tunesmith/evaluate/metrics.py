@@ -60,6 +60,7 @@ import numpy as np
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.evaluate.stats import bootstrap_ci
 from tunesmith.evaluate.types import EvalItem, Estimate, Generation
+from tunesmith.io import loads_strict_json
 
 __all__ = [
     "Aggregate",
@@ -157,7 +158,7 @@ def _parse_json_document(text: str) -> Any:
     if not text or text[0] not in "{[":
         return _MISSING
     try:
-        return json.loads(text)
+        return loads_strict_json(text)
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; absurd nesting recurses
         return _MISSING
 

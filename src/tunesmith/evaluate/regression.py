@@ -25,6 +25,7 @@ from typing import Any, Callable
 from tunesmith.data.reader import iter_raw
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.types import EvalItem
+from tunesmith.io import loads_strict_json
 
 
 class RegressionError(TunesmithError):
@@ -136,8 +137,8 @@ def check_assertions(item: EvalItem, output: str, *, validator: Any = None,
     parsed: Any = None
     parse_ok = False
     try:
-        parsed, parse_ok = json.loads(output), True
-    except ValueError:
+        parsed, parse_ok = loads_strict_json(output), True
+    except (ValueError, RecursionError):
         pass
     for a in item.assertions:
         kind = a["type"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from tunesmith.data.checks.base import CheckContext, Finding, finding
 from tunesmith.data.formats import Example
 from tunesmith.errors import UsageError
+from tunesmith.io import loads_strict_json
 
 #: Outputs are treated as a JSON contract without being told when at least this share parses.
 INFER_JSON_SHARE = 0.9
@@ -98,7 +98,7 @@ class OutputContract:
                 self._not_json.append(ex.line)
                 continue
             try:
-                value = json.loads(stripped)
+                value = loads_strict_json(stripped)
             except (ValueError, RecursionError):  # nested thousands deep: no parser in production reads it either
                 self._not_json.append(ex.line)
                 continue
