@@ -154,3 +154,18 @@ def test_test_fraction_bounds_are_the_fields():
     assert (lo, hi) == (0.05, 0.5)
     DataPaths(test_fraction=lo)
     DataPaths(test_fraction=hi)
+
+
+def test_a_section_with_every_key_commented_out_means_its_defaults(tmp_path: Path) -> None:
+    (tmp_path / "tunesmith.yaml").write_text("task: 'label the sentiment of a review'\noutput:\n  # json: true\n"
+                                             "eval:\n")
+    project = load_project(tmp_path)
+    assert project.output.expects_json is False and project.eval.baseline_threshold == 0.8
+
+
+def test_a_data_file_passed_as_the_project_is_named(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    with pytest.raises(ProjectError, match="is not a project file") as ei:
+        load_project(data)
+    assert "-p" in ei.value.hint

@@ -232,6 +232,9 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
 
     d = Path(directory)
     file = d / PROJECT_FILE if d.is_dir() or not d.suffix else d
+    if file.suffix.lower() not in (".yaml", ".yml"):
+        raise ProjectError(f"{file} is not a project file: --project takes the project's directory (or its "
+                           f"{PROJECT_FILE})", "pass the directory with -p; data files go in as arguments")
     if not file.is_file():
         raise ProjectError(f"{file}: no project file", f"create one with `tunesmith init {d}`")
     try:
@@ -246,6 +249,9 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
         raw = {}
     if not isinstance(raw, dict):
         raise ProjectError(f"{file}: expected a mapping of fields, got a {type(raw).__name__}", "see `tunesmith init`")
+    for section in ("output", "data", "checks", "train", "eval"):
+        if section in raw and raw[section] is None:  # "output:" with every key commented out
+            del raw[section]
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(raw, key, value)

@@ -48,7 +48,7 @@ def check(
     schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema every output must meet (overrides the project)."),
     regex: Optional[str] = typer.Option(None, "--regex", help="Regex every output must match in full."),
     model: Optional[str] = typer.Option(None, "--model", help="Model whose tokenizer and chat template measure lengths."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Flag examples longer than this many tokens."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=16, help="Flag examples longer than this many tokens."),
     task_kind: Optional[str] = typer.Option(None, "--task-kind", help="format | style | domain | multistep."),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token statistics (no model needed)."),
     base: bool = typer.Option(False, "--base", help="Also list examples the base model already answers correctly."),
