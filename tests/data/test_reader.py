@@ -213,9 +213,12 @@ def test_binary_file_raises(tmp_path):
     assert exc.value.hint
 
 
-def test_utf16_file_is_reported_as_binary(data, tmp_path):
+def test_utf16_file_is_reported_as_such_and_binary_as_binary(data, tmp_path):
     path = tmp_path / "utf16.jsonl"
     path.write_bytes("\n".join(json.dumps(ex) for ex in data.clean(3)).encode("utf-16"))
+    with pytest.raises(DataError, match="UTF-16"):
+        run_check(CheckContext(file=path))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     with pytest.raises(DataError, match="binary"):
         run_check(CheckContext(file=path))
 
@@ -319,3 +322,15 @@ def test_deeply_nested_line_is_malformed_json(data, check):
     assert f[0]["message"] == reader.TOO_DEEP
     assert "nested too deeply" in reader.TOO_DEEP
     assert report.stats["valid_examples"] == 68
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_file_is_named_as_such(tmp_path, encoding):
+    from tunesmith.data.reader import open_checked
+    from tunesmith.errors import DataError
+
+    f = tmp_path / "d.jsonl"
+    f.write_bytes('{"prompt": "héllo", "completion": "wörld"}\n'.encode(encoding) * 3)
+    with pytest.raises(DataError, match="is UTF-16 text") as ei:
+        open_checked(f)
+    assert "iconv" in ei.value.hint

@@ -50,6 +50,9 @@ def open_checked(path: str | os.PathLike[str]) -> Path:
         raise DataError(f"{p}: permission denied", "make the file readable (chmod +r)") from None
     except OSError as exc:
         raise DataError(f"{p}: cannot be read ({exc.strerror})", "check the file and the disk") from None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(head):
+        raise DataError(f"{p}: is UTF-16 text; tunesmith reads UTF-8",
+                        f"re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 {p} > {p.stem}.utf8{p.suffix}")
     if b"\x00" in head:
         line = head[: head.index(b"\x00")].count(b"\n") + 1
         raise DataError(
@@ -57,6 +60,15 @@ def open_checked(path: str | os.PathLike[str]) -> Path:
             "export the data as UTF-8 JSON Lines: one JSON object per line",
         )
     return p
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """UTF-16 without a byte-order mark: ASCII text with a NUL beside every character."""
+    sample = head[:512]
+    if len(sample) < 16:
+        return False
+    evens, odds = sample[0::2], sample[1::2]
+    return evens.count(0) > 0.9 * len(evens) or odds.count(0) > 0.9 * len(odds)
 
 
 def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawRecord]:
