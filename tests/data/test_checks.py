@@ -567,8 +567,9 @@ def _expected_tokens(example: dict) -> int:
 
 
 def test_too_long(data, check, word_tokenizer):
-    long_one = data.msgs(data.long_text(7, 300), data.long_text(8, 20))
-    items = data.planted({11: long_one, 47: data.msgs(data.long_text(10, 150), data.long_text(9, 150))})
+    # long answers after short prompts: truncation still leaves answer tokens to train on
+    long_one = data.msgs(data.long_text(7, 30), data.long_text(8, 290))
+    items = data.planted({11: long_one, 47: data.msgs(data.long_text(10, 50), data.long_text(9, 150))})
     expected = [_expected_tokens(ex) for ex in items]
     assert sorted(expected)[-3] < 100 < sorted(expected)[-2]  # only the two planted ones are long
     report = check(items, tokenizer=word_tokenizer, max_length=100)
@@ -594,6 +595,17 @@ def test_too_long(data, check, word_tokenizer):
     none = check(items, name="none.jsonl", max_length=10)
     assert_absent(none, "too_long")
     assert "tokens" not in none.stats
+
+
+def test_a_prompt_that_fills_max_length_leaves_nothing_to_train(data, check, word_tokenizer):
+    # 11: the prompt alone is over max_length; 47: long, but its answer starts inside max_length
+    items = data.planted({11: data.msgs(data.long_text(7, 150), data.long_text(8, 20)),
+                          47: data.msgs(data.long_text(10, 40), data.long_text(9, 150))})
+    report = check(items, tokenizer=word_tokenizer, max_length=100)
+    found = {f["severity"]: f for f in of(report, "too_long")}
+    assert found["warning"]["lines"] == [11, 47]
+    assert found["error"]["lines"] == [11] and "not one answer token" in found["error"]["message"]
+    assert "tunesmith fix" in found["error"]["hint"] and report.errors
 
 
 def test_too_long_counts_the_project_system_prompt(data, check, word_tokenizer):

@@ -50,14 +50,18 @@ class TokenLengths:
     def __init__(self, ctx: CheckContext) -> None:
         self.tokenizer = ctx.tokenizer
         self.system_prompt = ctx.system_prompt
-        self._pending: list[tuple[int, str]] = []
+        self.max_length = ctx.max_length
+        self._pending: list[tuple[Example, str]] = []
         self.lengths: list[int] = []
         self.lines: list[int] = []
+        #: examples whose prompt alone fills max_length: training keeps the first max_length tokens,
+        #: so not one answer token would be trained (and `train` refuses them)
+        self.nothing_left: list[int] = []
 
     def observe(self, ex: Example) -> None:
         from tunesmith.models.chat import render, to_chat
 
-        self._pending.append((ex.line, render(self.tokenizer, to_chat(ex.messages, self.system_prompt))))
+        self._pending.append((ex, render(self.tokenizer, to_chat(ex.messages, self.system_prompt))))
         if len(self._pending) >= TOKEN_BATCH:
             self._flush()
 
@@ -65,9 +69,23 @@ class TokenLengths:
         from tunesmith.models.chat import token_lengths
 
         if self._pending:
-            self.lengths.extend(token_lengths(self.tokenizer, [t for _, t in self._pending]))
-            self.lines.extend(ln for ln, _ in self._pending)
+            lengths = token_lengths(self.tokenizer, [t for _, t in self._pending])
+            self.lengths.extend(lengths)
+            self.lines.extend(ex.line for ex, _ in self._pending)
+            if self.max_length is not None:
+                long = [ex for (ex, _), n in zip(self._pending, lengths) if n > self.max_length]
+                self.nothing_left.extend(ex.line for ex in long if self._prompt_fills_max_length(ex))
             self._pending = []
+
+    def _prompt_fills_max_length(self, ex: Example) -> bool:
+        from tunesmith.models.chat import chat_weights, prompt_ids, to_chat
+
+        chat, weights = to_chat(ex.messages, self.system_prompt), chat_weights(ex.messages, self.system_prompt)
+        first = next((i for i, (t, w) in enumerate(zip(chat, weights)) if t["role"] == "assistant" and w != 0), None)
+        if first is None:
+            return False  # nothing to train on at all: `missing_assistant` says so
+        assert self.max_length is not None
+        return len(prompt_ids(self.tokenizer, [chat[:first]])[0]) >= self.max_length
 
     def finish(self, ctx: CheckContext) -> list[Finding]:
         self._flush()
@@ -84,8 +102,16 @@ class TokenLengths:
         long_lines = [ln for ln, n in zip(self.lines, self.lengths) if n > ctx.max_length]
         if not long_lines:
             return []
-        return [finding(
+        out = [finding(
             "too_long", long_lines,
             f"{len(long_lines)} example(s) are longer than max_length={ctx.max_length} tokens "
             f"(longest {int(arr.max())})",
         )]
+        if self.nothing_left:
+            out.append(finding(
+                "too_long", self.nothing_left,
+                f"{len(self.nothing_left)} example(s) have a prompt of max_length={ctx.max_length} tokens or more: "
+                "truncated to max_length, not one answer token is left to train on (`train` refuses them)",
+                severity="error",
+                hint="shorten their prompts, drop them (`tunesmith fix`), or raise max_length in tunesmith.yaml"))
+        return out
