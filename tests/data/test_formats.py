@@ -102,7 +102,7 @@ def test_sharegpt_format_maps_speakers_to_roles():
     assert ex.system == "be brief"
 
 
-@pytest.mark.parametrize("speaker", ["robot", "Human", None, 3])
+@pytest.mark.parametrize("speaker", ["robot", "humans", None, 3])
 def test_sharegpt_unknown_speaker(speaker):
     ex = parse_record({"conversations": [{"from": speaker, "value": "hi"}, {"from": "gpt", "value": "x"}]}, 1)
     assert checks(ex) == ["unknown_role"]
@@ -365,3 +365,15 @@ def test_articles_in_messages():
     msg = parse_record({"messages": [{"role": "user", "content": 1.5}, {"role": "assistant", "content": "a"}]}, 1)
     assert msg.problems[0].message == "messages[0].content is a float; it must be a string"
     assert parse_record({"messages": {}}, 1).problems[0].message.startswith("'messages' is a dict, expected")
+
+
+def test_roles_in_any_case_and_sharegpt_keys_under_messages():
+    ex = parse_record({"messages": [{"role": "System", "content": "s"}, {"role": "USER", "content": "q"},
+                                    {"role": "Assistant ", "content": "a"}]}, 1)
+    assert not ex.problems and [m.role for m in ex.messages] == ["system", "user", "assistant"]
+    sg = parse_record({"conversations": [{"from": "Human", "value": "q"}, {"from": "GPT", "value": "a"}]}, 2)
+    assert not sg.problems and [m.role for m in sg.messages] == ["user", "assistant"]
+    mixed = parse_record({"messages": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, 3)
+    problem = mixed.problems[0]
+    assert problem.check == "unknown_role" and "ShareGPT keys" in problem.message
+    assert "conversations" in problem.hint

@@ -192,9 +192,16 @@ class MessagesFormat(Format):
                 ))
                 continue
             role = turn.get("role")
+            if isinstance(role, str) and role.strip().lower() in ROLES:
+                role = role.strip().lower()  # "User", "ASSISTANT ": exports differ in case, not in meaning
             if role not in ROLES:
+                sharegpt = role is None and "from" in turn and "value" in turn
                 problems.append(Problem(
-                    "unknown_role", f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role",
+                    "unknown_role",
+                    f"{where} has ShareGPT keys (from/value) inside \"messages\"" if sharegpt else
+                    f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role",
+                    hint="ShareGPT turns go under \"conversations\"; under \"messages\" use role/content" if sharegpt
+                    else "",
                 ))
                 continue
             if role == "assistant" and _calls(turn) and turn.get("content") in (None, ""):
@@ -268,7 +275,7 @@ class ShareGPTFormat(Format):
                 ))
                 continue
             speaker = turn.get("from")
-            role = _SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
+            role = _SHAREGPT_ROLES.get(speaker.strip().lower()) if isinstance(speaker, str) else None
             if role is None:
                 problems.append(Problem(
                     "unknown_role", f"{where}.from is {speaker!r}; expected human, gpt or system", f"{where}.from",
