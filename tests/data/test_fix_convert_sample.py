@@ -165,6 +165,7 @@ def test_convert_lone_surrogate_in_a_json_array(tmp_path):
 def test_convert_deeply_nested_json(tmp_path):
     """Regression: RecursionError out of convert, for a deep line and for a deep 'array' file."""
     from tunesmith.data.reader import TOO_DEEP
+    from tunesmith.errors import FormatError
 
     lines = tmp_path / "deep.jsonl"
     lines.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n" + "[" * 100_000 + "\n")
@@ -172,8 +173,9 @@ def test_convert_deeply_nested_json(tmp_path):
     assert result.written == 1 and result.failed == [(2, TOO_DEEP)]
     array = tmp_path / "deep.json"
     array.write_text("[" * 100_000 + "]" * 100_000)
-    result = convert_file(array, tmp_path / "o2.jsonl", "messages")
-    assert result.written == 0 and result.failed == [(1, TOO_DEEP)]
+    with pytest.raises(FormatError, match="too deeply"):  # nothing converts: nothing is written
+        convert_file(array, tmp_path / "o2.jsonl", "messages")
+    assert not (tmp_path / "o2.jsonl").exists()
 
 
 def test_convert_keeps_history_and_a_prompt_completion_system(tmp_path):
@@ -188,3 +190,18 @@ def test_convert_keeps_history_and_a_prompt_completion_system(tmp_path):
         [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2="},
          {"role": "assistant", "content": "4"}],
     ]
+
+
+def test_convert_with_nothing_convertible_writes_nothing(tmp_path):
+    from tunesmith.data.convert import convert_file
+    from tunesmith.errors import FormatError
+
+    src = tmp_path / "sys.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": "a"}]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    out.write_text("older\n")
+    with pytest.raises(FormatError, match="no row of .* converts to prompt_completion") as ei:
+        convert_file(src, out, "prompt_completion")
+    assert "line 1" in ei.value.message
+    assert out.read_text() == "older\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "sys.jsonl"]

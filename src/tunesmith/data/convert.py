@@ -9,8 +9,8 @@ from typing import Any
 
 from tunesmith.data.formats import FORMATS, Example, Problem, iter_examples, parse_record
 from tunesmith.data.reader import BOM, SURROGATE_HINT, lone_surrogate, looks_like_json_array, open_checked
-from tunesmith.errors import UsageError
-from tunesmith.io import write_jsonl_atomic
+from tunesmith.errors import FormatError, UsageError
+from tunesmith.io import atomic_writer
 
 
 @dataclass
@@ -63,5 +63,12 @@ def convert_file(source: Path, output: Path, to: str) -> ConvertResult:
                 continue
             yield rec
 
-    result.written = write_jsonl_atomic(output, records())
+    with atomic_writer(output) as fh:
+        for rec in records():
+            fh.write(json.dumps(rec, ensure_ascii=False, separators=(", ", ": ")) + "\n")
+            result.written += 1
+        if result.written == 0:  # raised inside: the temp file goes, an older output stays as it was
+            first = "; ".join(f"line {ln}: {why}" for ln, why in result.failed[:3])
+            raise FormatError(f"no row of {source} converts to {to}" + (f" ({first})" if first else " (it is empty)"),
+                              "`tunesmith check` lists every row's problems; another --to may fit these rows")
     return result
