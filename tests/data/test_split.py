@@ -287,22 +287,62 @@ def test_split_names_outputs_replaced_before_a_failed_rename(tmp_path, monkeypat
 
 # --- re-splitting must not move sealed rows into train ------------------------------------------
 
-def test_resplit_refuses_to_move_sealed_rows_into_train(tmp_path):
+def test_resplit_keeps_every_sealed_row_in_test(tmp_path):
     rows = clean_examples(200)
     _split(tmp_path, rows, fraction=0.3)
-    before = _snapshot(tmp_path)
-    with pytest.raises(SealError, match=r"row\(s\) of the previous sealed test set .* would move into") as exc:
-        _split(tmp_path, rows, fraction=0.15)
-    assert "test fraction 0.3" in exc.value.hint and "--reseal" in exc.value.hint
-    assert _snapshot(tmp_path) == before
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    old_test = len(_inputs(tmp_path / "test.jsonl"))
-    src = tmp_path / "all.jsonl"
+    old_test = set(_inputs(tmp_path / "test.jsonl"))
+    # a smaller fraction, and more data: the sealed rows stay sealed, the new rows are drawn as usual
+    more = rows + clean_examples(100, seed=9)
+    src = write_jsonl(tmp_path / "all.jsonl", more)
+    result = split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl", test_fraction=0.15)
+    assert old_test <= set(_inputs(tmp_path / "test.jsonl"))
+    assert not old_test & set(_inputs(tmp_path / "train.jsonl"))
+    assert result.kept_from_previous_seal == len(old_test) and result.moved_from_previous_seal == 0
+    assert any("because the earlier seal holds them" in w and "--reseal" in w for w in result.warnings)
+    assert verify_seal(tmp_path / "test.jsonl").ok
+    # --reseal draws a new test set: old rows may then move, and the split says so
     result = split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl", test_fraction=0.15, reseal=True)
-    assert result.moved_from_previous_seal == old_test - result.test_rows > 0
-    assert result.dropped_from_previous_seal == 0 and result.kept_from_previous_seal == result.test_rows
+    assert result.moved_from_previous_seal > 0
     assert any("moved into train (resealed)" in w for w in result.warnings)
     assert not any("no longer in the source" in w for w in result.warnings)
+
+
+def test_a_sealed_row_that_no_longer_parses_is_not_moved_into_train(tmp_path):
+    _split(tmp_path, clean_examples(60))
+    before = _snapshot(tmp_path)
+    sealed_line = (tmp_path / "test.jsonl").read_text().splitlines()[0]
+    broken = json.loads(sealed_line)
+    broken["messages"][-1]["weight"] = 0  # now nothing to train on: malformed rows go to train
+    seal = json.loads((tmp_path / "test.seal.json").read_text())
+    seal["rows"][0] = row_hash(json.dumps(broken).encode())
+    (tmp_path / "test.seal.json").write_text(json.dumps(seal))
+    rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    rows = [broken if json.dumps(r) == sealed_line else r for r in rows]
+    before["test.seal.json"] = (tmp_path / "test.seal.json").read_bytes()
+    src = write_jsonl(tmp_path / "all.jsonl", rows)
+    before["all.jsonl"] = src.read_bytes()
+    with pytest.raises(SealError, match=r"1 row\(s\) of the previous sealed test set .* would move into") as exc:
+        split_file(src, tmp_path / "train.jsonl", tmp_path / "test.jsonl", test_fraction=0.2)
+    assert "no longer parse" in exc.value.hint and "--reseal" in exc.value.hint
+    assert _snapshot(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_rows_are_placed_by_system_and_user_turns_as_in_every_earlier_seal():
+    # the placement key of existing seals: changing it would move their rows on the next re-split
+    from tunesmith.data.checks.dedup import split_key
+    from tunesmith.data.formats import parse_record
+
+    def ex(earlier_answer: str):
+        return parse_record({"messages": [
+            {"role": "system", "content": "S"}, {"role": "user", "content": "Pick a number"},
+            {"role": "assistant", "content": earlier_answer}, {"role": "user", "content": "Now double it."},
+            {"role": "assistant", "content": "x"}]}, 1)
+
+    from tunesmith.data.checks.dedup import input_key
+
+    assert split_key(ex("3")) == split_key(ex("7"))  # one side for both: safe, and as every seal was drawn
+    assert input_key(ex("3")) != input_key(ex("7"))  # yet they are no contradiction
 
 
 def test_resplit_reports_only_rows_really_gone(tmp_path):
@@ -317,12 +357,12 @@ def test_resplit_reports_only_rows_really_gone(tmp_path):
     assert "3 row(s) of the previous seal are no longer in the source" in result.warnings
 
 
-def test_resplit_cli_needs_reseal(tmp_path):
+def test_resplit_cli_keeps_sealed_rows_and_reseal_redraws(tmp_path):
     src = write_jsonl(tmp_path / "all.jsonl", clean_examples(200))
     run = _runner()
     assert run("split", src, "--test-fraction", "0.3").exit_code == 0
     result = run("split", src, "--test-fraction", "0.15")
-    assert result.exit_code == 2 and "would move into" in result.stderr and "--reseal" in result.stderr
+    assert result.exit_code == 0 and "because the earlier seal holds them" in result.stdout
     result = run("split", src, "--test-fraction", "0.15", "--reseal")
     assert result.exit_code == 0 and "moved into train (resealed)" in result.stdout
     assert "no longer in the source" not in result.stdout

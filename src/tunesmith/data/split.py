@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from tunesmith.data.checks.dedup import input_key
+from tunesmith.data.checks.dedup import split_key
 from tunesmith.data.checks.near import MAIN, NearIndex
 from tunesmith.data.formats import parse_record
 from tunesmith.data.minhash import UnionFind
@@ -73,24 +73,25 @@ def split_file(source: Path, train: Path, test: Path, *, test_fraction: float = 
                near_threshold: float = 0.8, reseal: bool = False) -> SplitResult:
     """Split `source` into train and a sealed test set; all three outputs change together or not at all.
 
-    reseal=True allows rows of an earlier seal to move into train (a new test set replaces the old one).
+    Rows of an earlier seal stay in test (with their near-duplicates), whatever the new fraction or
+    version: a sealed row never moves into train. reseal=True draws a new test set instead, and rows of
+    the old one may then move into train.
     """
     check_test_fraction(test_fraction)
     seal = seal_path_for(test)
     _check_paths(source, train, test, seal)
-    score, unparsed = _scores(source, near_threshold)
+    previous = _previous_seal(seal, reseal)
+    old_rows = set(previous["rows"]) if previous is not None else set()
+    score, unparsed, largest, held = _scores(source, near_threshold, set() if reseal else old_rows)
     if not score:
         raise _no_examples(source, unparsed)
     test_lines = {ln for ln, s in score.items() if s < test_fraction}
-    largest = max(Counter(score.values()).values())  # rows sharing a score share a side
-    warnings = _check_sides(source, len(score), len(test_lines), largest, test_fraction, near_threshold)
-    previous = _previous_seal(seal, reseal)
-    old_rows = set(previous["rows"]) if previous is not None else set()
+    warnings = _check_sides(source, len(score), len(test_lines), largest, test_fraction, near_threshold, held)
     with _Staging() as staging:
         ftrain, ftest = staging.open(train), staging.open(test)
         rows, n_train, moved = _write_rows(source, test_lines, ftrain, ftest, old_rows)
         if moved and not reseal:
-            raise _leak_error(seal, train, previous, len(moved))
+            raise _leak_error(seal, train, len(moved))
         fseal = staging.open(seal)
         fseal.write((json.dumps({
             "version": SEAL_VERSION,
@@ -127,9 +128,10 @@ def _check_paths(source: Path, train: Path, test: Path, seal: Path) -> None:
                               "name a file to write, not a directory (or move the directory away)")
 
 
-def _scores(source: Path, near_threshold: float) -> tuple[dict[int, float], int]:
+def _scores(source: Path, near_threshold: float, sealed: set[str]) -> tuple[dict[int, float], int, int, int]:
     """Position in [0, 1) of every well-formed example by line (shared within a near-duplicate
-    cluster), and the number of malformed rows."""
+    cluster; -1, always test, for a cluster holding a row of `sealed`), the number of malformed rows,
+    the size of the largest group placed together, and how many rows the seal holds in test."""
     score: dict[int, float] = {}
     near = NearIndex(near_threshold)
     unparsed = 0
@@ -138,7 +140,7 @@ def _scores(source: Path, near_threshold: float) -> tuple[dict[int, float], int]
         if ex is None or ex.problems:
             unparsed += 1  # kept in train, where `check` reports it
             continue
-        score[raw.line] = input_key(ex) / 2.0**64
+        score[raw.line] = split_key(ex) / 2.0**64
         near.add(ex.dialogue_text(), raw.line, raw.offset, MAIN)
     uf = UnionFind()
     for i, j, _ in near.verified_pairs({MAIN: source}):
@@ -147,7 +149,16 @@ def _scores(source: Path, near_threshold: float) -> tuple[dict[int, float], int]
         lowest = min(score[ln] for ln in group)
         for ln in group:
             score[ln] = lowest
-    return score, unparsed
+    largest = max(Counter(score.values()).values(), default=0)  # rows sharing a score share a side
+    held = 0
+    if sealed:
+        lines = {ln for ln, raw_line in iter_raw_lines(source) if ln in score and row_hash(raw_line) in sealed}
+        keep = {s for ln, s in score.items() if ln in lines}
+        for ln, s in score.items():
+            if s in keep:
+                score[ln] = -1.0
+                held += 1
+    return score, unparsed, largest, held
 
 
 def _no_examples(source: Path, unparsed: int) -> DataError:
@@ -164,7 +175,7 @@ def _no_examples(source: Path, unparsed: int) -> DataError:
 
 
 def _check_sides(source: Path, n: int, n_test: int, largest: int, test_fraction: float,
-                 near_threshold: float) -> list[str]:
+                 near_threshold: float, held: int = 0) -> list[str]:
     """Refuse a split that leaves a side without examples; warn when the test share is far from the one asked for.
 
     Clusters go whole to one side (no leakage), so a giant cluster can swamp test_fraction.
@@ -188,6 +199,9 @@ def _check_sides(source: Path, n: int, n_test: int, largest: int, test_fraction:
     chance = 3 * math.sqrt(test_fraction * (1 - test_fraction) / n)
     if abs(share - test_fraction) <= max(test_fraction / 2, chance):
         return []
+    if held and share > test_fraction:
+        why = (f"{held} row(s) stay in test because the earlier seal holds them (a sealed row never moves into "
+               "train); `tunesmith split --reseal` draws a new test set instead")
     return [f"the test set got {share:.0%} of the examples ({n_test} of {n}), far from the {test_fraction:.0%} asked "
             f"for: {why}"]
 
@@ -226,12 +240,12 @@ def _write_rows(source: Path, test_lines: set[int], ftrain: _Staged, ftest: _Sta
     return rows, n_train, moved
 
 
-def _leak_error(seal: Path, train: Path, previous: dict[str, Any], moved: int) -> SealError:
+def _leak_error(seal: Path, train: Path, moved: int) -> SealError:
     return SealError(
         f"{moved} row(s) of the previous sealed test set ({seal}) would move into {train}: the old test set counts "
         "as seen (runs may have been scored on it), and training on its rows leaks it into training",
-        f"re-split with the previous settings (test fraction {previous.get('test_fraction')}, near-duplicate "
-        f"threshold {previous.get('near_duplicate_threshold')}), or seal a new test set anyway with "
+        "they no longer parse as examples, so they cannot be placed in test: restore them in the source "
+        "(`tunesmith check` says what is wrong with each), or seal a new test set anyway with "
         "`tunesmith split --reseal` (scores on the old test set are then not comparable with new ones)")
 
 
