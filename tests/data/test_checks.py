@@ -901,3 +901,13 @@ def test_boolean_weight_is_rejected(tmp_path):
     ex = parse_record({"messages": [{"role": "user", "content": "q"},
                                     {"role": "assistant", "content": "a", "weight": True}]}, 1)
     assert [p.check for p in ex.problems] == ["content_type"]
+
+
+def test_near_copies_that_make_up_most_of_a_file_are_still_near_duplicates(data, check):
+    """The template rule must not hide a file that is mostly one prompt numbered (v1), (v2), ..."""
+    prompt = "Summarise the quarterly sales report for the northern region and list the three main risks"
+    rows = [{"messages": [{"role": "user", "content": f"{prompt} (v{i})"}, {"role": "assistant", "content": "ok"}]}
+            for i in range(60)] + data.clean(40)
+    report = check(rows)
+    lines = sorted({ln for f in of(report, "near_duplicate") for ln in f["lines"]})
+    assert len([ln for ln in lines if ln <= 60]) >= 55  # (v1)..(v60): near-copies, whatever their share

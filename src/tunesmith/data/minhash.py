@@ -32,6 +32,12 @@ BOILERPLATE_MIN_DOCS = 10
 #: Documents of a batch counted for document frequency (evenly spaced): enough that the sampled share
 #: is within 0.07 of the batch's (3 standard deviations), few enough to cost ~2 % of hashing the batch.
 BOILERPLATE_SAMPLE = 512
+#: A document compares on its full text when leaving out the shared text would leave it fewer than
+#: this many shingles (a variable part of under ~8 characters: a counter, an id, one short word). It
+#: is then not a template with content of its own but a near-copy of most of the file (60 rows of one
+#: prompt numbered "(v1)", "(v2)", ...). Two short words of a ticket behind a 200-character template
+#: (16+ shingles) are content: those rows compare on the ticket alone.
+OWN_TEXT_MIN = 12
 
 
 def shingle_text(text: str) -> bytes:
@@ -136,18 +142,23 @@ def frequent_shingles(batch: Shingles, share: float = BOILERPLATE_SHARE, min_doc
 
 
 def drop_shingles(batch: Shingles, drop: np.ndarray) -> Shingles:
-    """The batch without the shingles in `drop` (sorted ids). A document that is nothing but those
-    shingles keeps all of its own, so it is still compared, on its full text."""
+    """The batch without the shingles in `drop` (sorted ids). A document with too little text of its
+    own left (`OWN_TEXT_MIN`) keeps all of its shingles: it is compared on its full text."""
     if drop.size == 0 or batch.ids.size == 0:
         return batch
     hit = _member(batch.ids, drop)
     seg = np.cumsum(batch.counts) - batch.counts
     removed = np.add.reduceat(hit.astype(np.int64), seg)
-    emptied = removed == batch.counts
-    if emptied.any():
-        hit &= ~np.repeat(emptied, batch.counts)
-        removed[emptied] = 0
+    whole = ~_keeps_own_text(batch.counts - removed)
+    if whole.any():
+        hit &= ~np.repeat(whole, batch.counts)
+        removed[whole] = 0
     return Shingles(batch.ids[~hit], batch.counts - removed)
+
+
+def _keeps_own_text(own: np.ndarray | int) -> np.ndarray | bool:
+    """Whether a document keeps enough text of its own to be compared without the shared text."""
+    return own >= OWN_TEXT_MIN
 
 
 def _member(ids: np.ndarray, drop: np.ndarray) -> np.ndarray:
@@ -165,11 +176,11 @@ def _member(ids: np.ndarray, drop: np.ndarray) -> np.ndarray:
 
 
 def drop_ids(ids: np.ndarray, drop: np.ndarray) -> np.ndarray:
-    """`shingle_ids` of one document without the shingles in `drop`, or all of them if none would remain."""
+    """`shingle_ids` of one document without the shingles in `drop`, or all of them when too few would remain."""
     if drop.size == 0:
         return ids
     kept = np.setdiff1d(ids, drop, assume_unique=True)
-    return kept if kept.size else ids
+    return kept if _keeps_own_text(kept.size) else ids
 
 
 class MinHasher:
