@@ -377,3 +377,14 @@ def test_roles_in_any_case_and_sharegpt_keys_under_messages():
     problem = mixed.problems[0]
     assert problem.check == "unknown_role" and "ShareGPT keys" in problem.message
     assert "conversations" in problem.hint
+
+
+def test_a_capitalised_assistant_turn_is_one_problem_and_its_tool_calls_are_seen():
+    ex = parse_record({"messages": [{"role": "user", "content": "q"}, {"role": "Assistant", "content": None}]}, 1)
+    assert checks(ex) == ["content_type"]  # not also "no assistant turn"
+    sg = parse_record({"conversations": [{"from": "human", "value": "q"}, {"from": "GPT", "value": None}]}, 2)
+    assert checks(sg) == ["content_type"]
+    calls = parse_record({"messages": [{"role": "user", "content": "q"},
+                                       {"role": "Assistant", "content": "Let me check.",
+                                        "tool_calls": [{"id": "1", "type": "function"}]}]}, 3)
+    assert [w.check for w in calls.warnings] == ["tools_not_trained"]

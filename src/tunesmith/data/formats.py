@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 ROLES = ("system", "user", "assistant")
 
@@ -149,7 +149,7 @@ def _untrained_tools(obj: dict) -> list[Problem]:
     if isinstance(turns, list):
         for i, turn in enumerate(turns):
             has_calls = isinstance(turn, dict) and ("tool_calls" in turn or "function_call" in turn)  # cheap test first
-            if has_calls and turn.get("role") == "assistant" and _calls(turn):
+            if has_calls and _role(turn.get("role")) == "assistant" and _calls(turn):
                 out.append(Problem(
                     "tools_not_trained",
                     "an assistant turn carries tool calls, which are not trained: this row trains only the turn's text",
@@ -171,7 +171,7 @@ class MessagesFormat(Format):
     @classmethod
     def assistant_turns(cls, obj: dict) -> int:
         turns = obj["messages"]
-        return sum(isinstance(t, dict) and t.get("role") == "assistant" for t in turns) if isinstance(turns, list) else 0
+        return sum(isinstance(t, dict) and _role(t.get("role")) == "assistant" for t in turns) if isinstance(turns, list) else 0
 
     @classmethod
     def parse(cls, obj: dict, problems: list[Problem]) -> list[Message]:
@@ -191,9 +191,7 @@ class MessagesFormat(Format):
                     "unknown_format", f"{where} is {type_name(turn)}, expected an object with role and content", where,
                 ))
                 continue
-            role = turn.get("role")
-            if isinstance(role, str) and role.strip().lower() in ROLES:
-                role = role.strip().lower()  # "User", "ASSISTANT ": exports differ in case, not in meaning
+            role = _role(turn.get("role"))
             if role not in ROLES:
                 sharegpt = role is None and "from" in turn and "value" in turn
                 problems.append(Problem(
@@ -233,6 +231,12 @@ class MessagesFormat(Format):
         return {"messages": turns}, ""
 
 
+def _role(value: Any) -> Any:
+    """A role or speaker as compared: "User", "ASSISTANT " and "GPT" differ from the usual spelling in
+    case, not in meaning. Anything that is not a string stays as it is (and is reported)."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 _SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
@@ -253,7 +257,7 @@ class ShareGPTFormat(Format):
         turns = obj["conversations"]
         if not isinstance(turns, list):
             return 0
-        return sum(isinstance(t, dict) and isinstance(t.get("from"), str) and _SHAREGPT_ROLES.get(t["from"]) == "assistant"
+        return sum(isinstance(t, dict) and isinstance(t.get("from"), str) and _SHAREGPT_ROLES.get(_role(t["from"])) == "assistant"
                    for t in turns)
 
     @classmethod
@@ -275,7 +279,7 @@ class ShareGPTFormat(Format):
                 ))
                 continue
             speaker = turn.get("from")
-            role = _SHAREGPT_ROLES.get(speaker.strip().lower()) if isinstance(speaker, str) else None
+            role = _SHAREGPT_ROLES.get(_role(speaker)) if isinstance(speaker, str) else None
             if role is None:
                 problems.append(Problem(
                     "unknown_role", f"{where}.from is {speaker!r}; expected human, gpt or system", f"{where}.from",
