@@ -84,3 +84,44 @@ def test_strict_json_refuses_python_constants_everywhere_json_is_judged():
     reg = EvalItem(id="r", chat=[{"role": "user", "content": "q"}], expected=None,
                    assertions=[{"type": "json_schema"}])
     assert not check_assertions(reg, '{"a": NaN}').passed
+
+
+def test_a_full_disk_in_the_middle_of_a_write_is_named(tmp_path):
+    import errno
+
+    from tunesmith.errors import OutputError
+
+    target = tmp_path / "big.jsonl"
+    target.write_text("old\n")
+
+    def rows():
+        yield {"i": 1}
+        raise OSError(errno.ENOSPC, "No space left on device")  # what fh.write raises past its buffer
+
+    with pytest.raises(OutputError, match="the disk is full"):
+        write_jsonl_atomic(target, rows())
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["big.jsonl"]
+
+    def unreadable():
+        yield {"i": 1}
+        raise OSError(errno.EIO, "Input/output error")  # reading the input failed: not ours to rename
+
+    with pytest.raises(OSError) as ei:
+        write_jsonl_atomic(target, unreadable())
+    assert not isinstance(ei.value, OutputError)
+
+
+def test_cli_keeps_the_words_of_an_os_error_without_strerror(capsys):
+    import typer
+
+    from tunesmith.cli._errors import handle_errors
+
+    @handle_errors
+    def hub_lookup():
+        raise OSError("We couldn't connect to the hub to load org/model")  # what transformers raises
+
+    with pytest.raises(typer.Exit):
+        hub_lookup()
+    err = capsys.readouterr().err
+    assert "error: We couldn't connect to the hub to load org/model" in err
+    assert "network" in err and "permissions" not in err

@@ -33,7 +33,12 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
         encoding = None if "b" in mode else "utf-8"
         newline = None if "b" in mode else "\n"
         with open(fd, mode, encoding=encoding, newline=newline) as fh:
-            yield fh
+            try:
+                yield fh
+            except OSError as exc:
+                if exc.errno in _OUT_OF_SPACE:  # a write the caller made ran out of room
+                    raise cannot_write(target, exc) from None
+                raise
             try:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -51,6 +56,10 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
         raise
 
 
+#: errors only a write can cause: mapped to "the disk is full" wherever the write happened
+_OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def cannot_write(target: Path, exc: OSError) -> OutputError:
     """Say which output failed and why, in words (a file where a directory should be, no space, ...)."""
     error = _describe_write_failure(target, exc)
@@ -65,8 +74,9 @@ def _describe_write_failure(target: Path, exc: OSError) -> OutputError:
         if blocker is not None:
             return OutputError(f"cannot write {target}: {blocker} is a file, not a directory",
                                "choose an output path whose folders are folders")
-    if exc.errno == errno.ENOSPC:
-        return OutputError(f"cannot write {target}: the disk is full", "free some space and run the command again")
+    if exc.errno in _OUT_OF_SPACE:
+        return OutputError(f"cannot write {target}: the disk is full (or its quota or file size limit reached)",
+                           "free some space and run the command again")
     return OutputError(f"cannot write {target}: {reason}",
                        "check that the folder exists or can be created and that you may write there")
 

@@ -40,23 +40,15 @@ def handle_errors(fn: F) -> F:
         except TunesmithError as exc:
             if debug_enabled():
                 raise
-            if kwargs.get("json_out"):
-                # scripts that asked for JSON get the failure as JSON too, on stdout
-                json.dump({"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
-                                     "details": exc.details, "exit_code": exc.exit_code}}, sys.stdout)
-                sys.stdout.write("\n")
-                sys.stdout.flush()
-            print(format_error(exc), file=sys.stderr)
-            raise typer.Exit(exc.exit_code) from None
+            return _report(exc, kwargs)
         except OSError as exc:
-            # a file problem no command foresaw: still a sentence, not a traceback
+            # a file or network problem no command foresaw: still a sentence, not a traceback
             if debug_enabled():
                 raise
-            where = f": {exc.filename}" if exc.filename else ""
-            print(f"error: {exc.strerror or type(exc).__name__}{where}\n"
-                  "hint: check the path and its permissions (TUNESMITH_DEBUG=1 shows where it happened)",
-                  file=sys.stderr)
-            raise typer.Exit(2) from None
+            return _report(TunesmithError(
+                f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else (str(exc) or type(exc).__name__),
+                ("check the path and its permissions" if exc.filename else "check the network and the names given")
+                + " (TUNESMITH_DEBUG=1 shows where it happened)"), kwargs)
         except KeyboardInterrupt:
             if debug_enabled():
                 raise
@@ -64,3 +56,14 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _report(exc: TunesmithError, kwargs: dict[str, Any]) -> Any:
+    if kwargs.get("json_out"):
+        # scripts that asked for JSON get the failure as JSON too, on stdout
+        json.dump({"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+                             "details": exc.details, "exit_code": exc.exit_code}}, sys.stdout)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    print(format_error(exc), file=sys.stderr)
+    raise typer.Exit(exc.exit_code) from None
