@@ -435,9 +435,6 @@ def _export_gguf(gguf: Path, out: Path) -> None:
 
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        from tunesmith.models.quiet import quiet_transformers
-
-        quiet_transformers()
         loaded = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **load_kwargs
         )
