@@ -221,6 +221,9 @@ def test_utf16_file_is_reported_as_such_and_binary_as_binary(data, tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     with pytest.raises(DataError, match="binary"):
         run_check(CheckContext(file=path))
+    path.write_bytes(bytes(4096))  # zero-filled: NULs in both halves is not UTF-16
+    with pytest.raises(DataError, match="binary"):
+        run_check(CheckContext(file=path))
 
 
 def test_missing_file_and_directory_raise(tmp_path):

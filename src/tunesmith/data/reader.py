@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ def open_checked(path: str | os.PathLike[str]) -> Path:
         raise DataError(f"{p}: cannot be read ({exc.strerror})", "check the file and the disk") from None
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(head):
         raise DataError(f"{p}: is UTF-16 text; tunesmith reads UTF-8",
-                        f"re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 {p} > {p.stem}.utf8{p.suffix}")
+                        "re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 "
+                        f"{shlex.quote(str(p))} > {shlex.quote(str(p.with_name(p.stem + '.utf8' + p.suffix)))}")
     if b"\x00" in head:
         line = head[: head.index(b"\x00")].count(b"\n") + 1
         raise DataError(
@@ -68,7 +70,9 @@ def _looks_utf16(head: bytes) -> bool:
     if len(sample) < 16:
         return False
     evens, odds = sample[0::2], sample[1::2]
-    return evens.count(0) > 0.9 * len(evens) or odds.count(0) > 0.9 * len(odds)
+    # one half nearly all NUL, the other nearly none: zero-filled binary has NULs in both halves
+    return ((evens.count(0) > 0.9 * len(evens) and odds.count(0) < 0.1 * len(odds))
+            or (odds.count(0) > 0.9 * len(odds) and evens.count(0) < 0.1 * len(evens)))
 
 
 def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawRecord]:
