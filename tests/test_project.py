@@ -115,9 +115,10 @@ def test_a_relative_base_model_path_is_relative_to_the_project(tmp_path: Path, m
         assert load_project("proj").base_model == kept
 
 
-def test_init_writes_any_task_and_model_text_so_that_it_reads_back(tmp_path: Path) -> None:
+def test_init_writes_any_task_and_model_text_so_that_it_reads_back(tmp_path: Path, monkeypatch) -> None:
     task = 'Translate C:\\new\\path and \\d+ "quoted" text: keep # and ü as they are'
     model = "./my models/#1: best.gguf"
+    monkeypatch.chdir(tmp_path)  # typed in the project directory itself
     init_project(tmp_path, task=task, base_model=model)
     project = load_project(tmp_path)
     assert project.task == task
@@ -169,3 +170,11 @@ def test_a_data_file_passed_as_the_project_is_named(tmp_path: Path) -> None:
     with pytest.raises(ProjectError, match="is not a project file") as ei:
         load_project(data)
     assert "-p" in ei.value.hint
+
+
+def test_init_rewrites_a_model_path_typed_here_for_the_project(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    init_project(Path("proj"), task="label the sentiment of a review", base_model="./models/m")
+    assert load_project(tmp_path / "proj").base_model == str((tmp_path / "models" / "m").resolve())
+    assert "base_model: \"../models/m\"" in (tmp_path / "proj" / "tunesmith.yaml").read_text()

@@ -7,6 +7,7 @@ directory. Paths in the file are relative to the project directory.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -318,10 +319,19 @@ def init_project(directory: Path, *, task: str, base_model: str = DEFAULT_MODEL,
                            "name a new or existing directory for the project")
     if target.exists() and not force:
         raise ProjectError(f"{target} already exists", "edit it, or pass --force to overwrite it")
-    text = PROJECT_TEMPLATE.format(task=_yaml_string(task), base_model=_yaml_string(base_model))
+    text = PROJECT_TEMPLATE.format(task=_yaml_string(task), base_model=_yaml_string(_model_for(directory, base_model)))
     _check_template(text, target)
     write_text_atomic(target, text)
     return target
+
+
+def _model_for(directory: Path, ref: str) -> str:
+    """A model path typed on the command line is relative to where it was typed; the project file's
+    paths are relative to the project: rewrite it so it names the same place from there."""
+    here = Path(ref).expanduser()
+    if here.is_absolute() or not (ref.startswith(("./", "../")) or here.exists()):
+        return ref  # absolute, builtin:NAME or a hub id
+    return os.path.relpath(here.resolve(), directory.resolve())
 
 
 def _yaml_string(value: str) -> str:
