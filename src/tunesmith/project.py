@@ -331,7 +331,8 @@ def _model_for(directory: Path, ref: str) -> str:
     here = Path(ref).expanduser()
     if here.is_absolute() or not (ref.startswith(("./", "../")) or here.exists()):
         return ref  # absolute, builtin:NAME or a hub id
-    return os.path.relpath(here.resolve(), directory.resolve())
+    rel = os.path.relpath(here.resolve(), directory.resolve())
+    return rel if rel.startswith("..") else "./" + rel  # "./": a path, even before the file exists
 
 
 def _yaml_string(value: str) -> str:
