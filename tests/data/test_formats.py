@@ -388,3 +388,11 @@ def test_a_capitalised_assistant_turn_is_one_problem_and_its_tool_calls_are_seen
                                        {"role": "Assistant", "content": "Let me check.",
                                         "tool_calls": [{"id": "1", "type": "function"}]}]}, 3)
     assert [w.check for w in calls.warnings] == ["tools_not_trained"]
+
+
+def test_a_tool_turn_says_tool_calling_is_not_trained():
+    from tunesmith.data.formats import TOOLS_HINT
+
+    ex = parse_record({"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "42"},
+                                    {"role": "assistant", "content": "a"}]}, 1)
+    assert checks(ex) == ["unknown_role"] and ex.problems[0].hint == TOOLS_HINT

@@ -199,7 +199,7 @@ class MessagesFormat(Format):
                     f"{where} has ShareGPT keys (from/value) inside \"messages\"" if sharegpt else
                     f"{where}.role is {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role",
                     hint="ShareGPT turns go under \"conversations\"; under \"messages\" use role/content" if sharegpt
-                    else "",
+                    else TOOLS_HINT if role in ("tool", "function") else "",
                 ))
                 continue
             if role == "assistant" and _calls(turn) and turn.get("content") in (None, ""):
