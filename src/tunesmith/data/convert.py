@@ -10,7 +10,7 @@ from typing import Any
 from tunesmith.data.formats import FORMATS, Example, Problem, iter_examples, parse_record
 from tunesmith.data.reader import BOM, SURROGATE_HINT, lone_surrogate, looks_like_json_array, open_checked
 from tunesmith.errors import FormatError, UsageError
-from tunesmith.io import atomic_writer
+from tunesmith.io import write_jsonl_atomic
 
 
 @dataclass
@@ -53,6 +53,7 @@ def convert_file(source: Path, output: Path, to: str) -> ConvertResult:
     result = ConvertResult(output, to, 0)
 
     def records():
+        converted = False
         for ex in _examples(source):
             if ex.problems:
                 result.failed.append((ex.line, "; ".join(p.message for p in ex.problems)))
@@ -62,13 +63,11 @@ def convert_file(source: Path, output: Path, to: str) -> ConvertResult:
                 result.failed.append((ex.line, why))
                 continue
             yield rec
-
-    with atomic_writer(output) as fh:
-        for rec in records():
-            fh.write(json.dumps(rec, ensure_ascii=False, separators=(", ", ": ")) + "\n")
-            result.written += 1
-        if result.written == 0:  # raised inside: the temp file goes, an older output stays as it was
+            converted = True
+        if not converted:  # raised while writing: the temp file goes, an older output stays as it was
             first = "; ".join(f"line {ln}: {why}" for ln, why in result.failed[:3])
             raise FormatError(f"no row of {source} converts to {to}" + (f" ({first})" if first else " (it is empty)"),
                               "`tunesmith check` lists every row's problems; another --to may fit these rows")
+
+    result.written = write_jsonl_atomic(output, records())
     return result
