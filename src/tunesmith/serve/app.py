@@ -467,8 +467,6 @@ async def _stream(job: Job, events: asyncio.Queue[tuple[str, Any]], rid: str, cr
             kind, value = await events.get()
             if kind == "delta":
                 yield _chunk(rid, created, model, {"content": value}, None)
-            elif kind == "cancelled":
-                return
             elif kind == "error":
                 yield f"data: {json.dumps(error_body(value, 'server_error', None, 'generation_failed'))}\n\n"
                 break

@@ -53,7 +53,7 @@ class Finished:
 
 
 #: what a request's `emit` receives, on the worker thread: ("delta", str), ("done", Finished),
-#: ("error", str)
+#: ("error", str), or ("cancelled", None) once the engine let go of a job its client abandoned
 Event = tuple[str, Any]
 #: temperatures below this decode greedily (vLLM's _SAMPLING_EPS): dividing logits by 1e-38 gives inf
 SAMPLING_EPS = 1e-5
