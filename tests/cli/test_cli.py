@@ -229,7 +229,8 @@ def test_json_commands_report_failures_as_json_on_stdout(tmp_path):
     assert error["type"] == "DataError" and "missing.jsonl" in error["message"] and error["hint"]
     assert error["exit_code"] == 2
     result = run("train", "-p", tmp_path, "--dry-run", "--json")
-    assert result.exit_code == 2 and json.loads(result.stdout)["error"]["type"] == "ProjectError"
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert result.exit_code == 2 and last["event"] == "error" and last["error"]["type"] == "ProjectError"
 
 
 def test_check_prints_bracketed_data_as_text(tmp_path):

@@ -60,8 +60,9 @@ def handle_errors(fn: F) -> F:
 
 def _report(exc: TunesmithError, kwargs: dict[str, Any]) -> Any:
     if kwargs.get("json_out"):
-        # scripts that asked for JSON get the failure as JSON too, on stdout
-        json.dump({"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+        # scripts that asked for JSON get the failure as JSON too, on stdout; "event" lets readers of
+        # the JSON-lines commands (train, run) tell it from their progress events
+        json.dump({"event": "error", "error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
                              "details": exc.details, "exit_code": exc.exit_code}}, sys.stdout)
         sys.stdout.write("\n")
         sys.stdout.flush()
