@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunesmith.errors import ProjectError
+from tunesmith.errors import ProjectError, UsageError
 
 PROJECT_FILE = "tunesmith.yaml"
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
@@ -24,6 +24,17 @@ TaskKind = Literal["format", "style", "domain", "multistep"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def output_pattern(regex: str) -> re.Pattern[str]:
+    """The contract's regex as `check`, eval and regression apply it: a full match, `.` across lines."""
+    try:
+        return re.compile(regex, re.DOTALL)
+    except re.error as exc:
+        raise UsageError(
+            f"output regex {regex!r} is not a valid regular expression: {exc}",
+            "fix the pattern (--regex, or output.regex in tunesmith.yaml); a literal ( [ { . * + ? | \\ needs a backslash",
+        ) from None
 
 
 class OutputContract(_Strict):

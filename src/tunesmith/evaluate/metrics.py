@@ -47,7 +47,6 @@ import inspect
 import json
 import math
 import numbers
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,10 +56,11 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.stats import bootstrap_ci
 from tunesmith.evaluate.types import EvalItem, Estimate, Generation
 from tunesmith.io import loads_strict_json
+from tunesmith.project import output_pattern
 
 __all__ = [
     "Aggregate",
@@ -196,14 +196,6 @@ def _validator(schema: dict) -> Any:
     return v
 
 
-def _pattern(regex: str) -> re.Pattern[str]:
-    try:
-        return re.compile(regex, re.DOTALL)
-    except re.error as e:
-        raise UsageError(f"output.regex {regex!r} is not a valid regular expression: {e}",
-                         hint="fix output.regex in tunesmith.yaml") from e
-
-
 # --- scoring one item ----------------------------------------------------------------------------
 
 
@@ -285,7 +277,7 @@ def score_item(
             fields[k] = out_obj is not None and k in out_obj and _json_equal(out_obj[k], v)
         field_accuracy = sum(fields.values()) / len(fields) if out_obj is not None else 0.0
 
-    regex_ok = None if regex is None else _pattern(regex).fullmatch(text) is not None
+    regex_ok = None if regex is None else output_pattern(regex).fullmatch(text) is not None
 
     result = ItemScore(
         id=item.id, exact_match=exact, json_valid=json_valid, schema_valid=schema_valid,

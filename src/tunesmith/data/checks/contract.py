@@ -8,8 +8,8 @@ from typing import Any
 
 from tunesmith.data.checks.base import CheckContext, Finding, finding
 from tunesmith.data.formats import Example
-from tunesmith.errors import UsageError
 from tunesmith.io import loads_strict_json
+from tunesmith.project import output_pattern
 
 #: Outputs are treated as a JSON contract without being told when at least this share parses.
 INFER_JSON_SHARE = 0.9
@@ -58,16 +58,6 @@ def schema_keys(schema: Any, out: set[str] | None = None) -> set[str]:
     return out
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern, re.DOTALL)
-    except re.error as exc:
-        raise UsageError(
-            f"output regex {pattern!r} is not a valid regular expression: {exc}",
-            "fix the pattern (--regex, or output.regex in tunesmith.yaml); a literal ( [ { . * + ? | \\ needs a backslash",
-        ) from None
-
-
 class OutputContract:
     def __init__(self, ctx: CheckContext) -> None:
         self._validator = None
@@ -75,7 +65,7 @@ class OutputContract:
             from jsonschema import validators
 
             self._validator = validators.validator_for(ctx.schema)(ctx.schema)
-        self._regex = _compile(ctx.regex) if ctx.regex else None
+        self._regex = output_pattern(ctx.regex) if ctx.regex else None
         self._sealed = ctx.sealed
         self._not_json: list[int] = []
         self._json_count = 0
