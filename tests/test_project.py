@@ -149,12 +149,15 @@ def test_data_paths_must_differ(tmp_path, data, fields):
 
 
 def test_test_fraction_bounds_are_the_fields():
-    from tunesmith.project import DataPaths
+    from pydantic import ValidationError
 
-    lo, hi = DataPaths.test_fraction_bounds()
-    assert (lo, hi) == (0.05, 0.5)
-    DataPaths(test_fraction=lo)
-    DataPaths(test_fraction=hi)
+    from tunesmith.project import TEST_FRACTION_MAX, TEST_FRACTION_MIN, DataPaths
+
+    DataPaths(test_fraction=TEST_FRACTION_MIN)
+    DataPaths(test_fraction=TEST_FRACTION_MAX)
+    for outside in (TEST_FRACTION_MIN / 2, TEST_FRACTION_MAX + 0.01):
+        with pytest.raises(ValidationError):
+            DataPaths(test_fraction=outside)
 
 
 def test_a_section_with_every_key_commented_out_means_its_defaults(tmp_path: Path) -> None:

@@ -67,18 +67,17 @@ class OutputContract(_Strict):
         return self.json_output or self.json_schema is not None
 
 
+#: data.test_fraction and `split --test-fraction` alike
+TEST_FRACTION_MIN, TEST_FRACTION_MAX = 0.05, 0.5
+
+
 class DataPaths(_Strict):
     source: str = Field("data.jsonl", description="All examples, before the split.")
     train: str = Field("data/train.jsonl", description="Training split, written by `tunesmith split`.")
     test: str = Field("data/test.jsonl", description="Sealed test split, written by `tunesmith split`.")
-    test_fraction: float = Field(0.15, ge=0.05, le=0.5, description="Share of examples sealed away for testing.")
+    test_fraction: float = Field(0.15, ge=TEST_FRACTION_MIN, le=TEST_FRACTION_MAX,
+                                 description="Share of examples sealed away for testing.")
     regression: str | None = Field(None, description="Regression suite: 20-50 prompts with assertions.")
-
-    @classmethod
-    def test_fraction_bounds(cls) -> tuple[float, float]:
-        """(lowest, highest) test_fraction allowed, so `split --test-fraction` is held to the same range."""
-        meta = cls.model_fields["test_fraction"].metadata
-        return next(m.ge for m in meta if hasattr(m, "ge")), next(m.le for m in meta if hasattr(m, "le"))
 
     @model_validator(mode="after")
     def _one_file_per_role(self) -> DataPaths:

@@ -27,7 +27,7 @@ from tunesmith.data.minhash import UnionFind
 from tunesmith.data.reader import iter_raw, iter_raw_lines, looks_like_json_array
 from tunesmith.errors import DataError, OutputError, SealError, UsageError
 from tunesmith.io import cannot_write, sha256_file
-from tunesmith.project import DataPaths
+from tunesmith.project import TEST_FRACTION_MAX, TEST_FRACTION_MIN
 
 SEAL_VERSION = 1
 
@@ -62,8 +62,8 @@ def row_hash(raw: bytes) -> str:
 
 
 def check_test_fraction(value: float, name: str = "test fraction") -> None:
-    """Hold a flag to the bounds tunesmith.yaml holds data.test_fraction to (one source: DataPaths)."""
-    lo, hi = DataPaths.test_fraction_bounds()
+    """Hold a flag to the bounds tunesmith.yaml holds data.test_fraction to (one source: the project module)."""
+    lo, hi = TEST_FRACTION_MIN, TEST_FRACTION_MAX
     if not lo <= value <= hi:  # also refuses NaN
         raise UsageError(f"{name} {value} is out of range ({lo}-{hi})",
                          f"use a value between {lo} and {hi}, e.g. 0.15 (data.test_fraction allows the same range)")
