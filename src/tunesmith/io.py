@@ -15,44 +15,68 @@ from typing import IO, Any
 from tunesmith.errors import OutputError
 
 
+class StagedFile:
+    """One output written to a temp file beside its target (same directory: the rename is atomic).
+
+    `finish` makes it durable and readable, `replace` puts it in place, `discard` removes it. Every
+    OS error comes out as an OutputError that names the target. `atomic_writer` is one of these;
+    `split` stages three and renames them together.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "wb") -> None:
+        self.target = Path(path)
+        if self.target.is_dir():
+            raise OutputError(f"cannot write {self.target}: it is a directory", "name a file to write, not a directory")
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        except OSError as exc:
+            raise cannot_write(self.target, exc) from None
+        self.tmp = Path(tmp)
+        text = "b" not in mode
+        self.fh: IO[Any] = open(fd, mode, encoding="utf-8" if text else None, newline="\n" if text else None)
+
+    def finish(self) -> None:
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            # mkstemp makes the file private (0600); reports and data are meant to be read by others.
+            os.chmod(self.tmp, 0o644)
+        except OSError as exc:
+            raise cannot_write(self.target, exc) from None
+
+    def replace(self) -> None:
+        try:
+            os.replace(self.tmp, self.target)
+        except OSError as exc:
+            raise cannot_write(self.target, exc) from None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fh.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()  # after a replace it is gone already
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temp file in the target's directory, fsync, then rename over the target.
 
     A crash or an exception leaves the previous file (or nothing) in place, never a partial one.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise OutputError(f"cannot write {target}: it is a directory", "name a file to write, not a directory")
+    staged = StagedFile(path, mode)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise cannot_write(target, exc) from None
-    try:
-        encoding = None if "b" in mode else "utf-8"
-        newline = None if "b" in mode else "\n"
-        with open(fd, mode, encoding=encoding, newline=newline) as fh:
-            try:
-                yield fh
-            except OSError as exc:
-                if exc.errno in _OUT_OF_SPACE:  # a write the caller made ran out of room
-                    raise cannot_write(target, exc) from None
-                raise
-            try:
-                fh.flush()
-                os.fsync(fh.fileno())
-            except OSError as exc:
-                raise cannot_write(target, exc) from None
-        # mkstemp makes the file private (0600); reports and data are meant to be read by others.
         try:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
+            yield staged.fh
         except OSError as exc:
-            raise cannot_write(target, exc) from None
+            if exc.errno in _OUT_OF_SPACE:  # a write the caller made ran out of room
+                raise cannot_write(staged.target, exc) from None
+            raise
+        staged.finish()
+        staged.replace()
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        staged.discard()
         raise
 
 

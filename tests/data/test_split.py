@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen import clean_examples, words, write_jsonl
+from datagen import clean_examples, write_jsonl
 from tunesmith.data.split import row_hash, split_file, verify_seal
 from tunesmith.errors import DataError, OutputError, SealError, UsageError
 
@@ -246,8 +246,6 @@ def test_split_with_train_a_directory_changes_nothing(tmp_path):
 
 
 def test_split_write_failure_leaves_old_files_and_no_temps(tmp_path, monkeypatch):
-    from tunesmith.data import split as split_mod
-
     _split(tmp_path, clean_examples(60))
     before = _snapshot(tmp_path)
     real_fsync = os.fsync
@@ -257,7 +255,7 @@ def test_split_write_failure_leaves_old_files_and_no_temps(tmp_path, monkeypatch
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(split_mod.os, "fsync", disk_full_on_train)
+    monkeypatch.setattr(os, "fsync", disk_full_on_train)
     with pytest.raises(OutputError, match="train.jsonl: the disk is full") as exc:
         _split(tmp_path, clean_examples(70))
     assert "free some space" in exc.value.hint
@@ -266,8 +264,6 @@ def test_split_write_failure_leaves_old_files_and_no_temps(tmp_path, monkeypatch
 
 
 def test_split_names_outputs_replaced_before_a_failed_rename(tmp_path, monkeypatch):
-    from tunesmith.data import split as split_mod
-
     real_replace = os.replace
 
     def fail_for_train(src, dst):
@@ -275,7 +271,7 @@ def test_split_names_outputs_replaced_before_a_failed_rename(tmp_path, monkeypat
             raise PermissionError(errno.EACCES, "Permission denied")
         real_replace(src, dst)
 
-    monkeypatch.setattr(split_mod.os, "replace", fail_for_train)
+    monkeypatch.setattr(os, "replace", fail_for_train)
     with pytest.raises(OutputError, match="train.jsonl: Permission denied") as exc:
         _split(tmp_path, clean_examples(60))
     assert exc.value.details == [f"already replaced: {tmp_path / 'test.jsonl'}",

@@ -8,17 +8,14 @@ only move it towards test, never out of it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tunesmith.data.checks.dedup import split_key
 from tunesmith.data.checks.near import MAIN, NearIndex
@@ -26,7 +23,7 @@ from tunesmith.data.formats import parse_record
 from tunesmith.data.minhash import UnionFind
 from tunesmith.data.reader import iter_raw, iter_raw_lines, looks_like_json_array
 from tunesmith.errors import DataError, OutputError, SealError, UsageError
-from tunesmith.io import cannot_write, sha256_file
+from tunesmith.io import StagedFile, cannot_write, sha256_file
 from tunesmith.project import TEST_FRACTION_MAX, TEST_FRACTION_MIN
 
 SEAL_VERSION = 1
@@ -220,7 +217,7 @@ def _previous_seal(seal: Path, reseal: bool) -> dict[str, Any] | None:
                         "`tunesmith split --reseal`") from None
 
 
-def _write_rows(source: Path, test_lines: set[int], ftrain: _Staged, ftest: _Staged,
+def _write_rows(source: Path, test_lines: set[int], ftrain: _Hashed, ftest: _Hashed,
                 old_rows: set[str]) -> tuple[list[str], int, set[str]]:
     """Write every non-blank source line to its side: (test row hashes, train rows, old sealed rows now in train)."""
     rows: list[str] = []
@@ -261,36 +258,19 @@ def _compare_with_previous(result: SplitResult, old_rows: set[str], new_rows: se
                                "in the source")
 
 
-@dataclass
-class _Staged:
-    """One output being written to a temp file next to it (same directory, so the rename is atomic)."""
+class _Hashed:
+    """A staged output that also hashes what is written to it (the seal records both files' SHA-256)."""
 
-    target: Path
-    tmp: Path
-    fh: IO[bytes]
-    sha: Any = field(default_factory=hashlib.sha256)
+    def __init__(self, target: Path) -> None:
+        self.staged = StagedFile(target)
+        self.sha = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
         try:
-            self.fh.write(data)
+            self.staged.fh.write(data)
         except OSError as exc:
-            raise cannot_write(self.target, exc) from None
+            raise cannot_write(self.staged.target, exc) from None
         self.sha.update(data)
-
-    def finish(self) -> None:
-        try:
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
-            self.fh.close()
-            os.chmod(self.tmp, 0o644)  # mkstemp makes it private; data files are meant to be read by others
-        except OSError as exc:
-            raise cannot_write(self.target, exc) from None
-
-    def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            self.fh.close()
-        with contextlib.suppress(OSError):
-            self.tmp.unlink()  # after a commit it is gone already
 
 
 class _Staging:
@@ -300,39 +280,33 @@ class _Staging:
     """
 
     def __init__(self) -> None:
-        self.files: list[_Staged] = []
+        self.files: list[_Hashed] = []
 
     def __enter__(self) -> _Staging:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         for f in self.files:
-            f.discard()
+            f.staged.discard()
 
-    def open(self, target: Path) -> _Staged:
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        except OSError as exc:
-            raise cannot_write(target, exc) from None
-        staged = _Staged(target, Path(tmp), open(fd, "wb"))
+    def open(self, target: Path) -> _Hashed:
+        staged = _Hashed(target)
         self.files.append(staged)
         return staged
 
-    def commit(self, order: list[_Staged]) -> None:
+    def commit(self, order: list[_Hashed]) -> None:
         for f in self.files:
-            f.finish()
+            f.staged.finish()
         replaced: list[Path] = []
         for f in order:
             try:
-                os.replace(f.tmp, f.target)
-            except OSError as exc:
-                error = cannot_write(f.target, exc)
+                f.staged.replace()
+            except OutputError as error:
                 if replaced:
                     error.details = [f"already replaced: {p}" for p in replaced]
                     error.hint += "; then run `tunesmith split` again (the outputs are out of step until then)"
-                raise error from None
-            replaced.append(f.target)
+                raise
+            replaced.append(f.staged.target)
 
 
 def _load_seal(seal: Path) -> dict[str, Any]:
@@ -357,13 +331,16 @@ class SealReport:
     changed: list[int] = field(default_factory=list)
     #: Lines beyond the sealed rows: new content, or an extra copy of a sealed row.
     added: list[int] = field(default_factory=list)
-    removed: int = 0
     #: The part of `added` that copies a sealed row.
     duplicated: list[int] = field(default_factory=list)
-    #: Sealed rows that are gone (counted in `removed`).
+    #: Sealed rows that are gone, by their line in the sealed file.
     missing: list[int] = field(default_factory=list)
     #: The same rows in another order: lines that are out of place.
     moved: list[int] = field(default_factory=list)
+
+    @property
+    def removed(self) -> int:
+        return len(self.missing)
 
     def to_dict(self) -> dict[str, Any]:
         return {"test": str(self.test), "ok": self.ok, "rows": self.rows, "changed_lines": self.changed,
@@ -415,6 +392,5 @@ def _compare_rows(report: SealReport, current: list[tuple[int, str]], sealed: li
         else:
             report.added.append(line)
     report.missing = sorted(pos + 1 for pos in missing)
-    report.removed = len(report.missing)
     if not (report.changed or report.added or report.missing):
         report.moved = [line for (line, h), want_h in zip(current, sealed) if h != want_h]

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tunesmith.data.checks.base import CHECKS, SEVERITY_ORDER, Check, CheckContext, Finding, finding
@@ -20,7 +19,7 @@ from tunesmith.data.checks.prompts import SystemPrompts
 from tunesmith.data.checks.safety import Safety
 from tunesmith.data.checks.size import TokenLengths, too_few
 from tunesmith.data.formats import iter_examples
-from tunesmith.data.reader import iter_raw, looks_like_json_array, open_checked
+from tunesmith.data.reader import looks_like_json_array, open_checked
 
 __all__ = ["CHECKS", "CheckContext", "CheckReport", "Finding", "run_check", "iter_examples"]
 
