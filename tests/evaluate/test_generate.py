@@ -287,6 +287,25 @@ def test_endpoint_refused_key_is_fatal_at_start() -> None:
     assert len(server.requests) == 1
 
 
+def test_endpoint_refused_key_on_a_later_prompt_stops_the_run() -> None:
+    """The shared policy: a 401 is fatal wherever it comes (the key was revoked mid-run, say), not
+    one error answer per remaining prompt; answers finished before it are still handed over."""
+    def handler(body: dict) -> Reply:
+        if int(_user(body)) >= 3:
+            return Reply(status=401, body={"error": {"message": "key revoked", "type": "invalid_request_error"}})
+        return Reply(content="fine")
+
+    prompts = [[{"role": "user", "content": str(i)}] for i in range(40)]
+    streamed: dict[int, Generation] = {}
+    with FakeOpenAI(handler) as server:
+        backend = EndpointBackend(server.base_url, "m", concurrency=2, backoff=0.01)
+        with pytest.raises(EndpointError) as err:
+            backend.generate(prompts, DecodeSettings(), on_result=lambda i, g: streamed.__setitem__(i, g))
+    assert "401" in err.value.message and "--api-key-env" in err.value.hint
+    assert len(server.requests) <= 3 + 2  # prompts 0-2, then at most one per worker: nothing after the 401
+    assert {i: g.text for i, g in streamed.items()} == {0: "fine", 1: "fine", 2: "fine"}
+
+
 def test_endpoint_fingerprint_names_url_and_model() -> None:
     a = EndpointBackend("http://h:1/v1/", "m1", api_key="x")
     assert a.fingerprint == EndpointBackend("http://h:1/v1", "m1", api_key="y").fingerprint
@@ -340,7 +359,7 @@ def test_cached_backend_keeps_finished_items_after_an_interruption(tmp_path: Pat
         # request may still be in flight; those answers were never handed back, so they are not
         # cached and must be asked again. Let the interrupted call's worker drain before counting.
         for thread in threading.enumerate():
-            if thread.name.startswith("tunesmith-endpoint"):
+            if thread.name.startswith("tunesmith-request"):
                 thread.join(timeout=10)
         sent_before = len(server.requests)
         gens = backend.generate(prompts, settings)

@@ -444,3 +444,46 @@ def test_a_fatal_error_mid_run_stops_and_keeps_finished_items() -> None:
     partial = ei.value.partial
     assert partial is not None and [s.id for s in partial.scores] == ["item-0"]
     assert len(server.requests) <= 1 + 2  # the first, then at most one per worker: a fatal answer stops the rest
+
+
+def test_the_judge_uses_the_shared_retry_policy() -> None:
+    """Retry-After longer than max_retry_after: that item fails with the reason at once, the others are judged."""
+    def handler(req: dict[str, Any]) -> Reply:
+        if "prompt 1" in user_text(req):
+            return Reply(status=429, headers={"Retry-After": "3600"},
+                         body={"error": {"message": "daily quota spent", "type": "rate_limit_error"}})
+        return Reply(content=json.dumps(GOOD))
+
+    with FakeOpenAI(handler) as server:
+        t0 = time.monotonic()
+        res = judge_rubric(rubric_items(3), cfg_for(server, max_retry_after=5.0))
+    assert time.monotonic() - t0 < 3
+    assert [s.id for s in res.scores] == ["item-0", "item-2"]
+    assert [f.item_id for f in res.failures] == ["item-1"]
+    assert "3600" in res.failures[0].reason and "daily quota spent" in res.failures[0].reason
+    assert sum("prompt 1" in user_text(r) for r in server.requests) == 1
+
+
+def test_unreachable_judge_message_names_the_judge_endpoint() -> None:
+    url = dead_url()
+    with pytest.raises(JudgeError) as ei:
+        judge_pairwise(pair_items(2), cfg_for(url, max_retries=0))
+    assert ei.value.message.startswith(f"cannot reach the judge endpoint at {url}")
+    assert ei.value.partial is not None and ei.value.partial.items == []
+
+
+def test_a_refused_key_mid_pairwise_run_stops_it_with_the_judge_hint() -> None:
+    def handler(req: dict[str, Any]) -> Reply:
+        if "question 0" in user_text(req):
+            return Reply(content='{"winner": "tie", "reason": "same"}')
+        return Reply(status=403, body={"error": {"message": "forbidden", "type": "permission_error"}})
+
+    with FakeOpenAI(handler) as server:
+        with pytest.raises(JudgeError) as ei:
+            judge_pairwise(pair_items(10), cfg_for(server, concurrency=3))
+    assert "403" in ei.value.message
+    assert "--judge-url, --judge-model and OPENAI_API_KEY" in ei.value.hint
+    # p0's two orders, then at most one request per worker once the first 403 is back: nothing more starts
+    assert len(server.requests) <= 2 + 3
+    partial = ei.value.partial
+    assert partial is not None and [v.id for v in partial.items] == ["p0"]

@@ -6,8 +6,9 @@
   padding and a KV cache, finished rows leave the batch as soon as they end, and greedy answers are
   the ones plain ``model.generate`` gives one prompt at a time (the tests and
   ``benchmarks/eval_generation.py`` check this token for token).
-* `EndpointBackend` -- any OpenAI-compatible chat-completions server, through the official ``openai``
-  client, with bounded concurrency and retries; one failing prompt never sinks the others.
+* `EndpointBackend` -- any OpenAI-compatible chat-completions server, through the shared client
+  layer (`tunesmith.inference.openai_client`: one retry policy with the teacher and the judge), with
+  bounded concurrency; one failing prompt never sinks the others, a refused key or model stops them all.
 * `VLLMBackend`     -- offline vLLM, only where ``vllm`` is installed (`vllm_available`).
 
 Every backend has a `fingerprint` (what `tunesmith.evaluate.cache` keys answers on) and
@@ -24,23 +25,24 @@ otherwise temperature + top-p sampling; no top-k and no repetition penalty, what
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import hashlib
 import importlib.util
 import inspect
 import json
-import math
-import os
-import random
 import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tunesmith.errors import ModelError, TunesmithError, UsageError
 from tunesmith.evaluate.types import DecodeSettings, Generation
+from tunesmith.inference.openai_client import (  # light: openai itself loads in ChatClient()
+    ChatClient,
+    EndpointRefused,
+    RequestFailed,
+    RetryPolicy,
+    run_concurrently,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -677,52 +679,22 @@ class _Decoder:
 # =============================================================================================
 # OpenAI-compatible endpoint
 
-_RETRY_STATUS = {408, 409, 425, 429}
-_MAX_RETRY_AFTER = 120.0
-_MAX_BACKOFF = 30.0
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (Retry-After-Ms / Retry-After, seconds or an HTTP date)."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    with contextlib.suppress(TypeError, ValueError):
-        ms = headers.get("retry-after-ms")
-        if ms is not None:
-            return min(max(float(ms) / 1000.0, 0.0), _MAX_RETRY_AFTER)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    with contextlib.suppress(TypeError, ValueError):
-        seconds = float(value)
-        if math.isfinite(seconds):
-            return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
-    with contextlib.suppress(TypeError, ValueError, IndexError):
-        when = email.utils.parsedate_to_datetime(value)
-        return min(max(when.timestamp() - time.time(), 0.0), _MAX_RETRY_AFTER)
-    return None
-
-
 class EndpointBackend:
     """An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, Ollama, OpenAI, ...).
 
-    Up to `concurrency` requests are in flight at once. A request that fails with 429, 408/409, a 5xx
-    or a connection error/timeout is retried up to `max_retries` times, waiting what a 429's
-    Retry-After header says, else `backoff` x 2^attempt seconds (at most 30 s, with 10 % jitter).
-    A prompt that still fails, or fails with another status, becomes
-    ``Generation(text="", finish_reason="error", error=...)`` and the others carry on.
+    Requests go through `tunesmith.inference.openai_client.ChatClient`, the retry policy the teacher
+    and the judge share: connection errors, timeouts, 408/409/425/429, 5xx and unreadable replies are
+    retried up to `max_retries` times, waiting what Retry-After says, else `backoff` x 2^attempt seconds.
+    Up to `concurrency` requests are in flight at once. A prompt that still fails, or fails with
+    another 4xx, becomes ``Generation(text="", finish_reason="error", error=...)`` and the others carry on.
 
-    The first prompt is sent alone: when the endpoint cannot be reached at all (connection errors
-    through every retry), refuses the key (401/403) or does not know the model (404), `generate`
-    raises `EndpointError` before anything else is sent.
+    The first prompt is sent alone: when nothing answers at the URL (connection refused through every
+    retry), `generate` raises `EndpointError` before anything else is sent. A refused key (401/403) or
+    an unknown model (404) raises `EndpointError` on any prompt: every other request would fail the same way.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
                  max_retries: int = 5, timeout: float = 120, *, backoff: float = 0.5) -> None:
-        import openai
-
         if concurrency < 1:
             raise EndpointError(f"endpoint concurrency must be at least 1, got {concurrency}",
                                 "Pass a concurrency of 1 or more.")
@@ -735,84 +707,55 @@ class EndpointBackend:
         self.timeout = timeout
         self.backoff = backoff
         self.fingerprint = _sha256("endpoint", self.base_url, model)
-        self.client = openai.OpenAI(base_url=self.base_url,
-                                    api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
-                                    max_retries=0, timeout=timeout)
-        self._sleep = time.sleep  # tests may replace it
+        # no request cache here: CachedBackend stores finished answers under this backend's fingerprint
+        self.client = ChatClient(self.base_url, model, api_key=api_key, timeout=timeout,
+                                 policy=RetryPolicy(max_retries=max_retries, backoff=backoff), what="endpoint")
 
     # -- one prompt ----------------------------------------------------------------------------
 
-    def _request(self, chat: Chat, settings: DecodeSettings) -> Generation:
-        kwargs: dict[str, Any] = {"model": self.model, "messages": chat, "temperature": settings.temperature,
-                                  "top_p": settings.top_p, "max_tokens": settings.max_new_tokens}
-        if settings.stop:
-            kwargs["stop"] = list(settings.stop)
+    def _request(self, chat: Chat, settings: DecodeSettings, stop: threading.Event | None = None) -> Generation:
+        """One prompt's answer. Raises `EndpointError` on 401/403/404, `RequestFailed` when it failed for good."""
+        params: dict[str, Any] = {"temperature": settings.temperature, "top_p": settings.top_p,
+                                  "max_tokens": settings.max_new_tokens}
         if settings.seed is not None:
-            kwargs["seed"] = settings.seed
-        resp = self.client.chat.completions.create(**kwargs)
-        if not resp.choices:
-            raise _BadReply("the endpoint answered with no choices")
-        choice = resp.choices[0]
-        text = (choice.message.content if choice.message is not None else None) or ""
-        text, stopped = truncate_at_stop(text, settings.stop)
-        usage = getattr(resp, "usage", None)
-        tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage is not None else 0
-        reason = "length" if choice.finish_reason == "length" and not stopped else "stop"
-        return Generation(text=text, finish_reason=reason, output_tokens=tokens)
+            params["seed"] = settings.seed
+        try:
+            reply = self.client.create(chat, stop=stop, stop_sequences=settings.stop, **params)
+        except EndpointRefused as exc:
+            raise self._refused(exc) from None
+        text, stopped = truncate_at_stop(reply.content or "", settings.stop)
+        reason = "length" if reply.finish_reason == "length" and not stopped else "stop"
+        return Generation(text=text, finish_reason=reason, output_tokens=reply.completion_tokens)
 
-    def _one(self, chat: Chat, settings: DecodeSettings, *, first: bool = False,
-             cancelled: threading.Event | None = None) -> Generation:
-        import openai
+    def _first(self, chat: Chat, settings: DecodeSettings) -> Generation:
+        """The first prompt, sent alone: nothing listening at the URL stops the run before it starts."""
+        try:
+            return self._request(chat, settings)
+        except RequestFailed as exc:
+            if exc.unreachable:
+                raise self._unreachable(exc.reason) from None
+            return Generation("", "error", 0, error=exc.reason)
 
-        last: BaseException | None = None
-        for attempt in range(self.max_retries + 1):
-            if cancelled is not None and cancelled.is_set():
-                return Generation("", "error", 0, error="cancelled")
-            delay: float | None = None
-            try:
-                return self._request(chat, settings)
-            except openai.APIConnectionError as exc:  # includes timeouts
-                last = exc
-            except openai.APIStatusError as exc:
-                last = exc
-                status = exc.status_code
-                if first and status in (401, 403, 404):
-                    raise self._fatal(exc) from exc
-                if status not in _RETRY_STATUS and status < 500:
-                    return Generation("", "error", 0, error=_describe(exc))
-                if status == 429:
-                    delay = _retry_after(exc)
-            except (openai.OpenAIError, _BadReply, ValueError, TypeError, AttributeError) as exc:
-                return Generation("", "error", 0, error=_describe(exc))
-            if attempt < self.max_retries:
-                if delay is None:
-                    delay = min(self.backoff * (2 ** attempt), _MAX_BACKOFF) * (1 + 0.1 * random.random())
-                if cancelled is not None:
-                    if cancelled.wait(delay):
-                        return Generation("", "error", 0, error="cancelled")
-                else:
-                    self._sleep(delay)
-        if first and isinstance(last, openai.APIConnectionError):
-            raise self._fatal(last) from last
-        return Generation("", "error", 0, error=_describe(last) + f" (after {self.max_retries + 1} attempts)")
+    def _one(self, chat: Chat, settings: DecodeSettings, stop: threading.Event) -> Generation:
+        """A later prompt: its failure is its own error Generation, and the other prompts carry on."""
+        try:
+            return self._request(chat, settings, stop)
+        except RequestFailed as exc:
+            if stop.is_set():
+                raise  # cut short because the run is stopping: no answer, rather than an error answer
+            return Generation("", "error", 0, error=exc.reason)
 
-    def _fatal(self, exc: BaseException) -> EndpointError:
-        import openai
+    def _unreachable(self, reason: str) -> EndpointError:
+        return EndpointError(f"{reason} (model {self.model!r})",
+                             f"Is the server running at {self.base_url}? --endpoint must be its "
+                             "OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1).")
 
+    def _refused(self, exc: EndpointRefused) -> EndpointError:
         where = f"{self.base_url} (model {self.model!r})"
-        if isinstance(exc, openai.APITimeoutError):
-            return EndpointError(f"the endpoint {where} did not answer within {self.timeout:g} s",
-                                 f"Check that the server at {self.base_url} is up and not overloaded; "
-                                 "--endpoint must be its OpenAI-compatible base URL (usually ending in /v1).")
-        if isinstance(exc, openai.APIConnectionError):
-            return EndpointError(f"cannot reach the endpoint {where}: {_describe(exc)}",
-                                 f"Is the server running at {self.base_url}? --endpoint must be its "
-                                 "OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1).")
-        status = getattr(exc, "status_code", None)
-        if status in (401, 403):
-            return EndpointError(f"the endpoint {where} refused the API key (HTTP {status})",
+        if exc.status in (401, 403):
+            return EndpointError(f"the endpoint {where} refused the API key (HTTP {exc.status})",
                                  "Set the key in OPENAI_API_KEY, or name the variable holding it with --api-key-env.")
-        return EndpointError(f"the endpoint {where} answered HTTP {status}: {_describe(exc)}",
+        return EndpointError(f"the endpoint {where} answered HTTP {exc.status}: {exc.server_message}",
                              f"Check the model name (the server lists its models at {self.base_url}/models) and "
                              "that --endpoint is the OpenAI-compatible base URL (usually ending in /v1).")
 
@@ -821,42 +764,14 @@ class EndpointBackend:
     def generate(self, chats: list[Chat], settings: DecodeSettings, progress: Progress | None = None,
                  *, on_result: OnResult | None = None) -> list[Generation]:
         collector = _Results(len(chats), progress, on_result)
-        finish = collector.finish
-
         if not chats:
             return []
         _check_settings(settings)
-        finish(0, self._one(chats[0], settings, first=True))
-        cancelled = threading.Event()
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(chats) - 1)),
-                                  thread_name_prefix="tunesmith-endpoint")
-        try:
-            pending: dict[Future[Generation], int] = {
-                pool.submit(self._one, chats[i], settings, cancelled=cancelled): i for i in range(1, len(chats))}
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    index = pending.pop(fut)
-                    finish(index, fut.result())
-        except BaseException:
-            cancelled.set()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+        collector.finish(0, self._first(chats[0], settings))
+        rest = list(range(1, len(chats)))
+        run_concurrently(rest, lambda i, stop: self._one(chats[i], settings, stop), concurrency=self.concurrency,
+                         on_done=lambda k, gen: collector.finish(rest[k], gen))
         return collector.complete()
-
-
-class _BadReply(Exception):
-    pass
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    status = getattr(exc, "status_code", None)
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
-    return f"HTTP {status}: {first}" if status is not None else f"{type(exc).__name__}: {first}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -11,8 +11,9 @@ Two modes:
 
 A reply that cannot be parsed is retried with a follow-up telling the judge what was wrong; an item
 that still fails is reported as a :class:`JudgeFailure` *beside* the scores: never a zero, never
-dropped silently. Transport errors are retried with exponential backoff (a 429's ``Retry-After`` is
-honoured). Successful parses are cached in SQLite so re-judging costs nothing.
+dropped silently. HTTP requests go through `tunesmith.inference.openai_client.ChatClient`, the retry
+policy the teacher and ``eval --endpoint`` share (backoff, ``Retry-After``, 401/403/404 stop the run).
+Successful parses are cached in SQLite so re-judging costs nothing.
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.inference.openai_client import (  # light: openai itself loads in ChatClient()
+    ChatClient,
+    EndpointRefused,
+    RequestFailed,
+    RetryPolicy,
+    run_concurrently,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +67,6 @@ RUBRIC_MODE = "rubric-v1"
 PAIRWISE_MODE = "pairwise-v1"
 
 RUBRIC_KEYS = ("correctness", "format", "completeness")
-#: Status codes worth retrying: request timeout, lock timeout, rate limit, server errors.
-_RETRYABLE_STATUS = {408, 409, 429}
-#: Status codes that mean every call will fail the same way: stop the whole run.
-_FATAL_STATUS = {401, 403, 404}
 
 
 # --- configuration, errors, results -------------------------------------------------------------
@@ -79,7 +81,8 @@ class JudgeConfig:
     #: None: the OPENAI_API_KEY environment variable, else "none" (local servers ignore it).
     api_key: str | None = field(default=None, repr=False)
     concurrency: int = 4
-    #: Extra attempts per request, for unparseable replies and for API/connection errors alike.
+    #: Extra attempts: for an unparseable reply (re-asked with a follow-up), and, within each of those,
+    #: for an HTTP request that failed in a retryable way (the shared client's policy).
     max_retries: int = 3
     #: Seconds per HTTP request.
     timeout: float = 60.0
@@ -458,31 +461,11 @@ class _Outcome:
     unreachable: bool = False
 
 
-class _Fatal(Exception):
-    def __init__(self, error: JudgeError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
 class _Aborted(Exception):
     def __init__(self, error: JudgeError, outcomes: dict[tuple[str, str], _Outcome]) -> None:
         super().__init__(error.message)
         self.error = error
         self.outcomes = outcomes
-
-
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    if headers is None:
-        return None
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) / divisor)
-        except ValueError:
-            continue
-    return None
 
 
 def _snippet(text: str | None, limit: int = 160) -> str:
@@ -492,29 +475,30 @@ def _snippet(text: str | None, limit: int = 160) -> str:
     return json.dumps(t if len(t) <= limit else t[:limit] + "...")
 
 
-class _Runner:
-    def __init__(self, cfg: JudgeConfig) -> None:
-        import openai  # deferred: keeps `import tunesmith` light
+def _refused_error(exc: EndpointRefused) -> JudgeError:
+    return JudgeError(exc.message, "check --judge-url, --judge-model and OPENAI_API_KEY")
 
+
+def _unreachable_error(cfg: JudgeConfig, reason: str) -> JudgeError:
+    return JudgeError(reason, f"start the judge server or fix the judge URL: nothing answered at {cfg.base_url}")
+
+
+class _Runner:
+    """Judges one job at a time: HTTP retries are the shared client's, unusable replies are re-asked here."""
+
+    def __init__(self, cfg: JudgeConfig) -> None:
         self.cfg = cfg
-        self.openai = openai
-        self.client = openai.OpenAI(base_url=cfg.base_url, api_key=cfg.resolved_api_key(),
-                                    timeout=cfg.timeout, max_retries=0)  # retries are ours
+        policy = RetryPolicy(max_retries=cfg.max_retries, backoff=cfg.backoff_base, max_backoff=cfg.max_backoff,
+                             max_retry_after=cfg.max_retry_after)
+        # "judge endpoint" names the caller in the client's messages ("cannot reach the judge endpoint at ...")
+        self.client = ChatClient(cfg.base_url, cfg.model, api_key=cfg.resolved_api_key(), timeout=cfg.timeout,
+                                 policy=policy, what="judge endpoint")
         self.cache = _Cache(cfg.cache_path) if cfg.cache_path is not None else None
-        self.stop = threading.Event()
 
     def close(self) -> None:
         self.client.close()
         if self.cache is not None:
             self.cache.close()
-
-    def _sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            self.stop.wait(seconds)
-
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.cfg.backoff_base * (2.0 ** attempt), self.cfg.max_backoff)
-        return delay * (1 - 0.25 * random.random())
 
     def cached(self, job: _Job) -> _Outcome | None:
         if self.cache is None:
@@ -527,86 +511,55 @@ class _Runner:
         except JudgeParseError:
             return None
 
-    def run(self, job: _Job) -> _Outcome:
-        cfg = self.cfg
-        oa = self.openai
-        messages = list(job.messages)
-        attempts = cfg.max_retries + 1
-        reason = ""
-        unreachable = False
-        for attempt in range(attempts):
-            if self.stop.is_set():
-                return _Outcome(reason="cancelled: the judge run stopped early")
-            last = attempt == attempts - 1
-            unreachable = False
-            try:
-                resp = self.client.chat.completions.create(
-                    model=cfg.model, messages=messages,  # type: ignore[arg-type]
-                    temperature=0, response_format={"type": "json_object"})
-            except oa.APIConnectionError as e:  # includes timeouts
-                unreachable = not isinstance(e, oa.APITimeoutError)
-                reason = f"judge endpoint {cfg.base_url} not reachable: {e}"
-                if isinstance(e, oa.APITimeoutError):
-                    reason = f"judge request to {cfg.base_url} timed out after {cfg.timeout:g}s"
-                if not last:
-                    self._sleep(self._backoff(attempt))
-                continue
-            except oa.APIStatusError as e:
-                status = e.status_code
-                reason = f"judge API error {status}: {e.message}"
-                if status in _FATAL_STATUS:
-                    what = {401: "refused the API key", 403: "refused access",
-                            404: f"does not know model {cfg.model!r} (or the URL is not an OpenAI-compatible /v1)"}
-                    self.stop.set()  # the other workers must not send more before the main thread wakes
-                    raise _Fatal(JudgeError(f"the judge at {cfg.base_url} {what[status]} (HTTP {status}: {e.message})",
-                                            "check --judge-url, --judge-model and OPENAI_API_KEY")) from e
-                if status not in _RETRYABLE_STATUS and status < 500:
-                    return _Outcome(reason=reason)
-                if not last:
-                    wait_s = _retry_after(e.response.headers)
-                    if wait_s is None:
-                        wait_s = self._backoff(attempt)
-                    elif wait_s > cfg.max_retry_after:
-                        return _Outcome(reason=f"{reason} (Retry-After {wait_s:g}s exceeds {cfg.max_retry_after:g}s)")
-                    self._sleep(wait_s)
-                continue
-            except oa.OpenAIError as e:  # malformed response and the like
-                reason = f"judge API error: {type(e).__name__}: {e}"
-                if not last:
-                    self._sleep(self._backoff(attempt))
-                continue
+    def run(self, job: _Job, stop: threading.Event | None = None) -> _Outcome:
+        """Ask until the reply parses, at most 1 + max_retries times, each time saying what was wrong.
 
-            content = resp.choices[0].message.content if resp.choices else None
+        Raises `EndpointRefused` (401/403/404), and `RequestFailed` when `stop` cut the job short
+        (its outcome is no result: the run is stopping).
+        """
+        messages = list(job.messages)
+        attempts = self.cfg.max_retries + 1
+        reason = ""
+        for attempt in range(attempts):
+            try:
+                reply = self.client.create(messages, stop=stop, temperature=0,
+                                           response_format={"type": "json_object"})
+            except RequestFailed as exc:
+                if stop is not None and stop.is_set():
+                    raise
+                # the client has already retried what retrying can fix
+                return _Outcome(reason=exc.reason, unreachable=exc.unreachable)
+            content = reply.content
             try:
                 value = job.parse(content)
             except JudgeParseError as e:
                 reason = f"unusable judge reply ({e}): {_snippet(content)}"
                 log.debug("item %s: %s (attempt %d/%d)", job.key[0], reason, attempt + 1, attempts)
-                messages = list(job.messages)
-                if content and content.strip():
-                    messages.append({"role": "assistant", "content": content})
-                messages.append({"role": "user", "content": (
-                    f"Your reply could not be used: {e}. Reply again with only the JSON object "
-                    f"{job.schema}, with no other text.")})
+                messages = _follow_up(job, content, e)
                 continue
             if self.cache is not None:
-                self.cache.put(cache_key(cfg.model, job.messages, job.mode), job.mode, cfg.model, value)
+                self.cache.put(cache_key(self.cfg.model, job.messages, job.mode), job.mode, self.cfg.model, value)
             return _Outcome(value=value)
-        return _Outcome(reason=f"gave up after {attempts} attempt(s): {reason}", unreachable=unreachable)
+        return _Outcome(reason=f"gave up after {attempts} attempt(s): {reason}")
 
 
-def _unreachable_error(cfg: JudgeConfig, reason: str) -> JudgeError:
-    return JudgeError(
-        f"cannot reach the judge endpoint {cfg.base_url} ({reason})",
-        f"start the judge server or fix the judge URL: nothing answered at {cfg.base_url}",
-    )
+def _follow_up(job: _Job, content: str | None, error: JudgeParseError) -> list[dict[str, str]]:
+    """The job's messages, the unusable reply, and a request to answer again with only the JSON object."""
+    messages = list(job.messages)
+    if content and content.strip():
+        messages.append({"role": "assistant", "content": content})
+    messages.append({"role": "user", "content": (
+        f"Your reply could not be used: {error}. Reply again with only the JSON object "
+        f"{job.schema}, with no other text.")})
+    return messages
 
 
 def _run_jobs(jobs: list[_Job], cfg: JudgeConfig) -> tuple[dict[tuple[str, str], _Outcome], int]:
     """Run every job (cache first, then the endpoint); returns outcomes by job key and the cache hits.
 
     The first uncached call runs alone: if it cannot connect at all, the endpoint is declared
-    unreachable (JudgeError) instead of every item failing one by one. Raises _Aborted on fatal errors.
+    unreachable (JudgeError) instead of every item failing one by one. Raises _Aborted on fatal errors,
+    with the outcomes finished by then.
     """
     outcomes: dict[tuple[str, str], _Outcome] = {}
     runner = _Runner(cfg)
@@ -625,37 +578,19 @@ def _run_jobs(jobs: list[_Job], cfg: JudgeConfig) -> tuple[dict[tuple[str, str],
         first, rest = pending[0], pending[1:]
         try:
             out = runner.run(first)
-        except _Fatal as f:
-            raise _Aborted(f.error, outcomes) from None
+        except EndpointRefused as exc:
+            raise _Aborted(_refused_error(exc), outcomes) from None
         if out.unreachable:
             raise _Aborted(_unreachable_error(cfg, out.reason), outcomes)
         outcomes[first.key] = out
 
-        if rest:
-            with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="judge") as pool:
-                futures: dict[Future[_Outcome], _Job] = {pool.submit(runner.run, j): j for j in rest}
-                done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
-                fatal: JudgeError | None = None
-                for fut in done:
-                    try:
-                        outcomes[futures[fut].key] = fut.result()
-                    except _Fatal as f:
-                        fatal = f.error
-                if fatal is not None or not_done:
-                    runner.stop.set()
-                    for fut in not_done:
-                        fut.cancel()
-                    for fut in not_done:
-                        if fut.cancelled():
-                            continue
-                        try:
-                            outcomes[futures[fut].key] = fut.result()
-                        except _Fatal as f:
-                            fatal = fatal or f.error
-                    # finished-but-cancelled outcomes are not results: drop them
-                    outcomes = {k: o for k, o in outcomes.items() if not o.reason.startswith("cancelled:")}
-                    assert fatal is not None
-                    raise _Aborted(fatal, outcomes)
+        def done(index: int, outcome: _Outcome) -> None:
+            outcomes[rest[index].key] = outcome
+
+        try:
+            run_concurrently(rest, runner.run, concurrency=cfg.concurrency, on_done=done)
+        except EndpointRefused as exc:
+            raise _Aborted(_refused_error(exc), outcomes) from None
         return outcomes, hits
     finally:
         runner.close()
