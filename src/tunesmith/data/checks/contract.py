@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.checks.base import CheckContext, Finding, finding
@@ -58,14 +60,92 @@ def schema_keys(schema: Any, out: set[str] | None = None) -> set[str]:
     return out
 
 
-class OutputContract:
-    def __init__(self, ctx: CheckContext) -> None:
+@dataclass
+class Verdict:
+    """One answer against the contract: `problems` (none: it meets it) and the parsed JSON, when it is JSON."""
+
+    problems: list[str] = field(default_factory=list)
+    value: Any = None
+    is_json: bool = False
+    #: the first schema error, as jsonschema reports it (check groups findings by it)
+    schema_error: Any = None
+    regex_ok: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class AnswerContract:
+    """The output contract applied to one answer: the code `check`, the teacher and review share.
+
+    `expects_json` makes a non-JSON answer a problem; without it JSON is only parsed (for the schema
+    and for check's statistics). A JSON answer is an object or array, strictly parsed (no NaN).
+    """
+
+    def __init__(self, schema: dict | None = None, regex: str | None = None, expects_json: bool = False) -> None:
         self._validator = None
-        if ctx.schema is not None:
+        if schema is not None:
             from jsonschema import validators
 
-            self._validator = validators.validator_for(ctx.schema)(ctx.schema)
-        self._regex = output_pattern(ctx.regex) if ctx.regex else None
+            self._validator = validators.validator_for(schema)(schema)
+        self.regex = regex
+        self._regex = output_pattern(regex) if regex else None
+        self.expects_json = expects_json or schema is not None
+
+    @classmethod
+    def for_project(cls, project: Any) -> AnswerContract:
+        return cls(project.load_schema(), project.output.regex, project.output.expects_json)
+
+    @property
+    def empty(self) -> bool:
+        return self._regex is None and not self.expects_json
+
+    def describe(self) -> str:
+        """The contract in a sentence, for people and for a teacher model."""
+        if self._validator is not None:
+            return "one JSON value that validates against the JSON Schema given"
+        if self.expects_json:
+            return "one valid JSON object or array"
+        if self.regex:
+            return f"text that matches the regular expression {self.regex} in full"
+        return "free text"
+
+    def check(self, answer: str) -> Verdict:
+        verdict = Verdict()
+        if self._regex is not None and not self._regex.fullmatch(answer):
+            verdict.regex_ok = False
+            verdict.problems.append(f"does not match output.regex {self.regex!r}")
+        stripped = answer.strip()
+        if stripped and stripped[0] in "{[":
+            try:
+                verdict.value = loads_strict_json(stripped)
+                verdict.is_json = True
+            except (ValueError, RecursionError) as exc:  # nested thousands deep: no parser in production reads it either
+                if self.expects_json:
+                    verdict.problems.append(f"is not valid JSON ({_json_problem(exc)})")
+        elif self.expects_json:
+            verdict.problems.append("is not JSON: it must start with { or [" if stripped else "is empty")
+        if verdict.is_json and self._validator is not None:
+            for err in self._validator.iter_errors(verdict.value):
+                verdict.schema_error = err
+                path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+                verdict.problems.append(f"breaks the schema at {path}: {err.message[:200]}")
+                break
+        return verdict
+
+
+def _json_problem(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)  # NaN / Infinity
+
+
+class OutputContract:
+    def __init__(self, ctx: CheckContext) -> None:
+        self._answers = AnswerContract(ctx.schema, ctx.regex)
         self._sealed = ctx.sealed
         self._not_json: list[int] = []
         self._json_count = 0
@@ -81,27 +161,21 @@ class OutputContract:
         seen_styles: set[str] = set()
         for out in ex.outputs():
             self._outputs += 1
-            if self._regex is not None and not self._regex.fullmatch(out):
+            verdict = self._answers.check(out)
+            if not verdict.regex_ok:
                 self._regex_misses.append(ex.line)
-            stripped = out.strip()
-            if not stripped or stripped[0] not in "{[":
-                self._not_json.append(ex.line)
-                continue
-            try:
-                value = loads_strict_json(stripped)
-            except (ValueError, RecursionError):  # nested thousands deep: no parser in production reads it either
+            if not verdict.is_json:
                 self._not_json.append(ex.line)
                 continue
             self._json_count += 1
-            if self._validator is not None:
-                for err in self._validator.iter_errors(value):
-                    key = self._describe(err)
-                    self._schema_errors.setdefault(key, []).append(ex.line)
-                    if not self._sealed:
-                        self._schema_examples.setdefault(key, err.message[:160])
-                    break
+            err = verdict.schema_error
+            if err is not None:
+                key = self._describe(err)
+                self._schema_errors.setdefault(key, []).append(ex.line)
+                if not self._sealed:
+                    self._schema_examples.setdefault(key, err.message[:160])
             keys: set[str] = set()
-            _keys(value, keys)
+            _keys(verdict.value, keys)
             for k in keys:
                 style = key_style(k)
                 if style is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +95,16 @@ class NearIndex:
             keep[start : start + len(chunk)] = agree >= need
         return pairs[keep]
 
-    def verified_pairs(self, files: dict[int, Path]) -> list[tuple[int, int, float]]:
-        """(doc_i, doc_j, jaccard) for candidates at or above the threshold, in (i, j) order."""
+    def verified_pairs(self, files: dict[int, Path] | None = None, *,
+                       text_of: Callable[[int], str] | None = None) -> list[tuple[int, int, float]]:
+        """(doc_i, doc_j, jaccard) for candidates at or above the threshold, in (i, j) order.
+
+        The text of a candidate is re-read from `files` (by origin, at the document's byte offset),
+        or asked of `text_of(doc)` for documents that were never in a file (teacher inputs)."""
+        if text_of is None:
+            if files is None:
+                raise TypeError("verified_pairs needs files or text_of")
+            text_of = partial(_text_in_file, files, self)
         self._flush()
         if not self._keys:
             return []
@@ -114,8 +124,7 @@ class NearIndex:
         def shingles(doc: int) -> np.ndarray:
             ids = cache.get(doc)
             if ids is None:
-                ex = parse_record(read_line_at(files[self.origin[doc]], self.offsets[doc]), self.lines[doc])
-                ids = drop_ids(shingle_ids(ex.dialogue_text()), self.boilerplate)
+                ids = drop_ids(shingle_ids(text_of(doc)), self.boilerplate)
                 if doc in remaining:
                     cache[doc] = ids
             if doc in remaining:
@@ -130,6 +139,11 @@ class NearIndex:
             if sim >= self.threshold:
                 out.append((i, j, sim))
         return out
+
+
+def _text_in_file(files: dict[int, Path], index: NearIndex, doc: int) -> str:
+    ex = parse_record(read_line_at(files[index.origin[doc]], index.offsets[doc]), index.lines[doc])
+    return ex.dialogue_text()
 
 
 class NearDuplicates:
