@@ -153,6 +153,32 @@ class EvalSettings(_Strict):
     spotcheck_n: int = Field(20, ge=2, le=500)
 
 
+class Price(_Strict):
+    """US dollars per million tokens, as the provider bills them."""
+
+    input: float = Field(..., ge=0, description="Price per 1M prompt (input) tokens.")
+    output: float = Field(..., ge=0, description="Price per 1M completion (output) tokens.")
+
+
+class GenerateSettings(_Strict):
+    """`tunesmith generate`: a stronger teacher model writes inputs and answers them (distillation)."""
+
+    teacher_model: str | None = Field(None, description="The teacher's model name at the endpoint (--teacher-model).")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (default: OPENAI_BASE_URL, else OpenAI).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    n: int = Field(100, ge=1, le=100_000, description="Examples to generate (--n).")
+    concurrency: int = Field(8, ge=1, le=256, description="Requests in flight at once.")
+    temperature: float = Field(0.9, ge=0, le=2, description="Sampling temperature for writing inputs (answers use answer_temperature).")
+    answer_temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature for the teacher's answers.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Tries per answer; each retry shows the teacher why its answer broke the contract.")
+    max_tokens: int | None = Field(None, ge=16, le=131072, description="Longest teacher reply in tokens (default: from the seed answers, at least 1024).")
+    timeout: float = Field(120, gt=0, le=3600, description="Seconds per request before it is retried.")
+    fewshot: int = Field(3, ge=0, le=20, description="Seed examples shown to the teacher before each input it answers.")
+    seed: int = Field(0, description="Which seeds each request shows and the order of the plan: same seed, same requests.")
+    output: str = Field("generated.jsonl", description="Where generated rows go (never data.source).")
+    price: Price | None = Field(None, description="Overrides the dated price table for the teacher model.")
+
+
 class Project(_Strict):
     task: str = Field(..., min_length=10, description="One sentence: exactly what the tuned model must do.")
     task_kind: TaskKind = Field("format", description="Sets the minimum dataset size (the guide's table).")
@@ -165,6 +191,7 @@ class Project(_Strict):
     checks: CheckSettings = Field(default_factory=CheckSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    generate: GenerateSettings = Field(default_factory=GenerateSettings)
 
     # Not part of the file: where it was loaded from, so relative paths resolve.
     root: Path = Field(default=Path("."), exclude=True)
@@ -260,7 +287,7 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
         raw = {}
     if not isinstance(raw, dict):
         raise ProjectError(f"{file}: expected a mapping of fields, got a {type(raw).__name__}", "see `tunesmith init`")
-    for section in ("output", "data", "checks", "train", "eval"):
+    for section in ("output", "data", "checks", "train", "eval", "generate"):
         if section in raw and raw[section] is None:  # "output:" with every key commented out
             del raw[section]
     for key, value in (overrides or {}).items():
@@ -317,6 +344,14 @@ data:
 
 # Longest example in tokens under the base model's chat template; longer ones are flagged.
 max_length: 1024
+
+# `tunesmith generate`: a stronger teacher model writes more examples from your seeds (distillation).
+# generate:
+#   teacher_model: gpt-4o-mini          # any model at an OpenAI-compatible endpoint
+#   base_url: https://api.openai.com/v1 # default: OPENAI_BASE_URL, else OpenAI; the key is OPENAI_API_KEY
+#   n: 500
+#   concurrency: 8
+#   price: {{input: 0.15, output: 0.60}}  # US$ per 1M tokens, when the built-in table is out of date
 """
 
 

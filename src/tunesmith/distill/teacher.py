@@ -1,0 +1,158 @@
+"""The teacher model behind an OpenAI-compatible endpoint: requests, what they cost, and endpoint quirks.
+
+Requests go through `ChatClient` (one retry policy, the request cache). On top of it the teacher
+adapts to what an endpoint refuses: a 400 that names ``response_format`` (JSON Schema mode, then
+JSON mode), ``max_tokens`` (newer OpenAI models want ``max_completion_tokens``) or ``temperature``
+(reasoning models accept only the default) is answered by dropping or renaming that parameter, once
+per run; what was learned is kept in the cache, so a re-run starts adapted and sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.distill.prices import Price
+from tunesmith.errors import TunesmithError
+from tunesmith.inference.openai_client import ChatClient, ChatReply, RequestFailed
+
+
+class TeacherError(TunesmithError):
+    """The teacher cannot be used at all (unreachable, refused the key, no such model, nothing generated)."""
+
+
+@dataclass
+class Tally:
+    """Requests, tokens and cost so far, and every problem met, by kind. Thread-safe."""
+
+    price: Price | None = None
+    sent: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: tokens of cached replies: paid for by an earlier run, not this one
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
+    problems: Counter[str] = field(default_factory=Counter)
+    #: the model names the endpoint answered as, when they differ from the one asked for
+    other_models: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, reply: ChatReply) -> None:
+        with self._lock:
+            if reply.cached:
+                self.cached += 1
+                self.cached_prompt_tokens += reply.prompt_tokens
+                self.cached_completion_tokens += reply.completion_tokens
+            else:
+                self.sent += 1
+                self.prompt_tokens += reply.prompt_tokens
+                self.completion_tokens += reply.completion_tokens
+
+    def count(self, problem: str, n: int = 1) -> None:
+        with self._lock:
+            self.problems[problem] += n
+
+    @property
+    def cost(self) -> float | None:
+        """US$ spent by this run (cached replies cost nothing now)."""
+        return None if self.price is None else self.price.cost(self.prompt_tokens, self.completion_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        cost = self.cost
+        return {
+            "requests_sent": self.sent, "replies_from_cache": self.cached,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "cached_prompt_tokens": self.cached_prompt_tokens, "cached_completion_tokens": self.cached_completion_tokens,
+            "cost_usd": None if cost is None else round(cost, 6),
+            "price": None if self.price is None else {"input_per_1m": self.price.input_per_m,
+                                                      "output_per_1m": self.price.output_per_m,
+                                                      "source": self.price.source},
+            "problems": dict(self.problems), "answered_as_other_models": dict(self.other_models),
+        }
+
+
+def _names_param(exc: RequestFailed, *words: str) -> bool:
+    text = f"{exc.reason} {exc.server_message}".lower()
+    return any(w in text for w in words)
+
+
+class Teacher:
+    """One teacher model at one endpoint: `ask` sends a chat and counts the reply."""
+
+    def __init__(self, client: ChatClient, tally: Tally) -> None:
+        self.client = client
+        self.tally = tally
+        self._lock = threading.Lock()
+        self._note_key = f"quirks {client.base_url} {client.model}"
+        saved = client.cache.note(self._note_key) if client.cache is not None else None
+        self.quirks: dict[str, Any] = json.loads(saved) if saved else {}
+
+    @property
+    def model(self) -> str:
+        return self.client.model
+
+    def ask(self, messages: list[dict[str, str]], params: dict[str, Any], stop: threading.Event | None = None
+            ) -> tuple[ChatReply, str]:
+        """The reply and the request's content address (the key the cache stores it under)."""
+        params = self._adapted(params)
+        for _ in range(4):  # at most one adaptation per refusable parameter
+            try:
+                reply = self.client.create(messages, stop=stop, **params)
+            except RequestFailed as exc:
+                if exc.status not in (400, 422) or not self._learn(exc, params):
+                    raise
+                params = self._adapted(params)
+                continue
+            self.tally.add(reply)
+            self._check_model(reply)
+            return reply, self.client.request_key(messages, params)
+        raise RequestFailed("the endpoint refused every variant of the request", status=400)
+
+    def _adapted(self, params: dict[str, Any]) -> dict[str, Any]:
+        out = dict(params)
+        with self._lock:
+            quirks = dict(self.quirks)
+        rf = out.get("response_format")
+        if rf is not None:
+            level = quirks.get("response_format")  # "json_object": no JSON Schema mode; "none": no JSON mode
+            if level == "none":
+                out.pop("response_format")
+            elif level == "json_object" and rf.get("type") == "json_schema":
+                out["response_format"] = {"type": "json_object"}
+        if quirks.get("max_completion_tokens") and "max_tokens" in out:
+            out["max_completion_tokens"] = out.pop("max_tokens")
+        if quirks.get("no_temperature"):
+            out.pop("temperature", None)
+        return out
+
+    def _learn(self, exc: RequestFailed, sent: dict[str, Any]) -> bool:
+        """Remember what the endpoint refused; False when the refusal names nothing we can leave out."""
+        change: tuple[str, Any] | None = None
+        rf = sent.get("response_format")
+        if rf is not None and _names_param(exc, "response_format", "json_schema", "json_object", "structured output"):
+            change = ("response_format", "json_object" if rf.get("type") == "json_schema" else "none")
+        elif "max_tokens" in sent and _names_param(exc, "max_completion_tokens"):
+            change = ("max_completion_tokens", True)
+        elif "temperature" in sent and _names_param(exc, "temperature"):
+            change = ("no_temperature", True)
+        if change is None:
+            return False
+        with self._lock:
+            self.quirks[change[0]] = change[1]
+            snapshot = json.dumps(self.quirks, sort_keys=True)
+        self.tally.count(f"endpoint refused a parameter ({change[0]})")
+        if self.client.cache is not None:
+            self.client.cache.set_note(self._note_key, snapshot)
+        return True
+
+    def _check_model(self, reply: ChatReply) -> None:
+        said = (reply.model or "").strip().lower()
+        asked = self.model.strip().lower().rsplit("/", 1)[-1]
+        said_short = said.rsplit("/", 1)[-1]
+        if said and said_short != asked and not said_short.startswith(asked + "-"):  # a dated snapshot is the same model
+            with self.tally._lock:
+                self.tally.other_models[reply.model or ""] += 1
