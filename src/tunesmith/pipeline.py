@@ -103,13 +103,17 @@ def _load(project_dir: Path | str) -> Project:
     return load_project(d)
 
 
-def _stage_check(project: Project, state: State, result: PipelineResult, *, force: bool, say, **_: Any) -> dict[str, Any]:
+def _stage_check(project: Project, state: State, result: PipelineResult, *, force: bool, say,
+                 train_flags: dict[str, Any], **_: Any) -> dict[str, Any]:
     from tunesmith.data.checks import run_check
     from tunesmith.data.checks.setup import check_context
+    from tunesmith.train.prepare import reviewed_provenance
 
     if build_data(project):
         say(f"built {project.path(project.data.source)} with `{project.build}`")
     source = project.path(project.data.source)
+    # before any long stage: teacher rows nobody reviewed stop the run here, not after the baseline
+    provenance = reviewed_provenance(project, source, allow_unreviewed=bool(train_flags.get("allow_unreviewed")))
     key = _digest(sha256_file(source), project.resolved()["output"], project.system_prompt, project.task_kind)
     if (done := state.done("check", key)) is not None:
         return {"status": "skipped", "why": "data unchanged since the last check", **done.get("result", {})}
@@ -117,6 +121,9 @@ def _stage_check(project: Project, state: State, result: PipelineResult, *, forc
     errors = report.errors
     info = {"examples": report.examples, "errors": len(errors),
             "warnings": sum(f.severity == "warning" for f in report.findings)}
+    if provenance is not None:
+        info["generated"] = provenance["generated"]
+        info["reviewed"] = provenance["reviewed"]
     if errors:
         details = [f"{f.check}: {f.message} (lines {', '.join(map(str, f.lines[:8]))})" for f in errors[:20]]
         raise StageStopped(f"check: {len(errors)} error(s) in {source}", f"see `tunesmith check {source}`; `tunesmith fix` drops them",
@@ -178,12 +185,21 @@ def _stage_train(project: Project, state: State, result: PipelineResult, *, trai
                  progress: bool, **_: Any) -> dict[str, Any]:
     from tunesmith.train.api import registry_for, train_project
 
+    # --allow-unreviewed lets data through the gate; it does not change what a finished run learned
+    settings = {k: v for k, v in train_flags.items() if k != "allow_unreviewed"}
     key = _digest(sha256_file(project.path(project.data.train)), project.resolved()["train"], project.base_model,
-                  project.system_prompt, project.max_length, train_flags)
+                  project.system_prompt, project.max_length, settings)
     entry = state.data.get("train")
     registry = registry_for(project)
+    record = None
     if entry and entry.get("key") == key and entry.get("run_id"):
-        record = registry.get(entry["run_id"])
+        from tunesmith.errors import RunNotFoundError
+
+        try:
+            record = registry.get(entry["run_id"])
+        except RunNotFoundError:
+            record = None  # the last attempt stopped before its run existed (a guard refused the data)
+    if record is not None:
         if record.status == "completed":
             result.run_id = record.id
             return {"status": "skipped", "why": "training inputs unchanged", "run_id": record.id}

@@ -21,6 +21,7 @@ def run_command(
     until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
     start: Optional[str] = typer.Option(None, "--from", help="Start at this stage (earlier ones must have run)."),
     force: bool = typer.Option(False, "--force", help="Train even when the base model already passes the bar."),
+    allow_unreviewed: bool = typer.Option(False, "--allow-unreviewed", help="Train on teacher-generated rows whose review target was not met (the run records it)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON event per stage on stdout."),
 ) -> None:
     """The whole workflow: check -> split -> baseline -> train -> eval -> report. Re-run to resume."""
@@ -35,7 +36,8 @@ def run_command(
             details = {k: v for k, v in event.items() if k not in ("event", "stage", "status", "metrics")}
             out.print(f"[bold]{event['stage']:9}[/] {event['status']:8} " + ", ".join(f"{k}={v}" for k, v in details.items()))
 
-    result = run_pipeline(project, until=until, start=start, force=force, emit=emit,
+    train_flags = {"allow_unreviewed": True} if allow_unreviewed else None
+    result = run_pipeline(project, until=until, start=start, force=force, emit=emit, train_flags=train_flags,
                           say=lambda m: print(m, file=sys.stderr), progress=not json_out)
     if json_out:
         print(json.dumps({"event": "done", **result.to_dict()}, default=str))

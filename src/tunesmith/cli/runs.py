@@ -192,6 +192,11 @@ def show(
         out.print(f"[red]error:[/]      {escape(record.error)}")
     if record.metrics:
         out.print("metrics:    " + ", ".join(f"{k} {_num(v)}" for k, v in record.metrics.items()), markup=False)
+    provenance = record.data.get("provenance")
+    if isinstance(provenance, dict):
+        from tunesmith.distill.provenance import describe
+
+        out.print(f"train data: {describe(provenance)}", markup=False)
     for name, doc in docs.items():
         out.print(f"\n[bold]{name}.json[/]")
         out.print(json.dumps(doc, indent=2, ensure_ascii=False), markup=False, highlight=False)

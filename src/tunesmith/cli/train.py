@@ -42,6 +42,7 @@ def train(
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes via accelerate (DDP)."),
+    allow_unreviewed: bool = typer.Option(False, "--allow-unreviewed", help="Train on teacher-generated rows whose review target was not met (the run records it)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON event per line on stdout."),
 ) -> None:
     """Train a LoRA / QLoRA / full fine-tune of the base model on the project's training split."""
@@ -49,6 +50,7 @@ def train(
         "method": method, "rank": rank, "alpha": alpha, "learning_rate": learning_rate, "epochs": epochs,
         "batch_size": batch_size, "effective_batch": effective_batch, "max_length": max_length,
         "eval_every": eval_every, "patience": patience, "precision": precision, "seed": seed,
+        "allow_unreviewed": True if allow_unreviewed else None,
     }
     if method is not None and method not in ("lora", "qlora", "full"):
         raise UsageError(f"--method {method!r} is not a method", "use lora, qlora or full")

@@ -381,6 +381,8 @@ def _header(data: Mapping[str, Any]) -> str:
         ("Base model", data.get("base_model")),
         ("Date", _format_created(data.get("created"))),
     ]
+    if data.get("training_data"):  # only runs trained on teacher-generated rows say where they came from
+        rows.insert(3, ("Training data", data["training_data"]))
     cells = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v) if v not in (None, '') else '—'}</dd>" for k, v in rows)
     title = data.get("title") or "Evaluation report"
     return f'<header id="header"><h1>{_e(title)}</h1><dl class="meta">{cells}</dl></header>'

@@ -59,12 +59,14 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
                       "base_output": None, "tuned_output": gen.text, "passed": res.passed,
                       "failures": res.failures + res.pending, "scores": {}})
     judge = summary.get("judge")
+    provenance = record.data.get("provenance")
     return {
         "title": f"tunesmith report: {record.id}",
         "run_id": record.id,
         "created": record.created_at,
         "task": project.task,
         "base_model": project.base_model,
+        "training_data": _describe_provenance(provenance) if isinstance(provenance, dict) else None,
         "loss_curve": loss_curve(Path(record.path)),
         "metrics": metrics,
         "judge": {"rubric": judge.get("rubric"), "pairwise": judge.get("pairwise")} if judge else None,
@@ -72,6 +74,12 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
                        "flips": (gate or {}).get("flips", []), "gate": (gate or {}).get("status")},
         "items": items,
     }
+
+
+def _describe_provenance(provenance: dict[str, Any]) -> str:
+    from tunesmith.distill.provenance import describe
+
+    return describe(provenance)
 
 
 def write_run_report(project: Project, subject: Any, tuned: Any, base: Any | None, test: list[EvalItem],
