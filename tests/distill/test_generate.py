@@ -433,3 +433,19 @@ def test_settings_come_from_the_project_file(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     rows = _rows(root / "gen/out.jsonl")
     assert len(rows) == 7 and rows[0]["provenance"]["teacher_model"] == "yaml-teacher"
+
+
+def test_openai_without_a_key_is_refused_before_any_request(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    out = runner.invoke(app, ["generate", "-p", str(project), "--teacher-model", "gpt-4o-mini", "--n", "5"])
+    assert out.exit_code == 2
+    assert "OPENAI_API_KEY is not set" in out.stderr and "https://api.openai.com/v1" in out.stderr
+
+
+def test_openai_base_url_from_the_environment_is_honoured(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeOpenAI(FakeTeacher()) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        out = runner.invoke(app, ["generate", "-p", str(project), "--teacher-model", "env-teacher", "--n", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    assert _rows(project / "generated.jsonl")[0]["provenance"]["base_url_host"] == server.base_url.split("/")[2]

@@ -40,6 +40,7 @@ from tunesmith.cli import evaluate as _evaluate  # noqa: E402,F401
 from tunesmith.cli import run as _run  # noqa: E402,F401
 from tunesmith.cli import ship as _ship  # noqa: E402,F401
 from tunesmith.cli import serve as _serve  # noqa: E402,F401
+from tunesmith.cli import review as _review  # noqa: E402,F401
 from tunesmith.cli import generate as _generate  # noqa: E402,F401
 from tunesmith.cli.runs import runs_app  # noqa: E402
 

@@ -19,24 +19,21 @@ import hashlib
 import json
 import math
 import random
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.checks.contract import AnswerContract
-from tunesmith.data.diversity import hashed_vectors, k_center
 from tunesmith.data.formats import Example, iter_examples
 from tunesmith.distill import prompts as P
+from tunesmith.distill.answers import answer_all, unfence
 from tunesmith.distill.inputs import DedupReport, InputFilter, Prompt, read_inputs, user_text
-from tunesmith.distill.provenance import PROVENANCE, REVIEW, TEACHER, row_status
-from tunesmith.distill.teacher import Tally, Teacher, TeacherError
+from tunesmith.distill.provenance import PROVENANCE, row_status
+from tunesmith.distill.session import GenerateOptions, Progress, Session
+from tunesmith.distill.teacher import Tally, TeacherError
 from tunesmith.errors import DataError, UsageError
-from tunesmith.inference.openai_client import (
-    ChatClient, EndpointRefused, RequestCache, RequestFailed, RetryPolicy, endpoint_host, run_concurrently,
-)
+from tunesmith.inference.openai_client import EndpointRefused, RequestFailed, endpoint_host, resolve_base_url, run_concurrently
 from tunesmith.io import write_jsonl_atomic
 from tunesmith.project import Project
 
@@ -45,33 +42,6 @@ PER_REQUEST = 8
 OVERSHOOT = 1.25
 MAX_ROUNDS = 4
 SEEDS_PER_REQUEST = 4
-Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class GenerateOptions:
-    """Resolved settings: defaults < tunesmith.yaml `generate:` < flags (`options_for`)."""
-
-    teacher_model: str
-    base_url: str | None
-    api_key: str | None
-    n: int
-    output: Path
-    inputs_file: Path | None = None
-    concurrency: int = 8
-    temperature: float = 0.9
-    answer_temperature: float = 0.2
-    max_attempts: int = 3
-    max_tokens: int | None = None
-    timeout: float = 120.0
-    fewshot: int = 3
-    seed: int = 0
-    price: tuple[float, float] | None = None
-    max_retries: int = 5
-    #: first wait after a failed request, in seconds (doubles per retry, unless Retry-After says)
-    backoff: float = 1.0
-    #: replace a file whose reviewed rows this run would not reproduce
-    force: bool = False
 
 
 @dataclass
@@ -103,11 +73,16 @@ def options_for(project: Project, flags: dict[str, Any]) -> GenerateOptions:
     if not model:
         raise UsageError("no teacher model: name the stronger model that writes the data",
                          "pass --teacher-model NAME (e.g. gpt-4o-mini), or set generate.teacher_model in tunesmith.yaml")
+    base_url = resolve_base_url(given.get("base_url") or g.base_url)
+    api_key = os.environ.get(g.api_key_env)
+    if not api_key and endpoint_host(base_url) == "api.openai.com":
+        raise UsageError(f"{g.api_key_env} is not set: the teacher at {base_url} needs an API key",
+                         f"export {g.api_key_env}=sk-... (or point --base-url at another OpenAI-compatible server)")
     output = given.get("output")
     output = Path(output) if output is not None else project.path(g.output)
     inputs = given.get("inputs_file")
     return GenerateOptions(
-        teacher_model=model, base_url=given.get("base_url") or g.base_url, api_key=os.environ.get(g.api_key_env),
+        teacher_model=model, base_url=base_url, api_key=api_key,
         n=int(given.get("n", g.n)), output=output, inputs_file=Path(inputs) if inputs else None,
         concurrency=int(given.get("concurrency", g.concurrency)), temperature=g.temperature,
         answer_temperature=g.answer_temperature, max_attempts=g.max_attempts, max_tokens=g.max_tokens,
@@ -165,19 +140,11 @@ def _generation_id(project: Project, opts: GenerateOptions, inputs_sha: str | No
 
 # --- replies -----------------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*\n(.*?)\n?```$", re.DOTALL)
-
-
-def _unfence(text: str) -> tuple[str, bool]:
-    m = _FENCE.match(text.strip())
-    return (m.group(1).strip(), True) if m else (text, False)
-
-
 def _json_list(text: str | None, key: str) -> tuple[list[str] | None, str]:
     """The list under `key` in a JSON reply (or a bare list); items that are not strings are JSON-encoded."""
     if not text or not text.strip():
         return None, "the reply was empty"
-    body, _ = _unfence(text)
+    body, _ = unfence(text)
     try:
         value = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -188,74 +155,6 @@ def _json_list(text: str | None, key: str) -> tuple[list[str] | None, str]:
         return None, f"it has no list under {key!r}"
     items = [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in value]
     return [v.strip() for v in items if v and v.strip()], ""
-
-
-def _json_style(answers: list[str]) -> Callable[[Any], str] | None:
-    """How the seed answers write JSON (compact, spaced or indented), when they all agree."""
-    writers: dict[str, Callable[[Any], str]] = {
-        "compact": lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":")),
-        "spaced": lambda v: json.dumps(v, ensure_ascii=False),
-        "indented": lambda v: json.dumps(v, ensure_ascii=False, indent=2),
-    }
-    styles = set()
-    for a in answers:
-        try:
-            value = json.loads(a)
-        except (ValueError, RecursionError):
-            return None
-        match = [name for name, w in writers.items() if w(value) == a.strip()]
-        if not match:
-            return None
-        styles.add(match[0])
-    return writers[styles.pop()] if len(styles) == 1 else None
-
-
-# --- the run -----------------------------------------------------------------------------------------
-
-
-class _Run:
-    def __init__(self, project: Project, opts: GenerateOptions, progress: Progress | None) -> None:
-        from tunesmith.distill.prices import price_for
-
-        self.project, self.opts = project, opts
-        self.progress = progress or (lambda _stage, _done, _total: None)
-        self.contract = AnswerContract.for_project(project)
-        self.schema = project.load_schema()
-        self.tally = Tally(price=price_for(opts.teacher_model, opts.price))
-        self.log: list[dict[str, Any]] = []
-        self.log_lock = threading.Lock()
-        cache = RequestCache(project.root / ".tunesmith" / "teacher-cache.sqlite")
-        client = ChatClient(opts.base_url, opts.teacher_model, api_key=opts.api_key, timeout=opts.timeout,
-                            policy=RetryPolicy(max_retries=opts.max_retries, backoff=opts.backoff), cache=cache, what="teacher")
-        self.teacher = Teacher(client, self.tally)
-        self.answers: dict[str, int] = {"ok": 0, "dropped": 0, "retried_for_contract": 0, "truncated": 0, "empty": 0,
-                                        "code_fences_removed": 0, "failed_requests": 0}
-        self._count_lock = threading.Lock()
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self._count_lock:
-            self.answers[key] += n
-
-    def close(self) -> None:
-        self.teacher.client.close()
-        if self.teacher.client.cache is not None:
-            self.teacher.client.cache.close()
-
-    def note(self, event: str, **data: Any) -> None:
-        with self.log_lock:
-            self.log.append({"event": event, **data})
-
-    def first(self, messages: list[dict[str, str]], params: dict[str, Any]) -> tuple[Any, str] | None:
-        """The run's first request, sent alone: an endpoint that cannot be reached stops the run here."""
-        try:
-            return self.teacher.ask(messages, params)
-        except RequestFailed as exc:
-            if exc.unreachable:
-                raise TeacherError(f"cannot reach the teacher at {self.teacher.client.base_url}: {exc.reason}",
-                                   "start the server or fix --base-url (an OpenAI-compatible base URL, usually "
-                                   "ending in /v1)") from None
-            self.note("request_failed", stage="first", reason=exc.reason)
-            return None
 
 
 def generate(project: Project, opts: GenerateOptions, *, progress: Progress | None = None,
@@ -271,7 +170,7 @@ def generate(project: Project, opts: GenerateOptions, *, progress: Progress | No
 
         inputs_sha = sha256_file(opts.inputs_file)
     generation = _generation_id(project, opts, inputs_sha)
-    run = _Run(project, opts, progress)
+    run = Session(project, opts, progress)
     if on_start is not None:
         on_start(run.tally)
     warnings: list[str] = []
@@ -286,7 +185,7 @@ def generate(project: Project, opts: GenerateOptions, *, progress: Progress | No
             prompts = filt.keep(user_prompts, dedup, limit=None)
         else:
             prompts = _new_inputs(run, seeds, filt, dedup)
-        rows = _answer_all(run, prompts, seeds, generation)
+        rows = answer_all(run, prompts, seeds, generation)
     except EndpointRefused as exc:
         raise TeacherError(exc.message, "check --teacher-model, --base-url and the API key "
                            f"({project.generate.api_key_env}); nothing already answered is lost: it is cached") from None
@@ -313,7 +212,7 @@ def generate(project: Project, opts: GenerateOptions, *, progress: Progress | No
 # --- inputs ------------------------------------------------------------------------------------------
 
 
-def _ask_json_list(run: _Run, messages: list[dict[str, str]], params: dict[str, Any], key: str,
+def _ask_json_list(run: Session, messages: list[dict[str, str]], params: dict[str, Any], key: str,
                    stop: threading.Event | None, first: bool = False) -> list[str]:
     """Ask, read the list under `key`; a reply that is not that JSON is retried with the reason shown."""
     for attempt in range(run.opts.max_attempts):
@@ -337,7 +236,7 @@ def _ask_json_list(run: _Run, messages: list[dict[str, str]], params: dict[str, 
     return []
 
 
-def _new_inputs(run: _Run, seeds: list[Example], filt: InputFilter, dedup: DedupReport) -> list[Prompt]:
+def _new_inputs(run: Session, seeds: list[Example], filt: InputFilter, dedup: DedupReport) -> list[Prompt]:
     opts, project = run.opts, run.project
     seed_inputs = [user_text(ex) for ex in seeds]
     rng = random.Random(f"{opts.seed}:plan")
@@ -382,119 +281,6 @@ def _new_inputs(run: _Run, seeds: list[Example], filt: InputFilter, dedup: Dedup
             break  # the teacher only repeats itself now
     run.progress("inputs", len(kept), opts.n)
     return kept
-
-
-# --- answers -----------------------------------------------------------------------------------------
-
-
-def _fewshot(seeds: list[Example], k: int) -> list[tuple[str, str]]:
-    """The k most mutually different single-turn seeds, as (question, answer)."""
-    pairs = []
-    for ex in seeds:
-        turns = [m for m in ex.messages if m.role != "system"]
-        if len(turns) == 2 and turns[0].role == "user" and turns[1].role == "assistant":
-            pairs.append((turns[0].content, turns[1].content))
-    if not pairs or k == 0:
-        return []
-    chosen = k_center(hashed_vectors([q + "\n" + a for q, a in pairs]), min(k, len(pairs)))
-    return [pairs[i] for i in chosen]
-
-
-def _answer_all(run: _Run, prompts: list[Prompt], seeds: list[Example], generation: str) -> list[dict[str, Any]]:
-    opts, project = run.opts, run.project
-    seed_answers = [o for ex in seeds for o in ex.outputs()]
-    restyle = _json_style(seed_answers) if run.contract.expects_json and seed_answers else None
-    longest = max((len(a) for a in seed_answers), default=0)
-    max_tokens = opts.max_tokens or max(1024, 2 * longest // 3)
-    system = P.answer_system(project.task, project.system_prompt, run.contract, run.schema)
-    shots = _fewshot(seeds, opts.fewshot)
-    params: dict[str, Any] = {"temperature": opts.answer_temperature, "max_tokens": max_tokens}
-    if (rf := P.response_format(run.contract, run.schema)) is not None:
-        params["response_format"] = rf
-    host = endpoint_host(run.teacher.client.base_url)
-    rows: dict[int, dict[str, Any]] = {}
-    finished = [0]
-
-    def work(indexed: tuple[int, Prompt], stop: threading.Event) -> dict[str, Any] | None:
-        index, prompt = indexed
-        chat = P.answer_messages(system, shots, prompt.chat)
-        found = _one_answer(run, chat, params, stop, first=index == 0)
-        if found is None:
-            return None
-        text, reply, key = found
-        if restyle is not None:
-            text = restyle(json.loads(text))
-        turns = ([{"role": "system", "content": project.system_prompt}] if project.system_prompt else []) + prompt.chat
-        return {"messages": [*turns, {"role": "assistant", "content": text}],
-                PROVENANCE: {"source": TEACHER, "teacher_model": opts.teacher_model, "answered_by": reply.model,
-                             "base_url_host": host, "request_sha256": key, "created": reply.created,
-                             "generation": generation, "input": prompt.origin},
-                REVIEW: {"status": "unreviewed"}}
-
-    def done(index: int, row: dict[str, Any] | None) -> None:
-        if row is not None:
-            rows[index] = row
-        finished[0] += 1
-        run.progress("answers", finished[0], len(prompts))
-
-    items = list(enumerate(prompts))
-    if items:  # the first alone: an unreachable teacher stops the run before anything else is sent
-        done(0, work(items[0], threading.Event()))
-        run_concurrently(items[1:], work, concurrency=opts.concurrency, on_done=lambda i, r: done(i + 1, r))
-    return [rows[i] for i in sorted(rows)]
-
-
-def _one_answer(run: _Run, chat: list[dict[str, str]], params: dict[str, Any], stop: threading.Event,
-                first: bool) -> tuple[str, Any, str] | None:
-    """An answer that meets the contract, with its reply and request key; None (logged) when there is none."""
-    problems: list[str] = []
-    limit = params["max_tokens"]
-    asked = _snippet(chat)
-    for attempt in range(run.opts.max_attempts):
-        try:
-            if first and attempt == 0:
-                got = run.first(chat, params)
-                if got is None:
-                    run.count("failed_requests")
-                    run.count("dropped")
-                    return None
-                reply, key = got
-            else:
-                reply, key = run.teacher.ask(chat, params, stop)
-        except RequestFailed as exc:
-            if exc.reason != "cancelled":
-                run.count("failed_requests")
-                run.count("dropped")
-                run.note("dropped", reason=f"request failed: {exc.reason}", prompt=asked)
-            return None
-        text, fenced = _unfence((reply.content or "").strip())
-        if reply.finish_reason == "length":
-            run.count("truncated")
-            problems = [f"was cut off at the token limit ({limit})"]
-            limit = min(4 * params["max_tokens"], 2 * limit)  # the same question with more room
-            params = {**params, "max_tokens": limit}
-            continue
-        if not text:
-            run.count("empty")
-            problems = ["is empty"]
-        else:
-            problems = run.contract.check(text).problems
-        if not problems:
-            run.count("ok")
-            run.count("code_fences_removed", fenced)
-            return text, reply, key
-        run.count("retried_for_contract")
-        chat = P.fix_messages(chat, text or "(empty)", problems)
-    run.count("dropped")
-    run.note("dropped", reason=f"no answer met the contract in {run.opts.max_attempts} attempts: "
-             + "; ".join(problems), prompt=asked)
-    return None
-
-
-def _snippet(chat: list[dict[str, str]]) -> str:
-    users = [m["content"] for m in chat if m["role"] == "user"]
-    text = " ".join((users[-1] if users else "").split())
-    return text[:200] + ("..." if len(text) > 200 else "")
 
 
 # --- the output file ---------------------------------------------------------------------------------

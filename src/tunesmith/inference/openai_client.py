@@ -153,6 +153,11 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def resolve_base_url(base_url: str | None) -> str:
+    """The base URL a request goes to: the one given, else OPENAI_BASE_URL, else OpenAI's (as the openai client does)."""
+    return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+
+
 def endpoint_host(base_url: str) -> str:
     """The host (and port) of a base URL, as provenance records it: never a path or a key."""
     parts = urlsplit(base_url)
@@ -188,8 +193,7 @@ class ChatClient:
                  policy: RetryPolicy | None = None, cache: RequestCache | None = None, what: str = "endpoint") -> None:
         import openai  # deferred: `import tunesmith` stays light
 
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        self.base_url = base_url.rstrip("/")
+        self.base_url = resolve_base_url(base_url)
         self.model = model
         self.timeout = timeout
         self.policy = policy or RetryPolicy()

@@ -1,0 +1,260 @@
+"""The review page on 127.0.0.1: a FastAPI app over a `ReviewStore`, the page itself, and the runner.
+
+Routes (JSON bodies only, ``Content-Type: application/json``)::
+
+    GET  /               the page (self-contained: inline CSS and JS, a CSP allowing only its own script)
+    GET  /api/state      rows in review order, decisions, progress, the contract, the file's version
+    POST /api/validate   {"answer"} -> {"ok", "problems"}: the contract's own check, as the person types
+    POST /api/decision   {"id", "action": accept|edit|reject|undo, "answer"?, "reason"?, "version"}
+                         -> {"version", "progress", "row"}; 409 when the file changed on disk or the
+                         version is stale (nothing written), 422 when an edit breaks the contract
+    POST /api/reload     {} -> the state, read again from disk (after a hand edit)
+
+The page trusts nobody else: the Host header must name this server (127.0.0.1:PORT or localhost:PORT;
+DNS rebinding), a POST from another origin is refused (403), a POST that is not JSON is refused (415),
+and bodies are capped (413).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations (Request, imported
+# inside create_app so that the module imports without the `serve` extra) when they are defined.
+import json
+import threading
+import time
+from typing import Any
+
+from tunesmith.distill.review import (
+    ACTIONS,
+    InvalidAnswer,
+    ReviewConflict,
+    ReviewStore,
+    UnknownRow,
+)
+from tunesmith.distill.review_page import CSP, PAGE
+from tunesmith.errors import OutputError, TunesmithError, UsageError
+
+MAX_BODY = 1 << 20
+HOST = "127.0.0.1"
+
+
+def require_web_libraries() -> None:
+    """FastAPI and uvicorn come with the `serve` extra; say how to get them instead of a traceback."""
+    import importlib
+
+    missing = []
+    for name in ("fastapi", "uvicorn"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UsageError(f"the review page needs {' and '.join(missing)}, which "
+                         f"{'is' if len(missing) == 1 else 'are'} not installed", "pip install 'tunesmith[serve]'")
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+# ---------------------------------------------------------------------------------------------
+
+_COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"),
+                   (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+
+
+class _Guard:
+    """Host, origin, content type and body size, checked before any route (pure ASGI middleware)."""
+
+    def __init__(self, app: Any, port: int, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+        self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+        self.origins = {f"http://{h}" for h in self.hosts}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        problem = self._problem(scope["method"], headers)
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_COMMON_HEADERS]}
+            await send(message)
+
+        if problem is None:
+            await self.app(scope, receive, send_with_headers)
+            return
+        from starlette.responses import JSONResponse
+
+        status, message, hint = problem
+        response = JSONResponse({"error": {"message": message, "hint": hint}}, status_code=status)
+        await response(scope, receive, send_with_headers)
+
+    def _problem(self, method: str, headers: dict[str, str]) -> tuple[int, str, str] | None:
+        if headers.get("host", "").lower() not in self.hosts:
+            return 400, "unknown Host header", "open the page at the address `tunesmith review` printed"
+        if method in ("GET", "HEAD"):
+            return None
+        origin = headers.get("origin")
+        if (origin is not None and origin not in self.origins) or \
+                headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return 403, "cross-origin request refused", "only the review page itself may save decisions"
+        if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return 415, "the body must be JSON (Content-Type: application/json)", "send a JSON object"
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return 413, f"request body over the limit of {self.max_body} bytes", "send a smaller answer"
+        return None
+
+
+def _error(status: int, exc: TunesmithError, **extra: Any) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": exc.message, "hint": exc.hint, "details": exc.details, **extra}},
+                        status_code=status)
+
+
+async def _read_json(request: Any, limit: int) -> dict[str, Any]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _BadRequest(413, f"request body over the limit of {limit} bytes")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _BadRequest(400, "the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _BadRequest(400, "the body must be a JSON object")
+    return value
+
+
+class _BadRequest(UsageError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message, "send what the review page sends")
+        self.status = status
+
+
+def _decision_args(body: dict[str, Any]) -> tuple[int, str, str, str | None, str | None]:
+    line, action, version = body.get("id"), body.get("action"), body.get("version")
+    answer, reason = body.get("answer"), body.get("reason")
+    if not isinstance(line, int) or isinstance(line, bool):
+        raise _BadRequest(400, '"id" must be the row\'s line number')
+    if action not in ACTIONS:
+        raise _BadRequest(400, '"action" must be one of ' + ", ".join(ACTIONS))
+    if not isinstance(version, str):
+        raise _BadRequest(400, '"version" must be the version the page read')
+    if (answer is not None and not isinstance(answer, str)) or (action == "edit" and answer is None):
+        raise _BadRequest(400, '"answer" must be a string (and an edit needs one)')
+    if reason is not None and not isinstance(reason, str):
+        raise _BadRequest(400, '"reason" must be a string')
+    return line, action, version, answer, reason
+
+
+def create_app(store: ReviewStore, port: int, *, max_body: int = MAX_BODY) -> Any:
+    """The review app for `store`, answering only as http://127.0.0.1:PORT (or localhost:PORT)."""
+    from fastapi import FastAPI, Request
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import HTMLResponse, JSONResponse
+
+    app = FastAPI(title="tunesmith review", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def guarded(call: Any) -> Any:
+        try:
+            return await call()
+        except _BadRequest as exc:
+            return _error(exc.status, exc)
+        except ReviewConflict as exc:
+            return _error(409, exc, conflict=exc.kind)
+        except InvalidAnswer as exc:
+            return JSONResponse({"error": {"message": exc.message, "hint": exc.hint}, "problems": exc.problems},
+                                status_code=422)
+        except UnknownRow as exc:
+            return _error(404, exc)
+        except OutputError as exc:
+            return _error(500, exc)
+        except TunesmithError as exc:  # e.g. a reload of a file a hand edit broke
+            return _error(422, exc)
+
+    @app.get("/")
+    async def page() -> Any:
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": CSP + "; frame-ancestors 'none'"})
+
+    @app.get("/api/state")
+    async def state() -> Any:
+        return JSONResponse(await run_in_threadpool(store.state))
+
+    @app.post("/api/validate")
+    async def validate(request: Request) -> Any:
+        async def call() -> Any:
+            answer = (await _read_json(request, max_body)).get("answer")
+            if not isinstance(answer, str):
+                raise _BadRequest(400, '"answer" must be a string')
+            problems = await run_in_threadpool(store.validate, answer)
+            return JSONResponse({"ok": not problems, "problems": problems})
+        return await guarded(call)
+
+    @app.post("/api/decision")
+    async def decision(request: Request) -> Any:
+        async def call() -> Any:
+            line, action, version, answer, reason = _decision_args(await _read_json(request, max_body))
+            saved = await run_in_threadpool(lambda: store.decide(line, action, version, answer=answer, reason=reason))
+            return JSONResponse(saved)
+        return await guarded(call)
+
+    @app.post("/api/reload")
+    async def reload(request: Request) -> Any:
+        async def call() -> Any:
+            await _read_json(request, max_body)
+            await run_in_threadpool(store.reload)
+            return JSONResponse(await run_in_threadpool(store.state))
+        return await guarded(call)
+
+    return _Guard(app, port, max_body)
+
+
+# ---------------------------------------------------------------------------------------------
+# running it
+# ---------------------------------------------------------------------------------------------
+
+
+class ReviewServer:
+    """uvicorn on 127.0.0.1:PORT (0: any free port). `run()` blocks until Ctrl-C; `start()`/`stop()`
+    serve from a background thread (tests)."""
+
+    def __init__(self, store: ReviewStore, port: int = 0, *, max_body: int = MAX_BODY) -> None:
+        require_web_libraries()
+        import uvicorn
+
+        from tunesmith.serve.api import bind_socket
+
+        self.store = store
+        self.sock = bind_socket(HOST, port)
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(create_app(store, self.port, max_body=max_body), host=HOST, port=self.port,
+                                log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    def run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.sock.close()
+
+    def start(self, timeout: float = 30.0) -> "ReviewServer":
+        self.thread = threading.Thread(target=self.run, name="tunesmith-review", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise UsageError("the review page's server did not start", "run with TUNESMITH_DEBUG=1 to see why")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout)

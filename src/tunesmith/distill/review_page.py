@@ -1,0 +1,387 @@
+"""The review page itself: one self-contained HTML document (inline CSS and JS, a Content-Security-Policy
+that allows only its own script, by hash, and requests to its own origin), in the spot-check page's style.
+
+`review_app` serves it; the script talks to the routes documented there.
+"""
+
+import base64
+import hashlib
+
+
+_CSS = """
+*{box-sizing:border-box}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d2430;margin:0 auto;
+max-width:1200px;padding:20px 24px 80px}
+h1{font-size:22px;margin:0 0 6px}h2{font-size:16px;margin:0 0 6px}h3{font-size:14px;margin:8px 0 4px}
+.intro{color:#4a5563;max-width:860px}
+.bar{position:sticky;top:0;background:#fff;border-bottom:1px solid #d9dee5;padding:8px 0;margin:0 0 14px;z-index:1;
+display:flex;gap:16px;align-items:center;flex-wrap:wrap}
+button{font:inherit;padding:4px 12px;border:1px solid #9aa3af;border-radius:4px;background:#f6f8fa;cursor:pointer}
+button:disabled{opacity:.45;cursor:not-allowed}
+#save-status{color:#4a5563;font-size:13px}#save-status.bad{color:#b42318}#save-status.ok{color:#1b7f3b}
+#conflict{border:1px solid #b42318;background:#fef3f2;border-radius:6px;padding:10px 14px;margin:0 0 14px}
+kbd{font:12px ui-monospace,Menlo,Consolas,monospace;border:1px solid #c5ccd6;border-radius:3px;padding:0 4px;background:#f6f8fa}
+article.row{border:1px solid #d9dee5;border-radius:6px;padding:12px 14px;margin:0 0 16px}
+article.row.current{outline:3px solid #2f6fde;outline-offset:1px}
+article.row.status-accepted,article.row.status-edited{border-left:4px solid #1b7f3b}
+article.row.status-rejected{border-left:4px solid #b42318}
+.badge{font-size:12px;border-radius:10px;padding:1px 8px;background:#eef1f5;margin-left:6px}
+.status-accepted .badge,.status-edited .badge{background:#e3f4e8}.status-rejected .badge{background:#fde8e7}
+.beyond-label{font-size:12px;color:#8a5a00;margin-left:6px}
+h2.divider{margin:28px 0 12px;color:#4a5563;font-weight:normal}
+pre{white-space:pre-wrap;word-break:break-word;background:#f6f8fa;border:1px solid #d9dee5;border-radius:4px;padding:8px;
+margin:0;font:13px/1.45 ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;max-height:480px;overflow:auto}
+.prompt{background:#f1f4f8}.original{background:#fffbeb}
+textarea{width:100%;min-height:160px;font:13px/1.45 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;padding:8px;
+border:1px solid #9aa3af;border-radius:4px}
+input.reason-input{font:inherit;width:60%;padding:4px 8px;border:1px solid #9aa3af;border-radius:4px}
+.actions,.editor,.rejectbox{margin:10px 0 0;display:flex;gap:8px;flex-wrap:wrap;align-items:center}
+.editor{display:block}.editor .buttons{display:flex;gap:8px;margin-top:6px}
+.problems{color:#b42318;margin:6px 0;padding-left:20px}.valid{color:#1b7f3b;margin:6px 0}
+[data-state=checking] .valid{color:#6b7280}
+.empty,.note{color:#6b7280}.reason{color:#b42318}
+"""
+
+_JS = r"""
+(function () {
+  "use strict";
+  var rowsEl = document.getElementById("rows");
+  var statusEl = document.getElementById("save-status");
+  var conflictEl = document.getElementById("conflict");
+  var state = null, order = [], byId = {}, cards = {}, current = 0, saves = 0;
+  var mode = null, queue = Promise.resolve(), editSeq = 0, editOk = false, validateTimer = null, saveWhenChecked = false;
+
+  function el(tag, cls, text) {
+    var n = document.createElement(tag);
+    if (cls) n.className = cls;
+    if (text !== undefined && text !== null) n.textContent = text;
+    return n;
+  }
+  function setStatus(text, kind) { statusEl.textContent = text; statusEl.className = kind || ""; }
+  function api(path, body) {
+    var init = {method: body === undefined ? "GET" : "POST", cache: "no-store", credentials: "same-origin"};
+    if (body !== undefined) { init.headers = {"Content-Type": "application/json"}; init.body = JSON.stringify(body); }
+    return fetch(path, init).then(function (r) {
+      return r.text().then(function (t) {
+        var d = null;
+        try { d = JSON.parse(t); } catch (e) { d = null; }
+        return {status: r.status, data: d};
+      });
+    });
+  }
+  function errorText(res) {
+    var e = res.data && res.data.error;
+    if (!e || !e.message) return "HTTP " + res.status;
+    var more = (e.details || []).slice(0, 3).join("; ");
+    return e.message + (more ? " (" + more + ((e.details || []).length > 3 ? "; \u2026" : "") + ")" : "");
+  }
+
+  function turnBlock(card, title, text, cls) {
+    card.appendChild(el("h3", null, title));
+    card.appendChild(text.trim() ? el("pre", cls, text) : el("p", "empty", "(empty)"));
+  }
+  function fillCard(card, row) {
+    card.textContent = "";
+    card.className = "row status-" + row.status + (row.in_target ? "" : " beyond") +
+      (order[current] === row.id ? " current" : "");
+    card.setAttribute("data-status", row.status);
+    var h = el("h2", null, row.rank + " / " + order.length + " ");
+    h.appendChild(el("span", "note", "(line " + row.line + ")"));
+    h.appendChild(el("span", "badge", row.status));
+    if (!row.in_target) h.appendChild(el("span", "beyond-label", "beyond the review target"));
+    card.appendChild(h);
+    row.turns.forEach(function (t, i) {
+      if (i === row.answer_index) turnBlock(card, "answer", row.answer, "answer");
+      else turnBlock(card, t.role, t.content, "prompt");
+    });
+    if (row.original !== null) turnBlock(card, "original answer (before the edit)", row.original, "original");
+    if (row.status === "rejected") card.appendChild(el("p", "reason", row.reason ? "rejected: " + row.reason : "rejected"));
+    var p = row.provenance, bits = [];
+    if (p) {
+      if (p.teacher_model) bits.push("teacher " + p.teacher_model);
+      if (p.answered_by && p.answered_by !== p.teacher_model) bits.push("answered by " + p.answered_by);
+      if (p.created) bits.push("written " + p.created);
+      if (p.generation) bits.push("generation " + p.generation);
+    }
+    if (row.at) bits.push("decided " + row.at);
+    if (bits.length) card.appendChild(el("p", "note prov", bits.join(" \u00b7 ")));
+    var actions = el("div", "actions");
+    [["accept", "accept (a)"], ["edit", "edit (e)"], ["reject", "reject (r)"], ["undo", "undo (u)"]].forEach(function (a) {
+      var b = el("button", null, a[1]);
+      b.type = "button";
+      b.setAttribute("data-act", a[0]);
+      if (a[0] === "undo" && row.status === "unreviewed") b.disabled = true;
+      actions.appendChild(b);
+    });
+    card.appendChild(actions);
+  }
+
+  function render(s) {
+    var keep = state ? order[current] : undefined;  // the current row stays current across a reload
+    state = s;
+    document.title = "review: " + s.file;
+    document.getElementById("file").textContent = s.file;
+    document.getElementById("contract").textContent = s.contract ? "contract: " + s.contract : "no output contract (any non-empty answer)";
+    order = s.rows.map(function (r) { return r.id; });
+    byId = {}; cards = {};
+    s.rows.forEach(function (r) { byId[r.id] = r; });
+    rowsEl.textContent = "";
+    s.rows.forEach(function (r, i) {
+      if (!r.in_target && (i === 0 || s.rows[i - 1].in_target)) {
+        rowsEl.appendChild(el("h2", "divider", "Beyond the review target: the rest of the file, in file order"));
+      }
+      var card = el("article", "row");
+      card.id = "row-" + r.id;
+      card.setAttribute("data-id", String(r.id));
+      cards[r.id] = card;
+      fillCard(card, r);
+      rowsEl.appendChild(card);
+    });
+    current = Math.max(0, order.indexOf(keep));
+    showProgress(s.progress);
+    conflictEl.hidden = !s.disk_changed;
+    if (s.disk_changed) document.getElementById("conflict-text").textContent =
+      s.file + " changed on disk since it was read (edited by hand?). Nothing will be saved until you reload it from disk; the hand edit is kept.";
+    setCurrent(current, false);
+  }
+  function showProgress(p) {
+    document.getElementById("progress").textContent = p.text;
+    document.getElementById("total").textContent = p.rows + " rows in the file; the first " + p.target +
+      " (the most diverse) are the review target";
+  }
+  function update(d) {
+    state.version = d.version;
+    state.progress = d.progress;
+    byId[d.row.id] = d.row;
+    state.rows[order.indexOf(d.row.id)] = d.row;
+    fillCard(cards[d.row.id], d.row);
+    showProgress(d.progress);
+  }
+
+  function setCurrent(i, scroll) {
+    if (!order.length) return;
+    var old = cards[order[current]];
+    if (old) old.classList.remove("current");
+    current = Math.max(0, Math.min(order.length - 1, i));
+    var card = cards[order[current]];
+    card.classList.add("current");
+    if (scroll !== false && card.scrollIntoView) card.scrollIntoView({block: "nearest"});
+  }
+  function move(step) { closeModes(); setCurrent(current + step); }
+  function nextUndecided() {
+    for (var k = 1; k <= order.length; k++) {
+      var i = (current + k) % order.length;
+      if (byId[order[i]].status === "unreviewed") { setCurrent(i); return true; }
+    }
+    return false;
+  }
+
+  function closeModes() {
+    mode = null;
+    saveWhenChecked = false;
+    Array.prototype.forEach.call(document.querySelectorAll(".editor,.rejectbox"), function (n) { n.remove(); });
+  }
+  function decide(action, extra) {
+    var id = order[current];
+    queue = queue.then(function () {
+      var body = {id: id, action: action, version: state.version};
+      Object.keys(extra || {}).forEach(function (k) { body[k] = extra[k]; });
+      setStatus("saving\u2026");
+      return api("/api/decision", body).then(function (res) {
+        if (res.status === 200) {
+          closeModes();
+          update(res.data);
+          saves++;
+          document.body.setAttribute("data-saves", String(saves));
+          var more = action === "undo" || nextUndecided();
+          setStatus(more ? "saved" : "saved; every row has a decision", "ok");
+        } else if (res.status === 409) {
+          conflictEl.hidden = false;
+          document.getElementById("conflict-text").textContent = errorText(res) + ". Reload it from disk to go on; " +
+            "the hand edit and every earlier decision are kept.";
+          setStatus("not saved: " + errorText(res), "bad");
+        } else if (res.status === 422 && mode === "edit") {
+          showProblems(res.data.problems || []);
+          setStatus("not saved: the answer breaks the contract", "bad");
+        } else {
+          setStatus("not saved: " + errorText(res), "bad");
+        }
+      }).catch(function (e) { setStatus("not saved: the server is not reachable (" + e.message + ")", "bad"); });
+    });
+    return queue;
+  }
+
+  function openEditor() {
+    closeModes();
+    var row = byId[order[current]], card = cards[row.id];
+    mode = "edit";
+    var box = el("div", "editor");
+    var ta = el("textarea", "answer-input");
+    ta.value = row.answer;
+    ta.spellcheck = false;
+    ta.setAttribute("aria-label", "edit the answer");
+    var problems = el("ul", "problems"), valid = el("p", "valid");
+    var buttons = el("div", "buttons");
+    var save = el("button", "save", "save (Ctrl+Enter)"), cancel = el("button", "cancel", "cancel (Esc)");
+    save.type = cancel.type = "button";
+    save.disabled = true;
+    buttons.appendChild(save); buttons.appendChild(cancel);
+    box.appendChild(ta); box.appendChild(problems); box.appendChild(valid); box.appendChild(buttons);
+    card.appendChild(box);
+    if (box.scrollIntoView) box.scrollIntoView({block: "nearest"});
+    save.addEventListener("click", saveEdit);
+    cancel.addEventListener("click", closeModes);
+    ta.addEventListener("input", function () { scheduleValidate(150); });
+    scheduleValidate(0);
+    ta.focus();
+  }
+  function showProblems(list) {
+    var box = document.querySelector(".editor");
+    if (!box) return;
+    var ul = box.querySelector(".problems");
+    ul.textContent = "";
+    list.forEach(function (p) { ul.appendChild(el("li", null, "the answer " + p)); });
+    editOk = !list.length;
+    box.querySelector(".valid").textContent = editOk ? "meets the contract" : "";
+    box.querySelector(".save").disabled = !editOk;
+    box.setAttribute("data-state", editOk ? "valid" : "invalid");
+    if (saveWhenChecked) { saveWhenChecked = false; saveEdit(); }
+  }
+  function scheduleValidate(delay) {
+    var seq = ++editSeq;
+    editOk = false;
+    var box = document.querySelector(".editor");
+    if (box) {  // until the answer is checked, it cannot be saved (and shows no stale verdict)
+      box.querySelector(".save").disabled = true;
+      box.querySelector(".valid").textContent = "checking\u2026";
+      box.setAttribute("data-state", "checking");
+    }
+    clearTimeout(validateTimer);
+    validateTimer = setTimeout(function () {
+      var ta = document.querySelector(".answer-input");
+      if (!ta) return;
+      api("/api/validate", {answer: ta.value}).then(function (res) {
+        if (seq !== editSeq || mode !== "edit") return;
+        if (res.status === 200) showProblems(res.data.problems);
+        else setStatus("cannot validate: " + errorText(res), "bad");
+      }).catch(function (e) { setStatus("cannot validate: the server is not reachable (" + e.message + ")", "bad"); });
+    }, delay);
+  }
+  function saveEdit() {
+    var box = document.querySelector(".editor");
+    if (!box || mode !== "edit") return;
+    if (box.getAttribute("data-state") === "checking") {  // Ctrl+Enter right after typing: save once checked
+      saveWhenChecked = true;
+      setStatus("checking the answer before saving\u2026");
+      return;
+    }
+    if (!editOk) { setStatus("fix the problems shown before saving", "bad"); return; }
+    decide("edit", {answer: box.querySelector(".answer-input").value});
+  }
+  function openReject() {
+    closeModes();
+    var card = cards[order[current]];
+    mode = "reject";
+    var box = el("div", "rejectbox");
+    var input = el("input", "reason-input");
+    input.type = "text";
+    input.maxLength = 2000;
+    input.placeholder = "reason (optional); Enter rejects, Esc cancels";
+    input.setAttribute("aria-label", "reason for rejecting");
+    var ok = el("button", "confirm", "reject (Enter)"), cancel = el("button", "cancel", "cancel (Esc)");
+    ok.type = cancel.type = "button";
+    box.appendChild(input); box.appendChild(ok); box.appendChild(cancel);
+    card.appendChild(box);
+    ok.addEventListener("click", confirmReject);
+    cancel.addEventListener("click", closeModes);
+    input.focus();
+  }
+  function confirmReject() {
+    var input = document.querySelector(".reason-input");
+    if (!input || mode !== "reject") return;
+    decide("reject", {reason: input.value});
+  }
+  function act(action) {
+    if (action === "edit") openEditor();
+    else if (action === "reject") openReject();
+    else { closeModes(); decide(action, {}); }
+  }
+
+  rowsEl.addEventListener("click", function (ev) {
+    var card = ev.target.closest ? ev.target.closest("article.row") : null;
+    if (!card) return;
+    var i = order.indexOf(+card.getAttribute("data-id"));
+    var btn = ev.target.closest("button[data-act]");
+    if (i !== current && (btn || !ev.target.closest(".editor,.rejectbox"))) { closeModes(); setCurrent(i, false); }
+    if (btn) act(btn.getAttribute("data-act"));
+  });
+  document.addEventListener("keydown", function (ev) {
+    var t = ev.target, tag = t && t.tagName;
+    if (tag === "TEXTAREA" || tag === "INPUT" || (t && t.isContentEditable)) {
+      if (t.classList.contains("answer-input")) {
+        if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); saveEdit(); }
+        else if (ev.key === "Escape") { ev.preventDefault(); closeModes(); }
+      } else if (t.classList.contains("reason-input")) {
+        if (ev.key === "Enter") { ev.preventDefault(); confirmReject(); }
+        else if (ev.key === "Escape") { ev.preventDefault(); closeModes(); }
+      }
+      return;
+    }
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || !state) return;
+    if (tag === "BUTTON" && (ev.key === "Enter" || ev.key === " ")) return;
+    var key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
+    var keys = {a: "accept", e: "edit", r: "reject", u: "undo"};
+    if (keys[key]) act(keys[key]);
+    else if (key === "j" || key === "ArrowDown") move(1);
+    else if (key === "k" || key === "ArrowUp") move(-1);
+    else if (key === "n") { closeModes(); if (!nextUndecided()) setStatus("every row has a decision", "ok"); }
+    else if (key === "Escape") closeModes();
+    else return;
+    ev.preventDefault();
+  });
+  document.getElementById("reload").addEventListener("click", function () {
+    closeModes();
+    queue = queue.then(function () {
+      return api("/api/reload", {}).then(function (res) {
+        if (res.status === 200) { render(res.data); setStatus("read again from disk", "ok"); }
+        else setStatus("cannot reload: " + errorText(res), "bad");
+      });
+    });
+  });
+
+  api("/api/state").then(function (res) {
+    if (res.status !== 200) { setStatus("cannot load the rows: " + errorText(res), "bad"); return; }
+    render(res.data);
+    setStatus("every decision is saved to " + res.data.file + " at once");
+    document.body.setAttribute("data-ready", "1");
+  }).catch(function (e) { setStatus("the server is not reachable (" + e.message + ")", "bad"); });
+})();
+"""
+
+
+def _script_hash(script: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+
+
+CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; connect-src 'self'; "
+       f"script-src '{_script_hash(_JS)}'; form-action 'none'; base-uri 'none'")
+
+PAGE = (
+    "<!DOCTYPE html>\n"
+    '<html lang="en"><head><meta charset="utf-8">'
+    f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+    '<meta name="viewport" content="width=device-width, initial-scale=1">'
+    f"<title>tunesmith review</title><style>{_CSS}</style></head>\n"
+    '<body><main id="review"><h1>Review <span id="file"></span></h1>'
+    '<p class="intro">Read each example and decide: accept it as it is, edit the answer (it is checked against the '
+    "output contract as you type and cannot be saved while it breaks it), or reject it, with a reason if you like. "
+    "The most diverse examples come first; the review target is the first max(50, 10 %). Every decision is saved to "
+    "the file at once. Keys: <kbd>a</kbd> accept, <kbd>e</kbd> edit (<kbd>Ctrl</kbd>+<kbd>Enter</kbd> saves, "
+    "<kbd>Esc</kbd> cancels), <kbd>r</kbd> reject (<kbd>Enter</kbd> confirms), <kbd>u</kbd> undo, "
+    "<kbd>j</kbd>/<kbd>k</kbd> or arrows next/previous, <kbd>n</kbd> next undecided.</p>"
+    '<div class="bar"><strong id="progress"></strong><span id="total" class="note"></span>'
+    '<span id="contract" class="note"></span><span id="save-status"></span></div>'
+    '<div id="conflict" hidden><span id="conflict-text"></span> '
+    '<button type="button" id="reload">reload from disk</button></div>'
+    f'<div id="rows"></div></main><script>{_JS}</script></body></html>\n'
+)
