@@ -181,3 +181,38 @@ def test_init_rewrites_a_model_path_typed_here_for_the_project(tmp_path: Path, m
     init_project(Path("proj"), task="label the sentiment of a review", base_model="./models/m")
     assert load_project(tmp_path / "proj").base_model == str((tmp_path / "models" / "m").resolve())
     assert "base_model: \"../models/m\"" in (tmp_path / "proj" / "tunesmith.yaml").read_text()
+
+
+def test_init_scaffolds_generate_settings_that_load_once_uncommented(tmp_path: Path) -> None:
+    path = init_project(tmp_path, task="Always answer with a JSON object with key answer.")
+    text = path.read_text()
+    assert "# generate:" in text
+    lines = text.splitlines()
+    start = lines.index("# generate:")
+    block = [ln[2:] for ln in lines[start:] if ln.startswith("# ") and (ln.startswith("# generate:") or ln.startswith("#   "))]
+    path.write_text(text + "\n" + "\n".join(block) + "\n")
+    g = load_project(tmp_path).generate
+    assert (g.teacher_model, g.n, g.concurrency, g.price.input, g.price.output) == ("gpt-4o-mini", 500, 8, 0.15, 0.6)
+    assert g.base_url == "https://api.openai.com/v1" and g.output == "generated.jsonl"
+
+
+def test_the_readme_project_file_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### `tunesmith.yaml`", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "tunesmith.yaml").write_text(block, encoding="utf-8")
+    project = load_project(tmp_path)
+    assert project.generate.teacher_model == "gpt-4o-mini" and project.generate.max_attempts == 3
+    assert project.generate.price is not None and project.generate.price.output == 0.6
+
+
+def test_generate_settings_are_checked_with_their_field_paths(tmp_path: Path) -> None:
+    (tmp_path / "tunesmith.yaml").write_text(
+        "task: 'Always answer with a JSON object.'\n"
+        "generate:\n  n: 0\n  concurrency: 1000\n  price: {input: -1}\n  teacher: gpt-4o\n")
+    with pytest.raises(ProjectError) as exc:
+        load_project(tmp_path)
+    joined = "\n".join(exc.value.details)
+    for where in ("generate.n", "generate.concurrency", "generate.price.input", "generate.price.output",
+                  "generate.teacher"):
+        assert where in joined, joined
