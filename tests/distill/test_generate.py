@@ -449,3 +449,29 @@ def test_openai_base_url_from_the_environment_is_honoured(project: Path, monkeyp
         out = runner.invoke(app, ["generate", "-p", str(project), "--teacher-model", "env-teacher", "--n", "3", "--json"])
     assert out.exit_code == 0, out.output
     assert _rows(project / "generated.jsonl")[0]["provenance"]["base_url_host"] == server.base_url.split("/")[2]
+
+
+def test_a_teacher_whose_every_answer_breaks_the_contract_gives_the_reasons(project: Path) -> None:
+    teacher = FakeTeacher(lambda body, kind, count: Reply(content="plain words") if kind in ("answer", "fix") else None)
+    with FakeOpenAI(teacher) as server:
+        with pytest.raises(TeacherError) as err:
+            _run(project, server.base_url, n=3)
+    assert "no usable example" in err.value.message and "generated.jsonl.log" in err.value.hint
+    assert err.value.details and all("is not JSON" in d for d in err.value.details)
+    assert not (project / "generated.jsonl").exists()
+    assert len((project / "generated.jsonl.log").read_text().splitlines()) >= 3
+
+
+def test_a_server_with_a_smaller_token_limit_gets_smaller_requests(project: Path) -> None:
+    def misbehave(body, kind, count):
+        if body.get("max_tokens", 0) > 1000:
+            return Reply(status=400, body={"error": {"message": f"max_tokens {body['max_tokens']} is over this "
+                                                     "server's limit of 1000", "param": "max_tokens"}})
+        return None
+
+    teacher = FakeTeacher(misbehave)
+    with FakeOpenAI(teacher) as server:
+        result = _run(project, server.base_url, n=10)
+    assert result.rows == 10
+    assert max(b["max_tokens"] for b in teacher.bodies[-10:]) <= 1000
+    assert result.tally.problems["endpoint refused a parameter (max_tokens_cap)"] >= 1

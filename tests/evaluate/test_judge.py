@@ -160,22 +160,10 @@ def test_bad_api_key_stops_the_run() -> None:
 
 
 def test_concurrency_is_bounded() -> None:
-    lock = threading.Lock()
-    state = {"now": 0, "peak": 0}
-
-    def handler(req: dict[str, Any]) -> Reply:
-        with lock:
-            state["now"] += 1
-            state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.05)
-        with lock:
-            state["now"] -= 1
-        return Reply(content=json.dumps(GOOD))
-
-    with FakeOpenAI(handler) as server:
+    with FakeOpenAI(lambda req: Reply(content=json.dumps(GOOD), delay=0.05)) as server:
         res = judge_rubric(rubric_items(9), cfg_for(server, concurrency=2))
     assert len(res.scores) == 9
-    assert 1 <= state["peak"] <= 2
+    assert 1 <= server.peak_in_flight <= 2
 
 
 # --- pairwise -------------------------------------------------------------------------------------

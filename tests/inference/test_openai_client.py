@@ -318,26 +318,15 @@ def test_chat_reply_round_trips_through_json() -> None:
 
 
 def test_run_concurrently_bounds_the_requests_in_flight_and_reports_every_result(serve: Serve) -> None:
-    lock = threading.Lock()
-    state = {"now": 0, "peak": 0}
-
-    def handler(body: dict[str, Any]) -> Reply:
-        with lock:
-            state["now"] += 1
-            state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.05)
-        with lock:
-            state["now"] -= 1
-        return Reply(content=f"answer {user(body)}")
-
     items = [str(i) for i in range(12)]
     results: dict[int, str | None] = {}
-    server = serve(handler)
+    server = serve(lambda body: Reply(content=f"answer {user(body)}", delay=0.05))
+    server.peak_in_flight = 0
     client = client_for(server)
     run_concurrently(items, lambda item, stop: client.create([{"role": "user", "content": item}], stop=stop).content,
                      concurrency=3, on_done=results.__setitem__)
     assert results == {i: f"answer {i}" for i in range(12)}
-    assert 1 < state["peak"] <= 3
+    assert 1 < server.peak_in_flight <= 3
     assert len(server.requests) == 12
 
 

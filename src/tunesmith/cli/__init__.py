@@ -33,6 +33,8 @@ def _root(
 
 
 from tunesmith.cli import data as _data  # noqa: E402,F401  (registers commands)
+from tunesmith.cli import generate as _generate  # noqa: E402,F401
+from tunesmith.cli import review as _review  # noqa: E402,F401
 from tunesmith.cli import project as _project  # noqa: E402,F401
 from tunesmith.cli import models as _models  # noqa: E402,F401
 from tunesmith.cli import train as _train  # noqa: E402,F401
@@ -40,8 +42,6 @@ from tunesmith.cli import evaluate as _evaluate  # noqa: E402,F401
 from tunesmith.cli import run as _run  # noqa: E402,F401
 from tunesmith.cli import ship as _ship  # noqa: E402,F401
 from tunesmith.cli import serve as _serve  # noqa: E402,F401
-from tunesmith.cli import review as _review  # noqa: E402,F401
-from tunesmith.cli import generate as _generate  # noqa: E402,F401
 from tunesmith.cli.runs import runs_app  # noqa: E402
 
 app.add_typer(runs_app, name="runs")

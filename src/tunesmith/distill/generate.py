@@ -140,6 +140,7 @@ def _generation_id(project: Project, opts: GenerateOptions, inputs_sha: str | No
 
 # --- replies -----------------------------------------------------------------------------------------
 
+
 def _json_list(text: str | None, key: str) -> tuple[list[str] | None, str]:
     """The list under `key` in a JSON reply (or a bare list); items that are not strings are JSON-encoded."""
     if not text or not text.strip():
@@ -193,14 +194,14 @@ def generate(project: Project, opts: GenerateOptions, *, progress: Progress | No
         for kind, times in run.teacher.client.retries.items():
             run.tally.count(f"retried after {kind}", times)
         run.close()
-    if not rows:
-        reasons = [e.get("reason", "") for e in run.log if e.get("reason")][:5]
-        raise TeacherError("the teacher produced no usable example", "see the reasons below; they are in the log too",
-                           details=reasons)
-    rows, kept_reviews = _carry_reviews(opts.output, rows, opts.force)
-    write_jsonl_atomic(opts.output, rows)
     log_path = opts.output.with_name(opts.output.name + ".log")
     write_jsonl_atomic(log_path, run.log)
+    if not rows:
+        reasons = [e.get("reason", "") for e in run.log if e.get("reason")][:5]
+        raise TeacherError("the teacher produced no usable example",
+                           f"see the first reasons below; all of them are in {log_path}", details=reasons)
+    rows, kept_reviews = _carry_reviews(opts.output, rows, opts.force)
+    write_jsonl_atomic(opts.output, rows)
     if run.tally.other_models:
         warnings.append("the endpoint answered as " + ", ".join(sorted(run.tally.other_models))
                         + f" when asked for {opts.teacher_model}")
@@ -269,7 +270,7 @@ def _new_inputs(run: Session, seeds: list[Example], filt: InputFilter, dedup: De
 
         def done(index: int, items: list[str]) -> None:
             replies[index] = items
-            run.progress("inputs", len(kept) + sum(map(len, replies.values())), opts.n)
+            run.progress("inputs", min(opts.n, len(kept) + sum(map(len, replies.values()))), opts.n)
 
         run_concurrently(requests, work, concurrency=opts.concurrency, on_done=done)
         candidates = [Prompt([{"role": "user", "content": t}], "generated")

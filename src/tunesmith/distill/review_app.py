@@ -37,18 +37,10 @@ HOST = "127.0.0.1"
 
 
 def require_web_libraries() -> None:
-    """FastAPI and uvicorn come with the `serve` extra; say how to get them instead of a traceback."""
-    import importlib
+    """FastAPI and uvicorn, or the message that says how to get them."""
+    from tunesmith.serve.api import require_serving_libraries
 
-    missing = []
-    for name in ("fastapi", "uvicorn"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise UsageError(f"the review page needs {' and '.join(missing)}, which "
-                         f"{'is' if len(missing) == 1 else 'are'} not installed", "pip install 'tunesmith[serve]'")
+    require_serving_libraries("the review page")
 
 
 # ---------------------------------------------------------------------------------------------

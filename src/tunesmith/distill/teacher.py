@@ -20,6 +20,10 @@ from tunesmith.errors import TunesmithError
 from tunesmith.inference.openai_client import ChatClient, ChatReply, RequestFailed
 
 
+#: max_tokens is never halved below this for a server that refuses a larger one
+MIN_MAX_TOKENS = 256
+
+
 class TeacherError(TunesmithError):
     """The teacher cannot be used at all (unreachable, refused the key, no such model, nothing generated)."""
 
@@ -99,7 +103,7 @@ class Teacher:
             ) -> tuple[ChatReply, str]:
         """The reply and the request's content address (the key the cache stores it under)."""
         params = self._adapted(params)
-        for _ in range(4):  # at most one adaptation per refusable parameter
+        for _ in range(10):  # one adaptation per refusable parameter, a few halvings of max_tokens
             try:
                 reply = self.client.create(messages, stop=stop, **params)
             except RequestFailed as exc:
@@ -123,6 +127,9 @@ class Teacher:
                 out.pop("response_format")
             elif level == "json_object" and rf.get("type") == "json_schema":
                 out["response_format"] = {"type": "json_object"}
+        cap = quirks.get("max_tokens_cap")
+        if cap and out.get("max_tokens", 0) > cap:
+            out["max_tokens"] = cap
         if quirks.get("max_completion_tokens") and "max_tokens" in out:
             out["max_completion_tokens"] = out.pop("max_tokens")
         if quirks.get("no_temperature"):
@@ -135,8 +142,13 @@ class Teacher:
         rf = sent.get("response_format")
         if rf is not None and _names_param(exc, "response_format", "json_schema", "json_object", "structured output"):
             change = ("response_format", "json_object" if rf.get("type") == "json_schema" else "none")
-        elif "max_tokens" in sent and _names_param(exc, "max_completion_tokens"):
+        elif "max_tokens" in sent and _names_param(exc, "use 'max_completion_tokens'", "use max_completion_tokens",
+                                                   "max_completion_tokens instead"):
             change = ("max_completion_tokens", True)
+        elif (asked := sent.get("max_tokens") or sent.get("max_completion_tokens") or 0) > MIN_MAX_TOKENS and _names_param(
+                exc, "max_tokens", "max_completion_tokens", "context length", "too many tokens"):
+            cap = max(MIN_MAX_TOKENS, asked // 2)  # a server with a smaller limit or context: ask for less
+            change = ("max_tokens_cap", min(cap, self.quirks.get("max_tokens_cap") or cap))
         elif "temperature" in sent and _names_param(exc, "temperature"):
             change = ("no_temperature", True)
         if change is None:

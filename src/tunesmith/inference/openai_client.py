@@ -170,12 +170,14 @@ def _first_line(text: str) -> str:
 
 
 def _status_message(exc: Any) -> str:
-    """The server's own words for an HTTP error: {"error": {"message"}} when it sent that shape."""
+    """The server's own words for an HTTP error: {"error": {"message", "param"?}} when it sent that shape
+    (the parameter it names, if any, is kept: it tells a caller what to leave out)."""
     body = getattr(exc, "body", None)
     if isinstance(body, Mapping):
         inner = body.get("error", body)
         if isinstance(inner, Mapping) and isinstance(inner.get("message"), str):
-            return _first_line(inner["message"])
+            param = inner.get("param")
+            return _first_line(inner["message"]) + (f" (param: {param})" if isinstance(param, str) and param else "")
         if isinstance(inner, str):
             return _first_line(inner)
     return _first_line(getattr(exc, "message", "") or str(exc))

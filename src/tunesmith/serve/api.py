@@ -64,8 +64,9 @@ def _load_project(config: ServeConfig) -> Any | None:
     return load_project(config.project_dir)
 
 
-def require_serving_libraries() -> None:
-    """FastAPI and uvicorn come with the `serve` extra; say how to get them instead of a traceback."""
+def require_serving_libraries(what: str = "tunesmith serve") -> None:
+    """FastAPI and uvicorn come with the `serve` extra; say how to get them instead of a traceback.
+    `what` names the command that needs them (serve, the review page)."""
     import importlib
 
     missing = []
@@ -75,7 +76,7 @@ def require_serving_libraries() -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise UsageError(f"tunesmith serve needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+        raise UsageError(f"{what} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                          "not installed", "pip install 'tunesmith[serve]'")
 
 
