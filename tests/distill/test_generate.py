@@ -185,6 +185,11 @@ def test_an_answer_that_never_meets_the_contract_is_dropped_and_logged(project: 
     log = [json.loads(line) for line in result.log.read_text().splitlines()]
     dropped = [e for e in log if e["event"] == "dropped"]
     assert len(dropped) == 1 and "is not JSON" in dropped[0]["reason"] and "flaky" in dropped[0]["prompt"]
+    first_log = result.log.read_bytes()
+    with FakeOpenAI(teacher) as server:  # another port: other requests, other threads, the same log order
+        _run(project, server.base_url, inputs_file=str(inputs), concurrency=2)
+    assert [json.loads(x)["event"] for x in result.log.read_text().splitlines()] == [e["event"] for e in log]
+    assert len(first_log) > 0
 
 
 def test_json_answers_take_the_seed_answers_style_and_lose_code_fences(project: Path) -> None:
@@ -214,7 +219,7 @@ def test_an_endpoint_without_json_schema_mode_is_asked_again_without_it_and_reme
         assert result.rows == 12
         formats = [b.get("response_format", {}).get("type") for b in teacher.bodies if teacher.kind_of(b) == "answer"]
         assert formats[:2] == ["json_schema", "json_object"] and formats[-1] is None
-        assert formats.count("json_schema") <= 8  # the concurrent first wave, at most
+        assert formats.count("json_schema") == 1  # the first answer goes alone and teaches the rest
         before = len(teacher.bodies)
         _run(project, server.base_url, n=12)
         assert len(teacher.bodies) == before  # the re-run starts adapted: everything from the cache
@@ -475,3 +480,80 @@ def test_a_server_with_a_smaller_token_limit_gets_smaller_requests(project: Path
     assert result.rows == 10
     assert max(b["max_tokens"] for b in teacher.bodies[-10:]) <= 1000
     assert result.tally.problems["endpoint refused a parameter (max_tokens_cap)"] >= 1
+
+
+def test_a_prompt_too_long_for_the_context_gets_less_room_for_that_request_only(project: Path) -> None:
+    def misbehave(body, kind, count):
+        if kind == "answer" and "LONG" in FakeTeacher.question(body) and body["max_tokens"] > 700:
+            return Reply(status=400, body={"error": {"message": (
+                "This model's maximum context length is 1000 tokens. However, you requested 1324 tokens "
+                f"(300 in the messages, {body['max_tokens']} in the completion). Please reduce the length."),
+                "param": "messages"}})
+        return None
+
+    inputs = project / "in.txt"
+    inputs.write_text("short one 1\nLONG review text 2\nshort two 3\n", encoding="utf-8")
+    teacher = FakeTeacher(misbehave)
+    with FakeOpenAI(teacher) as server:
+        result = _run(project, server.base_url, inputs_file=str(inputs), concurrency=1)
+        assert result.rows == 3
+        sent = {FakeTeacher.question(b): b["max_tokens"] for b in teacher.bodies}
+        assert sent["LONG review text 2"] == 1000 - 300 - 8  # what fits
+        assert sent["short two 3"] == 1024  # the others keep their room: nothing global was learnt
+        before = len(teacher.bodies)
+        again = _run(project, server.base_url, inputs_file=str(inputs))
+    assert len(teacher.bodies) == before and again.tally.sent == 0  # the fit is remembered with the cache
+
+
+def test_a_teacher_that_never_answers_stops_at_the_first_request(project: Path) -> None:
+    teacher = FakeTeacher(lambda body, kind, count: Reply(content="{}", delay=2.0))
+    with FakeOpenAI(teacher) as server:
+        project_ = load_project(project)
+        opts = options_for(project_, {"teacher_model": "t", "base_url": server.base_url, "n": 20, "timeout": 0.3})
+        opts.max_retries, opts.backoff = 1, 0.01
+        t0 = time.monotonic()
+        with pytest.raises(TeacherError) as err:
+            generate(project_, opts)
+        assert time.monotonic() - t0 < 3
+    assert "no answer from the teacher" in err.value.message and "--timeout" in err.value.hint
+    assert len(teacher.bodies) == 2  # the first request and its one retry, nothing else
+
+
+def test_output_is_never_the_inputs_file(project: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("a review 1\n", encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        _run(project, "http://127.0.0.1:9/v1", inputs_file=str(inputs), output=str(inputs))
+    assert "is the --inputs file" in err.value.message
+    assert inputs.read_text() == "a review 1\n"
+
+
+def test_a_fenced_free_text_answer_keeps_its_fence(tmp_path: Path) -> None:
+    root = write_project(tmp_path / "p")
+    (root / "tunesmith.yaml").write_text(f"task: {json.dumps('Answer with a fenced code block showing the review.')}\n"
+                                          "output:\n  regex: '```.*```'\n", encoding="utf-8")
+    answer = "```text\nthe review\n```"
+    with FakeOpenAI(FakeTeacher(lambda body, kind, count: Reply(content=answer) if kind == "answer" else None)) as server:
+        result = _run(root, server.base_url, n=3)
+    assert result.rows == 3 and result.answers["code_fences_removed"] == 0
+    assert {r["messages"][-1]["content"] for r in _rows(root / "generated.jsonl")} == {answer}
+
+
+def test_ctrl_c_exits_at_once_and_loses_nothing_answered(project: Path) -> None:
+    def slow(body, kind, count):
+        return Reply(content=answer_text(FakeTeacher.question(body)), delay=20) if kind == "answer" and count > 3 else None
+
+    with FakeOpenAI(FakeTeacher(slow)) as server:
+        proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "generate", "-p", str(project), "--teacher-model",
+                                 "t", "--base-url", server.base_url, "--n", "30", "--concurrency", "4"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while server.in_flight < 4 and time.monotonic() < deadline:  # four answers hang in flight
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        took = time.monotonic() - t0
+    assert proc.returncode == 130 and "interrupted" in err
+    assert took < 5  # not the 20 s the replies in flight would take
+    assert not (project / "generated.jsonl").exists()

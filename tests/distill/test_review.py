@@ -13,13 +13,16 @@ from typer.testing import CliRunner
 from tunesmith.cli import app
 from tunesmith.data.sample import sample_diverse
 from tunesmith.distill.provenance import ReviewGateError, review_gate, summarize
+from tunesmith.distill import review as review_module
 from tunesmith.distill.review import (
     InvalidAnswer,
     ReviewConflict,
+    ReviewProgress,
     ReviewStore,
-    export_review,
+    count,
     open_review,
 )
+from tunesmith.distill.review_export import ExportResult, export_review
 from tunesmith.errors import DataError, UsageError
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -181,6 +184,31 @@ def test_the_most_diverse_rows_come_first(tmp_path, make_review_rows):
     assert [r["line"] for r in open_review(path).state()["rows"]] == order
 
 
+def test_statuses_are_read_by_the_gate_s_own_function(review_files, monkeypatch):
+    store = open_review(review_files.generated)
+    store.decide(store.rows[0].line, "accept", store.version)
+    seen: list[object] = []
+
+    def says_rejected(record: object) -> str:
+        seen.append(record)
+        return "rejected"
+
+    monkeypatch.setattr(review_module, "review_status", says_rejected)  # review reads no status of its own
+    assert {r.status for r in store.rows} == {"rejected"} and len(seen) == 60
+    seen.clear()
+    progress = count(store.rows)
+    assert (progress.rejected, progress.accepted, progress.decided) == (60, 0, 60) and len(seen) == 60
+    assert store.state()["rows"][0]["status"] == "rejected"
+
+
+def test_progress_is_review_progress_not_the_generate_callback_s_name(review_files):
+    progress = open_review(review_files.generated).progress()
+    assert isinstance(progress, ReviewProgress) and progress.text() == "0 of 50 reviewed, 0 rejected"
+    assert not hasattr(review_module, "Progress")  # distill.session.Progress is the generate callback
+    # the export lives in its own module; the store's module does not carry it
+    assert not hasattr(review_module, "export_review") and not hasattr(review_module, "ExportResult")
+
+
 # --- refusals ---------------------------------------------------------------------------------
 
 
@@ -238,6 +266,7 @@ def test_export_writes_accepted_and_edited_rows_with_stamps_that_pass_the_gate(r
     _decide_some(store, accept=44, edit=3, reject=3)  # 50 decisions: the target of 60 rows is met
     out = tmp_path / "reviewed.jsonl"
     result = export_review(review_files.generated, out)
+    assert isinstance(result, ExportResult) and isinstance(result.progress, ReviewProgress)
     assert result.to_dict() == {
         "file": str(review_files.generated), "output": str(out), "rows": 60, "target": 50, "exported": 47,
         "accepted": 44, "edited": 3, "rejected_left_out": 3, "unreviewed_written": 0, "unreviewed_left_out": 10,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from fixtures.browser import chromium_path
-from tunesmith.distill.review import open_review
+from tunesmith.distill.review import ReviewStore, open_review
+from tunesmith.errors import OutputError
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 
@@ -23,7 +25,13 @@ def need_chromium() -> str:
 
 
 @pytest.fixture
-def browser_page() -> Iterator[Any]:
+def expected_failures() -> list[str]:
+    """HTTP statuses a test makes the server answer on purpose (Chromium logs each as a console error)."""
+    return ["409"]
+
+
+@pytest.fixture
+def browser_page(expected_failures) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     exe = need_chromium()
@@ -34,8 +42,8 @@ def browser_page() -> Iterator[Any]:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         # a refused save (409) is logged by Chromium as a failed load: expected; anything else is not
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error"
-                and "responded with a status of 409" not in m.text else None)
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" and not any(
+            f"responded with a status of {code}" in m.text for code in expected_failures) else None)
         try:
             yield page
         finally:
@@ -125,6 +133,78 @@ def test_accept_edit_reject_from_the_keyboard_survive_a_reload_and_reach_the_fil
     assert sum(r["review"]["status"] != "unreviewed" for r in recs.values()) == 3
 
 
+def slow_saves(store: ReviewStore, seconds: float, fail_line: int | None = None) -> list[int]:
+    """Make every save take `seconds` (and the one for `fail_line` fail with a 500); returns the lines saved, in order."""
+    calls: list[int] = []
+
+    def slow(line: int, action: str, version: str, **kw: Any) -> Any:
+        calls.append(line)
+        time.sleep(seconds)
+        if line == fail_line:
+            raise OutputError(f"cannot write {store.path}: No space left on device", "free some disk space")
+        return ReviewStore.decide(store, line, action, version, **kw)
+
+    store.decide = slow  # type: ignore[method-assign]
+    return calls
+
+
+def test_keys_pressed_faster_than_the_saves_each_decide_the_next_row(review_files, review_server, browser_page):
+    store = open_review(review_files.generated)
+    order = [store.rows[i].line for i in store.order]
+    calls = slow_saves(store, 0.3)  # no save can come back before the last key is pressed
+    server = review_server(store)
+    page = browser_page
+    open_page(page, server.url)
+
+    for _ in range(3):
+        page.keyboard.press("a")  # back to back, like a key held down
+    assert current_id(page) == order[3]  # the current row moved on with each decision, not with each save
+    assert page.locator(f"#row-{order[0]}").get_attribute("data-pending") == "accepted"
+    wait_saves(page, 3)
+    assert calls == order[:3]  # one decision per row, sent in the order made
+
+    recs = review_files.by_line()
+    accepted = [line for line, rec in recs.items() if rec["review"]["status"] == "accepted"]
+    assert sorted(accepted) == sorted(order[:3])
+    assert sum(r["review"]["status"] != "unreviewed" for r in recs.values()) == 3
+    assert page.locator("#progress").inner_text() == "3 of 50 reviewed, 0 rejected"
+    assert page.locator("#save-status").inner_text() == "saved"
+    assert page.locator("article.row.pending").count() == 0
+    assert current_id(page) == order[3]
+
+
+def test_a_save_that_fails_among_fast_decisions_is_shown_and_its_row_marked(review_files, review_server, browser_page,
+                                                                           expected_failures):
+    expected_failures.append("500")
+    store = open_review(review_files.generated)
+    order = [store.rows[i].line for i in store.order]
+    slow_saves(store, 0.2, fail_line=order[1])
+    server = review_server(store)
+    page = browser_page
+    open_page(page, server.url)
+
+    for _ in range(3):
+        page.keyboard.press("a")
+    page.wait_for_selector("#save-status:has-text('not saved')")
+    wait_saves(page, 2)  # the rows before and after the failed one are saved
+    failed = page.locator(f"#row-{order[1]}")
+    assert failed.get_attribute("data-unsaved") == "accept" and failed.get_attribute("data-status") == "unreviewed"
+    assert "not saved: accept: cannot write" in failed.locator(".unsaved").inner_text()
+    assert page.locator("#save-status").inner_text() == "1 decision not saved (marked on the row)"
+    assert page.locator("article.row.not-saved").count() == 1
+    recs = review_files.by_line()
+    assert [recs[line]["review"]["status"] for line in order[:4]] == ["accepted", "unreviewed", "accepted", "unreviewed"]
+    assert page.locator("#progress").inner_text() == "2 of 50 reviewed, 0 rejected"
+    assert current_id(page) == order[3]
+
+    slow_saves(store, 0)  # the disk has room again: the row is decided again from its own button
+    failed.locator("button[data-act='accept']").click()
+    wait_saves(page, 3)
+    assert failed.get_attribute("data-unsaved") is None and failed.get_attribute("data-status") == "accepted"
+    assert page.locator("#save-status").inner_text() == "saved"
+    assert review_files.by_line()[order[1]]["review"]["status"] == "accepted"
+
+
 def test_a_hand_edit_while_the_page_is_open_is_reported_and_kept(review_files, review_server, browser_page):
     store = open_review(review_files.generated)
     order = [store.rows[i].line for i in store.order]
@@ -140,6 +220,8 @@ def test_a_hand_edit_while_the_page_is_open_is_reported_and_kept(review_files, r
     page.wait_for_selector("#conflict:not([hidden])")
     assert "changed on disk" in page.locator("#conflict-text").inner_text()
     assert page.locator("#save-status").inner_text().startswith("not saved:")
+    assert page.locator(f"#row-{order[1]}").get_attribute("data-unsaved") == "accept"
+    assert current_id(page) == order[2]
     assert page.locator("body").get_attribute("data-saves") == "1"
     assert review_files.generated.read_bytes() == data  # never clobbered
 
@@ -147,6 +229,7 @@ def test_a_hand_edit_while_the_page_is_open_is_reported_and_kept(review_files, r
     page.wait_for_selector("#save-status:text('read again from disk')")
     assert page.locator("#conflict").is_hidden()
     assert page.locator("#row-8 .prompt").nth(1).inner_text().startswith("Rate item 7 (edited by hand):")
+    assert current_id(page) == order[1]  # the row whose decision was not saved, to decide again
     page.keyboard.press("a")
     wait_saves(page, 2)
     recs = review_files.by_line()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -103,8 +102,9 @@ def eval_command(
 ) -> None:
     """Evaluate a run (base vs tuned, paired) on the sealed test set and the regression suite."""
     from tunesmith.evaluate.api import EvalOptions, evaluate
+    from tunesmith.inference.openai_client import api_key_from
 
-    opts = EvalOptions(endpoint=endpoint, api_key=os.environ.get(api_key_env), batch_size=batch_size,
+    opts = EvalOptions(endpoint=endpoint, api_key=api_key_from(api_key_env), batch_size=batch_size,
                        max_new_tokens=max_new_tokens, judge=not no_judge, allow_self_judging=allow_self_judging,
                        gate=gate_flag)
     with generation_progress(not json_out) as progress:

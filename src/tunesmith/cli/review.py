@@ -56,7 +56,7 @@ def review(
 
 
 def _export(file: Path, out: Path, project: Optional[Path], include_unreviewed: bool, json_out: bool) -> None:
-    from tunesmith.distill.review import export_review
+    from tunesmith.distill.review_export import export_review
 
     result = export_review(file, out, project, include_unreviewed=include_unreviewed)
     data = result.to_dict()

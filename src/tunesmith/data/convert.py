@@ -62,7 +62,7 @@ def convert_file(source: Path, output: Path, to: str) -> ConvertResult:
             if rec is None:
                 result.failed.append((ex.line, why))
                 continue
-            yield rec
+            yield {**rec, **ex.meta}  # provenance and review travel with the row
             converted = True
         if not converted:  # raised while writing: the temp file goes, an older output stays as it was
             first = "; ".join(f"line {ln}: {why}" for ln, why in result.failed[:3])

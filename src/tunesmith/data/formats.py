@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 ROLES = ("system", "user", "assistant")
+#: tunesmith's own keys beside a row's format keys: where a row came from and what a reviewer said of it
+#: (`tunesmith.distill.provenance`); conversions keep them, so the review gate still sees them
+PROVENANCE, REVIEW = "provenance", "review"
+META_KEYS = (PROVENANCE, REVIEW)
 
 
 @dataclass(slots=True)
@@ -44,6 +48,8 @@ class Example:
     problems: list[Problem] = field(default_factory=list)
     #: what is worth knowing but does not make the example unusable (e.g. tool calls that are not trained)
     warnings: list[Problem] = field(default_factory=list)
+    #: the row's META_KEYS, as they were
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def system(self) -> str | None:
@@ -439,7 +445,8 @@ def parse_record(value: object, line: int, offset: int = 0) -> Example:
             problems.append(Problem("empty_content", f"the {m.role} turn #{i + 1} is empty", m.role))
     problems.extend(_nothing_to_train(fmt, value, messages, problems))
     warnings = [] if problems else _untrained_tools(value)
-    return Example(line, fmt.name, messages, offset, problems, warnings)
+    meta = {k: value[k] for k in META_KEYS if k in value}
+    return Example(line, fmt.name, messages, offset, problems, warnings, meta)
 
 
 def _nothing_to_train(fmt: type[Format], obj: dict, messages: list[Message], problems: list[Problem]) -> list[Problem]:

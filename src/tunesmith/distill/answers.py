@@ -5,7 +5,6 @@ code, retried with the problem shown, else dropped to the log.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,15 +15,9 @@ from tunesmith.distill import prompts as P
 from tunesmith.distill.inputs import Prompt
 from tunesmith.distill.provenance import PROVENANCE, REVIEW, TEACHER
 from tunesmith.distill.session import Session
+from tunesmith.distill.teacher import Asked
 from tunesmith.inference.openai_client import RequestFailed, endpoint_host, run_concurrently
-
-
-_FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*\n(.*?)\n?```$", re.DOTALL)
-
-
-def unfence(text: str) -> tuple[str, bool]:
-    m = _FENCE.match(text.strip())
-    return (m.group(1).strip(), True) if m else (text, False)
+from tunesmith.inference.replies import unfence
 
 
 def _json_style(answers: list[str]) -> Callable[[Any], str] | None:
@@ -78,16 +71,17 @@ def answer_all(run: Session, prompts: list[Prompt], seeds: list[Example], genera
     def work(indexed: tuple[int, Prompt], stop: threading.Event) -> dict[str, Any] | None:
         index, prompt = indexed
         chat = P.answer_messages(system, shots, prompt.chat)
-        found = _one_answer(run, chat, params, stop, first=index == 0)
+        found = _one_answer(run, chat, params, stop, index)
         if found is None:
             return None
-        text, reply, key = found
-        if restyle is not None:
-            text = restyle(json.loads(text))
+        text, asked = found
+        if restyle is not None:  # the seeds' JSON layout, unless that would break the contract (a regex)
+            restyled = restyle(json.loads(text))
+            text = restyled if run.contract.check(restyled).ok else text
         turns = ([{"role": "system", "content": project.system_prompt}] if project.system_prompt else []) + prompt.chat
         return {"messages": [*turns, {"role": "assistant", "content": text}],
-                PROVENANCE: {"source": TEACHER, "teacher_model": opts.teacher_model, "answered_by": reply.model,
-                             "base_url_host": host, "request_sha256": key, "created": reply.created,
+                PROVENANCE: {"source": TEACHER, "teacher_model": opts.teacher_model, "answered_by": asked.reply.model,
+                             "base_url_host": host, "request_sha256": asked.key, "created": asked.reply.created,
                              "generation": generation, "input": prompt.origin},
                 REVIEW: {"status": "unreviewed"}}
 
@@ -105,34 +99,35 @@ def answer_all(run: Session, prompts: list[Prompt], seeds: list[Example], genera
 
 
 def _one_answer(run: Session, chat: list[dict[str, str]], params: dict[str, Any], stop: threading.Event,
-                first: bool) -> tuple[str, Any, str] | None:
-    """An answer that meets the contract, with its reply and request key; None (logged) when there is none."""
+                index: int) -> tuple[str, Asked] | None:
+    """An answer that meets the contract, and what got it; None (logged) when there is none."""
     problems: list[str] = []
-    limit = params["max_tokens"]
-    asked = _snippet(chat)
+    ceiling = 4 * params["max_tokens"]
+    question = _snippet(chat)
+    order = (2, index)
     for attempt in range(run.opts.max_attempts):
         try:
-            if first and attempt == 0:
-                got = run.first(chat, params)
-                if got is None:
-                    run.count("failed_requests")
-                    run.count("dropped")
-                    return None
-                reply, key = got
-            else:
-                reply, key = run.teacher.ask(chat, params, stop)
+            asked = run.first(chat, params, order) if index == 0 and attempt == 0 else run.teacher.ask(chat, params, stop)
         except RequestFailed as exc:
+            asked = None
             if exc.reason != "cancelled":
+                run.note("dropped", order, reason=f"request failed: {exc.reason}", prompt=question)
+        if asked is None:
+            if not stop.is_set():
                 run.count("failed_requests")
                 run.count("dropped")
-                run.note("dropped", reason=f"request failed: {exc.reason}", prompt=asked)
             return None
-        text, fenced = unfence((reply.content or "").strip())
+        reply = asked.reply
+        text = (reply.content or "").strip()
+        fenced = False
+        if run.contract.expects_json:  # a fence around JSON is wrapping; around free text it may be the answer
+            text, fenced = unfence(text)
         if reply.finish_reason == "length":
             run.count("truncated")
-            problems = [f"was cut off at the token limit ({limit})"]
-            limit = min(4 * params["max_tokens"], 2 * limit)  # the same question with more room
-            params = {**params, "max_tokens": limit}
+            problems = [f"was cut off at the token limit ({asked.max_tokens})"]
+            if asked.max_tokens < params["max_tokens"] or params["max_tokens"] >= ceiling:
+                break  # the endpoint gives no more room than this: asking again gets the same cut
+            params = {**params, "max_tokens": min(ceiling, 2 * params["max_tokens"])}  # the same question, more room
             continue
         if not text:
             run.count("empty")
@@ -142,12 +137,12 @@ def _one_answer(run: Session, chat: list[dict[str, str]], params: dict[str, Any]
         if not problems:
             run.count("ok")
             run.count("code_fences_removed", fenced)
-            return text, reply, key
+            return text, asked
         run.count("retried_for_contract")
         chat = P.fix_messages(chat, text or "(empty)", problems)
     run.count("dropped")
-    run.note("dropped", reason=f"no answer met the contract in {run.opts.max_attempts} attempts: "
-             + "; ".join(problems), prompt=asked)
+    run.note("dropped", order, reason=f"no answer met the contract in {attempt + 1} attempt(s): " + "; ".join(problems),
+             prompt=question)
     return None
 
 

@@ -27,13 +27,16 @@ from typing import Any
 
 from tunesmith.data.formats import Example, iter_examples
 from tunesmith.distill import prompts as P
-from tunesmith.distill.answers import answer_all, unfence
+from tunesmith.distill.answers import answer_all
 from tunesmith.distill.inputs import DedupReport, InputFilter, Prompt, read_inputs, user_text
 from tunesmith.distill.provenance import PROVENANCE, row_status
 from tunesmith.distill.session import GenerateOptions, Progress, Session
 from tunesmith.distill.teacher import Tally, TeacherError
 from tunesmith.errors import DataError, UsageError
-from tunesmith.inference.openai_client import EndpointRefused, RequestFailed, endpoint_host, resolve_base_url, run_concurrently
+from tunesmith.inference.openai_client import (
+    EndpointRefused, RequestFailed, api_key_from, endpoint_host, resolve_base_url, run_concurrently,
+)
+from tunesmith.inference.replies import unfence
 from tunesmith.io import write_jsonl_atomic
 from tunesmith.project import Project
 
@@ -65,8 +68,6 @@ class GenerateResult:
 
 def options_for(project: Project, flags: dict[str, Any]) -> GenerateOptions:
     """Defaults < the project's `generate:` section < flags (None means not given)."""
-    import os
-
     g = project.generate
     given = {k: v for k, v in flags.items() if v is not None}
     model = given.get("teacher_model") or g.teacher_model
@@ -74,8 +75,8 @@ def options_for(project: Project, flags: dict[str, Any]) -> GenerateOptions:
         raise UsageError("no teacher model: name the stronger model that writes the data",
                          "pass --teacher-model NAME (e.g. gpt-4o-mini), or set generate.teacher_model in tunesmith.yaml")
     base_url = resolve_base_url(given.get("base_url") or g.base_url)
-    api_key = os.environ.get(g.api_key_env)
-    if not api_key and endpoint_host(base_url) == "api.openai.com":
+    api_key = api_key_from(g.api_key_env)
+    if api_key in (None, "none") and endpoint_host(base_url) == "api.openai.com":
         raise UsageError(f"{g.api_key_env} is not set: the teacher at {base_url} needs an API key",
                          f"export {g.api_key_env}=sk-... (or point --base-url at another OpenAI-compatible server)")
     output = given.get("output")
@@ -93,8 +94,12 @@ def options_for(project: Project, flags: dict[str, Any]) -> GenerateOptions:
 # --- where the run starts ------------------------------------------------------------------------
 
 
-def _guard_output(project: Project, out: Path) -> None:
+def _guard_output(project: Project, out: Path, inputs: Path | None) -> None:
     from tunesmith.data.split import seal_path_for
+
+    if inputs is not None and out.resolve() == inputs.resolve():
+        raise UsageError(f"-o {out} is the --inputs file: generate never writes over the inputs it reads",
+                         "write the rows to their own file, e.g. -o generated.jsonl")
 
     protected = {"data.source": project.data.source, "data.train": project.data.train, "data.test": project.data.test,
                  "data.regression": project.data.regression}
@@ -162,7 +167,7 @@ def generate(project: Project, opts: GenerateOptions, *, progress: Progress | No
              on_start: Callable[[Tally], None] | None = None) -> GenerateResult:
     """Write `opts.output` from the teacher; see the module docstring. Raises TeacherError when the
     teacher cannot be used at all, and EndpointRefused-based TeacherError on 401/403/404."""
-    _guard_output(project, opts.output)
+    _guard_output(project, opts.output, opts.inputs_file)
     user_prompts = read_inputs(opts.inputs_file) if opts.inputs_file is not None else None
     seeds, train_texts, test_texts = _seeds_and_references(project)
     inputs_sha = None
@@ -195,9 +200,10 @@ def generate(project: Project, opts: GenerateOptions, *, progress: Progress | No
             run.tally.count(f"retried after {kind}", times)
         run.close()
     log_path = opts.output.with_name(opts.output.name + ".log")
-    write_jsonl_atomic(log_path, run.log)
+    log = run.ordered_log()
+    write_jsonl_atomic(log_path, log)
     if not rows:
-        reasons = [e.get("reason", "") for e in run.log if e.get("reason")][:5]
+        reasons = [e.get("reason", "") for e in log if e.get("reason")][:5]
         raise TeacherError("the teacher produced no usable example",
                            f"see the first reasons below; all of them are in {log_path}", details=reasons)
     rows, kept_reviews = _carry_reviews(opts.output, rows, opts.force)
@@ -214,26 +220,24 @@ def generate(project: Project, opts: GenerateOptions, *, progress: Progress | No
 
 
 def _ask_json_list(run: Session, messages: list[dict[str, str]], params: dict[str, Any], key: str,
-                   stop: threading.Event | None, first: bool = False) -> list[str]:
+                   stop: threading.Event | None, order: tuple[int, ...], first: bool = False) -> list[str]:
     """Ask, read the list under `key`; a reply that is not that JSON is retried with the reason shown."""
     for attempt in range(run.opts.max_attempts):
-        if first and attempt == 0:
-            got = run.first(messages, params)
-            if got is None:
-                return []
-            reply, _key = got
-        else:
-            try:
-                reply, _key = run.teacher.ask(messages, params, stop)
-            except RequestFailed as exc:
-                run.note("request_failed", stage=key, reason=exc.reason)
-                return []
-        items, why = _json_list(reply.content, key)
+        try:
+            asked = run.first(messages, params, order) if first and attempt == 0 else run.teacher.ask(messages, params, stop)
+        except RequestFailed as exc:
+            if exc.reason != "cancelled":
+                run.note("request_failed", order, stage=key, reason=exc.reason)
+            return []
+        if asked is None:
+            return []
+        content = asked.reply.content
+        items, why = _json_list(content, key)
         if items is not None:
             return items
         run.tally.count(f"{key} reply not readable JSON")
-        messages = P.json_fix(messages, reply.content or "(empty)", why)
-    run.note("dropped_request", stage=key, reason=f"no readable {key} list after {run.opts.max_attempts} attempts")
+        messages = P.json_fix(messages, content or "(empty)", why)
+    run.note("dropped_request", order, stage=key, reason=f"no readable {key} list after {run.opts.max_attempts} attempts")
     return []
 
 
@@ -245,8 +249,9 @@ def _new_inputs(run: Session, seeds: list[Example], filt: InputFilter, dedup: De
     n_topics = max(5, min(50, math.ceil(opts.n / 10)))
     plan = P.plan_messages(project.task, project.system_prompt, run.contract, shown, n_topics)
     run.progress("plan", 0, 1)
-    topics = _ask_json_list(run, plan, {"temperature": opts.temperature, "max_tokens": 2048}, "topics", None, first=True)
-    run.note("plan", topics=topics)
+    topics = _ask_json_list(run, plan, {"temperature": opts.temperature, "max_tokens": 2048}, "topics", None, (0,),
+                            first=True)
+    run.note("plan", (0, 1), topics=topics)
     run.progress("plan", 1, 1)
     kept: list[Prompt] = []
     asked = 0
@@ -266,7 +271,8 @@ def _new_inputs(run: Session, seeds: list[Example], filt: InputFilter, dedup: De
             r = random.Random(f"{opts.seed}:{req.round}:{req.index}:seeds")
             shown = r.sample(seed_inputs, min(SEEDS_PER_REQUEST, len(seed_inputs)))
             chat = P.input_messages(project.task, project.system_prompt, run.contract, shown, req)
-            return _ask_json_list(run, chat, {"temperature": opts.temperature, "max_tokens": 4096}, "inputs", stop)
+            return _ask_json_list(run, chat, {"temperature": opts.temperature, "max_tokens": 4096}, "inputs", stop,
+                                  (1, req.round, req.index))
 
         def done(index: int, items: list[str]) -> None:
             replies[index] = items
@@ -277,7 +283,8 @@ def _new_inputs(run: Session, seeds: list[Example], filt: InputFilter, dedup: De
                       for i in sorted(replies) for t in replies[i]]
         fresh = filt.keep(candidates, dedup, limit=need)
         kept += fresh
-        run.note("round", round=rnd + 1, requests=len(requests), candidates=len(candidates), kept=len(fresh))
+        run.note("round", (1, rnd, len(requests)), round=rnd + 1, requests=len(requests), candidates=len(candidates),
+                 kept=len(fresh))
         if not fresh:
             break  # the teacher only repeats itself now
     run.progress("inputs", len(kept), opts.n)

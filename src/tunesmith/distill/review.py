@@ -9,7 +9,8 @@ until the file is read again, so a hand edit is never clobbered.
 
     store = open_review(Path("generated.jsonl"))       # refuses the sealed test set and broken rows
     store.decide(line, "edit", store.version, answer='{"a": 1}')
-    export_review(Path("generated.jsonl"), Path("reviewed.jsonl"))
+
+`review_export.export_review` writes the reviewed rows out for training.
 
 A row's answer is its last trained assistant turn (weight not 0); an edit replaces its content.
 """
@@ -21,7 +22,7 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ from tunesmith.data.checks.contract import AnswerContract
 from tunesmith.data.formats import Example, parse_record
 from tunesmith.data.reader import BOM, RawRecord, iter_raw, open_checked
 from tunesmith.data.split import seal_path_for
-from tunesmith.distill.provenance import DECIDED, REVIEW, STATUSES, review_target
+from tunesmith.distill.provenance import DECIDED, REVIEW, review_status, review_target
 from tunesmith.errors import DataError, OutputError, UsageError
-from tunesmith.io import StagedFile, atomic_writer
+from tunesmith.io import StagedFile
 
 ACTIONS = ("accept", "edit", "reject", "undo")
 #: the fields `review` manages in a row's review object; any other key (e.g. an export's "of") is kept
@@ -163,8 +164,7 @@ class ReviewRow:
 
     @property
     def status(self) -> str:
-        status = self.review.get("status")
-        return status if status in STATUSES else "unreviewed"
+        return review_status(self.record)
 
     @property
     def answer(self) -> str:
@@ -301,7 +301,9 @@ def apply_decision(record: dict[str, Any], index: int, action: str, *, answer: s
 
 
 @dataclass
-class Progress:
+class ReviewProgress:
+    """How far a review is: its decisions by status, against the review target (rejected rows count as reviewed)."""
+
     rows: int
     target: int
     accepted: int = 0
@@ -329,11 +331,13 @@ class Progress:
                 "left": self.left, "text": self.text()}
 
 
-def count(rows: list[ReviewRow]) -> Progress:
-    progress = Progress(len(rows), review_target(len(rows)))
+def count(rows: list[ReviewRow]) -> ReviewProgress:
+    """The rows' decisions, each status read by `provenance.review_status` (what the gate reads too)."""
+    progress = ReviewProgress(len(rows), review_target(len(rows)))
     for r in rows:
-        if r.status in DECIDED:
-            setattr(progress, r.status, getattr(progress, r.status) + 1)
+        status = review_status(r.record)
+        if status in DECIDED:
+            setattr(progress, status, getattr(progress, status) + 1)
     return progress
 
 
@@ -370,7 +374,7 @@ class ReviewStore:
         except OSError:
             return None
 
-    def progress(self) -> Progress:
+    def progress(self) -> ReviewProgress:
         return count(self.rows)
 
     def validate(self, answer: str) -> list[str]:
@@ -465,65 +469,3 @@ class ReviewStore:
 def open_review(file: Path, project_dir: Path | None = None) -> ReviewStore:
     """The store for FILE, with the project given or found next to it (its contract, its test set)."""
     return ReviewStore(file, project_for(file, project_dir))
-
-
-# ---------------------------------------------------------------------------------------------
-# export
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ExportResult:
-    file: str
-    output: str
-    progress: Progress
-    exported: int = 0
-    unreviewed_written: int = 0
-    include_unreviewed: bool = False
-    stamp: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        p = self.progress
-        return {"file": self.file, "output": self.output, "rows": p.rows, "target": p.target,
-                "exported": self.exported, "accepted": p.accepted, "edited": p.edited,
-                "rejected_left_out": p.rejected, "unreviewed_written": self.unreviewed_written,
-                "unreviewed_left_out": p.unreviewed - self.unreviewed_written, "reviewed": p.decided,
-                "left_to_review": p.left, "target_met": p.left == 0, "include_unreviewed": self.include_unreviewed}
-
-
-def _refuse_output(file: Path, out: Path, project: Any) -> None:
-    if same_file(out, file):
-        raise UsageError(f"--export {out}: that is the file under review; the export never writes over it",
-                         "name a new file, e.g. --export reviewed.jsonl")
-    if project is not None:
-        for role in ("source", "train", "test", "regression"):
-            target = project.path(getattr(project.data, role))
-            if same_file(out, target):
-                raise UsageError(
-                    f"--export {out}: that is the project's data.{role}; the export never overwrites a project data file",
-                    "export to a new file, then append it to data.source yourself and run `tunesmith split`")
-    if seal_path_for(out).exists():
-        raise UsageError(f"--export {out}: that is a sealed test set ({seal_path_for(out).name} is beside it)",
-                         "export to a new file")
-
-
-def export_review(file: Path, out: Path, project_dir: Path | None = None, *,
-                  include_unreviewed: bool = False) -> ExportResult:
-    """Write FILE's accepted and edited rows (and, with `include_unreviewed`, its unreviewed ones) to OUT,
-    in file order, each stamped with ``review.of`` (the counts of FILE); rejected rows never."""
-    store = open_review(file, project_dir)
-    _refuse_output(store.path, out, store.project)
-    progress = store.progress()
-    stamp = {"file": store.path.name, "rows": progress.rows, "accepted": progress.accepted,
-             "edited": progress.edited, "rejected": progress.rejected, "target": progress.target}
-    keep = [r for r in store.rows if r.status in ("accepted", "edited") or (include_unreviewed and r.status == "unreviewed")]
-    if not keep:
-        raise UsageError(f"{file}: nothing to export: no row is accepted or edited yet ({progress.text()})",
-                         f"review it first: `tunesmith review {file}`; or add --include-unreviewed")
-    with atomic_writer(out, "wb") as fh:
-        for row in keep:
-            record = dict(row.record)
-            record[REVIEW] = {**row.review, "status": row.status, "of": stamp}
-            fh.write(dumps_row(record) + b"\n")
-    unreviewed = sum(r.status == "unreviewed" for r in keep)
-    return ExportResult(str(file), str(out), progress, len(keep), unreviewed, include_unreviewed, stamp)

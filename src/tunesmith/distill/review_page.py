@@ -40,6 +40,8 @@ input.reason-input{font:inherit;width:60%;padding:4px 8px;border:1px solid #9aa3
 .problems{color:#b42318;margin:6px 0;padding-left:20px}.valid{color:#1b7f3b;margin:6px 0}
 [data-state=checking] .valid{color:#6b7280}
 .empty,.note{color:#6b7280}.reason{color:#b42318}
+article.row.pending .badge{font-style:italic}
+article.row.not-saved{border-color:#b42318;background:#fffafa}.unsaved{color:#b42318;font-weight:600;margin:4px 0}
 """
 
 _JS = r"""
@@ -49,7 +51,12 @@ _JS = r"""
   var statusEl = document.getElementById("save-status");
   var conflictEl = document.getElementById("conflict");
   var state = null, order = [], byId = {}, cards = {}, current = 0, saves = 0;
-  var mode = null, queue = Promise.resolve(), editSeq = 0, editOk = false, validateTimer = null, saveWhenChecked = false;
+  var mode = null, modeId = null, queue = Promise.resolve(), editSeq = 0, editOk = false, validateTimer = null,
+    saveWhenChecked = false;
+  // a decision is made at once (the next row becomes current) and saved in order behind the others:
+  // pending[id] = {n: decisions of the row not answered yet, status: what the row will be once they are saved};
+  // unsaved[id] = {action, extra, why}: the row's last decision the server refused (or never got)
+  var pending = {}, unsaved = {}, sending = 0;
 
   function el(tag, cls, text) {
     var n = document.createElement(tag);
@@ -80,16 +87,31 @@ _JS = r"""
     card.appendChild(el("h3", null, title));
     card.appendChild(text.trim() ? el("pre", cls, text) : el("p", "empty", "(empty)"));
   }
+  // what a row will be once the decisions queued for it are saved
+  function statusOf(id) { return pending[id] ? pending[id].status : byId[id].status; }
+  function expected(id, action) {
+    if (action === "undo") return "unreviewed";
+    if (action === "reject") return "rejected";
+    if (action === "edit") return "edited";
+    var now = statusOf(id);  // accepting an edited row keeps the edit
+    return now === "edited" || (!pending[id] && byId[id].original !== null) ? "edited" : "accepted";
+  }
   function fillCard(card, row) {
+    var box = card.querySelector(".editor,.rejectbox");  // an editor open on the row stays open
+    var focused = box && box.contains(document.activeElement) ? document.activeElement : null;
+    var p = pending[row.id], shown = p ? p.status : row.status, u = unsaved[row.id];
     card.textContent = "";
-    card.className = "row status-" + row.status + (row.in_target ? "" : " beyond") +
-      (order[current] === row.id ? " current" : "");
-    card.setAttribute("data-status", row.status);
+    card.className = "row status-" + shown + (row.in_target ? "" : " beyond") +
+      (order[current] === row.id ? " current" : "") + (p ? " pending" : "") + (u ? " not-saved" : "");
+    card.setAttribute("data-status", row.status);  // what the file says
+    if (p) card.setAttribute("data-pending", p.status); else card.removeAttribute("data-pending");
+    if (u) card.setAttribute("data-unsaved", u.action); else card.removeAttribute("data-unsaved");
     var h = el("h2", null, row.rank + " / " + order.length + " ");
     h.appendChild(el("span", "note", "(line " + row.line + ")"));
-    h.appendChild(el("span", "badge", row.status));
+    h.appendChild(el("span", "badge", p ? p.status + " (saving\u2026)" : row.status));
     if (!row.in_target) h.appendChild(el("span", "beyond-label", "beyond the review target"));
     card.appendChild(h);
+    if (u) card.appendChild(el("p", "unsaved", "not saved: " + u.action + ": " + u.why + ". Decide again."));
     row.turns.forEach(function (t, i) {
       if (i === row.answer_index) turnBlock(card, "answer", row.answer, "answer");
       else turnBlock(card, t.role, t.content, "prompt");
@@ -110,14 +132,16 @@ _JS = r"""
       var b = el("button", null, a[1]);
       b.type = "button";
       b.setAttribute("data-act", a[0]);
-      if (a[0] === "undo" && row.status === "unreviewed") b.disabled = true;
+      if (a[0] === "undo" && shown === "unreviewed") b.disabled = true;
       actions.appendChild(b);
     });
     card.appendChild(actions);
+    if (box) { card.appendChild(box); if (focused) focused.focus(); }
   }
+  function refresh(id) { if (cards[id] && byId[id]) fillCard(cards[id], byId[id]); }
 
   function render(s) {
-    var keep = state ? order[current] : undefined;  // the current row stays current across a reload
+    var keep = state ? order[current] : undefined;
     state = s;
     document.title = "review: " + s.file;
     document.getElementById("file").textContent = s.file;
@@ -137,7 +161,11 @@ _JS = r"""
       fillCard(card, r);
       rowsEl.appendChild(card);
     });
-    current = Math.max(0, order.indexOf(keep));
+    Object.keys(unsaved).forEach(function (id) { if (!byId[id]) delete unsaved[id]; });
+    // across a reload the first row whose decision was not saved becomes current (to decide it again),
+    // else the current row stays current
+    var redo = order.filter(function (id) { return unsaved[id]; })[0];
+    current = Math.max(0, order.indexOf(redo !== undefined ? redo : keep));
     showProgress(s.progress);
     conflictEl.hidden = !s.disk_changed;
     if (s.disk_changed) document.getElementById("conflict-text").textContent =
@@ -171,53 +199,84 @@ _JS = r"""
   function nextUndecided() {
     for (var k = 1; k <= order.length; k++) {
       var i = (current + k) % order.length;
-      if (byId[order[i]].status === "unreviewed") { setCurrent(i); return true; }
+      if (statusOf(order[i]) === "unreviewed") { setCurrent(i); return true; }
     }
     return false;
   }
 
   function closeModes() {
     mode = null;
+    modeId = null;
     saveWhenChecked = false;
     Array.prototype.forEach.call(document.querySelectorAll(".editor,.rejectbox"), function (n) { n.remove(); });
   }
-  function decide(action, extra) {
-    var id = order[current];
-    queue = queue.then(function () {
-      var body = {id: id, action: action, version: state.version};
-      Object.keys(extra || {}).forEach(function (k) { body[k] = extra[k]; });
-      setStatus("saving\u2026");
-      return api("/api/decision", body).then(function (res) {
-        if (res.status === 200) {
-          closeModes();
-          update(res.data);
-          saves++;
-          document.body.setAttribute("data-saves", String(saves));
-          var more = action === "undo" || nextUndecided();
-          setStatus(more ? "saved" : "saved; every row has a decision", "ok");
-        } else if (res.status === 409) {
-          conflictEl.hidden = false;
-          document.getElementById("conflict-text").textContent = errorText(res) + ". Reload it from disk to go on; " +
-            "the hand edit and every earlier decision are kept.";
-          setStatus("not saved: " + errorText(res), "bad");
-        } else if (res.status === 422 && mode === "edit") {
-          showProblems(res.data.problems || []);
-          setStatus("not saved: the answer breaks the contract", "bad");
-        } else {
-          setStatus("not saved: " + errorText(res), "bad");
-        }
-      }).catch(function (e) { setStatus("not saved: the server is not reachable (" + e.message + ")", "bad"); });
-    });
+  // the decision acts on the row current now (or the row whose editor saves it), the next undecided row
+  // becomes current at once, and the save goes out after every earlier one (each reads the version the
+  // one before it wrote)
+  function decide(action, extra, id) {
+    if (id === undefined || id === null) id = order[current];
+    closeModes();
+    var status = expected(id, action);
+    var p = pending[id] || (pending[id] = {n: 0, status: status});
+    p.n++;
+    p.status = status;
+    sending++;
+    refresh(id);
+    if (action !== "undo" && order[current] === id) nextUndecided();
+    showSaveStatus();
+    queue = queue.then(function () { return send(id, action, extra || {}); });
     return queue;
+  }
+  function send(id, action, extra) {
+    var body = {id: id, action: action, version: state.version};
+    Object.keys(extra).forEach(function (k) { body[k] = extra[k]; });
+    return api("/api/decision", body).then(function (res) {
+      if (res.status === 200) { saved(id, res.data); return; }
+      if (res.status === 409) {
+        conflictEl.hidden = false;
+        document.getElementById("conflict-text").textContent = errorText(res) + ". Reload it from disk to go on; " +
+          "the hand edit and every earlier decision are kept.";
+      }
+      var problems = res.status === 422 && res.data && res.data.problems;
+      failed(id, action, extra, problems && problems.length ? "the answer " + problems.join("; ") : errorText(res));
+    }).catch(function (e) { failed(id, action, extra, "the server is not reachable (" + e.message + ")"); });
+  }
+  function settle(id) {
+    var p = pending[id];
+    if (p && --p.n <= 0) delete pending[id];
+    sending--;
+  }
+  function saved(id, d) {
+    settle(id);
+    delete unsaved[id];
+    update(d);
+    saves++;
+    document.body.setAttribute("data-saves", String(saves));
+    showSaveStatus();
+  }
+  function failed(id, action, extra, why) {
+    settle(id);
+    unsaved[id] = {action: action, extra: extra, why: why};
+    refresh(id);
+    setStatus("not saved: " + why, "bad");
+  }
+  function showSaveStatus() {
+    var bad = Object.keys(unsaved).length;
+    if (bad) setStatus(bad + (bad === 1 ? " decision" : " decisions") + " not saved (marked on the row" +
+      (bad === 1 ? "" : "s") + ")" + (sending ? "; saving the rest\u2026" : ""), "bad");
+    else if (sending) setStatus("saving\u2026");
+    else setStatus(order.some(function (i) { return statusOf(i) === "unreviewed"; }) ? "saved"
+      : "saved; every row has a decision", "ok");
   }
 
   function openEditor() {
     closeModes();
-    var row = byId[order[current]], card = cards[row.id];
+    var row = byId[order[current]], card = cards[row.id], u = unsaved[row.id];
     mode = "edit";
+    modeId = row.id;
     var box = el("div", "editor");
     var ta = el("textarea", "answer-input");
-    ta.value = row.answer;
+    ta.value = u && u.action === "edit" ? u.extra.answer : row.answer;  // an edit not saved is not lost
     ta.spellcheck = false;
     ta.setAttribute("aria-label", "edit the answer");
     var problems = el("ul", "problems"), valid = el("p", "valid");
@@ -276,12 +335,13 @@ _JS = r"""
       return;
     }
     if (!editOk) { setStatus("fix the problems shown before saving", "bad"); return; }
-    decide("edit", {answer: box.querySelector(".answer-input").value});
+    decide("edit", {answer: box.querySelector(".answer-input").value}, modeId);
   }
   function openReject() {
     closeModes();
     var card = cards[order[current]];
     mode = "reject";
+    modeId = order[current];
     var box = el("div", "rejectbox");
     var input = el("input", "reason-input");
     input.type = "text";
@@ -299,7 +359,7 @@ _JS = r"""
   function confirmReject() {
     var input = document.querySelector(".reason-input");
     if (!input || mode !== "reject") return;
-    decide("reject", {reason: input.value});
+    decide("reject", {reason: input.value}, modeId);
   }
   function act(action) {
     if (action === "edit") openEditor();
@@ -345,7 +405,7 @@ _JS = r"""
       return api("/api/reload", {}).then(function (res) {
         if (res.status === 200) { render(res.data); setStatus("read again from disk", "ok"); }
         else setStatus("cannot reload: " + errorText(res), "bad");
-      });
+      }).catch(function (e) { setStatus("cannot reload: the server is not reachable (" + e.message + ")", "bad"); });
     });
   });
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.checks.contract import AnswerContract
-from tunesmith.distill.teacher import Tally, Teacher, TeacherError
+from tunesmith.distill.teacher import Asked, Tally, Teacher, TeacherError
 from tunesmith.inference.openai_client import ChatClient, RequestCache, RequestFailed, RetryPolicy
 from tunesmith.project import Project
 
@@ -46,8 +46,9 @@ class GenerateOptions:
     force: bool = False
 
 
-
 class Session:
+    """One generate run's teacher, tally, log and answer counts (thread-safe where threads meet)."""
+
     def __init__(self, project: Project, opts: GenerateOptions, progress: Progress | None) -> None:
         from tunesmith.distill.prices import price_for
 
@@ -75,18 +76,25 @@ class Session:
         if self.teacher.client.cache is not None:
             self.teacher.client.cache.close()
 
-    def note(self, event: str, **data: Any) -> None:
+    def note(self, event: str, order: tuple[int, ...], **data: Any) -> None:
+        """A log entry; `order` (stage, round, index) puts the log in request order, whatever order the
+        threads finished in, so the same run writes the same log."""
         with self.log_lock:
-            self.log.append({"event": event, **data})
+            self.log.append({"event": event, "_order": order, **data})
 
-    def first(self, messages: list[dict[str, str]], params: dict[str, Any]) -> tuple[Any, str] | None:
-        """The run's first request, sent alone: an endpoint that cannot be reached stops the run here."""
+    def ordered_log(self) -> list[dict[str, Any]]:
+        entries = sorted(self.log, key=lambda e: e["_order"])
+        return [{k: v for k, v in e.items() if k != "_order"} for e in entries]
+
+    def first(self, messages: list[dict[str, str]], params: dict[str, Any], order: tuple[int, ...]) -> Asked | None:
+        """The run's first request, sent alone: an endpoint that answers nothing (refused or timed out on
+        every attempt) stops the run here, before anything else is sent."""
         try:
             return self.teacher.ask(messages, params)
         except RequestFailed as exc:
             if exc.unreachable:
-                raise TeacherError(f"cannot reach the teacher at {self.teacher.client.base_url}: {exc.reason}",
+                raise TeacherError(f"no answer from the teacher at {self.teacher.client.base_url}: {exc.reason}",
                                    "start the server or fix --base-url (an OpenAI-compatible base URL, usually "
-                                   "ending in /v1)") from None
-            self.note("request_failed", stage="first", reason=exc.reason)
+                                   "ending in /v1); a slow one may need a longer --timeout") from None
+            self.note("request_failed", order, reason=exc.reason)
             return None

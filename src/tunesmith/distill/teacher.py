@@ -10,6 +10,7 @@ per run; what was learned is kept in the cache, so a re-run starts adapted and s
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -84,6 +85,44 @@ def _names_param(exc: RequestFailed, *words: str) -> bool:
     return any(w in text for w in words)
 
 
+_CONTEXT_WORDS = ("context length", "context window", "maximum context", "input tokens", "in the messages")
+
+
+def _max_tokens(params: dict[str, Any]) -> int:
+    return int(params.get("max_tokens") or params.get("max_completion_tokens") or 0)
+
+
+def _number_after(exc: RequestFailed, words: str) -> int | None:
+    m = re.search(words + r"\D{0,20}?(\d+)", f"{exc.reason} {exc.server_message}", re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
+def _fit_context(exc: RequestFailed, sent: dict[str, Any]) -> int | None:
+    """The max_tokens that fits a prompt too long for the server's context with the room asked for
+    (OpenAI's and vLLM's wordings: "maximum context length is C ... N in the messages" / "your request
+    has N input tokens"), else half of it; None when the refusal is something else or nothing fits."""
+    asked = _max_tokens(sent)
+    if not asked or not _names_param(exc, *_CONTEXT_WORDS):
+        return None
+    context = _number_after(exc, r"(?:maximum context length is|context window of|context length of)")
+    prompt = _number_after(exc, r"(?:request has|\()") if context else None
+    room = context - prompt - 8 if context and prompt and prompt < context else asked // 2
+    return room if 16 <= room < asked else None
+
+
+@dataclass
+class Asked:
+    """A reply, the content address of the request that got it, and the parameters as sent."""
+
+    reply: ChatReply
+    key: str
+    params: dict[str, Any]
+
+    @property
+    def max_tokens(self) -> int:
+        return _max_tokens(self.params)
+
+
 class Teacher:
     """One teacher model at one endpoint: `ask` sends a chat and counts the reply."""
 
@@ -100,23 +139,37 @@ class Teacher:
         return self.client.model
 
     def ask(self, messages: list[dict[str, str]], params: dict[str, Any], stop: threading.Event | None = None
-            ) -> tuple[ChatReply, str]:
-        """The reply and the request's content address (the key the cache stores it under)."""
-        params = self._adapted(params)
-        for _ in range(10):  # one adaptation per refusable parameter, a few halvings of max_tokens
+            ) -> Asked:
+        """The reply, the request's content address and the parameters as sent (adapted to the endpoint)."""
+        fit_key = "fit " + self.client.request_key(messages, params)  # this request, as the caller made it
+        fit = self._note_int(fit_key)
+        for _ in range(10):  # one adaptation per refusable parameter, a few smaller max_tokens
+            sent = self._adapted(params, fit)
             try:
-                reply = self.client.create(messages, stop=stop, **params)
+                reply = self.client.create(messages, stop=stop, **sent)
             except RequestFailed as exc:
-                if exc.status not in (400, 422) or not self._learn(exc, params):
+                if exc.status not in (400, 422):
                     raise
-                params = self._adapted(params)
+                if self._learn(exc, sent):
+                    continue
+                fit = _fit_context(exc, sent)
+                if fit is None:
+                    raise
+                # this prompt is long for the server's context: less room for its answer, this request only
+                self.tally.count("answer room reduced for a long prompt")
+                if self.client.cache is not None:
+                    self.client.cache.set_note(fit_key, str(fit))
                 continue
             self.tally.add(reply)
             self._check_model(reply)
-            return reply, self.client.request_key(messages, params)
+            return Asked(reply, self.client.request_key(messages, sent), sent)
         raise RequestFailed("the endpoint refused every variant of the request", status=400)
 
-    def _adapted(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _note_int(self, key: str) -> int | None:
+        saved = self.client.cache.note(key) if self.client.cache is not None else None
+        return int(saved) if saved and saved.isdigit() else None
+
+    def _adapted(self, params: dict[str, Any], fit: int | None = None) -> dict[str, Any]:
         out = dict(params)
         with self._lock:
             quirks = dict(self.quirks)
@@ -127,9 +180,9 @@ class Teacher:
                 out.pop("response_format")
             elif level == "json_object" and rf.get("type") == "json_schema":
                 out["response_format"] = {"type": "json_object"}
-        cap = quirks.get("max_tokens_cap")
-        if cap and out.get("max_tokens", 0) > cap:
-            out["max_tokens"] = cap
+        for cap in (quirks.get("max_tokens_cap"), fit):
+            if cap and out.get("max_tokens", 0) > cap:
+                out["max_tokens"] = cap
         if quirks.get("max_completion_tokens") and "max_tokens" in out:
             out["max_completion_tokens"] = out.pop("max_tokens")
         if quirks.get("no_temperature"):
@@ -137,18 +190,21 @@ class Teacher:
         return out
 
     def _learn(self, exc: RequestFailed, sent: dict[str, Any]) -> bool:
-        """Remember what the endpoint refused; False when the refusal names nothing we can leave out."""
+        """Remember what the endpoint refuses for every request; False when the refusal is not one of those
+        (a prompt too long for the context is this request's own matter: `_fit_context`)."""
         change: tuple[str, Any] | None = None
         rf = sent.get("response_format")
+        asked = _max_tokens(sent)
         if rf is not None and _names_param(exc, "response_format", "json_schema", "json_object", "structured output"):
             change = ("response_format", "json_object" if rf.get("type") == "json_schema" else "none")
         elif "max_tokens" in sent and _names_param(exc, "use 'max_completion_tokens'", "use max_completion_tokens",
                                                    "max_completion_tokens instead"):
             change = ("max_completion_tokens", True)
-        elif (asked := sent.get("max_tokens") or sent.get("max_completion_tokens") or 0) > MIN_MAX_TOKENS and _names_param(
-                exc, "max_tokens", "max_completion_tokens", "context length", "too many tokens"):
-            cap = max(MIN_MAX_TOKENS, asked // 2)  # a server with a smaller limit or context: ask for less
-            change = ("max_tokens_cap", min(cap, self.quirks.get("max_tokens_cap") or cap))
+        elif (asked > MIN_MAX_TOKENS and _names_param(exc, "max_tokens", "max_completion_tokens")
+              and not _names_param(exc, *_CONTEXT_WORDS)):
+            stated = _number_after(exc, r"(?:limit(?: is| of)?|maximum(?: is| of)?|at most|less than or equal to|<=)")
+            cap = stated if stated is not None and MIN_MAX_TOKENS <= stated < asked else max(MIN_MAX_TOKENS, asked // 2)
+            change = ("max_tokens_cap", cap)
         elif "temperature" in sent and _names_param(exc, "temperature"):
             change = ("no_temperature", True)
         if change is None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.inference.replies import unfence
 from tunesmith.inference.openai_client import (  # light: openai itself loads in ChatClient()
     ChatClient,
     EndpointRefused,
@@ -337,16 +338,11 @@ def pairwise_messages(prompt: str, reference: str | None, first: str, second: st
     return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": user}]
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
-
-
 def _load_object(text: str | None) -> dict[str, Any]:
     if text is None or not text.strip():
         raise JudgeParseError("the reply was empty")
     body = text.strip()
-    fenced = _FENCE.match(body)
-    if fenced:  # a whole-reply ```json fence is tolerated; prose around it is not
-        body = fenced.group(1).strip()
+    body, _ = unfence(body)  # a whole-reply ```json fence is tolerated; prose around it is not
 
     def _no_constants(c: str) -> Any:
         raise JudgeParseError(f"{c} is not valid JSON")

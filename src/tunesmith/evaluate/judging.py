@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from tunesmith.evaluate.judge import JudgeConfig, PairInput, RubricInput, judge_pairwise, judge_rubric
 from tunesmith.evaluate.types import EvalItem
+from tunesmith.inference.openai_client import api_key_from
 from tunesmith.project import Project
 
 
 def judge_config(project: Project, *, allow_self: bool) -> JudgeConfig:
     j = project.eval.judge
-    return JudgeConfig(base_url=j.base_url, model=j.model, api_key=os.environ.get(j.api_key_env),
+    return JudgeConfig(base_url=j.base_url, model=j.model, api_key=api_key_from(j.api_key_env),
                        concurrency=j.concurrency, allow_self_judging=allow_self,
                        cache_path=project.root / ".tunesmith" / "judge.sqlite")
 

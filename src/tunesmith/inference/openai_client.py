@@ -25,13 +25,13 @@ import hashlib
 import json
 import math
 import os
+import queue
 import random
 import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,7 +93,7 @@ class RequestFailed(Exception):
         #: what went wrong, for tallies: "timeout", "connection", "unreadable", "HTTP 429", ...
         self.kind = kind or (f"HTTP {status}" if status is not None else "error")
         self.status = status
-        #: every attempt failed to connect at all: nothing is listening there
+        #: no attempt got anything back (connections refused, or no answer within the timeout)
         self.unreachable = unreachable
         self.server_message = server_message
 
@@ -183,6 +183,27 @@ def _status_message(exc: Any) -> str:
     return _first_line(getattr(exc, "message", "") or str(exc))
 
 
+def _error_code(exc: Any) -> str:
+    """The machine-readable code of an HTTP error ({"error": {"code"}} or its type), or ""."""
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, Mapping) else None
+    if isinstance(inner, Mapping):
+        for key in ("code", "type"):
+            if isinstance(inner.get(key), str):
+                return inner[key]
+    return ""
+
+
+def api_key_from(env_name: str) -> str | None:
+    """The key in the environment variable `env_name`. When that variable is unset and is not
+    OPENAI_API_KEY, "none": the client would otherwise fall back to OPENAI_API_KEY and send an OpenAI
+    key to another provider's URL."""
+    value = os.environ.get(env_name)
+    if value:
+        return value
+    return None if env_name == "OPENAI_API_KEY" else "none"
+
+
 class ChatClient:
     """Chat completions at one endpoint and model, with the retry policy above and an optional cache.
 
@@ -227,7 +248,7 @@ class ChatClient:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def create(self, messages: Sequence[Mapping[str, Any]], *, stop: threading.Event | None = None,
-               use_cache: bool = True, stop_sequences: Sequence[str] | None = None, **params: Any) -> ChatReply:
+               stop_sequences: Sequence[str] | None = None, **params: Any) -> ChatReply:
         """One chat completion (the cache first, when there is one), retried as the policy says.
 
         Raises `EndpointRefused` (401/403/404) or `RequestFailed`. `stop`, when set, ends the
@@ -237,7 +258,7 @@ class ChatClient:
         if stop_sequences:
             params["stop"] = list(stop_sequences)
         key = self.request_key(messages, params) if self.cache is not None else ""
-        if self.cache is not None and use_cache:
+        if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 return hit
@@ -251,6 +272,7 @@ class ChatClient:
         oa = self._openai
         attempts = self.policy.max_retries + 1
         failure = RequestFailed("no attempt made")
+        heard = False  # any attempt got something back (an HTTP error, a broken reply, a hang-up)
         for attempt in range(attempts):
             if stop is not None and stop.is_set():
                 raise RequestFailed("cancelled")
@@ -267,13 +289,20 @@ class ChatClient:
                     failure = RequestFailed(f"cannot reach the {self.what} at {self.base_url}: {said or 'connection refused'}",
                                             unreachable=True, kind="connection refused")
                 else:  # it connected, then the connection broke (the server hung up, a proxy reset it)
+                    heard = True
                     failure = RequestFailed(f"the connection to the {self.what} at {self.base_url} broke: "
                                             f"{said or type(cause).__name__ if cause else 'connection error'}",
                                             kind="connection broken")
             except oa.APIStatusError as exc:
+                heard = True
                 status, said = exc.status_code, _status_message(exc)
                 if status in FATAL_STATUS:
                     raise self._refused(status, said) from None
+                if status == 429 and _error_code(exc) == "insufficient_quota":
+                    raise EndpointRefused(  # a 429 that waiting does not cure
+                        f"the {self.what} at {self.base_url} says the account has no quota left (HTTP 429: {said})",
+                        "add credit or raise the limit on the provider's billing page, then run the same command "
+                        "again: nothing already answered is lost", status=status, server_message=said) from None
                 failure = RequestFailed(f"HTTP {status}: {said}", status=status, server_message=said)
                 if status not in RETRYABLE_STATUS and status < 500:
                     raise failure from None
@@ -283,6 +312,7 @@ class ChatClient:
                                         f"{self.policy.max_retry_after:g} s)", status=status, server_message=said) from None
             except (oa.OpenAIError, _Unreadable, ValueError, TypeError, AttributeError) as exc:
                 # a 200 whose body is not a chat completion: a glitch of the server or a proxy
+                heard = True
                 failure = RequestFailed(f"unreadable reply from the {self.what}: {_first_line(str(exc)) or type(exc).__name__}",
                                         kind="unreadable reply")
             if attempt < attempts - 1:
@@ -294,6 +324,7 @@ class ChatClient:
                         raise RequestFailed("cancelled")
                 else:
                     time.sleep(delay)
+        failure.unreachable = not heard  # refused or timed out every time: nothing answers there
         if attempts > 1:
             failure.reason += f" (after {attempts} attempts)"
             failure.args = (failure.reason,)
@@ -340,7 +371,6 @@ class RequestCache:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.hits = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
@@ -365,7 +395,6 @@ class RequestCache:
                 reply = ChatReply.from_json(row[0])
             except (ValueError, TypeError):
                 return None
-            self.hits += 1
             return reply
 
     def put(self, key: str, model: str, reply: ChatReply) -> None:
@@ -411,55 +440,57 @@ def run_concurrently(items: Sequence[T], work: Callable[[T, threading.Event], R]
     """`work(item, stop)` for every item, at most `concurrency` at a time; `on_done(index, result)` is
     called in this thread as each one finishes, in completion order.
 
-    The first exception `work` raises (an `EndpointRefused`, say) sets `stop`, cancels what has not
-    started, waits for what is running and is raised here; results that finished meanwhile still
-    reach `on_done`. Ctrl-C does the same without waiting.
+    The first exception `work` raises (an `EndpointRefused`, say) sets `stop`: no item starts after it,
+    the ones running finish (their replies still reach the cache and `on_done`), and it is raised here.
+    Ctrl-C sets `stop` and returns at once: the workers are daemon threads, so an exit never waits for
+    a request in flight (up to its timeout) before the shell gets its prompt back.
     """
     if not items:
         return
     stop = threading.Event()
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(len(items)):
+        todo.put(i)
+    done: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
     lock = threading.Lock()
     #: the exception that stopped the run; failures after it (a request cancelled by `stop`) are its effects
     first_error: list[BaseException] = []
 
-    def guarded(item: T) -> R:
-        # The failing worker sets `stop` itself and each item checks it before starting: otherwise a
-        # worker that has just failed takes the next item (and sends its request) before this thread
-        # wakes up to cancel it.
-        if stop.is_set():
-            raise _Skipped
+    def worker() -> None:
         try:
-            return work(item, stop)
-        except BaseException as exc:
-            with lock:
-                if not stop.is_set():
-                    first_error.append(exc)
-                    stop.set()
-            raise
+            # `stop` is checked before each item: a worker that has just failed must not send another request
+            while not stop.is_set():
+                try:
+                    i = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    done.put((i, work(items[i], stop)))
+                except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                    with lock:
+                        if not stop.is_set():
+                            first_error.append(exc)
+                            stop.set()
+                    return
+        finally:
+            done.put(None)
 
-    pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(items))), thread_name_prefix="tunesmith-request")
-    pending: dict[Future[R], int] = {}
+    workers = max(1, min(concurrency, len(items)))
+    for n in range(workers):
+        threading.Thread(target=worker, name=f"tunesmith-request-{n}", daemon=True).start()
     try:
-        pending = {pool.submit(guarded, item): i for i, item in enumerate(items)}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                index = pending.pop(fut)
-                if fut.cancelled():
-                    continue
-                if fut.exception() is not None:
-                    for other in pending:
-                        other.cancel()
-                    continue
-                on_done(index, fut.result())
+        finished = 0
+        while finished < workers:
+            try:
+                msg = done.get(timeout=0.25)  # a timeout keeps Ctrl-C responsive on every platform
+            except queue.Empty:
+                continue
+            if msg is None:
+                finished += 1
+            else:
+                on_done(*msg)
     except BaseException:
         stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
     if first_error:
         raise first_error[0]
-
-
-class _Skipped(Exception):
-    """An item not started because the run was already stopping."""
