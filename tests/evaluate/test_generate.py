@@ -408,3 +408,14 @@ def test_vllm_is_optional(lively_model: Path) -> None:
     with pytest.raises(TunesmithError) as err:
         VLLMBackend(lively_model)
     assert "vllm" in err.value.message.lower() and err.value.hint
+
+
+def test_an_endpoint_that_never_answers_the_first_prompt_stops_the_run() -> None:
+    with FakeOpenAI(lambda body: Reply(content="late", delay=2.0)) as server:
+        backend = EndpointBackend(server.base_url, "m", max_retries=1, backoff=0.01, timeout=0.3)
+        t0 = time.monotonic()
+        with pytest.raises(EndpointError) as err:
+            backend.generate([[{"role": "user", "content": str(i)}] for i in range(6)], DecodeSettings())
+        assert time.monotonic() - t0 < 3
+        assert len(server.requests) == 2  # the first prompt and its retry; the other five never sent
+    assert "did not answer within 0.3 s" in err.value.message and server.base_url in err.value.hint
