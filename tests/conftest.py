@@ -30,3 +30,15 @@ def isolated_cache(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> p
     cache.mkdir()
     monkeypatch.setenv("TUNESMITH_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for this test: tiny models run faster (and deterministically) than with two
+    contending threads, and a busy machine slows them less."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

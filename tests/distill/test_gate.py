@@ -17,14 +17,7 @@ from tunesmith.distill.provenance import (
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(isolated_cache):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "isolated_cache")
 
 
 def generated(row: dict, status: str = "unreviewed", generation: str = "g1", teacher: str = "big-teacher",
