@@ -46,6 +46,10 @@ __all__ = [
     "RequestCache",
     "RequestFailed",
     "RetryPolicy",
+    "api_key_from",
+    "call_with_retries",
+    "endpoint_host",
+    "resolve_base_url",
     "retry_after_seconds",
     "run_concurrently",
 ]
@@ -204,6 +208,82 @@ def api_key_from(env_name: str) -> str | None:
     return None if env_name == "OPENAI_API_KEY" else "none"
 
 
+T = TypeVar("T")
+
+
+def call_with_retries(call: Callable[[], T], *, policy: RetryPolicy, what: str, base_url: str, model: str = "",
+                      timeout: float = 60.0, stop: threading.Event | None = None,
+                      on_retry: Callable[[str], None] | None = None) -> T:
+    """`call()` (any request of the official openai client) under the one retry policy (module docstring).
+
+    Raises `EndpointRefused` (401/403/404, a 429 out of quota) or `RequestFailed`; `on_retry(kind)` is
+    told of every retry. `stop`, when set, ends the waiting between attempts ("cancelled").
+    """
+    import openai as oa
+
+    attempts = policy.max_retries + 1
+    failure = RequestFailed("no attempt made")
+    heard = False  # any attempt got something back (an HTTP error, a broken reply, a hang-up)
+    for attempt in range(attempts):
+        if stop is not None and stop.is_set():
+            raise RequestFailed("cancelled")
+        wait_s: float | None = None
+        try:
+            return call()
+        except oa.APITimeoutError:
+            failure = RequestFailed(f"the {what} at {base_url} did not answer within {timeout:g} s", kind="timeout")
+        except oa.APIConnectionError as exc:
+            cause = exc.__cause__
+            said = _first_line(str(cause)) if cause is not None else ""
+            if type(cause).__name__ == "ConnectError":  # httpx's: nothing accepted the connection
+                failure = RequestFailed(f"cannot reach the {what} at {base_url}: {said or 'connection refused'}",
+                                        unreachable=True, kind="connection refused")
+            else:  # it connected, then the connection broke (the server hung up, a proxy reset it)
+                heard = True
+                failure = RequestFailed(f"the connection to the {what} at {base_url} broke: "
+                                        f"{said or type(cause).__name__ if cause else 'connection error'}",
+                                        kind="connection broken")
+        except oa.APIStatusError as exc:
+            heard = True
+            status, said = exc.status_code, _status_message(exc)
+            if status in FATAL_STATUS:
+                where = f"{base_url} (model {model!r})" if model else base_url
+                raise EndpointRefused(f"the {what} at {where} {FATAL_STATUS[status]} (HTTP {status}: {said})",
+                                      "check the base URL, the model name and the API key (OPENAI_API_KEY)",
+                                      status=status, server_message=said) from None
+            if status == 429 and _error_code(exc) == "insufficient_quota":
+                raise EndpointRefused(  # a 429 that waiting does not cure
+                    f"the {what} at {base_url} says the account has no quota left (HTTP 429: {said})",
+                    "add credit or raise the limit on the provider's billing page, then run the same command "
+                    "again: nothing already answered is lost", status=status, server_message=said) from None
+            failure = RequestFailed(f"HTTP {status}: {said}", status=status, server_message=said)
+            if status not in RETRYABLE_STATUS and status < 500:
+                raise failure from None
+            wait_s = retry_after_seconds(exc.response.headers)
+            if wait_s is not None and wait_s > policy.max_retry_after:
+                raise RequestFailed(f"{failure.reason} (the server asks to wait {wait_s:g} s, more than "
+                                    f"{policy.max_retry_after:g} s)", status=status, server_message=said) from None
+        except (oa.OpenAIError, _Unreadable, ValueError, TypeError, AttributeError) as exc:
+            # a 200 whose body is not what was asked for: a glitch of the server or a proxy
+            heard = True
+            failure = RequestFailed(f"unreadable reply from the {what}: {_first_line(str(exc)) or type(exc).__name__}",
+                                    kind="unreadable reply")
+        if attempt < attempts - 1:
+            if on_retry is not None:
+                on_retry(failure.kind)
+            delay = policy.delay(attempt) if wait_s is None else wait_s
+            if stop is not None:
+                if stop.wait(delay):
+                    raise RequestFailed("cancelled")
+            else:
+                time.sleep(delay)
+    failure.unreachable = not heard  # refused or timed out every time: nothing answers there
+    if attempts > 1:
+        failure.reason += f" (after {attempts} attempts)"
+        failure.args = (failure.reason,)
+    raise failure
+
+
 class ChatClient:
     """Chat completions at one endpoint and model, with the retry policy above and an optional cache.
 
@@ -222,7 +302,6 @@ class ChatClient:
         self.policy = policy or RetryPolicy()
         self.cache = cache
         self.what = what
-        self._openai = openai
         self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
                                      timeout=timeout, max_retries=0)  # retries are ours: one policy for all callers
         #: HTTP requests actually sent (cache hits not counted), and the retries by what caused them
@@ -269,66 +348,13 @@ class ChatClient:
 
     def _with_retries(self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
                       stop: threading.Event | None) -> ChatReply:
-        oa = self._openai
-        attempts = self.policy.max_retries + 1
-        failure = RequestFailed("no attempt made")
-        heard = False  # any attempt got something back (an HTTP error, a broken reply, a hang-up)
-        for attempt in range(attempts):
-            if stop is not None and stop.is_set():
-                raise RequestFailed("cancelled")
-            wait_s: float | None = None
-            try:
-                return self._send(messages, params)
-            except oa.APITimeoutError:
-                failure = RequestFailed(f"the {self.what} at {self.base_url} did not answer within {self.timeout:g} s",
-                                        kind="timeout")
-            except oa.APIConnectionError as exc:
-                cause = exc.__cause__
-                said = _first_line(str(cause)) if cause is not None else ""
-                if type(cause).__name__ == "ConnectError":  # httpx's: nothing accepted the connection
-                    failure = RequestFailed(f"cannot reach the {self.what} at {self.base_url}: {said or 'connection refused'}",
-                                            unreachable=True, kind="connection refused")
-                else:  # it connected, then the connection broke (the server hung up, a proxy reset it)
-                    heard = True
-                    failure = RequestFailed(f"the connection to the {self.what} at {self.base_url} broke: "
-                                            f"{said or type(cause).__name__ if cause else 'connection error'}",
-                                            kind="connection broken")
-            except oa.APIStatusError as exc:
-                heard = True
-                status, said = exc.status_code, _status_message(exc)
-                if status in FATAL_STATUS:
-                    raise self._refused(status, said) from None
-                if status == 429 and _error_code(exc) == "insufficient_quota":
-                    raise EndpointRefused(  # a 429 that waiting does not cure
-                        f"the {self.what} at {self.base_url} says the account has no quota left (HTTP 429: {said})",
-                        "add credit or raise the limit on the provider's billing page, then run the same command "
-                        "again: nothing already answered is lost", status=status, server_message=said) from None
-                failure = RequestFailed(f"HTTP {status}: {said}", status=status, server_message=said)
-                if status not in RETRYABLE_STATUS and status < 500:
-                    raise failure from None
-                wait_s = retry_after_seconds(exc.response.headers)
-                if wait_s is not None and wait_s > self.policy.max_retry_after:
-                    raise RequestFailed(f"{failure.reason} (the server asks to wait {wait_s:g} s, more than "
-                                        f"{self.policy.max_retry_after:g} s)", status=status, server_message=said) from None
-            except (oa.OpenAIError, _Unreadable, ValueError, TypeError, AttributeError) as exc:
-                # a 200 whose body is not a chat completion: a glitch of the server or a proxy
-                heard = True
-                failure = RequestFailed(f"unreadable reply from the {self.what}: {_first_line(str(exc)) or type(exc).__name__}",
-                                        kind="unreadable reply")
-            if attempt < attempts - 1:
-                with self._count_lock:
-                    self.retries[failure.kind] += 1
-                delay = self.policy.delay(attempt) if wait_s is None else wait_s
-                if stop is not None:
-                    if stop.wait(delay):
-                        raise RequestFailed("cancelled")
-                else:
-                    time.sleep(delay)
-        failure.unreachable = not heard  # refused or timed out every time: nothing answers there
-        if attempts > 1:
-            failure.reason += f" (after {attempts} attempts)"
-            failure.args = (failure.reason,)
-        raise failure
+        def count(kind: str) -> None:
+            with self._count_lock:
+                self.retries[kind] += 1
+
+        return call_with_retries(lambda: self._send(messages, params), policy=self.policy, what=self.what,
+                                 base_url=self.base_url, model=self.model, timeout=self.timeout, stop=stop,
+                                 on_retry=count)
 
     def _send(self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> ChatReply:
         with self._count_lock:
@@ -351,11 +377,6 @@ class ChatClient:
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
 
-    def _refused(self, status: int, said: str) -> EndpointRefused:
-        where = f"{self.base_url} (model {self.model!r})"
-        return EndpointRefused(
-            f"the {self.what} at {where} {FATAL_STATUS[status]} (HTTP {status}: {said})",
-            "check the base URL, the model name and the API key (OPENAI_API_KEY)", status=status, server_message=said)
 
 
 class _Unreadable(Exception):
@@ -431,7 +452,6 @@ class RequestCache:
 
 # --- many requests ----------------------------------------------------------------------------------
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 
