@@ -179,6 +179,30 @@ class GenerateSettings(_Strict):
     price: Price | None = Field(None, description="Overrides the dated price table for the teacher model.")
 
 
+class HostedPrice(_Strict):
+    """US dollars per million tokens for hosted fine-tuning, as the provider bills them."""
+
+    training: float = Field(..., ge=0, description="Per 1M training tokens (tokens in the file x epochs).")
+    input: float | None = Field(None, ge=0, description="Per 1M prompt tokens sent to the fine-tuned model.")
+    output: float | None = Field(None, ge=0, description="Per 1M completion tokens from the fine-tuned model.")
+
+
+class HostedSettings(_Strict):
+    """`tunesmith train --backend openai`: fine-tuning on a provider's API instead of this machine."""
+
+    backend: Literal["openai"] = Field("openai", description="The hosted fine-tuning API.")
+    model: str | None = Field(None, description="The provider's base model to fine-tune (--model).")
+    suffix: str | None = Field(None, max_length=64, description="Added to the fine-tuned model's name (--suffix).")
+    base_url: str | None = Field(None, description="API base URL (default: OPENAI_BASE_URL, else OpenAI).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    n_epochs: int | Literal["auto"] | None = Field(None, description="Epochs (default: the plan's, or auto).")
+    batch_size: int | Literal["auto"] | None = Field(None, description="Examples per step (default: auto).")
+    learning_rate_multiplier: float | Literal["auto"] | None = Field(None, description="Default: auto.")
+    validation_fraction: float = Field(0.1, ge=0, le=0.5, description="Share of train uploaded as the validation file.")
+    poll_seconds: float = Field(15, ge=0.01, le=600, description="First wait between status checks (grows to 4x).")
+    price: HostedPrice | None = Field(None, description="Overrides the dated price table for the model.")
+
+
 class Project(_Strict):
     task: str = Field(..., min_length=10, description="One sentence: exactly what the tuned model must do.")
     task_kind: TaskKind = Field("format", description="Sets the minimum dataset size (the guide's table).")
@@ -192,6 +216,7 @@ class Project(_Strict):
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
+    hosted: HostedSettings = Field(default_factory=HostedSettings)
 
     # Not part of the file: where it was loaded from, so relative paths resolve.
     root: Path = Field(default=Path("."), exclude=True)
@@ -287,7 +312,7 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
         raw = {}
     if not isinstance(raw, dict):
         raise ProjectError(f"{file}: expected a mapping of fields, got a {type(raw).__name__}", "see `tunesmith init`")
-    for section in ("output", "data", "checks", "train", "eval", "generate"):
+    for section in ("output", "data", "checks", "train", "eval", "generate", "hosted"):
         if section in raw and raw[section] is None:  # "output:" with every key commented out
             del raw[section]
     for key, value in (overrides or {}).items():

@@ -192,6 +192,13 @@ def show(
         out.print(f"[red]error:[/]      {escape(record.error)}")
     if record.metrics:
         out.print("metrics:    " + ", ".join(f"{k} {_num(v)}" for k, v in record.metrics.items()), markup=False)
+    if record.method.startswith("hosted"):
+        from tunesmith.train.hosted.job import read_state
+
+        state = read_state(record.path)
+        out.print(f"hosted:     job {state.get('job_id') or '(not created)'} at {state.get('base_url')}, "
+                  f"status {state.get('status') or '-'}, fine-tuned model {state.get('fine_tuned_model') or '-'}",
+                  markup=False)
     provenance = record.data.get("provenance")
     if isinstance(provenance, dict):
         from tunesmith.distill.provenance import describe

@@ -43,6 +43,11 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes via accelerate (DDP)."),
     allow_unreviewed: bool = typer.Option(False, "--allow-unreviewed", help="Train on teacher-generated rows whose review target was not met (the run records it)."),
+    backend: str = typer.Option("local", "--backend", help="local (this machine) | openai (OpenAI's fine-tuning API)."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --backend openai: the model to fine-tune (default: hosted.model)."),
+    suffix: Optional[str] = typer.Option(None, "--suffix", help="With --backend openai: added to the fine-tuned model's name."),
+    learning_rate_multiplier: Optional[float] = typer.Option(None, "--learning-rate-multiplier", help="With --backend openai (default: auto)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --backend openai: start without asking to confirm the cost."),
     json_out: bool = typer.Option(False, "--json", help="One JSON event per line on stdout."),
 ) -> None:
     """Train a LoRA / QLoRA / full fine-tune of the base model on the project's training split."""
@@ -56,6 +61,15 @@ def train(
         raise UsageError(f"--method {method!r} is not a method", "use lora, qlora or full")
     if precision is not None and precision not in ("auto", "bf16", "fp16", "fp32"):
         raise UsageError(f"--precision {precision!r} is not a precision", "use auto, bf16, fp16 or fp32")
+    if backend not in ("local", "openai"):
+        raise UsageError(f"--backend {backend!r} is not a backend", "use local or openai")
+    if backend == "openai" or (resume is not None and _is_hosted_run(project, resume)):
+        _train_hosted(project, flags, dry_run=dry_run, resume=resume, name=name, json_out=json_out, yes=yes,
+                      hosted_flags={"model": model, "suffix": suffix, "learning_rate_multiplier": learning_rate_multiplier})
+        return
+    if any(v is not None for v in (model, suffix, learning_rate_multiplier)):
+        raise UsageError("--model, --suffix and --learning-rate-multiplier go with --backend openai",
+                         "add --backend openai, or drop them (local training uses the project's base_model)")
     if num_processes > 1:
         _launch(num_processes, project, run_id or _new_id(name))
         return
@@ -76,6 +90,63 @@ def train(
                           "metrics": outcome.metrics}))
         return
     print_summary(outcome)
+
+
+def _is_hosted_run(project: Path, ref: str) -> bool:
+    from tunesmith.project import load_project
+    from tunesmith.train.api import registry_for
+    from tunesmith.train.hosted.job import is_hosted
+
+    return is_hosted(registry_for(load_project(project)).get(ref))
+
+
+def _train_hosted(project: Path, flags: dict[str, Any], *, dry_run: bool, resume: Optional[str], name: Optional[str],
+                  json_out: bool, yes: bool, hosted_flags: dict[str, Any]) -> None:
+    from tunesmith.train.hosted.api import train_hosted
+
+    def show(plan: Any) -> None:
+        if json_out:
+            print(json.dumps({"event": "plan", **plan.to_dict()}), flush=True)
+        else:
+            print_plan({"settings": plan.hyperparameters, "derived": {}}, title="hosted fine-tuning plan")
+            console().print(f"data: {plan.train_examples} training + {plan.validation_examples} validation examples "
+                            f"(a slice of train; the sealed test set is never uploaded)", markup=False)
+            console().print(f"cost: {plan.cost_line()}", markup=False)
+
+    def confirm(plan: Any) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageError("the job would spend money and there is nobody to confirm it",
+                             "pass --yes to start it (the plan and the cost are printed above)")
+        cost = "an unknown amount" if plan.cost_usd is None else f"about ${plan.cost_usd:.2f}"
+        return typer.confirm(f"Upload {plan.train_examples + plan.validation_examples} examples and start a job "
+                             f"on {plan.model} for {cost}?", default=False)
+
+    def interrupted(job_id: str) -> str:
+        if not sys.stdin.isatty():
+            return "detach"
+        cancel = typer.confirm(f"\nCancel job {job_id} on the provider too? (no: only stop watching; it keeps "
+                               "running and --resume reattaches)", default=False)
+        return "cancel" if cancel else "detach"
+
+    def event(e: dict[str, Any]) -> None:
+        if json_out:
+            print(json.dumps(e), flush=True)
+
+    outcome = train_hosted(project, {**flags, **hosted_flags}, dry_run=dry_run, resume=resume, run_name=name,
+                           confirm=confirm, on_plan=show, on_event=event, on_interrupt=interrupted, say=_say)
+    if dry_run:
+        return
+    if json_out:
+        print(json.dumps({"event": "done", "run_id": outcome.run_id, "run_dir": str(outcome.run_dir),
+                          "metrics": outcome.metrics}))
+        return
+    m = outcome.metrics
+    console().print(f"run {outcome.run_id}: fine-tuned model {m.get('fine_tuned_model')}; {m.get('trained_tokens')} "
+                    f"trained tokens, train loss {m.get('train_loss')}, valid loss {m.get('eval_loss')}"
+                    + (f", ${m['cost_usd']:.2f}" if m.get("cost_usd") is not None else ""), markup=False)
+    console().print(f"next: tunesmith eval {outcome.run_id} -p {project}", markup=False)
 
 
 def _new_id(name: str | None) -> str:
@@ -110,17 +181,19 @@ def _launch(n: int, project: Path, run_id: str) -> None:
         raise typer.Exit(code)
 
 
-def print_plan(plan: dict[str, Any]) -> None:
+def print_plan(plan: dict[str, Any], title: str = "training plan") -> None:
     from rich.table import Table
 
     out = console()
-    table = Table(title="training plan", show_lines=False)
+    table = Table(title=title, show_lines=False)
     for col in ("setting", "value", "from", "why"):
         table.add_column(col)
     for key, s in plan["settings"].items():
         table.add_row(key, str(s["value"]), s["source"], s["why"])
     out.print(table)
     d = plan["derived"]
+    if not d:
+        return
     out.print(f"data: {d['examples']} examples -> {d['train_examples']} train + {d['eval_examples']} validation "
               f"(a slice of train; the sealed test set is never used); {d['tokens_per_epoch']:,} tokens per epoch")
     out.print(f"steps: {d['total_steps']} ({d['steps_per_epoch']} per epoch, gradient accumulation "

@@ -42,12 +42,12 @@ class EvalOutcome:
                 "report": str(self.report) if self.report else None, "warnings": self.warnings}
 
 
-def _settings(project: Project, opts: EvalOptions, say: Say | None = None) -> DecodeSettings:
+def _settings(project: Project, opts: EvalOptions, say: Say | None = None, subject: Any = None) -> DecodeSettings:
     if opts.max_new_tokens:
         return DecodeSettings(max_new_tokens=opts.max_new_tokens)
     from tunesmith.evaluate.budget import answer_token_budget
 
-    budget, why = answer_token_budget(project)
+    budget, why = answer_token_budget(project, getattr(subject, "token_lengths", None))
     if say is not None:
         say(f"answers of up to {budget} new tokens ({why})")
     return DecodeSettings(max_new_tokens=budget)
@@ -69,15 +69,15 @@ def evaluate(project_dir: Path | str, ref: str, opts: EvalOptions | None = None,
     project = load_project(project_dir)
     test = test_items(project)
     regression, warnings = regression_items(project)
-    settings = _settings(project, opts, say)
     subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size)
+    settings = _settings(project, opts, say, subject)
     tuned = evaluate_subject(project, subject, test, regression, settings, say=say, progress=progress)
     store_eval(project, tuned, subject, test, regression, settings)
     summary: dict[str, Any] = {"test": {"n": len(test), "metrics": _estimates(tuned)},
                                "regression": _regression_summary(tuned)}
     base_eval = None
     if subject.name != "base":
-        base = resolve_subject(project, "base", batch_size=opts.batch_size)
+        base = subject.base or resolve_subject(project, "base", batch_size=opts.batch_size)
         base_eval = evaluate_subject(project, base, test, regression, settings, say=say, progress=progress)
         store_eval(project, base_eval, base, test, regression, settings)
         comparisons = paired_comparisons(base_eval, tuned)

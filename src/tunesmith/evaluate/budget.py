@@ -9,6 +9,7 @@ budget is the longest of them with a margin: a correct answer always fits, a ram
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from tunesmith.project import Project
 
@@ -18,8 +19,9 @@ MARGIN_TOKENS = 16
 FLOOR, CEILING = 32, 4096
 
 
-def answer_token_budget(project: Project) -> tuple[int, str]:
-    """(max_new_tokens, why) for this project."""
+def answer_token_budget(project: Project, lengths: Callable[[list[str]], list[int]] | None = None) -> tuple[int, str]:
+    """(max_new_tokens, why) for this project. `lengths` counts tokens the way the model that answers
+    does (a hosted model's tokenizer); default: the project's base model's tokenizer."""
     if project.eval.max_new_tokens is not None:
         return project.eval.max_new_tokens, "eval.max_new_tokens in tunesmith.yaml"
     train = project.path(project.data.train)
@@ -31,9 +33,12 @@ def answer_token_budget(project: Project) -> tuple[int, str]:
                for m in ex.messages if m.role == "assistant" and m.content]
     if not answers:
         return FALLBACK, f"default {FALLBACK} (no answers in {train.name})"
-    from tunesmith.models.chat import token_lengths
-    from tunesmith.models.resolve import load_tokenizer
+    if lengths is None:
+        from tunesmith.models.chat import token_lengths
+        from tunesmith.models.resolve import load_tokenizer
 
-    longest = max(token_lengths(load_tokenizer(project.base_model), answers))
+        tokenizer = load_tokenizer(project.base_model)
+        lengths = lambda texts: token_lengths(tokenizer, texts)  # noqa: E731
+    longest = max(lengths(answers))
     budget = min(CEILING, max(FLOOR, math.ceil(longest * MARGIN_FACTOR) + MARGIN_TOKENS))
     return budget, f"1.25 x the longest training answer ({longest} tokens) + {MARGIN_TOKENS}"

@@ -65,7 +65,7 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
         "run_id": record.id,
         "created": record.created_at,
         "task": project.task,
-        "base_model": project.base_model,
+        "base_model": record.base_model or project.base_model,
         "training_data": _describe_provenance(provenance) if isinstance(provenance, dict) else None,
         "loss_curve": loss_curve(Path(record.path)),
         "metrics": metrics,

@@ -24,6 +24,10 @@ class Subject:
     run_id: str | None
     backend: Any
     model_names: list[str] = field(default_factory=list)
+    #: what this subject is compared with; None: the project's base model on this machine
+    base: Subject | None = None
+    #: counts tokens as this subject's model does (answer budgets); None: the project's base tokenizer
+    token_lengths: Callable[[list[str]], list[int]] | None = None
 
 
 @dataclass
@@ -54,8 +58,8 @@ def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, 
     if endpoint is not None:
         backend = EndpointBackend(endpoint, ref, api_key=api_key)
         return Subject(f"endpoint:{ref}", None, CachedBackend(backend, cache), [ref])
-    base = resolve_model(project.base_model)
     if ref == "base":
+        base = resolve_model(project.base_model)
         return Subject("base", None, CachedBackend(LocalBackend(base.path, batch_size=batch_size), cache),
                        [project.base_model])
     path = Path(ref)
@@ -64,7 +68,12 @@ def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, 
                        [str(path)])
     record = registry_for(project).get(ref)
     run_dir = Path(record.path)
+    from tunesmith.train.hosted.job import is_hosted
+
+    if is_hosted(record):
+        return _hosted_subject(record, cache)
     if (run_dir / "adapter" / "adapter_config.json").exists():
+        base = resolve_model(project.base_model)
         backend = LocalBackend(base.path, adapter_path=run_dir / "adapter", batch_size=batch_size)
     elif (run_dir / "model" / "config.json").exists():
         backend = LocalBackend(run_dir / "model", batch_size=batch_size)
@@ -72,6 +81,31 @@ def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, 
         raise UsageError(f"run {record.id} has no trained adapter or model yet (status {record.status})",
                          f"finish it with `tunesmith train --resume {record.id}`")
     return Subject(record.id, record.id, CachedBackend(backend, cache), [record.id])
+
+
+def _hosted_subject(record: Any, cache: Any) -> Subject:
+    """A run trained on a hosted API answers through the provider's endpoint, under the fine-tuned model's
+    name, and is compared with the hosted model it was tuned from (not the project's local base)."""
+    from tunesmith.evaluate.cache import CachedBackend
+    from tunesmith.evaluate.generate import EndpointBackend
+    from tunesmith.inference.openai_client import api_key_from
+    from tunesmith.train.hosted.job import read_state
+
+    state = read_state(Path(record.path))
+    model = state.get("fine_tuned_model")
+    if record.status != "completed" or not model:
+        raise UsageError(f"run {record.id} has no fine-tuned model yet (status {record.status})",
+                         f"`tunesmith train --resume {record.id}` waits for the job and records the model")
+    url, key = state["base_url"], api_key_from(state.get("api_key_env") or "OPENAI_API_KEY")
+    base_model = record.base_model
+    base = Subject(f"base:{base_model}", None, CachedBackend(EndpointBackend(url, base_model, api_key=key), cache),
+                   [base_model])
+    from tunesmith.train.hosted.tokens import counter_for
+
+    encoding = counter_for(base_model).encoding
+    return Subject(record.id, record.id, CachedBackend(EndpointBackend(url, model, api_key=key), cache),
+                   [model, base_model], base=base,
+                   token_lengths=lambda texts: [len(encoding.encode(t, disallowed_special=())) for t in texts])
 
 
 def _validator(project: Project):
