@@ -251,3 +251,23 @@ def test_ctrl_c_asks_whether_to_cancel_the_job_or_only_detach(project: Path, mon
         else:
             assert server.job(job_id)["status"] != "cancelled" and record.status == "interrupted"
             assert "--resume" in err.value.hint and "keeps running" in err.value.message
+
+
+def test_rate_limits_and_server_errors_are_waited_out(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeFineTuning(auto_seconds=0.0) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        server.rate_limit_next(2, retry_after="0.05")
+        server.error_next(1, status=503)
+        outcome = train_hosted(project, {"model": MODEL})
+    assert outcome.metrics["fine_tuned_model"]
+    assert [r["status"] for r in server.requests[:3]] == [429, 429, 503]
+
+
+def test_a_refused_key_stops_with_the_fix_and_a_failed_run(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeFineTuning(require_key="sk-right") as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        out = runner.invoke(app, ["train", "-p", str(project), "--backend", "openai", "--model", MODEL, "--yes"])
+        assert len(server.requests) == 1  # refused once, never retried
+    assert out.exit_code == 2 and "refused the API key" in out.stderr and "OPENAI_API_KEY" in out.stderr
+    record = registry_for(load_project(project)).list(None)[0]
+    assert record.status == "failed" and "401" in record.error
