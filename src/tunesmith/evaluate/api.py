@@ -96,6 +96,12 @@ def evaluate(project_dir: Path | str, ref: str, opts: EvalOptions | None = None,
     return EvalOutcome(subject.name, summary, gate_result, report, warnings)
 
 
+def base_passes(rate: float | None, regression_rate: float | None, threshold: float) -> bool:
+    """The guide's rule: the base model right at least `threshold` (80 %) of the time on the test set, and
+    on the regression suite when there is one, means fix the prompt, not the weights."""
+    return rate is not None and rate >= threshold and (regression_rate is None or regression_rate >= threshold)
+
+
 def baseline(project_dir: Path | str, opts: EvalOptions | None = None, *, say: Say | None = None,
              progress: Callable[[int], None] | None = None) -> EvalOutcome:
     """The guide: if the base model is already right > 80 % of the time, fix the prompt, not the weights."""
@@ -106,7 +112,7 @@ def baseline(project_dir: Path | str, opts: EvalOptions | None = None, *, say: S
     reg = outcome.summary["regression"]
     reg_rate = reg["passed"] / reg["total"] if reg["total"] else None
     threshold = project.eval.baseline_threshold
-    passes = rate is not None and rate >= threshold and (reg_rate is None or reg_rate >= threshold)
+    passes = base_passes(rate, reg_rate, threshold)
     outcome.summary["recommendation"] = {
         "fine_tune": not passes,
         "threshold": threshold,

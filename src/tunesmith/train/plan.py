@@ -96,15 +96,20 @@ def epochs_for(n: int) -> tuple[int, str]:
     return epochs, f"{epochs} epochs keep {n} x epochs within {MIN_EXAMPLE_PASSES}-{MAX_EXAMPLE_PASSES:,} example passes"
 
 
+def needs_qlora(dev: DeviceInfo, n_params: int | None) -> bool:
+    """QLoRA when 16-bit weights would take more than half the GPU's memory (the rest is activations,
+    the adapter and its optimizer state)."""
+    return bool(dev.kind == "cuda" and n_params and dev.memory_gb and n_params * 2 / 2**30 > 0.5 * dev.memory_gb)
+
+
 def make_plan(inputs: PlanInputs) -> TrainPlan:
     choose = _Chooser(inputs)
     dev = inputs.device
     n = inputs.n_examples
 
-    needs_qlora = bool(dev.kind == "cuda" and inputs.n_params and dev.memory_gb
-                       and inputs.n_params * 2 / 2**30 > 0.5 * dev.memory_gb)
-    method = choose("method", "qlora" if needs_qlora else "lora", DEVICE if needs_qlora else DEFAULT,
-                    "16-bit weights would not fit in GPU memory" if needs_qlora else "LoRA: adapter-only, close to full quality")
+    needs = needs_qlora(dev, inputs.n_params)
+    method = choose("method", "qlora" if needs else "lora", DEVICE if needs else DEFAULT,
+                    "16-bit weights would not fit in GPU memory" if needs else "LoRA: adapter-only, close to full quality")
     if method == "qlora" and dev.kind != "cuda":
         raise UsageError(
             f"QLoRA needs a CUDA GPU (4-bit bitsandbytes kernels); this machine trains on {dev.describe()}",

@@ -102,7 +102,7 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
     file_settings = {k: v for k, v in project.train.model_dump().items() if v is not None and k not in ("mix", "runs_dir", "report_to")}
     plan = make_plan(PlanInputs(
         n_examples=len(task.rows) + len(mixed.rows), token_lengths=task.lengths() + mixed.lengths(),
-        model_max_length=model_max, device=device, n_params=_param_count(resolved.path), file=file_settings,
+        model_max_length=model_max, device=device, n_params=param_count(resolved.path), file=file_settings,
         flags=validated_flags(flags), project_max_length=project.max_length, world_size=world_size(),
         n_held_out_pool=len(task.rows),
     ))
@@ -157,7 +157,7 @@ def _model_max_length(path: Path) -> int | None:
     return cfg.get("max_position_embeddings")
 
 
-def _param_count(path: Path) -> int | None:
+def param_count(path: Path) -> int | None:
     """Parameters from the safetensors headers (no weights loaded)."""
     try:
         from safetensors import safe_open
