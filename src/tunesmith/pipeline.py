@@ -212,7 +212,10 @@ def _stage_train(project: Project, state: State, result: PipelineResult, *, trai
     run_id = new_run_id("run")
     # Recorded before training starts, so a killed process is resumed, not restarted.
     state.record("train", key, {"run_id": run_id})
-    out = train_project(project.root, train_flags, run_id=run_id, say=say, progress=progress)
+    from tunesmith.cost import cost_line_for_training
+
+    out = train_project(project.root, train_flags, run_id=run_id, say=say, progress=progress,
+                        on_plan=lambda plan: say(f"cost: {cost_line_for_training(project, plan)}"))
     result.run_id = out.run_id
     return {"status": "ok", "run_id": out.run_id, "metrics": _short(out.metrics)}
 

@@ -36,6 +36,7 @@ from tunesmith.cli import data as _data  # noqa: E402,F401  (registers commands)
 from tunesmith.cli import generate as _generate  # noqa: E402,F401
 from tunesmith.cli import review as _review  # noqa: E402,F401
 from tunesmith.cli import project as _project  # noqa: E402,F401
+from tunesmith.cli import cost as _cost  # noqa: E402,F401
 from tunesmith.cli import advise as _advise  # noqa: E402,F401
 from tunesmith.cli import models as _models  # noqa: E402,F401
 from tunesmith.cli import train as _train  # noqa: E402,F401

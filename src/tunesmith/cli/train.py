@@ -76,10 +76,14 @@ def train(
     from tunesmith.train.api import train_project
 
     def show_plan(plan: dict[str, Any]) -> None:
+        from tunesmith.cost import cost_line_for_training
+
+        cost = cost_line_for_training(project, plan)
         if json_out:
-            print(json.dumps({"event": "plan", **plan}), flush=True)
+            print(json.dumps({"event": "plan", **plan, "cost": cost}), flush=True)
         else:
             print_plan(plan)
+            console().print(f"cost: {cost}", markup=False)
 
     outcome = train_project(project, flags, dry_run=dry_run, resume=resume, run_name=name, run_id=run_id,
                             json_events=json_out, progress=not json_out, say=_say, on_plan=show_plan)

@@ -40,7 +40,7 @@ def _json_style(answers: list[str]) -> Callable[[Any], str] | None:
     return writers[styles.pop()] if len(styles) == 1 else None
 
 
-def _fewshot(seeds: list[Example], k: int) -> list[tuple[str, str]]:
+def fewshot(seeds: list[Example], k: int) -> list[tuple[str, str]]:
     """The k most mutually different single-turn seeds, as (question, answer)."""
     pairs = []
     for ex in seeds:
@@ -60,7 +60,7 @@ def answer_all(run: Session, prompts: list[Prompt], seeds: list[Example], genera
     longest = max((len(a) for a in seed_answers), default=0)
     max_tokens = opts.max_tokens or max(1024, 2 * longest // 3)
     system = P.answer_system(project.task, project.system_prompt, run.contract, run.schema)
-    shots = _fewshot(seeds, opts.fewshot)
+    shots = fewshot(seeds, opts.fewshot)
     params: dict[str, Any] = {"temperature": opts.answer_temperature, "max_tokens": max_tokens}
     if (rf := P.response_format(run.contract, run.schema)) is not None:
         params["response_format"] = rf
