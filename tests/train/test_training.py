@@ -406,6 +406,7 @@ def test_cli_dry_run_prints_plan_and_creates_no_run(tmp_path, tiny_model_dir):
     assert plan["derived"]["seconds_per_step"] > 0
     assert plan["derived"]["estimated_minutes"] >= 0
     assert plan["derived"]["total_steps"] >= 1 and plan["derived"]["disk"]["total_mb"] > 0
+    assert "tokens" in plan["cost"] and "$" in plan["cost"]  # the one cost line of `tunesmith cost` for this run
     assert not (project / "runs").exists() or not any(p.is_dir() for p in (project / "runs").iterdir())
     if (project / "runs" / "registry.sqlite").exists():
         assert registry_for(load_project(project)).list(None) == []
