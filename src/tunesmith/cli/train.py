@@ -90,10 +90,14 @@ def train(
     if dry_run:
         return
     if json_out:
-        print(json.dumps({"event": "done", "run_id": outcome.run_id, "run_dir": str(outcome.run_dir),
-                          "metrics": outcome.metrics}))
+        _print_done(outcome)
         return
     print_summary(outcome)
+
+
+def _print_done(outcome: Any) -> None:
+    print(json.dumps({"event": "done", "run_id": outcome.run_id, "run_dir": str(outcome.run_dir),
+                      "metrics": outcome.metrics}))
 
 
 def _is_hosted_run(project: Path, ref: str) -> bool:
@@ -143,8 +147,7 @@ def _train_hosted(project: Path, flags: dict[str, Any], *, dry_run: bool, resume
     if dry_run:
         return
     if json_out:
-        print(json.dumps({"event": "done", "run_id": outcome.run_id, "run_dir": str(outcome.run_dir),
-                          "metrics": outcome.metrics}))
+        _print_done(outcome)
         return
     m = outcome.metrics
     console().print(f"run {outcome.run_id}: fine-tuned model {m.get('fine_tuned_model')}; {m.get('trained_tokens')} "
