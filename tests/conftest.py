@@ -23,6 +23,27 @@ def tiny_llama3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.P
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama3"), chat_template="llama3")
 
 
+@pytest.fixture(scope="session")
+def lively_model(tiny_model_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The tiny model with large random weights: its greedy answers depend on the prompt (the plain
+    tiny model answers newlines to everything) and some end with <|im_end|> before 24 tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("lively")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        model.get_input_embeddings().weight[tok.convert_tokens_to_ids("<|im_end|>")] *= 2
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def isolated_cache(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
     """Point TUNESMITH_CACHE at a fresh temp dir for this test; returns that dir."""

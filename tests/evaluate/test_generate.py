@@ -39,25 +39,6 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def lively_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with large random weights: its greedy answers depend on the prompt (the plain
-    tiny model answers newlines to everything) and some end with <|im_end|> before 24 tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("lively")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-        model.get_input_embeddings().weight[tok.convert_tokens_to_ids("<|im_end|>")] *= 2
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def chats(n: int = 10) -> list[list[dict[str, str]]]:

@@ -98,6 +98,7 @@ def eval_command(
     allow_self_judging: bool = typer.Option(False, "--allow-self-judging", help="Let a model judge itself (not advised)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest answer per prompt."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Local generation batch size."),
+    no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Decode every answer to its end, even once it has broken the output contract."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Evaluate a run (base vs tuned, paired) on the sealed test set and the regression suite."""
@@ -106,7 +107,7 @@ def eval_command(
 
     opts = EvalOptions(endpoint=endpoint, api_key=api_key_from(api_key_env), batch_size=batch_size,
                        max_new_tokens=max_new_tokens, judge=not no_judge, allow_self_judging=allow_self_judging,
-                       gate=gate_flag)
+                       gate=gate_flag, early_stop=not no_early_stop)
     with generation_progress(not json_out) as progress:
         outcome = evaluate(project, run, opts, say=_say, progress=progress)
     if json_out:
@@ -124,13 +125,14 @@ def eval_command(
 def baseline(
     project: Path = PROJECT,
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest answer per prompt."),
+    no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Decode every answer to its end, even once it has broken the output contract."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Should you fine-tune at all? Evaluate the base model first."""
     from tunesmith.evaluate.api import EvalOptions, baseline as run_baseline
 
     with generation_progress(not json_out) as progress:
-        outcome = run_baseline(project, EvalOptions(max_new_tokens=max_new_tokens, report=False), say=_say, progress=progress)
+        outcome = run_baseline(project, EvalOptions(max_new_tokens=max_new_tokens, report=False, early_stop=not no_early_stop), say=_say, progress=progress)
     if json_out:
         print_json(outcome.to_dict())
         return

@@ -11,7 +11,7 @@ from tunesmith.evaluate.items import regression_items, test_items
 from tunesmith.evaluate.run import (
     SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, store_eval,
 )
-from tunesmith.evaluate.types import DecodeSettings
+from tunesmith.evaluate.types import DecodeSettings, EvalItem
 from tunesmith.project import Project, load_project
 
 Say = Callable[[str], None]
@@ -27,6 +27,8 @@ class EvalOptions:
     allow_self_judging: bool = False
     gate: bool = False
     report: bool = True
+    #: cut an answer once it can no longer meet the output contract (contract-aware stopping)
+    early_stop: bool = True
 
 
 @dataclass
@@ -42,15 +44,37 @@ class EvalOutcome:
                 "report": str(self.report) if self.report else None, "warnings": self.warnings}
 
 
-def _settings(project: Project, opts: EvalOptions, say: Say | None = None, subject: Any = None) -> DecodeSettings:
+def _early_stop(project: Project, opts: EvalOptions, test: list[EvalItem], say: Say | None) -> Any:
+    """The contract answers are cut at, or None. Cutting is only lossless when the expected answers meet
+    the contract themselves (then an answer that broke it can never match one): otherwise it stays off."""
+    from tunesmith.data.checks.contract import AnswerContract
+    from tunesmith.inference.contract_stop import ContractSpec
+
+    spec = ContractSpec(json=project.output.expects_json, regex=project.output.regex)
+    if not opts.early_stop or not spec.active:
+        return None
+    contract = AnswerContract(None, project.output.regex, project.output.expects_json)
+    broken = sum(1 for it in test if it.expected is not None and not contract.check(it.expected).ok)
+    if broken:
+        if say is not None:
+            say(f"answers are decoded to the end: {broken} expected answer(s) of the test set break the output "
+                "contract themselves (`tunesmith check` names them)")
+        return None
+    return spec
+
+
+def _settings(project: Project, opts: EvalOptions, say: Say | None = None, subject: Any = None,
+              test: list[EvalItem] | None = None) -> DecodeSettings:
+    contract = _early_stop(project, opts, test or [], say)
     if opts.max_new_tokens:
-        return DecodeSettings(max_new_tokens=opts.max_new_tokens)
+        return DecodeSettings(max_new_tokens=opts.max_new_tokens, contract=contract)
     from tunesmith.evaluate.budget import answer_token_budget
 
     budget, why = answer_token_budget(project, getattr(subject, "token_lengths", None))
     if say is not None:
-        say(f"answers of up to {budget} new tokens ({why})")
-    return DecodeSettings(max_new_tokens=budget)
+        say(f"answers of up to {budget} new tokens ({why})"
+            + ("; an answer that breaks the output contract is cut there" if contract else ""))
+    return DecodeSettings(max_new_tokens=budget, contract=contract)
 
 
 def _estimates(ev: SubjectEval) -> dict[str, Any]:
@@ -70,7 +94,7 @@ def evaluate(project_dir: Path | str, ref: str, opts: EvalOptions | None = None,
     test = test_items(project)
     regression, warnings = regression_items(project)
     subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size)
-    settings = _settings(project, opts, say, subject)
+    settings = _settings(project, opts, say, subject, test)
     tuned = evaluate_subject(project, subject, test, regression, settings, say=say, progress=progress)
     store_eval(project, tuned, subject, test, regression, settings)
     summary: dict[str, Any] = {"test": {"n": len(test), "metrics": _estimates(tuned)},
@@ -188,7 +212,7 @@ def base_correct_lines(project_dir: Path | str, file: Path, *, max_new_tokens: i
     items = examples_as_items(file, project.system_prompt, prefix="train", what="file")
     subject = resolve_subject(project, "base")
     (say or (lambda _m: None))(f"base model answers {len(items)} training prompts (cached for next time)")
-    settings = _settings(project, EvalOptions(max_new_tokens=max_new_tokens))
+    settings = _settings(project, EvalOptions(max_new_tokens=max_new_tokens), test=items)
     gens = subject.backend.generate([it.chat for it in items], settings, progress)
     correct = [it.line for it, g in zip(items, gens)
                if score_item(it, g, schema=None, regex=None).exact_match]

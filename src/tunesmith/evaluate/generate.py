@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tunesmith.errors import ModelError, TunesmithError, UsageError
 from tunesmith.evaluate.types import DecodeSettings, Generation
+from tunesmith.inference.contract_stop import ContractWatch
 from tunesmith.inference.openai_client import (  # light: openai itself loads in ChatClient()
     ChatClient,
     EndpointRefused,
@@ -535,6 +536,7 @@ class _Decoder:
         #: character at most four)
         self.stop_window = 4 * max((len(s) for s in self.stop), default=0) + 4
         self.greedy = settings.temperature <= 0
+        self.contract = settings.contract if settings.contract is not None and settings.contract.active else None
         self.generator = None
         if not self.greedy:
             import torch
@@ -635,6 +637,7 @@ class _Decoder:
         attn: torch.Tensor | None = None if bool((mask == 1).all()) else mask
         live = list(range(n))  # batch rows still in the cache, in cache order
         generated: list[list[int] | None] = [[] for _ in range(n)]  # None once reported
+        watches = [ContractWatch(self.contract) for _ in range(n)] if self.contract is not None else None
         with torch.inference_mode():
             rows = self._prefill_rows(prompts, width) if row_prefill and n > 1 and all(prompts) else None
             if rows is not None:
@@ -655,8 +658,15 @@ class _Decoder:
                         continue
                     tokens.append(values[j])
                     ended = values[j] in self.eot
+                    done = None
                     if ended or len(tokens) >= max_new or (self.stop and self._hit_stop(tokens)):
-                        report(row, self._result(tokens, ended))
+                        done = self._result(tokens, ended)
+                    elif watches is not None:
+                        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                        if not watches[row].alive(text):  # already wrong whatever follows: stop paying for it
+                            done = Generation(text, "contract", len(tokens))
+                    if done is not None:
+                        report(row, done)
                         generated[row] = None
                         if evict:
                             continue

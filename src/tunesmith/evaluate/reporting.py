@@ -48,7 +48,9 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
             failures.append("differs from the expected output")
         if score.schema_valid is False:
             failures.append("breaks the schema")
-        if not score.stopped:
+        if gen.finish_reason == "contract":
+            failures.append("cut early: it had already broken the output contract (--no-early-stop decodes it all)")
+        elif not score.stopped:
             failures.append("did not stop (hit max_new_tokens)")
         items.append({"id": it.id, "prompt": it.prompt_text(), "expected": it.expected,
                       "base_output": bgen.text if bgen is not None else None, "tuned_output": gen.text,

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunesmith.inference.contract_stop import ContractSpec
+
 
 @dataclass(frozen=True)
 class DecodeSettings:
@@ -16,15 +18,22 @@ class DecodeSettings:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = 0
+    #: end an answer as soon as it can no longer meet this contract (`inference.contract_stop`);
+    #: None decodes to the end whatever the answer looks like
+    contract: ContractSpec | None = None
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if self.contract is None:  # keys from before contract-aware stopping stay valid
+            data.pop("contract")
+        return json.dumps(data, sort_keys=True)
 
 
 @dataclass
 class Generation:
     text: str
-    #: "stop" (ended with the end-of-turn token or a stop string), "length" (hit max_new_tokens), "error"
+    #: "stop" (ended with the end-of-turn token or a stop string), "length" (hit max_new_tokens),
+    #: "contract" (cut once it could no longer meet the output contract), "error"
     finish_reason: str
     output_tokens: int = 0
     error: str | None = None
