@@ -211,3 +211,14 @@ def test_run_with_a_judge_prints_its_scores_in_the_final_table(tmp_path, tiny_mo
     assert "correctness" in out and "4.000 [4.000, 4.000]" in out
     # "second" in both orders: a position-biased judge, so every pair is a tie and consistency is 0 %
     assert "side by side in both orders" in out and "the same verdict in both orders 0%" in out
+
+
+def test_a_split_made_before_run_does_not_stop_the_check_stage(tmp_path, tiny_model_dir):
+    """`make demo-data` (split, check) then `make demo` (run): the source holds the sealed rows by
+    construction, and the check stage must not call that an overlap."""
+    root = make_project(tmp_path / "p", tiny_model_dir)
+    assert runner.invoke(app, ["split", "-p", str(root)]).exit_code == 0
+    result = runner.invoke(app, ["run", str(root), "--until", "split", "--json"])
+    assert result.exit_code == 0, result.output
+    ev = events(result.stdout)
+    assert ev["check"]["status"] == "ok" and ev["check"]["errors"] == 0
