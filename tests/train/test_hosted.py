@@ -271,3 +271,69 @@ def test_a_refused_key_stops_with_the_fix_and_a_failed_run(project: Path, monkey
     assert out.exit_code == 2 and "refused the API key" in out.stderr and "OPENAI_API_KEY" in out.stderr
     record = registry_for(load_project(project)).list(None)[0]
     assert record.status == "failed" and "401" in record.error
+
+
+def test_a_create_whose_answer_is_lost_reuses_the_job_instead_of_paying_twice(project: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.inference.openai_client import RequestFailed
+    from tunesmith.train.hosted.openai_backend import OpenAIFineTuning
+
+    real_create = OpenAIFineTuning.create_job
+
+    def create_then_lose_the_answer(self, **kwargs):
+        real_create(self, **kwargs)
+        raise RequestFailed("the connection broke", kind="connection broken")
+
+    monkeypatch.setattr(OpenAIFineTuning, "create_job", create_then_lose_the_answer)
+    with FakeFineTuning(auto_seconds=0.0) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        outcome = train_hosted(project, {"model": MODEL})
+        assert len(server.jobs) == 1 and outcome.metrics["fine_tuned_model"]
+        creates = [r for r in server.requests if r["method"] == "POST" and r["path"].endswith("/fine_tuning/jobs")]
+        assert len(creates) == 1  # never retried
+
+
+def test_a_refused_job_is_a_failed_run_not_lost_contact(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeFineTuning() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        server.error_next(1, status=400, route=("POST", "/v1/fine_tuning/jobs"),
+                          body={"error": {"message": "batch_size must be at most 256", "param": "batch_size",
+                                          "type": "invalid_request_error"}})
+        with pytest.raises(HostedError) as err:
+            train_hosted(project, {"model": MODEL, "batch_size": 999})
+    assert "refused the job" in err.value.message and "batch_size must be at most 256" in err.value.message
+    assert "lost contact" not in err.value.message
+    assert registry_for(load_project(project)).list(None)[0].status == "failed"
+
+
+def test_a_cancel_that_fails_is_said_and_the_run_stays_resumable(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeFineTuning() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+
+        def interrupt(event: dict) -> None:
+            if event.get("status") == "validating_files":
+                server.error_next(20, status=503, route=("POST", "/v1/fine_tuning/jobs/{id}/cancel"))
+                raise KeyboardInterrupt
+
+        from tunesmith.inference import openai_client
+
+        monkeypatch.setattr(openai_client.RetryPolicy, "delay", lambda self, attempt: 0.01)
+        with pytest.raises(Stopped) as err:
+            train_hosted(project, {"model": MODEL}, on_event=interrupt, on_interrupt=lambda job_id: "cancel")
+    assert "could not be cancelled" in err.value.message and "--resume" in err.value.hint
+    assert registry_for(load_project(project)).list(None)[0].status == "interrupted"
+
+
+def test_loss_points_written_before_a_kill_are_not_written_twice(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FakeFineTuning(auto_seconds=0.0) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        outcome = train_hosted(project, {"model": MODEL})
+        steps_file = outcome.run_dir / "steps.jsonl"
+        before = steps_file.read_text()
+        state = json.loads((outcome.run_dir / "hosted.json").read_text())
+        state.pop("last_event")  # as if killed after the losses were appended, before last_event was saved
+        state["status"] = "running"
+        (outcome.run_dir / "hosted.json").write_text(json.dumps(state))
+        registry_for(load_project(project)).set_status(outcome.run_id, "interrupted")
+        train_hosted(project, {}, resume=outcome.run_id)
+    assert steps_file.read_text() == before

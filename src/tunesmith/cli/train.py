@@ -129,13 +129,13 @@ def _train_hosted(project: Path, flags: dict[str, Any], *, dry_run: bool, resume
                              "pass --yes to start it (the plan and the cost are printed above)")
         cost = "an unknown amount" if plan.cost_usd is None else f"about ${plan.cost_usd:.2f}"
         return typer.confirm(f"Upload {plan.train_examples + plan.validation_examples} examples and start a job "
-                             f"on {plan.model} for {cost}?", default=False)
+                             f"on {plan.model} for {cost}?", default=False, err=True)
 
     def interrupted(job_id: str) -> str:
         if not sys.stdin.isatty():
             return "detach"
         cancel = typer.confirm(f"\nCancel job {job_id} on the provider too? (no: only stop watching; it keeps "
-                               "running and --resume reattaches)", default=False)
+                               "running and --resume reattaches)", default=False, err=True)
         return "cancel" if cancel else "detach"
 
     def event(e: dict[str, Any]) -> None:

@@ -57,6 +57,10 @@ class Tally:
                 self.prompt_tokens += reply.prompt_tokens
                 self.completion_tokens += reply.completion_tokens
 
+    def answered_as(self, model: str) -> None:
+        with self._lock:
+            self.other_models[model] += 1
+
     def count(self, problem: str, n: int = 1) -> None:
         with self._lock:
             self.problems[problem] += n
@@ -222,5 +226,4 @@ class Teacher:
         asked = self.model.strip().lower().rsplit("/", 1)[-1]
         said_short = said.rsplit("/", 1)[-1]
         if said and said_short != asked and not said_short.startswith(asked + "-"):  # a dated snapshot is the same model
-            with self.tally._lock:
-                self.tally.other_models[reply.model or ""] += 1
+            self.tally.answered_as(reply.model or "")

@@ -284,6 +284,15 @@ def call_with_retries(call: Callable[[], T], *, policy: RetryPolicy, what: str, 
     raise failure
 
 
+def sdk_client(base_url: str, api_key: str | None, timeout: float) -> Any:
+    """The official openai client every tunesmith call goes through: the key given, else OPENAI_API_KEY,
+    else "none" (local servers ignore it); no retries of its own (`call_with_retries` is the policy)."""
+    import openai  # deferred: `import tunesmith` stays light
+
+    return openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
+                         timeout=timeout, max_retries=0)
+
+
 class ChatClient:
     """Chat completions at one endpoint and model, with the retry policy above and an optional cache.
 
@@ -294,16 +303,13 @@ class ChatClient:
 
     def __init__(self, base_url: str | None, model: str, *, api_key: str | None = None, timeout: float = 60.0,
                  policy: RetryPolicy | None = None, cache: RequestCache | None = None, what: str = "endpoint") -> None:
-        import openai  # deferred: `import tunesmith` stays light
-
         self.base_url = resolve_base_url(base_url)
         self.model = model
         self.timeout = timeout
         self.policy = policy or RetryPolicy()
         self.cache = cache
         self.what = what
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
-                                     timeout=timeout, max_retries=0)  # retries are ours: one policy for all callers
+        self._client = sdk_client(self.base_url, api_key, timeout)
         #: HTTP requests actually sent (cache hits not counted), and the retries by what caused them
         self.requests_sent = 0
         self.retries: Counter[str] = Counter()

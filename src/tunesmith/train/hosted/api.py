@@ -71,10 +71,17 @@ def _run(registry: Any, record: Any, poll: float, say: Say, on_event: Any, on_in
             job = run.watch(poll)
         metrics = run.finish(job)
     except EndpointRefused as exc:
-        registry.set_status(record.id, "failed", error=exc.message)
+        # once the job exists it may be fine (an expired key, another organisation): keep it resumable
+        registry.set_status(record.id, "interrupted" if run.state.get("job_id") else "failed", error=exc.message)
         raise
-    except RequestFailed as exc:  # the shared retry policy gave up: the network, or the provider, is down
+    except RequestFailed as exc:
         job_id = run.state.get("job_id")
+        if exc.status is not None and 400 <= exc.status < 500:  # the provider refused the request itself
+            registry.set_status(record.id, "failed", error=exc.reason)
+            raise HostedError(f"the fine-tuning API refused the job: {exc.reason}",
+                              "fix what the provider's message names (a hyperparameter, the model, a file), then "
+                              "start a new run") from None
+        # the shared retry policy gave up: the network, or the provider, is down
         where = f"while job {job_id} runs; the job itself goes on" if job_id else "before the job was created"
         registry.set_status(record.id, "interrupted", error=f"lost contact {where}: {exc.reason}")
         raise HostedError(f"lost contact with the fine-tuning API {where} ({exc.reason})",
@@ -92,7 +99,13 @@ def _interrupted(run: HostedRun, on_interrupt: Callable[[str], str] | None) -> S
                        f"`tunesmith train --resume {run.record.id}` uploads what is missing and creates it")
     choice = on_interrupt(job_id) if on_interrupt is not None else "detach"
     if choice == "cancel":
-        job = run.backend.cancel(job_id)
+        try:
+            job = run.backend.cancel(job_id)
+        except (RequestFailed, EndpointRefused) as exc:
+            run.registry.set_status(run.record.id, "interrupted", error=f"cancelling job {job_id} failed: {exc}")
+            return Stopped(f"job {job_id} could not be cancelled ({exc}): it may still run (and bill) on the provider",
+                           f"cancel it in the provider's dashboard, or `tunesmith train --resume {run.record.id}` "
+                           "to watch it")
         run.save(status=job.status)
         run.registry.set_status(run.record.id, "failed", error=f"job {job_id} cancelled from tunesmith")
         return Stopped(f"job {job_id} cancelled on the provider ({job.status})", "start a new run when ready")

@@ -71,6 +71,9 @@ class HostedBackend(Protocol):
 
     def job(self, job_id: str) -> JobState: ...
 
+    def find_job(self, training_file: str) -> JobState | None:
+        """A job already created on this training file (the newest), or None."""
+
     def new_events(self, job_id: str, after: str | None) -> list[JobEvent]:
         """The job's events newer than the event `after` (all of them when None), oldest first."""
 

@@ -23,6 +23,8 @@ from tunesmith.train.hosted.backend import HostedBackend, JobEvent, JobState
 from tunesmith.train.hosted.plan import HostedPlan
 
 METHOD = "hosted-openai"
+#: a line while a job's status stays the same this long (queued jobs can wait for hours)
+HEARTBEAT_SECONDS = 300.0
 HOSTED_FILE = "hosted.json"
 Say = Callable[[str], None]
 
@@ -76,10 +78,20 @@ class HostedRun:
                 self.save(files=files)  # known before the job exists: a crash here re-uploads nothing
         if self.state.get("job_id"):
             return self.backend.job(self.state["job_id"])
-        plan = self.state["plan"]
-        job = self.backend.create_job(model=plan["model"], training_file=files["train"],
-                                      validation_file=files.get("validation"), hyperparameters=plan["hyperparameters"],
-                                      suffix=plan.get("suffix"), seed=plan.get("seed"))
+        # a job on this very file already exists when an earlier create got through but its answer did not
+        # (a timeout, a kill): reuse it rather than pay for a second one
+        job = self.backend.find_job(files["train"])
+        if job is None:
+            plan = self.state["plan"]
+            try:
+                job = self.backend.create_job(model=plan["model"], training_file=files["train"],
+                                              validation_file=files.get("validation"),
+                                              hyperparameters=plan["hyperparameters"], suffix=plan.get("suffix"),
+                                              seed=plan.get("seed"))
+            except RequestFailed:
+                job = self.backend.find_job(files["train"])  # sent, answer lost
+                if job is None:
+                    raise
         self.save(job_id=job.id, status=job.status)
         self.registry.set_status(self.record.id, "running")
         self.on_event({"event": "status", "job_id": job.id, "status": job.status})
@@ -89,10 +101,12 @@ class HostedRun:
     # -- watch ---------------------------------------------------------------------------------------
 
     def watch(self, poll_seconds: float) -> JobState:
-        """Poll until the job ends: status changes, events and losses as they come; backoff while quiet."""
+        """Poll until the job ends: status changes, events and losses as they come; backoff while quiet,
+        and a line every few minutes while nothing changes (a job can sit queued for hours)."""
         job_id = self.state["job_id"]
         wait = poll_seconds
         last_status = self.state.get("status")
+        since = last_said = time.monotonic()
         while True:
             job = self.backend.job(job_id)
             events = self.backend.new_events(job_id, self.state.get("last_event"))
@@ -100,19 +114,37 @@ class HostedRun:
                 self._event(ev)
             if events:
                 self.save(last_event=events[-1].id)
+            now = time.monotonic()
             if job.status != last_status:
                 self.say(f"job {job_id}: {job.status}")
                 self.on_event({"event": "status", "job_id": job_id, "status": job.status})
                 self.save(status=job.status)
-                last_status = job.status
+                last_status, since, last_said = job.status, now, now
+            elif events:
+                last_said = now
+            elif now - last_said >= HEARTBEAT_SECONDS:
+                self.say(f"job {job_id}: still {job.status} ({(now - since) / 60:.0f} min)")
+                last_said = now
             if job.finished:
                 return job
             wait = poll_seconds if events else min(wait * 1.5, poll_seconds * 4)
             time.sleep(wait)
 
+    def _last_step(self) -> int:
+        """The last step whose losses are in steps.jsonl: events of a poll cut short by a kill come again."""
+        if not hasattr(self, "_step_seen"):
+            steps = self.dir / "steps.jsonl"
+            seen = [json.loads(line).get("step") for line in steps.read_text().splitlines() if line.strip()] \
+                if steps.exists() else []
+            self._step_seen = max((s for s in seen if isinstance(s, int)), default=-1)
+        return self._step_seen
+
     def _event(self, ev: JobEvent) -> None:
         if ev.type == "metrics" and ev.data:
             step = ev.data.get("step")
+            if isinstance(step, int) and step <= self._last_step():
+                return  # written before an interruption
+            self._step_seen = step if isinstance(step, int) else self._last_step()
             lines = []
             if ev.data.get("train_loss") is not None:
                 lines.append({"event": "step", "step": step, "loss": ev.data["train_loss"]})

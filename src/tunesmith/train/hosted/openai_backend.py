@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunesmith.inference.openai_client import RetryPolicy, call_with_retries, resolve_base_url
+from tunesmith.inference.openai_client import RetryPolicy, call_with_retries, resolve_base_url, sdk_client
 from tunesmith.train.hosted.backend import JobError, JobEvent, JobState
 
 EVENTS_PAGE = 100
@@ -18,14 +18,10 @@ class OpenAIFineTuning:
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 120.0,
                  policy: RetryPolicy | None = None) -> None:
-        import openai  # deferred: `import tunesmith` stays light
-        import os
-
         self.base_url = resolve_base_url(base_url)
         self.timeout = timeout
         self.policy = policy or RetryPolicy(max_retries=5, backoff=2.0)
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
-                                     timeout=timeout, max_retries=0)  # retries are the shared policy's
+        self._client = sdk_client(self.base_url, api_key, timeout)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return call_with_retries(lambda: fn(*args, **kwargs), policy=self.policy, what="fine-tuning API",
@@ -53,7 +49,18 @@ class OpenAIFineTuning:
             kwargs["suffix"] = suffix
         if seed is not None:
             kwargs["seed"] = seed
-        return _state(self._call(self._client.fine_tuning.jobs.create, **kwargs))
+        # sent once: a retry after a lost answer could start a second paid job (submit looks for the
+        # first one instead)
+        once = RetryPolicy(max_retries=0)
+        return _state(call_with_retries(lambda: self._client.fine_tuning.jobs.create(**kwargs), policy=once,
+                                        what="fine-tuning API", base_url=self.base_url, timeout=self.timeout))
+
+    def find_job(self, training_file: str) -> JobState | None:
+        page = self._call(self._client.fine_tuning.jobs.list, limit=100)  # newest first
+        for job in getattr(page, "data", None) or []:
+            if job.training_file == training_file:
+                return _state(job)
+        return None
 
     def job(self, job_id: str) -> JobState:
         return _state(self._call(self._client.fine_tuning.jobs.retrieve, job_id))
