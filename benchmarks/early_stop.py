@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "examples" / "pyfunc-json"
@@ -60,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                        cwd=ROOT)
     project = load_project(PROJECT)
     items = test_items(project)[: args.n]
-    cut_settings = _settings(project, EvalOptions(), say, test=items)
+    backend = LocalBackend(resolve_model(project.base_model).path, device="cpu")
+    subject = SimpleNamespace(backend=backend)  # what `baseline` evaluates: the base model on this machine
+    cut_settings = _settings(project, EvalOptions(judge=False), say, subject, test=items)
     assert cut_settings.contract is not None, "the example project's contract is JSON: early stop must be on"
     full_settings = DecodeSettings(max_new_tokens=cut_settings.max_new_tokens)
-    backend = LocalBackend(resolve_model(project.base_model).path, device="cpu")
     backend.generate([items[0].chat], DecodeSettings(max_new_tokens=4))  # warm-up: allocations, kernels
     schema = project.load_schema()
 

@@ -72,6 +72,13 @@ def test_a_regex_contract_cuts_once_no_full_match_is_possible() -> None:
     assert not ContractWatch(ContractSpec(regex="^(positive|negative|neutral)$")).alive("positive!")
 
 
+def test_a_regex_answer_with_surrounding_space_is_not_cut_while_its_stripped_text_can_match() -> None:
+    """Exact match compares stripped text: " apple" equals the expected "apple" and must not be cut."""
+    watch = ContractWatch(ContractSpec(regex="^[a-z]+$"))
+    assert watch.alive(" ") and watch.alive(" apple") and watch.alive(" apple\n")
+    assert not watch.alive(" apple pie")
+
+
 def test_the_watch_follows_a_text_that_is_read_again_differently() -> None:
     watch = ContractWatch(ContractSpec(json=True))
     assert watch.alive('{"a": "caf\ufffd')  # half a character: waits
@@ -82,12 +89,10 @@ def test_the_watch_follows_a_text_that_is_read_again_differently() -> None:
 # --- in decoding ------------------------------------------------------------------------------------------
 
 
-def test_local_decoding_cuts_rambling_answers_and_the_metrics_do_not_change(lively_model: Path) -> None:
+def test_local_decoding_cuts_rambling_answers_and_the_metrics_do_not_change(lively_model: Path,
+                                                                           one_torch_thread: None) -> None:
     """A random model never writes JSON: with a JSON contract every answer is cut where it broke it, and
     scores exactly as the answer decoded to the end does."""
-    import torch
-
-    torch.set_num_threads(1)
     backend = LocalBackend(lively_model, device="cpu")
     chats = [[{"role": "user", "content": f"question {i}: {'words ' * (i % 5)}"}] for i in range(10)]
     full = backend.generate(chats, DecodeSettings(max_new_tokens=24))
@@ -120,10 +125,40 @@ def test_eval_cuts_only_when_the_expected_answers_meet_the_contract_themselves(t
     project = load_project(tmp_path)
     good = [EvalItem("a", [], expected='{"x": 1}'), EvalItem("b", [], expected="[2]")]
     said: list[str] = []
-    assert _early_stop(project, EvalOptions(), good, said.append) == ContractSpec(json=True)
-    assert _early_stop(project, EvalOptions(early_stop=False), good, said.append) is None  # --no-early-stop
-    assert _early_stop(project, EvalOptions(), [*good, EvalItem("c", [], expected="plain")], said.append) is None
-    assert said == ["answers are decoded to the end: 1 expected answer(s) of the test set break the output contract "
-                    "themselves (`tunesmith check` names them)"]
+    local, endpoint = LocalBackend, object()
+    assert _early_stop(project, EvalOptions(), good, said.append, local) == ContractSpec(json=True)
+    assert _early_stop(project, EvalOptions(early_stop=False), good, said.append, local) is None  # --no-early-stop
+    assert _early_stop(project, EvalOptions(), good, said.append, endpoint) is None  # decodes everything anyway
+    assert _early_stop(project, EvalOptions(), [*good, EvalItem("c", [], expected="plain")], said.append, local) is None
+    assert said == ["answers are decoded to the end: 1 expected answer(s) break the output contract themselves "
+                    "(`tunesmith check` names them)"]
+    (tmp_path / "tunesmith.yaml").write_text("task: 'Answer with one JSON object.'\noutput:\n  json: true\n"
+                                             "eval:\n  scorers: ['scorers.py:f']\n")
+    assert _early_stop(load_project(tmp_path), EvalOptions(), good, said.append, local) is None  # scorers read all
     (tmp_path / "tunesmith.yaml").write_text("task: 'Answer with one free-text sentence.'\n")
-    assert _early_stop(load_project(tmp_path), EvalOptions(), good, said.append) is None  # no contract, no cut
+    assert _early_stop(load_project(tmp_path), EvalOptions(), good, said.append, local) is None  # no contract
+
+
+def test_regression_prompts_are_never_cut(tmp_path: Path) -> None:
+    """Regression assertions (contains, not_contains, scorers) read whole answers: only the test set is cut."""
+    from tunesmith.evaluate.run import Subject, evaluate_subject
+    from tunesmith.evaluate.types import EvalItem, Generation
+    from tunesmith.project import load_project
+
+    (tmp_path / "tunesmith.yaml").write_text("task: 'Answer with one JSON object.'\noutput:\n  json: true\n")
+    calls: list[DecodeSettings] = []
+
+    class Recording:
+        fingerprint = "recording"
+        honours_contract = True
+
+        def generate(self, chats, settings, progress=None):
+            calls.append(settings)
+            return [Generation("{}", "stop", 1) for _ in chats]
+
+    test = [EvalItem("t", [{"role": "user", "content": "q"}], expected="{}")]
+    regression = [EvalItem("r", [{"role": "user", "content": "q"}], assertions=[{"type": "contains", "value": "{"}])]
+    settings = DecodeSettings(max_new_tokens=8, contract=ContractSpec(json=True))
+    evaluate_subject(load_project(tmp_path), Subject("s", None, Recording()), test, regression, settings,
+                     say=lambda _m: None)
+    assert [c.contract for c in calls] == [ContractSpec(json=True), None]

@@ -44,28 +44,32 @@ class EvalOutcome:
                 "report": str(self.report) if self.report else None, "warnings": self.warnings}
 
 
-def _early_stop(project: Project, opts: EvalOptions, test: list[EvalItem], say: Say | None) -> Any:
+def _early_stop(project: Project, opts: EvalOptions, test: list[EvalItem], say: Say | None, backend: Any) -> Any:
     """The contract answers are cut at, or None. Cutting is only lossless when the expected answers meet
     the contract themselves (then an answer that broke it can never match one): otherwise it stays off."""
     from tunesmith.data.checks.contract import AnswerContract
     from tunesmith.inference.contract_stop import ContractSpec
 
     spec = ContractSpec(json=project.output.expects_json, regex=project.output.regex)
-    if not opts.early_stop or not spec.active:
+    if not opts.early_stop or not spec.active or not getattr(backend, "honours_contract", False):
+        return None  # an endpoint decodes everything anyway: its answers stay cached under the plain key
+    if project.eval.scorers or (opts.judge and project.eval.judge is not None):
+        if say is not None:
+            say("answers are decoded to the end: the judge and user scorers read whole answers")
         return None
     contract = AnswerContract(None, project.output.regex, project.output.expects_json)
     broken = sum(1 for it in test if it.expected is not None and not contract.check(it.expected).ok)
     if broken:
         if say is not None:
-            say(f"answers are decoded to the end: {broken} expected answer(s) of the test set break the output "
-                "contract themselves (`tunesmith check` names them)")
+            say(f"answers are decoded to the end: {broken} expected answer(s) break the output contract "
+                "themselves (`tunesmith check` names them)")
         return None
     return spec
 
 
 def _settings(project: Project, opts: EvalOptions, say: Say | None = None, subject: Any = None,
               test: list[EvalItem] | None = None) -> DecodeSettings:
-    contract = _early_stop(project, opts, test or [], say)
+    contract = _early_stop(project, opts, test or [], say, getattr(subject, "backend", None))
     if opts.max_new_tokens:
         return DecodeSettings(max_new_tokens=opts.max_new_tokens, contract=contract)
     from tunesmith.evaluate.budget import answer_token_budget
@@ -212,7 +216,7 @@ def base_correct_lines(project_dir: Path | str, file: Path, *, max_new_tokens: i
     items = examples_as_items(file, project.system_prompt, prefix="train", what="file")
     subject = resolve_subject(project, "base")
     (say or (lambda _m: None))(f"base model answers {len(items)} training prompts (cached for next time)")
-    settings = _settings(project, EvalOptions(max_new_tokens=max_new_tokens), test=items)
+    settings = _settings(project, EvalOptions(max_new_tokens=max_new_tokens), subject=subject, test=items)
     gens = subject.backend.generate([it.chat for it in items], settings, progress)
     correct = [it.line for it, g in zip(items, gens)
                if score_item(it, g, schema=None, regex=None).exact_match]

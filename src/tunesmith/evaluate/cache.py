@@ -139,6 +139,10 @@ class CachedBackend:
     def fingerprint(self) -> str:
         return self.backend.fingerprint
 
+    @property
+    def honours_contract(self) -> bool:
+        return getattr(self.backend, "honours_contract", False)
+
     def generate(self, chats: list[Chat], settings: DecodeSettings,
                  progress: Callable[[int], None] | None = None,
                  *, on_result: Callable[[int, Generation], None] | None = None) -> list[Generation]:

@@ -198,6 +198,9 @@ class LocalBackend:
     each batch's first prompt is its longest). `dtype` defaults to float32 on CPU, bfloat16 on a GPU.
     """
 
+    #: answers are cut once they break `DecodeSettings.contract` (contract-aware stopping)
+    honours_contract = True
+
     def __init__(self, model_path: Path | str, adapter_path: Path | str | None = None,
                  batch_size: int | None = None, device: str | None = None, *, dtype: str | None = None) -> None:
         self.model_path = Path(model_path).expanduser().resolve()

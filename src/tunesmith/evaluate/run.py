@@ -5,7 +5,7 @@ scored, compared with the base model item by item, gated against the accepted ru
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,14 @@ def evaluate_subject(project: Project, subject: Subject, test: list[EvalItem], r
     from tunesmith.evaluate.regression import check_assertions
 
     say(f"{subject.name}: answering {len(test)} test and {len(regression)} regression prompts")
-    gens = subject.backend.generate([it.chat for it in test + regression], settings, progress)
-    test_gens, reg_gens = gens[: len(test)], gens[len(test):]
+    if settings.contract is None:
+        gens = subject.backend.generate([it.chat for it in test + regression], settings, progress)
+        test_gens, reg_gens = gens[: len(test)], gens[len(test):]
+    else:  # regression assertions (contains, not_contains, scorers) read whole answers: never cut those
+        test_gens = subject.backend.generate([it.chat for it in test], settings, progress)
+        done = len(test)
+        reg_gens = subject.backend.generate([it.chat for it in regression], replace(settings, contract=None),
+                                            None if progress is None else (lambda n: progress(done + n)))
     schema, regex = project.load_schema(), project.output.regex
     scorers = [load_scorer(spec, project.root) for spec in project.eval.scorers]
     scores = [score_item(it, g, schema=schema, regex=regex, scorers=scorers, expects_json=project.output.expects_json)

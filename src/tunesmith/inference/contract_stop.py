@@ -208,6 +208,7 @@ class ContractWatch:
             self._seen = text
             if not ok:
                 return False
-        if self._pattern is not None and self._pattern.fullmatch(text, partial=True) is None:
-            return False
+        if self._pattern is not None and not (self._pattern.fullmatch(text, partial=True)
+                                              or self._pattern.fullmatch(text.strip(), partial=True)):
+            return False  # neither the raw answer (regex_ok) nor the stripped one (exact match) can match
         return True
