@@ -319,17 +319,17 @@ def test_hosted_when_the_project_configures_it(tmp_path, monkeypatch):
         raise AssertionError("a hosted project needs no device probe")
 
     monkeypatch.setattr("tunesmith.train.device.detect_device", no_device)
-    _fine_tune_project(tmp_path, "hosted:\n  model: gpt-4o-mini-2025-07-18\n")
+    _fine_tune_project(tmp_path, "hosted:\n  model: gpt-4o-mini-2024-07-18\n")
     rec = advise(tmp_path, shown_as="proj").recommendation
     assert rec.method == "hosted"
-    assert rec.next == "tunesmith train -p proj --backend openai --model gpt-4o-mini-2025-07-18"
+    assert rec.next == "tunesmith train -p proj --backend openai --model gpt-4o-mini-2024-07-18"
     assert any("engineering time" in w for w in rec.why)
 
 
 def test_hosted_when_nothing_local_fits(tmp_path, cpu_machine, monkeypatch):
     _fine_tune_project(tmp_path)
     rec = advise(tmp_path, AdviseFlags(params=8_000_000_000), shown_as="proj").recommendation
-    assert rec.method == "hosted" and rec.next.startswith("tunesmith train -p proj --backend openai --model ")
+    assert rec.method == "hosted" and rec.next == "tunesmith train -p proj --backend openai --model gpt-4o-mini-2024-07-18"
     assert any("no CUDA GPU" in w and "QLoRA needs one" in w and "half the memory" in w for w in rec.why)
     # 3B fits in 64 GB of RAM, but a CPU would take days
     monkeypatch.setattr(adv, "ram_gb", lambda: 64.0)

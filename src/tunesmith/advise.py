@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import UsageError
 from tunesmith.models.size import fmt_params, model_params, ram_gb
+from tunesmith.train.hosted.limits import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # pragma: no cover
     from tunesmith.data.formats import Example
@@ -40,7 +41,6 @@ CPU_MAX_PARAMS = 1_000_000_000
 #: "full fine-tuning only for a small model": weights + gradients + Adam moments, mixed precision
 FULL_MAX_PARAMS, FULL_BYTES_PER_PARAM = 1_000_000_000, 16
 #: the guide's cheapest OpenAI model that supports fine-tuning
-HOSTED_DEFAULT = "gpt-4o-mini-2025-07-18"
 #: which "not fine-tuning" verdict wins when several apply: an unusable task first; then a base model
 #: that already passes (cheapest fix); then knowledge (more data would not help); then data
 PRIORITY = ("write-the-task", "prompt", "rag", "few-shot", "collect-data")
@@ -396,7 +396,7 @@ def fine_tune(project: Project | None, flags: AdviseFlags, ref: str, n: int | No
         train = f"tunesmith train -p {pp} --backend openai --model {project.hosted.model}"
     else:
         method, reasons = choose_method(ref, flags.params, n, kind, facts, project.train.method if project else None)
-        train = (f"tunesmith train -p {pp} --backend openai --model {HOSTED_DEFAULT}" if method == "hosted"
+        train = (f"tunesmith train -p {pp} --backend openai --model {DEFAULT_MODEL}" if method == "hosted"
                  else f"tunesmith train -p {pp} --dry-run" + (f" --method {method}" if method == "full" else ""))
     first = baseline.next if baseline.verdict in ("not-measured", "no-split") else None
     nxt = f"{first}  (then, if the base model stays under the threshold: `{train}`)" if first else train

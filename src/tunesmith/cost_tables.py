@@ -153,11 +153,6 @@ def throughput_table(method: str = "lora") -> dict[str, dict[str, int]]:
             for g in GPUS.values()}
 
 
-def fits(gpu: Gpu, params: float) -> bool:
-    """Whether the 16-bit weights fit in the GPU's memory with some room left (90 %)."""
-    return BYTES_PER_PARAM * params <= 0.9 * gpu.memory_gb * 1e9
-
-
 #: Judge replies are short JSON objects; their length is taken from these typical replies (counted with
 #: the judge's tokenizer), as judge.py asks for them.
 TYPICAL_RUBRIC_REPLY = ('{"correctness": 4, "format": 5, "completeness": 4, "notes": "The answer matches the '

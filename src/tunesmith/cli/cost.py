@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Any, Optional
 
@@ -56,7 +58,7 @@ def cost(
                        judge_price=_price_pair(judge_price), hosted_model=hosted_model, backend=backend,  # type: ignore[arg-type]
                        gpu=gpu, gpu_dollars_per_hour=gpu_dollars_per_hour, measure=measure, no_model=no_model,
                        iterations=iterations)
-    report = estimate_costs(project, opts)
+    report = estimate_costs(project, opts, say=lambda m: print(m, file=sys.stderr, flush=True))
     if json_out:
         print_json(report.to_dict())
     else:

@@ -6,7 +6,6 @@ Prices change; the table says when it was read, and every cost tunesmith prints 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 #: When the table below was read from the providers' price pages.
@@ -31,9 +30,6 @@ PRICES: dict[str, tuple[float, float]] = {
     "claude-haiku-4-5": (1.00, 5.00),
 }
 
-_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
-
-
 @dataclass(frozen=True)
 class Price:
     input_per_m: float
@@ -50,8 +46,9 @@ def price_for(model: str, override: tuple[float, float] | None = None) -> Price 
     provider prefix such as "openai/" included), else None."""
     if override is not None:
         return Price(override[0], override[1], "tunesmith.yaml generate.price")
-    name = model.strip().lower().rsplit("/", 1)[-1]
-    name = _SNAPSHOT.sub("", name)
+    from tunesmith.inference.openai_client import model_family
+
+    name = model_family(model)
     found = PRICES.get(name)
     if found is None:
         return None

@@ -27,6 +27,7 @@ import math
 import os
 import queue
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -160,6 +161,15 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
 def resolve_base_url(base_url: str | None) -> str:
     """The base URL a request goes to: the one given, else OPENAI_BASE_URL, else OpenAI's (as the openai client does)."""
     return (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+
+
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+
+
+def model_family(model: str) -> str:
+    """A model's name without a provider prefix or snapshot date, lower case: "openai/gpt-4o-mini-2024-07-18"
+    and "gpt-3.5-turbo-0125" are "gpt-4o-mini" and "gpt-3.5-turbo" (what price tables are keyed by)."""
+    return _SNAPSHOT.sub("", model.strip().lower().rsplit("/", 1)[-1])
 
 
 def endpoint_host(base_url: str) -> str:

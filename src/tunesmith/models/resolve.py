@@ -102,7 +102,7 @@ def resolve_model(
     say = progress or (lambda _msg: None)
 
     if text.startswith(BUILTIN_PREFIX):
-        gguf = _builtin_gguf(text[len(BUILTIN_PREFIX) :].strip())
+        gguf = builtin_gguf(text[len(BUILTIN_PREFIX) :].strip())
         path = _convert_gguf(gguf, cache, say)
         return ResolvedModel(ref=ref, path=path, kind="builtin", converted_from=gguf)
 
@@ -129,7 +129,7 @@ def resolve_model(
             _options_hint(),
         )
 
-    if _looks_like_hub_id(text):
+    if looks_like_hub_id(text):
         return _resolve_hub(ref, text, cache, say)
 
     hint = _options_hint()
@@ -172,7 +172,7 @@ def tokenizer_in(directory: Path) -> PreTrainedTokenizerBase:
 # builtin / directory / hub
 
 
-def _builtin_gguf(name: str) -> Path:
+def builtin_gguf(name: str) -> Path:
     import importlib.util
 
     known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
@@ -211,7 +211,7 @@ def _checked_checkpoint_dir(path: Path) -> Path:
     raise ModelError(f"{path} is not a Hugging Face checkpoint directory: config.json is missing", hint)
 
 
-def _looks_like_hub_id(text: str) -> bool:
+def looks_like_hub_id(text: str) -> bool:
     if text.startswith((".", "/", "~")) or "\\" in text or ".." in text or "--" in text:
         return False
     return _HUB_ID.fullmatch(text) is not None
@@ -225,7 +225,7 @@ def _hub_offline() -> bool:
     return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
 
 
-def _hub_cache_dir() -> str:
+def hub_cache_dir() -> str:
     """The Hub cache as the environment says *now* (huggingface_hub reads it once, at import)."""
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if os.environ.get(var):
@@ -252,7 +252,7 @@ def _resolve_hub(ref: str, repo_id: str, cache: Path, say: Progress) -> Resolved
     except Exception as exc:  # noqa: BLE001
         raise fail("huggingface_hub is not importable") from exc
 
-    cache_arg = _hub_cache_dir()
+    cache_arg = hub_cache_dir()
     snapshot: str | None = None
     try:
         snapshot = snapshot_download(repo_id, local_files_only=True, cache_dir=cache_arg)

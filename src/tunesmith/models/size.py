@@ -50,20 +50,20 @@ def model_params(ref: str) -> tuple[int | None, str]:
     text = ref.strip()
     try:
         if text.startswith(r.BUILTIN_PREFIX):
-            return _gguf_params(r._builtin_gguf(text[len(r.BUILTIN_PREFIX):].strip())), "GGUF header"
+            return _gguf_params(r.builtin_gguf(text[len(r.BUILTIN_PREFIX):].strip())), "GGUF header"
         path = Path(text).expanduser()
         if path.suffix.lower() == ".gguf" and path.is_file():
             return _gguf_params(path), "GGUF header"
         if path.is_dir():
-            return _checkpoint_params(r.resolve_model(text).path), "safetensors headers"
-        if r._looks_like_hub_id(text):
+            return checkpoint_params(r.resolve_model(text).path), "safetensors headers"
+        if r.looks_like_hub_id(text):
             from huggingface_hub import snapshot_download
 
             try:  # the local Hugging Face cache only: advice never downloads a model
-                snapshot = Path(snapshot_download(text, local_files_only=True, cache_dir=r._hub_cache_dir()))
+                snapshot = Path(snapshot_download(text, local_files_only=True, cache_dir=r.hub_cache_dir()))
             except Exception:  # noqa: BLE001 - not cached: fall back to the name
                 snapshot = None
-            if snapshot is not None and (found := _checkpoint_params(snapshot)):
+            if snapshot is not None and (found := checkpoint_params(snapshot)):
                 return found, "safetensors headers (Hugging Face cache)"
     except ModelError as exc:
         return None, exc.message
@@ -73,10 +73,22 @@ def model_params(ref: str) -> tuple[int | None, str]:
     return None, "not in the local cache, nothing read offline; pass --params"
 
 
-def _checkpoint_params(path: Path) -> int | None:
-    from tunesmith.train.prepare import param_count
+def checkpoint_params(path: Path) -> int | None:
+    """Parameters from the safetensors headers (no weights loaded)."""
+    try:
+        from safetensors import safe_open
 
-    return param_count(path)
+        total = 0
+        for f in path.glob("*.safetensors"):
+            with safe_open(str(f), "pt") as st:
+                for k in st.keys():
+                    n = 1
+                    for d in st.get_slice(k).get_shape():
+                        n *= d
+                    total += n
+        return total or None
+    except Exception:  # noqa: BLE001 - an estimate only
+        return None
 
 
 def _gguf_params(path: Path) -> int | None:

@@ -16,6 +16,7 @@ from tunesmith.data.checks.setup import check_context
 from tunesmith.data.split import seal_path_for, verify_seal
 from tunesmith.errors import DataError, SealError, UsageError
 from tunesmith.io import sha256_file
+from tunesmith.models.size import checkpoint_params
 from tunesmith.project import Project
 from tunesmith.train.dataset import (
     LabelAudit, TrainingData, audit, encode_examples, load_examples, truncate_rows, validation_split,
@@ -102,7 +103,7 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
     file_settings = {k: v for k, v in project.train.model_dump().items() if v is not None and k not in ("mix", "runs_dir", "report_to")}
     plan = make_plan(PlanInputs(
         n_examples=len(task.rows) + len(mixed.rows), token_lengths=task.lengths() + mixed.lengths(),
-        model_max_length=model_max, device=device, n_params=param_count(resolved.path), file=file_settings,
+        model_max_length=model_max, device=device, n_params=checkpoint_params(resolved.path), file=file_settings,
         flags=validated_flags(flags), project_max_length=project.max_length, world_size=world_size(),
         n_held_out_pool=len(task.rows),
     ))
@@ -155,21 +156,3 @@ def _model_max_length(path: Path) -> int | None:
         return None
     cfg = cfg.get("text_config", cfg)
     return cfg.get("max_position_embeddings")
-
-
-def param_count(path: Path) -> int | None:
-    """Parameters from the safetensors headers (no weights loaded)."""
-    try:
-        from safetensors import safe_open
-
-        total = 0
-        for f in path.glob("*.safetensors"):
-            with safe_open(str(f), "pt") as st:
-                for k in st.keys():
-                    n = 1
-                    for d in st.get_slice(k).get_shape():
-                        n *= d
-                    total += n
-        return total or None
-    except Exception:  # noqa: BLE001 - an estimate only
-        return None

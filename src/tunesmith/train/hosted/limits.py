@@ -1,15 +1,19 @@
 """The provider's own rules for a training file, so a job is refused here, not after an upload.
 
-OpenAI: at least 10 examples; each example (its whole conversation, as tokens) within the model's
-training context; roles system/user/assistant (tool turns aside); `weight` 0 or 1, only on assistant
-turns; no empty turn; at least one assistant turn with weight 1.
+OpenAI: at least 10 examples, and each example (its whole conversation, as tokens) within the model's
+training context. Its other rules (roles system/user/assistant, `weight` 0 or 1 and only on assistant
+turns, no empty turn, an assistant turn to train on) are `check` errors already, which the hosted plan
+refuses like local training does.
 """
 
 from __future__ import annotations
 
-from tunesmith.train.hosted.prices import base_name
+from tunesmith.inference.openai_client import model_family
 
 MIN_EXAMPLES = 10
+#: what `advise` recommends and `cost` prices when the project names no hosted model: the cheapest
+#: model the guide fine-tunes, with its snapshot date (OpenAI wants the dated name)
+DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
 
 #: Tokens one training example may hold, by base model (OpenAI's fine-tuning guide).
 EXAMPLE_TOKEN_LIMITS: dict[str, int] = {
@@ -25,7 +29,7 @@ EXAMPLE_TOKEN_LIMITS: dict[str, int] = {
 def example_token_limit(model: str) -> int | None:
     """The per-example token limit of a fine-tunable model; None for a model OpenAI does not fine-tune
     (as far as this table knows)."""
-    return EXAMPLE_TOKEN_LIMITS.get(base_name(model))
+    return EXAMPLE_TOKEN_LIMITS.get(model_family(model))
 
 
 def fine_tunable_models() -> list[str]:

@@ -7,8 +7,9 @@ guessed one.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from tunesmith.inference.openai_client import model_family
 
 #: When the table below was read: OpenAI's fine-tuning price page (2025) and, for gpt-4o-mini, the
 #: guide's own figure for mid-2026 ("roughly $8 per million tokens for training").
@@ -24,9 +25,6 @@ PRICES: dict[str, tuple[float, float, float]] = {
     "gpt-4.1-nano": (1.50, 0.20, 0.80),
     "gpt-3.5-turbo": (8.00, 3.00, 6.00),
 }
-
-_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
-
 
 @dataclass(frozen=True)
 class HostedPrice:
@@ -45,16 +43,14 @@ class HostedPrice:
         return (input_tokens * self.input_per_m + output_tokens * self.output_per_m) / 1e6
 
 
-def base_name(model: str) -> str:
-    """"gpt-4o-mini-2024-07-18" -> "gpt-4o-mini" (and "gpt-3.5-turbo-0125" -> "gpt-3.5-turbo")."""
-    return _SNAPSHOT.sub("", model.strip().lower().rsplit("/", 1)[-1])
+
 
 
 def hosted_price(model: str, override: tuple[float, float | None, float | None] | None = None) -> HostedPrice | None:
     """The project's price when set, else the table's for `model`, else None."""
     if override is not None:
         return HostedPrice(override[0], override[1], override[2], "tunesmith.yaml hosted.price")
-    found = PRICES.get(base_name(model))
+    found = PRICES.get(model_family(model))
     if found is None:
         return None
-    return HostedPrice(*found, source=f"price table of {PRICES_AS_OF} ({base_name(model)}); set hosted.price if it changed")
+    return HostedPrice(*found, source=f"price table of {PRICES_AS_OF} ({model_family(model)}); set hosted.price if it changed")

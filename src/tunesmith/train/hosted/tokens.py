@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.errors import UsageError
-from tunesmith.train.hosted.prices import base_name
+from tunesmith.inference.openai_client import model_family
 
 #: OpenAI cookbook's count for chat models: 3 tokens around each message, 3 to prime the reply.
 TOKENS_PER_MESSAGE = 3
@@ -45,8 +45,10 @@ class Counter:
 
 
 def encoding_name(model: str) -> str:
-    return "cl100k_base" if base_name(model).startswith(("gpt-3.5", "gpt-4-", "davinci", "babbage")) or base_name(
-        model) == "gpt-4" else "o200k_base"
+    """o200k_base for gpt-4o and every later model; cl100k_base for gpt-3.5, gpt-4 and the older ones."""
+    family = model_family(model)
+    return "cl100k_base" if family == "gpt-4" or family.startswith(("gpt-3.5", "gpt-4-", "davinci", "babbage")) \
+        else "o200k_base"
 
 
 def counter_for(model: str) -> Counter:
