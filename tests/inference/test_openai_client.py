@@ -15,6 +15,7 @@ import pytest
 
 from fixtures.fake_openai import FakeOpenAI, Reply
 from tunesmith.errors import TunesmithError
+from tunesmith.inference.concurrent import run_concurrently
 from tunesmith.inference.openai_client import (
     ChatClient,
     api_key_from,
@@ -25,7 +26,6 @@ from tunesmith.inference.openai_client import (
     RetryPolicy,
     endpoint_host,
     retry_after_seconds,
-    run_concurrently,
 )
 
 HI = [{"role": "user", "content": "hi"}]

@@ -16,7 +16,8 @@ from tunesmith.distill.inputs import Prompt
 from tunesmith.distill.provenance import PROVENANCE, REVIEW, TEACHER
 from tunesmith.distill.session import Session
 from tunesmith.distill.teacher import Asked
-from tunesmith.inference.openai_client import RequestFailed, endpoint_host, run_concurrently
+from tunesmith.inference.concurrent import run_concurrently
+from tunesmith.inference.openai_client import RequestFailed, endpoint_host
 from tunesmith.inference.replies import unfence
 
 

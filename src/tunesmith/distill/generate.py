@@ -34,8 +34,9 @@ from tunesmith.distill.session import GenerateOptions, Progress, Session
 from tunesmith.distill.teacher import Tally, TeacherError
 from tunesmith.errors import DataError, UsageError
 from tunesmith.inference.openai_client import (
-    EndpointRefused, RequestFailed, api_key_from, endpoint_host, resolve_base_url, run_concurrently,
+    EndpointRefused, RequestFailed, api_key_from, endpoint_host, resolve_base_url,
 )
+from tunesmith.inference.concurrent import run_concurrently
 from tunesmith.inference.replies import unfence
 from tunesmith.io import write_jsonl_atomic
 from tunesmith.project import Project

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from tunesmith.errors import ModelError, TunesmithError, UsageError
 from tunesmith.evaluate.types import DecodeSettings, Generation
 from tunesmith.inference.contract_stop import ContractWatch
+from tunesmith.inference.concurrent import run_concurrently
 from tunesmith.inference.openai_client import (  # light: openai itself loads in ChatClient()
     ChatClient,
     EndpointRefused,
     RequestFailed,
     RetryPolicy,
-    run_concurrently,
 )
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -32,12 +32,12 @@ from typing import Any
 
 from tunesmith.errors import TunesmithError
 from tunesmith.inference.replies import unfence
+from tunesmith.inference.concurrent import run_concurrently
 from tunesmith.inference.openai_client import (  # light: openai itself loads in ChatClient()
     ChatClient,
     EndpointRefused,
     RequestFailed,
     RetryPolicy,
-    run_concurrently,
 )
 
 log = logging.getLogger(__name__)
