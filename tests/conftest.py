@@ -63,3 +63,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def serve_base(tiny_model_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The tiny model made to answer each prompt differently (see fixtures.serving.loud_copy): the
+    server's and the decoding engine's base model."""
+    from fixtures.serving import loud_copy
+
+    return loud_copy(tiny_model_dir, tmp_path_factory.mktemp("serve-base") / "loud")

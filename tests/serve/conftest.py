@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.serving import PROMPTS, loud_copy, make_adapter, other_base, start  # noqa: F401
-
-
-@pytest.fixture(scope="session")
-def serve_base(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model made to answer each prompt differently (see loud_copy)."""
-    return loud_copy(tiny_model_dir, tmp_path_factory.mktemp("serve-base") / "loud")
+from fixtures.serving import PROMPTS, make_adapter, other_base, start  # noqa: F401
 
 
 @pytest.fixture(scope="session")

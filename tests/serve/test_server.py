@@ -264,19 +264,19 @@ def test_bad_adapter_names_are_refused(server, serve_assets):
 def slow_steps(server, monkeypatch):
     """Each decoding step takes >= 5 ms, so an abandoned 1500-token row would run for seconds."""
     engine = server.state.engine
-    forward = engine._forward
+    forward = engine.decoder._forward
 
     def slow(*args, **kwargs):
         time.sleep(0.005)
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "_forward", slow)
+    monkeypatch.setattr(engine.decoder, "_forward", slow)
     return engine
 
 
 def _wait_until_idle(engine, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while engine._rows and time.monotonic() < deadline:
+    while engine.decoder.rows and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -291,7 +291,7 @@ def test_client_disconnecting_mid_stream_does_not_stall_others(server, expected,
     steps = slow_steps.steps
     assert ask(c, "beta", PROMPTS[3]) == expected["beta"][3]
     _wait_until_idle(slow_steps)
-    assert not slow_steps._rows and slow_steps.steps - steps < 300  # the abandoned row left the batch
+    assert not slow_steps.decoder.rows and slow_steps.steps - steps < 300  # the abandoned row left the batch
 
 
 def test_non_streaming_client_that_hangs_up_frees_its_row(server, slow_steps):
@@ -304,19 +304,19 @@ def test_non_streaming_client_that_hangs_up_frees_its_row(server, slow_steps):
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
     deadline = time.monotonic() + 30
-    while not slow_steps._rows and time.monotonic() < deadline:
+    while not slow_steps.decoder.rows and time.monotonic() < deadline:
         time.sleep(0.01)
     sock.close()
     steps = slow_steps.steps
     _wait_until_idle(slow_steps)
-    assert not slow_steps._rows and slow_steps.steps - steps < 400
+    assert not slow_steps.decoder.rows and slow_steps.steps - steps < 400
 
 
 def test_shutdown_with_requests_in_flight_ends_them_cleanly(serve_base, serve_assets, monkeypatch):
     running = start(serve_base, serve_assets, adapters=[], grace_s=1.0)
     engine = running.state.engine
-    forward = engine._forward
-    monkeypatch.setattr(engine, "_forward", lambda *a, **k: (time.sleep(0.005), forward(*a, **k))[1])
+    forward = engine.decoder._forward
+    monkeypatch.setattr(engine.decoder, "_forward", lambda *a, **k: (time.sleep(0.005), forward(*a, **k))[1])
     outcomes: list[object] = []
 
     def long_request() -> None:
@@ -332,7 +332,7 @@ def test_shutdown_with_requests_in_flight_ends_them_cleanly(serve_base, serve_as
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
-    while len(engine._rows) < 3 and time.monotonic() < deadline:
+    while len(engine.decoder.rows) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     started = time.monotonic()
     running.stop(timeout=60)
@@ -391,7 +391,7 @@ def test_a_failing_generation_is_a_500_server_error(server, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(engine, "_forward", broken)
+    monkeypatch.setattr(engine.decoder, "_forward", broken)
     with pytest.raises(openai.InternalServerError) as info:
         ask(client(server), "alpha", "hi")
     assert info.value.status_code == 500 and "kernel exploded" in info.value.body["message"]

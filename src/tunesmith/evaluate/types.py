@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunesmith.inference.constraints import Constraint
 from tunesmith.inference.contract_stop import ContractSpec
 
 
@@ -21,11 +22,14 @@ class DecodeSettings:
     #: end an answer as soon as it can no longer meet this contract (`inference.contract_stop`);
     #: None decodes to the end whatever the answer looks like
     contract: ContractSpec | None = None
+    #: enforce this at decode time (a grammar mask: the answer cannot break it); None decodes freely
+    constraint: Constraint | None = None
 
     def key(self) -> str:
         data = asdict(self)
-        if self.contract is None:  # keys from before contract-aware stopping stay valid
-            data.pop("contract")
+        for optional in ("contract", "constraint"):  # keys from before these existed stay valid
+            if data[optional] is None:
+                data.pop(optional)
         return json.dumps(data, sort_keys=True)
 
 
@@ -33,7 +37,8 @@ class DecodeSettings:
 class Generation:
     text: str
     #: "stop" (ended with the end-of-turn token or a stop string), "length" (hit max_new_tokens),
-    #: "contract" (cut once it could no longer meet the output contract), "error"
+    #: "contract" (cut once it could no longer meet the output contract), "grammar" (a constrained
+    #: answer whose grammar allowed no next token), "error"
     finish_reason: str
     output_tokens: int = 0
     error: str | None = None

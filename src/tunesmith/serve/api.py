@@ -99,28 +99,16 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     """Load the base model and the start-up adapters; the returned ServerState backs `create_app`."""
     require_serving_libraries()
     say = say or (lambda _m: None)
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from tunesmith.evaluate.generate import _default_device, _default_dtype
+    from tunesmith.inference.engine import Engine
+    from tunesmith.inference.loading import default_device, default_dtype, load_model
     from tunesmith.models.resolve import tokenizer_in
     from tunesmith.serve.adapters import AdapterLocator
     from tunesmith.serve.app import Limits, ServerState
-    from tunesmith.serve.engine import Engine
 
     project, base = _served_base(config)
-    device = config.device or _default_device()
+    device = config.device or default_device()
     say(f"loading {base.ref} on {device}")
-    try:
-        from tunesmith.models.quiet import quiet_transformers
-
-        quiet_transformers()
-        model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=getattr(torch, _default_dtype(device)),
-                                                     local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # noqa: BLE001 - a user-facing error
-        raise ModelError(f"cannot load the base model in {base.path}: {exc}",
-                         "check that it is a complete transformers checkpoint") from exc
-    model.to(device).eval()
+    model = load_model(Path(base.path), None, device=device, dtype=default_dtype(device))
     tokenizer = tokenizer_in(base.path)
     context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     engine = Engine(model, tokenizer, device=device, max_batch=config.max_batch or (16 if device == "cpu" else 64))

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.serve.adapters import AdapterInfo, AdapterLocator, ServedBase, check_name, check_shapes
-from tunesmith.serve.engine import Engine, EngineClosed, Finished, Job, Sampling
+from tunesmith.inference.engine import Engine, EngineClosed, Finished, Job, Sampling
 from tunesmith.serve.errors import (
     AdapterRejected, BadRequest, Conflict, NotFound, ServeError, ServerFailure, TooLarge, Unauthorized, Unavailable,
     error_body,

@@ -8,16 +8,17 @@ import time
 
 import pytest
 
-from tunesmith.serve.engine import Engine, EngineClosed, Job, Sampling, _held_back
+from tunesmith.inference.engine import Engine, EngineClosed, Job, Sampling
+from tunesmith.inference.rows import Row, held_back
 
 
 def test_held_back_text():
-    assert _held_back("hello wor", ("world",)) == 3
-    assert _held_back("hello", ("xyz",)) == 0
-    assert _held_back("caf\ufffd", ()) == 1
-    assert _held_back("ab", ("abc", "b")) == 2
+    assert held_back("hello wor", ("world",)) == 3
+    assert held_back("hello", ("xyz",)) == 0
+    assert held_back("caf\ufffd", ()) == 1
+    assert held_back("ab", ("abc", "b")) == 2
     # a split multi-byte character and a stop-string prefix before it are both held back
-    assert _held_back("xa\ufffd", ("a\u20ac",)) == 2
+    assert held_back("xa\ufffd", ("a\u20ac",)) == 2
 
 
 class _ByteTokenizer:
@@ -26,10 +27,8 @@ class _ByteTokenizer:
 
 
 def test_streamed_text_never_shows_a_stop_string_split_across_bytes():
-    from tunesmith.serve.engine import _Row
-
     events: list = []
-    row = _Row(Job([0], None, Sampling(50, temperature=0, stop=("a\u20ac",)), events.append), {255},
+    row = Row(Job([0], None, Sampling(50, temperature=0, stop=("a\u20ac",)), events.append), {255},
                _ByteTokenizer(), "cpu")
     for byte in "xa\u20acyz".encode():
         if row.accept(byte):
@@ -96,7 +95,7 @@ def test_rows_joining_a_running_batch_answer_as_they_would_alone(engine_and_tok,
     # batch is re-padded on both sides)
     engine.peak_batch = 0
     engine.submit(Job(_prompt(tok, texts[0]), None, Sampling(max_tokens=60, temperature=0), collectors[0]))
-    while engine.call(lambda: len(engine._rows)).result(timeout=30) == 0:
+    while engine.call(lambda: len(engine.decoder.rows)).result(timeout=30) == 0:
         pass
     for text, col, budget in zip(texts[1:], collectors[1:], budgets[1:]):
         engine.submit(Job(_prompt(tok, text), None, Sampling(max_tokens=budget, temperature=0), col))
@@ -113,10 +112,10 @@ def test_cancelled_row_leaves_and_model_calls_run_between_steps(engine_and_tok):
     job = Job(_prompt(tok, "go on"), None, Sampling(max_tokens=1900, temperature=1.0, seed=3, min_tokens=1900), col)
     engine.submit(job)
     col.events.get(timeout=30)  # it is decoding
-    assert engine.call(lambda: len(engine._rows)).result(timeout=30) == 1
+    assert engine.call(lambda: len(engine.decoder.rows)).result(timeout=30) == 1
     job.cancelled.set()
     steps = engine.steps
-    while engine.call(lambda: len(engine._rows)).result(timeout=30):
+    while engine.call(lambda: len(engine.decoder.rows)).result(timeout=30):
         pass
     assert engine.steps - steps < 50  # it left at once, not after its 1900 tokens
 
@@ -137,17 +136,17 @@ def test_a_job_dropped_after_its_client_left_says_so(engine_and_tok):
 
 
 def test_one_rows_sampling_failure_fails_only_that_row(engine_and_tok, monkeypatch):
-    from tunesmith.serve import engine as engine_module
+    from tunesmith.inference import rows as engine_module
 
     engine, tok = engine_and_tok
-    real = engine_module._Row.sample
+    real = engine_module.Row.sample
 
     def sample(row, logits):
         if row.job.sampling.seed == 13:
             raise RuntimeError("probability tensor contains nan")
         return real(row, logits)
 
-    monkeypatch.setattr(engine_module._Row, "sample", sample)
+    monkeypatch.setattr(engine_module.Row, "sample", sample)
     bad, good = Collector(), Collector()
     engine.submit(Job(_prompt(tok, "a"), None, Sampling(max_tokens=20, temperature=1.0, seed=5, min_tokens=20), good))
     engine.submit(Job(_prompt(tok, "b"), None, Sampling(max_tokens=20, temperature=1.0, seed=13), bad))

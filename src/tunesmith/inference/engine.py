@@ -1,0 +1,487 @@
+"""The decoding engine: one base model, any number of LoRA adapters, continuous batching.
+
+Everything that answers prompts with a local transformers model runs through here: `LocalBackend`
+(eval, baseline, check --base, mixing's self-replay, merge and export verification) drives a
+`BatchDecoder` to the end in the calling thread (`decode_all`); `tunesmith serve` wraps one in an
+`Engine`, a worker thread HTTP handlers hand jobs to.
+
+Every request is a row of one shared batch, whichever adapter it names: PEFT's mixed adapter batches
+(`adapter_names=`, one name per row, "__base__" for the base model) apply each row's own LoRA weights
+inside the same forward pass, so rows cannot pick up another adapter's weights and still share the
+base's matrix multiplications. A new request is prefilled alone (no compute spent on padding, and the
+arithmetic a lone ``model.generate`` does), reusing the keys/values of the prompt prefix it shares
+with the previous prompt of its adapter (`prefix.PrefixStore`), then left-padded into the running
+batch; a finished row leaves at once, so a short answer never waits for a long one. Each row samples
+with its own generator and applies its own grammar mask (`grammar.mask_batch`: constrained and free
+rows share a batch), so an answer is the one the same request gets alone. Greedy answers equal plain
+``model.generate`` one prompt at a time, token for token (tests and ``benchmarks/eval_generation.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from tunesmith.errors import ModelError, TunesmithError
+from tunesmith.inference.kv_cache import new_cache, plain_layers
+from tunesmith.inference.loading import accepts, free_memory, is_oom
+from tunesmith.inference.prefix import PrefixStore
+from tunesmith.inference.rows import BASE_ROW, Event, Finished, Job, Row, Sampling, dropped
+
+__all__ = ["BASE_ROW", "BatchDecoder", "Engine", "EngineClosed", "Event", "Finished", "Job", "Sampling",
+           "decode_all"]
+
+#: positions a (re)built batch cache reserves ahead; it grows by doubling past that
+ROOM = 256
+
+
+class EngineClosed(TunesmithError):
+    """The engine is shutting down and takes no more work."""
+
+
+class BatchDecoder:
+    """The running batch: its rows, their key/value cache and attention mask. Single-threaded."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, device: str = "cpu", max_batch: int = 16,
+                 prefix_reuse: bool = True) -> None:
+        from tunesmith.models.chat import end_of_turn_ids
+
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_batch = max(1, max_batch)
+        self.eot = end_of_turn_ids(tokenizer)
+        self._eot_index = sorted(self.eot)
+        self.prefixes = PrefixStore(prefix_reuse)
+        self.rows: list[Row] = []
+        self._cache: Any = None
+        self._mask: Any = None  # [rows, cache length], 1 = a real position
+        self.joinable = True  # False for caches that cannot be re-padded: one request at a time
+        self._grammar: Any = None
+        self.steps = 0
+        self.peak_batch = 0
+        self.model = model
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        """A new or edited model (an adapter loaded or unloaded): cached prefixes no longer hold."""
+        self._model = model
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.config = inner.config
+        self.cache_kwarg = "cache" if accepts(inner.forward, "cache") else "past_key_values"
+        self.keep_logits = accepts(inner.forward, "logits_to_keep")
+        self.prefixes.clear()
+
+    @property
+    def grammar(self) -> Any:
+        """The grammar compiler for this tokenizer and the model's logits width (built on first use)."""
+        if self._grammar is None:
+            from tunesmith.inference.grammar import GrammarCompiler
+
+            width = self._model.get_output_embeddings().weight.shape[0]
+            self._grammar = GrammarCompiler(self.tokenizer, int(width), self.eot)
+        return self._grammar
+
+    def room(self) -> int:
+        """How many more rows the batch takes now."""
+        if not self.rows:
+            return self.max_batch
+        return self.max_batch - len(self.rows) if self.joinable else 0
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str]) -> Any:
+        import torch
+
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, self.cache_kwarg: cache,
+                                  "use_cache": True, "return_dict": True, "position_ids": positions}
+        if self.keep_logits:
+            kwargs["logits_to_keep"] = 1
+        model = self._model
+        if hasattr(model, "peft_config") and model.peft_config:
+            names = set(adapters)
+            if len(names) == 1 and BASE_ROW not in names:
+                # one adapter for the whole batch: PEFT's plain path. A mixed batch costs ~20 % more per
+                # step on SmolLM2 (0.104 vs 0.084 s at 16 rows): every LoRA layer gathers and scatters
+                # each adapter's rows, and PEFT re-registers its hooks at every call (~3 ms of that)
+                (name,) = names
+                if model.active_adapter != name:
+                    model.set_adapter(name)
+            else:
+                kwargs["adapter_names"] = adapters
+        out = model(**kwargs)
+        return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
+
+    def _prefill(self, row: Row) -> tuple[Any, Any]:
+        """The prompt alone (batch 1, no padding), after the keys/values of its shared prefix."""
+        import torch
+        from transformers import DynamicCache
+
+        ids = row.job.prompt_ids
+        cache = DynamicCache(config=self.config)
+        start, reused = self.prefixes.lookup(row.adapter_name, ids)
+        for index, (keys, values) in enumerate(reused):
+            cache.update(keys, values, index)  # copies: the stored prefix stays as it was
+        tail = torch.tensor([ids[start:]], dtype=torch.long, device=self.device)
+        positions = torch.arange(start, len(ids), dtype=torch.long, device=self.device)[None, :]
+        logits = self._forward(tail, None, positions, cache, [row.adapter_name])
+        row.cached_tokens = start
+        self.prefixes.count(len(ids) - start, start)
+        if plain_layers(cache):
+            self.prefixes.remember(row.adapter_name, ids, [(l.keys, l.values) for l in cache.layers])
+        return logits, cache
+
+    # -- rows in and out -------------------------------------------------------------------------
+
+    def join(self, jobs: Iterable[Job]) -> list[Job]:
+        """Prefill each job, sample its first token, and add the rows still going to the batch (one
+        cache rebuild for all of them); the jobs not taken, to try again later. A job that cannot start
+        (its grammar does not compile) fails alone. A model whose cache cannot be re-padded (sliding
+        windows, linear attention) decodes one request at a time: only a lone job is taken then."""
+        import torch
+        import torch.nn.functional as F
+
+        pending = list(jobs)
+        joining: list[tuple[Row, Any]] = []
+        while pending:
+            job = pending.pop(0)
+            try:
+                matcher = (self.grammar.compile(job.sampling.constraint).matcher()
+                           if job.sampling.constraint is not None else None)
+            except TunesmithError as exc:
+                job.emit(("error", exc.message))
+                continue
+            row = Row(job, self.eot, self.tokenizer, self.device, matcher)
+            logits, cache = self._prefill(row)
+            if not plain_layers(cache):
+                if self.rows or joining:  # pragma: no cover - room() is 0 once such a row runs
+                    raise RuntimeError("this model's cache cannot take a request into a running batch")
+                if not self._choose([row], logits)[0]:
+                    self.joinable, self.rows, self._cache = False, [row], cache
+                    self._mask = torch.ones((1, len(job.prompt_ids)), dtype=torch.long, device=self.device)
+                    self.peak_batch = max(self.peak_batch, 1)
+                    return pending
+                continue
+            if not self._choose([row], logits)[0]:
+                joining.append((row, cache))
+        if not joining:
+            return []
+        self.joinable = True
+        old_len = self._mask.shape[1] if self.rows else 0
+        width = max([old_len] + [len(r.job.prompt_ids) for r, _ in joining])
+
+        def left_pad(t: Any, length: int) -> Any:
+            return F.pad(t, (0, 0, width - length, 0))
+
+        per_layer = []
+        for index in range(len(joining[0][1].layers)):
+            keys = [left_pad(self._cache.layers[index].keys, old_len)] if self.rows else []
+            values = [left_pad(self._cache.layers[index].values, old_len)] if self.rows else []
+            for row, cache in joining:
+                n = len(row.job.prompt_ids)
+                keys.append(left_pad(cache.layers[index].keys, n))
+                values.append(left_pad(cache.layers[index].values, n))
+            per_layer.append((torch.cat(keys), torch.cat(values)))
+        masks = [F.pad(self._mask, (width - old_len, 0))] if self.rows else []
+        for row, _ in joining:
+            m = torch.zeros((1, width), dtype=torch.long, device=self.device)
+            m[0, width - len(row.job.prompt_ids):] = 1
+            masks.append(m)
+        self.rows = self.rows + [r for r, _ in joining]
+        self._cache = self._rebuilt(per_layer, width)
+        self._mask = torch.cat(masks)
+        self.peak_batch = max(self.peak_batch, len(self.rows))
+        return []
+
+    def step(self) -> None:
+        """Feed every row its pending token, sample the next, let finished rows go."""
+        import torch
+
+        rows = self.rows
+        ids = torch.tensor([[r.pending] for r in rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[r.position] for r in rows], dtype=torch.long, device=self.device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=-1)
+        mask = None if bool((self._mask == 1).all()) else self._mask
+        logits = self._forward(ids, mask, positions, self._cache, [r.adapter_name for r in rows])
+        self.steps += 1
+        finished = self._choose(rows, logits)
+        keep = [j for j, done in enumerate(finished) if not done]
+        if len(keep) < len(rows):
+            self._evict(keep)
+
+    def _choose(self, rows: list[Row], logits: Any) -> list[bool]:
+        """Each row's next token from its logits (min_tokens, grammar, sampling); whether it finished."""
+        import torch
+
+        if self._eot_index:
+            for j, row in enumerate(rows):  # rows that have not reached their min_tokens cannot end yet
+                if len(row.tokens) < row.job.sampling.min_tokens:
+                    logits[j, self._eot_index] = float("-inf")
+        allowed = [True] * len(rows)
+        if any(r.matcher is not None for r in rows):
+            from tunesmith.inference.grammar import mask_batch
+
+            allowed = mask_batch(logits, [r.matcher for r in rows])
+        greedy = torch.argmax(logits, dim=-1).tolist()
+        finished = []
+        for j, row in enumerate(rows):
+            if row.job.cancelled.is_set():
+                dropped(row.job)
+                finished.append(True)
+                continue
+            try:
+                if not allowed[j]:
+                    row.finish_now("grammar")
+                    finished.append(True)
+                    continue
+                token = greedy[j] if row.generator is None else row.sample(logits[j])
+                finished.append(row.accept(token))
+            except Exception as exc:  # noqa: BLE001 - one request's sampling fails it alone, not the batch
+                row.job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
+                finished.append(True)
+        return finished
+
+    def _evict(self, keep: list[int]) -> None:
+        import torch
+
+        if not keep:
+            self.rows, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask[index]
+        self.rows = [self.rows[j] for j in keep]
+        # drop left padding no row needs any more
+        first = int(self._mask.argmax(dim=-1).min()) if bool((self._mask.sum(-1) > 0).all()) else 0
+        if first > 0 and self.joinable:
+            self._cache = self._rebuilt([(l.keys[..., first:, :], l.values[..., first:, :])
+                                         for l in self._cache.layers], self._mask.shape[1] - first)
+            self._mask = self._mask[:, first:]
+
+    def _rebuilt(self, keys_values: list[tuple[Any, Any]], length: int) -> Any:
+        """A batch cache holding these per-layer (keys, values) of `length` positions, with room for the
+        current rows' next tokens (up to ROOM; it grows by doubling past that)."""
+        room = max(r.job.sampling.max_tokens - len(r.tokens) for r in self.rows)
+        cache = new_cache(self.config, length + min(room, ROOM) + 1)
+        for index, (keys, values) in enumerate(keys_values):
+            cache.update(keys, values, index)
+        return cache
+
+    def abandon(self) -> list[Job]:
+        """Empty the batch without a word to its jobs (to retry them); the jobs it held, in order."""
+        jobs = [r.job for r in self.rows]
+        self.rows, self._cache, self._mask = [], None, None
+        return jobs
+
+    def fail_all(self, message: str) -> None:
+        for job in self.abandon():
+            with contextlib.suppress(Exception):
+                job.emit(("error", message))
+
+
+def decode_all(decoder: BatchDecoder, jobs: list[Job], *, refill: int | None = None) -> None:
+    """Decode `jobs` to the end in this thread, in order, keeping the batch full.
+
+    New jobs join once `refill` places are free (default a quarter of the batch: every join rebuilds
+    the batch cache, so joining in groups copies it less often). Out of memory halves the batch and
+    starts the jobs that were decoding again; a single job that does not fit raises `ModelError`.
+    """
+    import torch
+
+    waiting = collections.deque(jobs)
+    with torch.inference_mode():
+        while waiting or decoder.rows:
+            room = decoder.room()
+            want = max(1, refill if refill is not None else decoder.max_batch // 4)
+            taking: list[Job] = []
+            if waiting and room and (not decoder.rows or room >= min(want, len(waiting))):
+                taking = [waiting.popleft() for _ in range(min(room, len(waiting)))]
+            try:
+                if taking:
+                    waiting.extendleft(reversed(decoder.join(taking)))
+                if decoder.rows:
+                    decoder.step()
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                unfinished = list({id(j): j for j in decoder.abandon() + taking if not j.done}.values())
+                if decoder.max_batch == 1:
+                    n = len(unfinished[0].prompt_ids) if unfinished else 0
+                    raise ModelError(f"out of memory generating one answer on {decoder.device} (prompt of {n} "
+                                     f"tokens, max_new_tokens {unfinished[0].sampling.max_tokens if unfinished else 0})",
+                                     "Lower max_new_tokens, use a bigger device, or evaluate on CPU.") from exc
+                free_memory(decoder.device)
+                decoder.max_batch = max(1, min(decoder.max_batch, len(unfinished)) // 2)
+                waiting.extendleft(reversed(unfinished))
+
+
+class Engine:
+    """A `BatchDecoder` on a worker thread: `submit` decoding jobs and `call` model edits from any thread."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, device: str = "cpu", max_batch: int = 16,
+                 prefix_reuse: bool = True) -> None:
+        self.decoder = BatchDecoder(model, tokenizer, device=device, max_batch=max_batch, prefix_reuse=prefix_reuse)
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_batch = self.decoder.max_batch
+        self._inbox: queue.Queue[Job | tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
+        self._closing = threading.Event()
+        #: taken from the inbox, not yet in the batch (it is full, or its cache cannot take more rows)
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._grace_until = 0.0
+        self._thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def model(self) -> Any:
+        return self.decoder.model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        self.decoder.model = model
+
+    @property
+    def steps(self) -> int:
+        return self.decoder.steps
+
+    @property
+    def peak_batch(self) -> int:
+        return self.decoder.peak_batch
+
+    @peak_batch.setter
+    def peak_batch(self, value: int) -> None:
+        self.decoder.peak_batch = value
+
+    @property
+    def grammar(self) -> Any:
+        return self.decoder.grammar
+
+    # -- public, any thread --------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        if self._closing.is_set():
+            raise EngineClosed("the server is shutting down", "retry against a running server")
+        self._inbox.put(job)
+        if not self._thread.is_alive():  # closed between the check and the put
+            self._drain_inbox()
+
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run `fn` on the worker thread between decoding steps (model edits never race a forward)."""
+        future: Future[Any] = Future()
+        if self._closing.is_set():
+            future.set_exception(EngineClosed("the server is shutting down", "retry against a running server"))
+            return future
+        self._inbox.put((fn, future))
+        if not self._thread.is_alive():
+            self._drain_inbox()
+        return future
+
+    def active_adapters(self) -> set[str]:
+        """Adapters of the rows decoding and of the jobs waiting for room (worker thread only)."""
+        return {r.adapter_name for r in self.decoder.rows} | {j.adapter or BASE_ROW for j in self._waiting}
+
+    def close(self, grace_s: float = 10.0) -> None:
+        """Stop taking work; rows still decoding get `grace_s` to finish, then fail with an error."""
+        self._grace_until = time.monotonic() + grace_s
+        self._closing.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=grace_s + 30)
+        self._drain_inbox()  # anything submitted while the worker was stopping
+
+    # -- worker --------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                try:
+                    if not self._admit():
+                        break
+                    if self.decoder.rows:
+                        self.decoder.step()
+                    if self._closing.is_set() and time.monotonic() > self._grace_until:
+                        break
+                except Exception as exc:  # noqa: BLE001 - a failing batch must not kill the server
+                    self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
+        self._fail_all("the server shut down before this request finished")
+        self._drain_inbox()
+
+    def _admit(self) -> bool:
+        """Take queued work (blocking only while idle). False once closed with nothing left to do.
+
+        Model calls run as they come; jobs wait in `_waiting` until the batch has room for them.
+        """
+        while True:
+            room = self.decoder.room()
+            if self._waiting and room:
+                joining: list[Job] = []
+                while self._waiting and len(joining) < room:
+                    job = self._waiting.popleft()
+                    if job.cancelled.is_set():
+                        dropped(job)
+                    else:
+                        joining.append(job)
+                try:
+                    self._join(joining)
+                except Exception as exc:  # noqa: BLE001 - these requests fail, the batch goes on
+                    for job in joining:
+                        job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
+            busy = bool(self.decoder.rows)
+            if not busy and self._closing.is_set() and self._inbox.empty():
+                return False
+            try:
+                item = self._inbox.get_nowait() if busy else self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                if busy:
+                    return True
+                continue
+            if item is None:  # close()'s wake-up call
+                continue
+            if isinstance(item, tuple):
+                fn, future = item
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        future.set_exception(exc)
+                    finally:
+                        self.decoder.prefixes.clear()  # the model may have changed under its name
+                continue
+            if item.cancelled.is_set():
+                dropped(item)
+                continue
+            if self._closing.is_set():
+                item.emit(("error", "the server is shutting down"))
+                continue
+            self._waiting.append(item)
+
+    def _join(self, jobs: list[Job]) -> None:
+        self._waiting.extendleft(reversed(self.decoder.join(jobs)))
+
+    def _fail_all(self, message: str) -> None:
+        self.decoder.fail_all(message)
+        for job in list(self._waiting):
+            with contextlib.suppress(Exception):
+                job.emit(("error", message))
+        self._waiting.clear()
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple):
+                item[1].set_exception(EngineClosed("the server shut down", "restart it"))
+            elif item is not None:
+                item.emit(("error", "the server shut down before this request started"))
