@@ -12,6 +12,12 @@ weights:
 * batched: ``LocalBackend.generate`` (length-sorted batches, left padding, KV cache, finished rows
   leaving the batch).
 
+With ``--constrained`` it also answers the same prompts constrained to the project's JSON Schema (the
+grammar mask of `tunesmith.inference.grammar`) and prints the seconds per output token of constrained
+vs free decoding (goal: <= 10 % more) and the share of constrained answers that validate (goal: 100 %).
+With ``--prefix`` it answers them once more with the shared-prefix cache off and prints the prefill
+tokens the cache saved and the wall-time ratio.
+
 It prints output tokens/s of both, their ratio (goal: >= 4x) and whether the answers are identical
 (text, finish reason and token count per prompt), showing the first difference if any. Exit status
 1 when the answers differ or the wall-clock ratio misses the goal. Wall times depend on what else the
@@ -109,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", default="builtin:smollm2-135m-instruct")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--constrained", action="store_true",
+                        help="also decode constrained to the project's JSON Schema: the grammar mask's overhead")
+    parser.add_argument("--prefix", action="store_true",
+                        help="also decode with the shared-prefix cache off: what reusing the prefix saves")
     args = parser.parse_args(argv)
 
     import torch
@@ -179,6 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg": load, "goal": GOAL,
     }
     ok = not differ and result["speedup"] >= GOAL
+    prefixes = backend.decoder().prefixes
+    result["prefix_cache"] = {"prefilled_tokens": prefixes.prefilled, "reused_tokens": prefixes.reused}
+    if args.prefix:
+        result["prefix"] = prefix_ratio(backend, chats, settings, bat_s)
+        load["after_prefix"] = loadavg()
+    if args.constrained:
+        result["constrained"] = constrained_overhead(backend, chats, settings, bat_s, bat_tokens)
+        ok = ok and result["constrained"]["schema_valid"] == result["constrained"]["answers"]
+        load["after_constrained"] = loadavg()
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
@@ -198,9 +217,69 @@ def main(argv: list[str] | None = None) -> int:
             print(f"first difference: prompt {first['index']}, character {first['char']}")
             print(f"  sequential: {first['sequential']}")
             print(f"  batched:    {first['batched']}")
-        print(f"load average: start {load['start']} | after sequential {load['after_sequential']} | "
-              f"after batched {load['after_batched']}")
+        if "prefix" in result:
+            p = result["prefix"]
+            print(f"shared prefix: {p['reused_tokens']} of {p['prompt_tokens']} prompt tokens reused "
+                  f"({p['reused_share']:.0%}); batched {p['without_s']:.1f} s without, {p['with_s']:.1f} s with "
+                  f"({p['ratio']:.2f}x), answers identical: {'yes' if p['identical'] else 'NO'}")
+        if "constrained" in result:
+            c = result["constrained"]
+            print(f"constrained: {c['schema_valid']}/{c['answers']} answers schema-valid; "
+                  f"{c['ms_per_token_free']:.2f} ms per output token free, {c['ms_per_token_constrained']:.2f} "
+                  f"constrained: {c['overhead']:+.1%} (goal <= +10%); grammar compile {c['compile_s']:.2f} s")
+        print("load average: " + " | ".join(f"{k} {v}" for k, v in load.items()))
     return 0 if ok else 1
+
+
+def prefix_ratio(backend: Any, chats: list[list[dict[str, str]]], settings: Any, with_s: float) -> dict[str, Any]:
+    """Batched again with the shared-prefix cache off, against the run above (cache on)."""
+    decoder = backend.decoder()
+    on = decoder.prefixes
+    reused, prefilled = on.reused, on.prefilled
+    first = backend.generate(chats, settings)  # cache on, warm: the answers to compare with
+    on.enabled = False
+    on.clear()
+    t0 = time.perf_counter()
+    without = backend.generate(chats, settings)
+    without_s = time.perf_counter() - t0
+    on.enabled = True
+    total = reused + prefilled
+    return {"prompt_tokens": total, "reused_tokens": reused, "reused_share": reused / max(total, 1),
+            "with_s": round(with_s, 2), "without_s": round(without_s, 2), "ratio": round(without_s / with_s, 2),
+            "identical": [g.to_dict() for g in first] == [g.to_dict() for g in without]}
+
+
+def constrained_overhead(backend: Any, chats: list[list[dict[str, str]]], settings: Any, free_s: float,
+                         free_tokens: int) -> dict[str, Any]:
+    """The same prompts constrained to the example project's schema: seconds per output token against
+    the free run above, and how many constrained answers validate."""
+    import dataclasses
+
+    from jsonschema import validators
+
+    from tunesmith.inference.constraints import Constraint
+
+    schema = json.loads((PROJECT / "schema.json").read_text(encoding="utf-8"))
+    constraint = Constraint.json_schema(schema)
+    t0 = time.perf_counter()
+    backend.check_constraint(dataclasses.replace(settings, constraint=constraint))  # compile once, timed apart
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gens = backend.generate(chats, dataclasses.replace(settings, constraint=constraint))
+    seconds = time.perf_counter() - t0
+    tokens = sum(g.output_tokens for g in gens)
+    validator = validators.validator_for(schema)(schema)
+    valid = 0
+    for g in gens:
+        try:
+            valid += validator.is_valid(json.loads(g.text))
+        except ValueError:
+            pass
+    free, constrained = free_s / max(free_tokens, 1), seconds / max(tokens, 1)
+    return {"answers": len(gens), "schema_valid": valid, "output_tokens": tokens, "seconds": round(seconds, 2),
+            "ms_per_token_free": round(1000 * free, 3), "ms_per_token_constrained": round(1000 * constrained, 3),
+            "overhead": round(constrained / free - 1, 4), "compile_s": round(compile_s, 3),
+            "finish_reasons": {r: sum(g.finish_reason == r for g in gens) for r in ("stop", "length", "grammar")}}
 
 
 def backend_render(tokenizer: Any, chat: list[dict[str, str]]) -> str:

@@ -11,6 +11,11 @@ It prints requests/s, output tokens/s and p50/p95 latency for both, the throughp
 whether each concurrent answer equals the answer the same model gave alone in the sequential pass
 (any answer that instead equals another model's answer is counted as cross-talk).
 
+A share of the requests (--json-share, default 0.25) asks for a JSON answer with OpenAI's
+``response_format: {"type": "json_schema", ...}``: they decode in the same batches as the free ones,
+under the grammar mask, and every one of them must validate (the count of schema-invalid answers is
+printed; goal 0).
+
 The adapters are the runs you name (--adapter NAME=DIR, twice) or, by default, two LoRA adapters with
 small random weights made once under --work (enough to make the three models answer differently;
 throughput does not depend on what an adapter learned).
@@ -43,6 +48,11 @@ QUESTIONS = [
     "Write one sentence about the sea.", "What is a verb?", "Which is bigger, a mouse or an elephant?",
     "Say something kind.", "What day comes after Monday?", "Explain what a map is.",
 ]
+#: what the response_format share of the requests asks for
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 200},
+                                           "confident": {"type": "boolean"}},
+          "required": ["answer", "confident"], "additionalProperties": False}
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
 
 
 def make_adapters(base_dir: Path, work: Path) -> list[tuple[str, Path]]:
@@ -88,19 +98,21 @@ def start_server(base: str, adapters: list[tuple[str, Path]], port: int, allow: 
     raise SystemExit("the server did not start in 5 minutes")
 
 
-def run_pass(url: str, jobs: list[tuple[str, str]], clients: int, max_tokens: int) -> dict:
+def run_pass(url: str, jobs: list[tuple[str, str, bool]], clients: int, max_tokens: int) -> dict:
     import openai
 
     local = threading.local()
 
-    def one(job: tuple[str, str]) -> tuple[float, str | None, int, str | None]:
+    def one(job: tuple[str, str, bool]) -> tuple[float, str | None, int, str | None]:
         if not hasattr(local, "client"):
             local.client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
-        model, question = job
+        model, question, constrained = job
+        extra = {"response_format": RESPONSE_FORMAT} if constrained else {}
         t0 = time.perf_counter()
         try:
             reply = local.client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0)
+                model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, temperature=0,
+                **extra)
         except Exception as exc:  # noqa: BLE001 - counted, not fatal
             return time.perf_counter() - t0, None, 0, f"{type(exc).__name__}: {exc}"
         return time.perf_counter() - t0, reply.choices[0].message.content, reply.usage.completion_tokens, None
@@ -127,6 +139,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tunesmith-serve-bench")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--json-share", type=float, default=0.25,
+                    help="share of requests with a response_format JSON Schema (default 0.25)")
     args = ap.parse_args()
 
     from tunesmith.models.resolve import resolve_model
@@ -142,7 +156,8 @@ def main() -> None:
     models = ["base"] + [name for name, _ in adapters]
     # every question to every model in turn, so each answer has the other models' answers to compare with
     pairs = [(m, q) for q in QUESTIONS for m in models]
-    jobs = [pairs[i % len(pairs)] for i in range(args.requests)]
+    every = round(1 / args.json_share) if args.json_share > 0 else 0
+    jobs = [(*pairs[i % len(pairs)], bool(every) and i % every == every - 1) for i in range(args.requests)]
 
     proc = start_server(args.base, adapters, args.port, allow, args.work / "server.log")
     url = f"http://127.0.0.1:{args.port}/v1"
@@ -154,18 +169,31 @@ def main() -> None:
         proc.terminate()
         proc.wait(60)
 
-    alone: dict[tuple[str, str], str | None] = dict(zip(jobs, sequential["answers"]))
+    alone: dict[tuple[str, str, bool], str | None] = dict(zip(jobs, sequential["answers"]))
     same = crossed = 0
-    for (model, question), answer in zip(jobs, concurrent["answers"]):
-        if answer == alone[(model, question)]:
+    for (model, question, constrained), answer in zip(jobs, concurrent["answers"]):
+        if answer == alone[(model, question, constrained)]:
             same += 1
-        elif any(answer == alone.get((other, question)) for other in models if other != model):
+        elif any(answer == alone.get((other, question, constrained)) for other in models if other != model):
             crossed += 1
-    asked = sorted({q for _, q in jobs})
+    free = [(m, q) for m, q, c in jobs if not c]
+    asked = sorted({q for _, q in free})
     # cross-talk is only visible where the models disagree: say on how many questions they all do
-    apart = sum(len({alone.get((m, q)) for m in models}) == len(models) for q in asked
-                if all((m, q) in alone for m in models))
-    covered = sum(all((m, q) in alone for m in models) for q in asked)
+    apart = sum(len({alone.get((m, q, False)) for m in models}) == len(models) for q in asked
+                if all((m, q, False) in alone for m in models))
+    covered = sum(all((m, q, False) in alone for m in models) for q in asked)
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(SCHEMA)
+
+    def valid(text: str | None) -> bool:
+        try:
+            return text is not None and validator.is_valid(json.loads(text))
+        except ValueError:
+            return False
+
+    constrained_answers = [a for p in (sequential, concurrent) for (_, _, c), a in zip(jobs, p["answers"]) if c]
+    invalid = sum(not valid(a) for a in constrained_answers)
     ratio = concurrent["output_tokens_per_s"] / sequential["output_tokens_per_s"]
 
     print(f"tunesmith serve on {args.base} with adapters {', '.join(n for n, _ in adapters)}; "
@@ -178,13 +206,16 @@ def main() -> None:
     print(f"concurrent answers identical to the same model's answer alone: {same}/{len(jobs)}; "
           f"cross-talk (another model's answer): {crossed}; all {len(models)} models answer differently on "
           f"{apart}/{covered} questions asked of every model")
+    print(f"response_format json_schema requests: {len(constrained_answers)} answers over both passes, "
+          f"{invalid} schema-invalid (goal 0)")
     if sequential["errors"] or concurrent["errors"]:
         print("errors:", (sequential["errors"] + concurrent["errors"])[:3])
     if args.json:
         keep = {k: v for k, v in concurrent.items() if k != "answers"}
         args.json.write_text(json.dumps({"sequential": {k: v for k, v in sequential.items() if k != "answers"},
                                          "concurrent": keep, "ratio": ratio, "identical": same,
-                                         "cross_talk": crossed}, indent=2))
+                                         "cross_talk": crossed, "constrained_answers": len(constrained_answers),
+                                         "schema_invalid": invalid}, indent=2))
 
 
 if __name__ == "__main__":

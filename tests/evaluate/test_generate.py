@@ -63,11 +63,11 @@ def plain_generate(model, tok, chat, max_new_tokens: int) -> Generation:
 # --- LocalBackend ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("batch_size", "row_prefill"), [(4, None), (None, None), (3, False)])
+@pytest.mark.parametrize(("batch_size", "prefix_reuse"), [(4, True), (None, True), (3, False)])
 def test_batched_equals_one_at_a_time_plain_generate(lively_model: Path, batch_size: int | None,
-                                                     row_prefill: bool | None) -> None:
+                                                     prefix_reuse: bool) -> None:
     backend = LocalBackend(lively_model, batch_size=batch_size, device="cpu")
-    backend.row_prefill = row_prefill  # None: by device (rows on CPU); False: one padded batch (the GPU way)
+    backend.prefix_reuse = prefix_reuse  # off: every prompt prefilled whole
     prompts = chats(10)
     seen: list[int] = []
     streamed: dict[int, Generation] = {}

@@ -10,6 +10,7 @@ from typing import Any
 from tunesmith.errors import ModelError
 from tunesmith.evaluate.types import DecodeSettings, Generation
 from tunesmith.inference.backends import Chat, OnResult, Progress, check_settings, sha256_of, truncate_at_stop
+from tunesmith.inference.constraints import JSON_ANY, JSON_OBJECT, JSON_SCHEMA, REGEX, Constraint
 from tunesmith.inference.loading import one_line
 from tunesmith.inference.local import LocalBackend
 
@@ -22,12 +23,37 @@ def vllm_available() -> bool:
         return False
 
 
+def structured_output(constraint: Constraint | None) -> dict[str, Any]:
+    """`constraint` as vLLM's SamplingParams take it: ``structured_outputs=`` (vLLM >= 0.10.2), else the
+    ``guided_decoding=`` of earlier releases (removed in 0.12). vLLM compiles it with xgrammar or guidance."""
+    if constraint is None:
+        return {}
+    fields: dict[str, Any] = {"json_object": True} if constraint.kind == JSON_OBJECT else {}
+    if constraint.kind == JSON_SCHEMA:
+        fields["json"] = constraint.schema_dict
+    elif constraint.kind == REGEX:
+        fields["regex"] = constraint.pattern
+    elif constraint.kind == JSON_ANY:  # an object or an array
+        fields["json"] = {"anyOf": [{"type": "object"}, {"type": "array"}]}
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return {"structured_outputs": StructuredOutputsParams(**fields)}
+    except ImportError:  # pragma: no cover - vLLM before 0.10.2
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {"guided_decoding": GuidedDecodingParams(**fields)}
+
+
 class VLLMBackend:
     """Offline vLLM (``vllm.LLM``), a LoRA adapter applied per request with ``LoRARequest``.
 
     Prompts are rendered with the same `render` as everywhere else and passed as token ids (so vLLM
     adds no second BOS); decoding stops at the model's end-of-turn ids and at the stop strings.
+    `DecodeSettings.constraint` goes to vLLM's own structured outputs.
     """
+
+    honours_constraint = True
 
     def __init__(self, model_path: Path | str, adapter_path: Path | str | None = None, *,
                  dtype: str = "auto", gpu_memory_utilization: float = 0.85, max_model_len: int | None = None,
@@ -81,7 +107,7 @@ class VLLMBackend:
         params = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
                                 max_tokens=settings.max_new_tokens, stop=list(settings.stop) or None,
                                 seed=settings.seed, stop_token_ids=sorted(end_of_turn_ids(tok)),
-                                skip_special_tokens=True)
+                                skip_special_tokens=True, **structured_output(settings.constraint))
         lora = None
         if self.adapter_path is not None:
             from vllm.lora.request import LoRARequest
