@@ -218,3 +218,42 @@ def test_models_whose_cache_cannot_be_repadded_queue_requests(serve_base):
         assert engine.peak_batch == 1
     finally:
         engine.close(0)
+
+
+def _system_prompt(tok, system: str, text: str) -> list[int]:
+    from tunesmith.models.chat import render
+
+    chat = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+    return tok(render(tok, chat, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+
+def test_requests_sharing_a_system_prompt_reuse_its_cache_until_the_model_changes(engine_and_tok, serve_base):
+    engine, tok = engine_and_tok
+    system = "Answer in the house format. " * 8
+    texts = ["first question", "second one, longer than the first", "third"]
+    want = [g.text for g in _alone_without_prefix(serve_base, system, texts, 30)]
+    got = []
+    for text in texts:  # one after another: each finds the previous prompt in the prefix store
+        col = Collector()
+        engine.submit(Job(_system_prompt(tok, system, text), None, Sampling(max_tokens=30, temperature=0), col))
+        kind, done, _ = col.result()
+        assert kind == "done"
+        got.append(done)
+    assert [d.text for d in got] == want
+    shared = len(_system_prompt(tok, system, ""))  # about the system prompt's length
+    assert got[0].cached_tokens < shared // 2 <= got[1].cached_tokens and got[2].cached_tokens >= shared // 2
+    engine.call(lambda: None).result(timeout=30)  # a model edit (an adapter loaded) empties the store
+    col = Collector()
+    engine.submit(Job(_system_prompt(tok, system, texts[0]), None, Sampling(max_tokens=30, temperature=0), col))
+    kind, done, _ = col.result()
+    assert kind == "done" and done.cached_tokens == 0 and done.text == want[0]
+
+
+def _alone_without_prefix(serve_base, system: str, texts: list[str], max_new: int):
+    from tunesmith.evaluate.generate import LocalBackend
+    from tunesmith.evaluate.types import DecodeSettings
+
+    backend = LocalBackend(serve_base, batch_size=1)
+    backend.prefix_reuse = False
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": t}] for t in texts]
+    return backend.generate(chats, DecodeSettings(max_new_tokens=max_new))
