@@ -120,3 +120,33 @@ def test_decode_settings_key_is_unchanged_without_a_constraint() -> None:
     assert "constraint" not in plain_key and "contract" not in plain_key
     constrained = dataclasses.replace(DecodeSettings(), constraint=Constraint.json_object())
     assert constrained.key() != plain_key and "json_object" in constrained.key()
+
+
+OPEN_STRING = {"type": "object", "properties": {"note": {"type": "string"}, "n": {"type": "integer"}},
+               "required": ["note", "n"], "additionalProperties": False}
+
+
+def test_a_constrained_answer_open_at_its_budget_is_closed_and_parses(lively_model: Path, one_torch_thread: None) -> None:
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from tunesmith.inference import local
+    from tunesmith.inference.constraints import Constraint
+
+    backend = LocalBackend(lively_model, batch_size=4, device="cpu")
+    settings = DecodeSettings(max_new_tokens=6, constraint=Constraint.json_schema(OPEN_STRING))
+    gens = backend.generate(chats(4), settings)  # 6 tokens: the note string is still open for every row
+    for g in gens:
+        Draft202012Validator(OPEN_STRING).validate(json.loads(g.text))
+        assert g.finish_reason == "length" and 6 < g.output_tokens <= 6 + local.CLOSE_WITHIN
+
+    # without the closing allowance the same answers are cut where the budget ends: not JSON
+    original = local.CLOSE_WITHIN
+    local.CLOSE_WITHIN = 0
+    try:
+        cut = backend.generate(chats(4), settings)
+    finally:
+        local.CLOSE_WITHIN = original
+    assert all(g.finish_reason == "length" and g.output_tokens == 6 for g in cut)
+    assert all(g.text.startswith('{"note":"') for g in cut)

@@ -25,7 +25,8 @@ class Constraint:
     (`regex`, with ``.`` matching newlines too, as the project contract applies it everywhere)."""
 
     kind: str
-    #: the schema as canonical JSON text (sorted keys, no spaces), for json_schema
+    #: the schema as compact JSON text (no spaces), for json_schema; keys keep their order: a grammar
+    #: writes an object's properties in the order the schema declares them, the order the model learnt
     schema: str | None = None
     pattern: str | None = None
 
@@ -39,7 +40,7 @@ class Constraint:
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | bool) -> Constraint:
-        return cls(JSON_SCHEMA, schema=json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        return cls(JSON_SCHEMA, schema=json.dumps(schema, separators=(",", ":")))
 
     @classmethod
     def regex(cls, pattern: str) -> Constraint:

@@ -29,6 +29,10 @@ _TOKENIZER_FINGERPRINT_FILES = ("tokenizer.json", "tokenizer_config.json", "spec
                                 "chat_template.jinja", "chat_template.json", "tokenizer.model")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
+#: extra tokens a constrained answer still open at its budget may take to close (see Sampling.close_within)
+CLOSE_WITHIN = 48
+
+
 class LocalBackend:
     """A transformers checkpoint (optionally + a PEFT LoRA adapter) answering on this machine.
 
@@ -163,7 +167,8 @@ class LocalBackend:
         contract = settings.contract if settings.contract is not None and settings.contract.active else None
         sampling = Sampling(max_tokens=settings.max_new_tokens, temperature=settings.temperature,
                             top_p=settings.top_p, seed=settings.seed, stop=tuple(settings.stop),
-                            constraint=settings.constraint, contract=contract)
+                            constraint=settings.constraint, contract=contract,
+                            close_within=CLOSE_WITHIN if settings.constraint is not None else 0)
         adapter = self.model.active_adapter if self.adapter_path is not None else None
 
         def emitter(index: int) -> Any:

@@ -34,6 +34,10 @@ class Sampling:
     constraint: Constraint | None = None
     #: watched: once the answer can no longer meet it, the row ends with finish_reason "contract"
     contract: ContractSpec | None = None
+    #: a constrained answer still open at max_tokens (a string the model never closes) may take this many
+    #: more tokens, steered to close its structure, so that it still parses; it finishes "length" all
+    #: the same. 0: cut at max_tokens (the server: max_tokens is the client's hard limit)
+    close_within: int = 0
 
 
 @dataclass
@@ -90,6 +94,8 @@ class Row:
         s = job.sampling
         self.stop = tuple(x for x in s.stop if x)
         self.watch = ContractWatch(s.contract) if s.contract is not None and s.contract.active else None
+        #: the most tokens this row may take (max_tokens, plus the closing allowance of a constrained row)
+        self.limit = s.max_tokens + (max(0, s.close_within) if matcher is not None else 0)
         self.generator = None
         if s.temperature >= SAMPLING_EPS:  # below it, logits / temperature overflow: greedy, as in vLLM
             self.generator = torch.Generator(device=device)
@@ -101,6 +107,11 @@ class Row:
     @property
     def adapter_name(self) -> str:
         return self.job.adapter or BASE_ROW
+
+    @property
+    def closing(self) -> bool:
+        """A constrained row past max_tokens: its next tokens are steered to close the answer."""
+        return self.matcher is not None and len(self.tokens) >= self.job.sampling.max_tokens
 
     def sample(self, logits: Any) -> int:
         """Next token from one row of float32 logits."""
@@ -130,7 +141,7 @@ class Row:
                 self.finish_now("grammar")
                 return True
             complete = self.matcher.done  # a constrained answer that nothing more can follow
-        last = ended or complete or len(self.tokens) >= self.job.sampling.max_tokens
+        last = ended or complete or len(self.tokens) >= self.limit
         if not (last or self.job.stream or self.stop or self.watch):
             # nobody reads the text before the end: skip decoding it at every step
             self._advance(token)
@@ -144,9 +155,10 @@ class Row:
             return True
         if ended or complete:
             self._send(text)
-            self._finish(text, "stop")
+            # closed after max_tokens: the answer parses, but the model did not end it within its budget
+            self._finish(text, "stop" if len(self.tokens) <= self.job.sampling.max_tokens else "length")
             return True
-        if len(self.tokens) >= self.job.sampling.max_tokens:
+        if len(self.tokens) >= self.limit:
             self._send(text)
             self._finish(text, "length")
             return True
