@@ -135,9 +135,9 @@ def test_unknown_model_is_a_404_in_openai_shape(server):
     ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
     ({"model": "alpha", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
     ([1, 2], None),
-    # accepted and ignored before: a client asking for JSON mode must not get plain text as if it were JSON
-    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
-     "response_format"),
+    # a format this server does not know must not be answered with free text as if it were honoured
+    ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}},
+     "response_format.type"),
     ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 10}}, "logit_bias"),
     ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "top_k": 5}, "top_k"),
     ({"model": "alpha", "messages": [{"role": "user", "content": "x"}], "repetition_penalty": 1.3}, "repetition_penalty"),

@@ -252,7 +252,11 @@ def _check_exposure(config: ServeConfig, say: Say) -> None:
 
 
 def vllm_command(config: ServeConfig) -> tuple[list[str], dict[str, str]]:
-    """The `vllm serve` command line (and environment) serving the same base and adapters."""
+    """The `vllm serve` command line (and environment) serving the same base and adapters.
+
+    `serve` execs it: vLLM's own OpenAI server answers the requests, nothing of tunesmith sits in between,
+    so ``response_format`` (``json_object``, ``json_schema``) reaches vLLM as sent and its structured
+    outputs enforce it (no option here turns them off)."""
     import json
 
     from tunesmith.serve.adapters import AdapterLocator, check_name

@@ -4,6 +4,18 @@ Handlers never touch the model: they validate, render the chat with the base mod
 hand a job to the `Engine`, whose worker thread streams events back through an asyncio queue.
 FastAPI is imported at module level because it resolves the handlers' annotations; only
 `tunesmith serve` imports this module.
+
+``response_format`` follows OpenAI's wire format: ``{"type": "text"}``, ``{"type": "json_object"}`` (any
+JSON object) and ``{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}``.
+The answer is constrained token by token (a grammar mask, `tunesmith.inference.grammar`), so it cannot
+break the format. A schema feature the grammar engine does not support is a 400 that names it, checked
+before the request reaches the engine: never an unconstrained answer, never a failing batch.
+``finish_reason`` is OpenAI's "stop" or "length", or tunesmith's extension "grammar": the grammar allowed
+no next token (rare: a schema that cannot be satisfied is refused up front, so this is where the grammar
+engine and Python's JSON Schema check disagree, e.g. a regex dialect difference), and the answer ends
+with what it has; the other requests in the batch are not affected.
+``usage.prompt_tokens_details.cached_tokens`` counts the prompt tokens whose keys and values came
+from the engine's shared-prefix cache, as OpenAI reports its prompt caching.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,8 +36,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunesmith.serve.adapters import AdapterInfo, AdapterLocator, ServedBase, check_name, check_shapes
+from tunesmith.errors import TunesmithError
+from tunesmith.inference.constraints import Constraint
 from tunesmith.inference.engine import Engine, EngineClosed, Finished, Job, Sampling
+from tunesmith.serve.adapters import AdapterInfo, AdapterLocator, ServedBase, check_name, check_shapes
 from tunesmith.serve.errors import (
     AdapterRejected, BadRequest, Conflict, NotFound, ServeError, ServerFailure, TooLarge, Unauthorized, Unavailable,
     error_body,
@@ -115,10 +130,6 @@ class ChatRequest(_Lenient):
             return "logprobs", "logprobs are not supported by this server"
         if self.frequency_penalty or self.presence_penalty:
             return "frequency_penalty", "frequency and presence penalties are not supported; leave them at 0"
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            return "response_format", ("JSON mode and JSON schemas are not enforced by this server; leave "
-                                       "response_format out (a model tuned to a JSON contract answers in JSON) "
-                                       "or serve with --engine vllm, which constrains decoding")
         if self.logit_bias:
             return "logit_bias", "logit_bias is not supported by this server"
         if self.top_k not in (None, 0, -1):
@@ -128,6 +139,49 @@ class ChatRequest(_Lenient):
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed when stream is true"
         return None
+
+
+#: OpenAI's rule for json_schema.name
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_FORMATS_HINT = ('send {"type": "json_object"} or {"type": "json_schema", "json_schema": '
+                 '{"name": "...", "schema": {...}}}, as in OpenAI\'s API')
+
+
+def response_constraint(response_format: dict[str, Any] | None) -> Constraint | None:
+    """The constraint a request's ``response_format`` asks for (None: free text), or a `BadRequest`
+    naming the field that is wrong. Whether the grammar engine supports the schema is checked later."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return Constraint.json_object()
+    if kind != "json_schema":
+        what = "is missing" if kind is None else f"{kind!r} is not a response format"
+        raise BadRequest(f"response_format.type {what}: use 'text', 'json_object' or 'json_schema'", _FORMATS_HINT,
+                         param="response_format.type")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        raise BadRequest("response_format.json_schema must be an object with the schema's name and schema",
+                         _FORMATS_HINT, param="response_format.json_schema")
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        got = "is missing" if name in (None, "") else f"{name!r} is not a valid name"
+        raise BadRequest(f"response_format.json_schema.name {got}: 1 to 64 letters, digits, '_' or '-'",
+                         'e.g. "name": "answer"', param="response_format.json_schema.name")
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        got = "is missing" if schema is None else f"must be a JSON object, not {type(schema).__name__}"
+        raise BadRequest(f"response_format.json_schema.schema {got}", 'give a JSON Schema, e.g. {"type": "object", '
+                         '"properties": {...}, "required": [...]}', param="response_format.json_schema.schema")
+    for key, kinds, label in (("strict", bool, "true or false"), ("description", str, "a string")):
+        if spec.get(key) is not None and not isinstance(spec[key], kinds):
+            raise BadRequest(f"response_format.json_schema.{key} must be {label}", _FORMATS_HINT,
+                             param=f"response_format.json_schema.{key}")
+    # "strict": false tells OpenAI it need not follow the schema exactly; we enforce it either way (it
+    # costs nothing more here, and an answer that follows the schema is what the client wants)
+    return Constraint.json_schema(schema)
 
 
 class AdapterRequest(_Lenient):
@@ -158,6 +212,10 @@ class ServerState:
     adapters: dict[str, AdapterInfo] = field(default_factory=dict)
     unloading: set[str] = field(default_factory=set)
     lock: asyncio.Lock | None = None
+    #: the engine's `GrammarCompiler`, once a constrained request has asked for it (see `check_constraint`)
+    grammar: Any = None
+    #: why this model cannot have one (its tokenizer), once known: not retried at every request
+    no_grammar: ServeError | None = None
 
     # -- adapters (model edits run on the engine thread) -----------------------------------------
 
@@ -179,6 +237,35 @@ class ServerState:
                                   "check that it is a complete PEFT LoRA adapter saved with save_pretrained",
                                   param="source") from exc
         return info  # the caller records it (on the event loop, where the dict is read)
+
+    async def check_constraint(self, constraint: Constraint) -> None:
+        """A `BadRequest` naming what the grammar engine cannot enforce, before the job reaches the engine
+        (a schema that does not compile must not fail inside the decoding loop). Off the event loop;
+        the compiled grammar is cached, so the engine does not compile it again."""
+        if self.no_grammar is not None:
+            raise self.no_grammar
+        if self.grammar is None:
+            # built on the engine thread: the compiler reads the model, which adapter loads replace
+            engine = self.engine
+            try:
+                self.grammar = await asyncio.wrap_future(engine.call(lambda: engine.grammar))
+            except EngineClosed as exc:
+                raise Unavailable(exc.message, exc.hint) from exc
+            except Exception as exc:  # noqa: BLE001 - a tokenizer the grammar engine cannot use
+                detail = exc.message if isinstance(exc, TunesmithError) else f"{type(exc).__name__}: {exc}"
+                self.no_grammar = BadRequest(f"response_format: this model cannot decode under a grammar ({detail})",
+                                             "leave response_format out, or serve with --engine vllm",
+                                             param="response_format", code="unsupported_parameter")
+                raise self.no_grammar from exc
+        try:
+            await asyncio.to_thread(self.grammar.check, constraint)
+        except TunesmithError as exc:  # GrammarError: the message names the schema feature
+            # not its hint, which speaks of evaluation's flags
+            raise BadRequest(exc.message, "change the schema, or leave response_format out for a free answer",
+                             param="response_format") from exc
+        except Exception as exc:  # noqa: BLE001 - e.g. a schema nested past the recursion limit
+            raise BadRequest(f"response_format: the schema cannot be compiled into a grammar: "
+                             f"{type(exc).__name__}: {exc}", "simplify the schema", param="response_format") from exc
 
     def _load_on_engine(self, info: AdapterInfo) -> None:
         from peft import PeftModel
@@ -325,6 +412,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
         problem = req.unsupported()
         if problem:
             raise BadRequest(f"{problem[0]}: {problem[1]}", param=problem[0], code="unsupported_parameter")
+        constraint = response_constraint(req.response_format)
         adapter, system_prompt = _target(state, req.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         if system_prompt and state.apply_system_prompt and not any(m["role"] == "system" for m in messages):
@@ -339,8 +427,11 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
             raise BadRequest(f"max_tokens {asked} is over this server's limit of {state.limits.max_tokens}",
                              "ask for fewer tokens", param="max_tokens")
         max_tokens = min(asked or state.limits.max_tokens, room)
+        if constraint is not None:
+            await state.check_constraint(constraint)
         sampling = Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-                            stop=tuple(req.stop or ()), min_tokens=min(req.min_tokens, max_tokens))
+                            stop=tuple(req.stop or ()), min_tokens=min(req.min_tokens, max_tokens),
+                            constraint=constraint)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -418,9 +509,10 @@ def _encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
                          "check the roles and their order", param="messages") from exc
 
 
-def _usage(done: Finished) -> dict[str, int]:
+def _usage(done: Finished) -> dict[str, Any]:
     return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens}
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": done.cached_tokens}}
 
 
 async def _complete(request: Any, job: Job, events: asyncio.Queue[tuple[str, Any]], rid: str, created: int,
