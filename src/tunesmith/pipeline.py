@@ -168,13 +168,15 @@ def _eval_key(project: Project, subject: str) -> str:
 def _stage_baseline(project: Project, state: State, result: PipelineResult, *, force: bool, say, progress, **_: Any) -> dict[str, Any]:
     from tunesmith.evaluate.api import EvalOptions, baseline
 
-    key = _eval_key(project, "base")
+    # baseline's own settings and the contract it constrains to are part of what it measured
+    key = _digest(_eval_key(project, "base"), project.baseline.model_dump(), project.resolved()["output"],
+                  project.load_schema())
     done = state.done("baseline", key)
     if done is None:
         outcome = baseline(project.root, EvalOptions(report=False), say=say)
         rec = outcome.summary["recommendation"]
         done = {"recommendation": rec, "metrics": outcome.summary["test"]["metrics"],
-                "regression": outcome.summary["regression"]}
+                "regression": outcome.summary["regression"], "constrained": outcome.summary.get("constrained")}
         state.record("baseline", key, done)
         status = "ok"
     else:
@@ -182,7 +184,10 @@ def _stage_baseline(project: Project, state: State, result: PipelineResult, *, f
     rec = done["recommendation"]
     if not rec["fine_tune"] and not force:
         raise StageStopped(f"baseline: {rec['message']}", "fine-tune anyway with `tunesmith run --force`")
-    return {"status": status, "base_pass_rate": rec["base_pass_rate"], "message": rec["message"]}
+    info = {"status": status, "base_pass_rate": rec["base_pass_rate"], "message": rec["message"]}
+    if rec.get("variant"):  # the base model constrained to the contract and/or shown few-shot examples
+        info.update(variant=rec["variant"], constrained_pass_rate=rec.get("constrained_pass_rate"))
+    return info
 
 
 def _stage_train(project: Project, state: State, result: PipelineResult, *, train_flags: dict[str, Any], say,

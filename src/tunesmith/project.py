@@ -151,6 +151,17 @@ class EvalSettings(_Strict):
     scorers: list[str] = Field(default_factory=list, description="User scorers: module:function or file.py:function.")
     judge: JudgeSettings | None = None
     spotcheck_n: int = Field(20, ge=2, le=500)
+    constrained: bool = Field(
+        False, description="Also evaluate base and tuned constrained to the output contract (eval --constrained).")
+
+
+class BaselineSettings(_Strict):
+    """`tunesmith baseline` (and `run`'s baseline stage): the guide's "try prompting before fine-tuning"."""
+
+    constrained: bool = Field(
+        True, description="Also try the base model constrained to the output contract (when the project has one).")
+    few_shot: int = Field(0, ge=0, le=20,
+                          description="Show the base model this many training examples first (0: none).")
 
 
 class Price(_Strict):
@@ -215,6 +226,7 @@ class Project(_Strict):
     checks: CheckSettings = Field(default_factory=CheckSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    baseline: BaselineSettings = Field(default_factory=BaselineSettings)
     generate: GenerateSettings = Field(default_factory=GenerateSettings)
     hosted: HostedSettings = Field(default_factory=HostedSettings)
 
@@ -312,7 +324,7 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
         raw = {}
     if not isinstance(raw, dict):
         raise ProjectError(f"{file}: expected a mapping of fields, got a {type(raw).__name__}", "see `tunesmith init`")
-    for section in ("output", "data", "checks", "train", "eval", "generate", "hosted"):
+    for section in ("output", "data", "checks", "train", "eval", "baseline", "generate", "hosted"):
         if section in raw and raw[section] is None:  # "output:" with every key commented out
             del raw[section]
     for key, value in (overrides or {}).items():
@@ -369,6 +381,16 @@ data:
 
 # Longest example in tokens under the base model's chat template; longer ones are flagged.
 max_length: 1024
+
+# `tunesmith baseline`: before fine-tuning, also try the base model constrained to the output contract,
+# shown few_shot training examples first. When that already passes, it says not to fine-tune.
+# baseline:
+#   constrained: true
+#   few_shot: 3
+
+# `tunesmith eval`: constrained: true also scores base and tuned constrained to the contract (--constrained).
+# eval:
+#   constrained: true
 
 # `tunesmith generate`: a stronger teacher model writes more examples from your seeds (distillation).
 # generate:

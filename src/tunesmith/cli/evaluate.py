@@ -49,6 +49,31 @@ def _print_judge(out: Any, judge: dict[str, Any]) -> None:
                   f"{pw['position_consistency_rate']:.0%} of the time")
 
 
+def _pct(est: dict[str, Any] | None) -> str:
+    if not est or est.get("n", 0) == 0:
+        return "-"
+    return f"{est['mean']:.0%} [{est['lo']:.0%}, {est['hi']:.0%}]"
+
+
+def _print_variants(out: Any, summary: dict[str, Any]) -> None:
+    """base, base + constrained, tuned, tuned + constrained side by side (mean [95 % interval])."""
+    from rich.table import Table
+
+    from tunesmith.evaluate.constrained import variants_table
+
+    table_data = variants_table(summary)
+    if table_data is None:
+        return
+    table = Table(title=f"{table_data['title']} (test set, n={summary['test']['n']})")
+    table.add_column("metric")
+    for label in table_data["columns"]:
+        table.add_column(label)
+    for row in table_data["rows"]:
+        table.add_row(row["name"], *(_pct(v) for v in row["values"]))
+    table.add_row("tokens/s", *table_data["tokens_per_s"])
+    out.print(table)
+
+
 def print_eval(outcome) -> None:
     from rich.table import Table
 
@@ -71,6 +96,7 @@ def print_eval(outcome) -> None:
         if "base" in s:
             line += f" (base {s['base']['regression']['passed']}/{s['base']['regression']['total']})"
         out.print(line)
+    _print_variants(out, s)
     if s.get("judge"):
         _print_judge(out, s["judge"])
     if outcome.gate:
@@ -99,6 +125,7 @@ def eval_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest answer per prompt."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Local generation batch size."),
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Decode every answer to its end, even once it has broken the output contract."),
+    constrained: Optional[bool] = typer.Option(None, "--constrained/--no-constrained", help="Also evaluate base and tuned constrained to the output contract (default: eval.constrained)."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Evaluate a run (base vs tuned, paired) on the sealed test set and the regression suite."""
@@ -107,7 +134,7 @@ def eval_command(
 
     opts = EvalOptions(endpoint=endpoint, api_key=api_key_from(api_key_env), batch_size=batch_size,
                        max_new_tokens=max_new_tokens, judge=not no_judge, allow_self_judging=allow_self_judging,
-                       gate=gate_flag, early_stop=not no_early_stop)
+                       gate=gate_flag, early_stop=not no_early_stop, constrained=constrained)
     with generation_progress(not json_out) as progress:
         outcome = evaluate(project, run, opts, say=_say, progress=progress)
     if json_out:
@@ -126,13 +153,17 @@ def baseline(
     project: Path = PROJECT,
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest answer per prompt."),
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Decode every answer to its end, even once it has broken the output contract."),
+    constrained: Optional[bool] = typer.Option(None, "--constrained/--no-constrained", help="Also try the base model constrained to the output contract (default: baseline.constrained)."),
+    few_shot: Optional[int] = typer.Option(None, "--few-shot", min=0, max=20, help="Show the base model K training examples first (default: baseline.few_shot)."),
     json_out: bool = JSON_OPT,
 ) -> None:
-    """Should you fine-tune at all? Evaluate the base model first."""
+    """Should you fine-tune at all? Evaluate the base model first, plain and prompted (constrained, few-shot)."""
     from tunesmith.evaluate.api import EvalOptions, baseline as run_baseline
 
+    opts = EvalOptions(max_new_tokens=max_new_tokens, report=False, early_stop=not no_early_stop,
+                       constrained=constrained, few_shot=few_shot)
     with generation_progress(not json_out) as progress:
-        outcome = run_baseline(project, EvalOptions(max_new_tokens=max_new_tokens, report=False, early_stop=not no_early_stop), say=_say, progress=progress)
+        outcome = run_baseline(project, opts, say=_say, progress=progress)
     if json_out:
         print_json(outcome.to_dict())
         return

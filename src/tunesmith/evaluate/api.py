@@ -29,6 +29,11 @@ class EvalOptions:
     report: bool = True
     #: cut an answer once it can no longer meet the output contract (contract-aware stopping)
     early_stop: bool = True
+    #: also decode constrained to the output contract; None: the project's eval.constrained
+    #: (baseline: baseline.constrained)
+    constrained: bool | None = None
+    #: baseline only: training examples shown before each test prompt; None: baseline.few_shot
+    few_shot: int | None = None
 
 
 @dataclass
@@ -90,27 +95,65 @@ def _regression_summary(ev: SubjectEval) -> dict[str, Any]:
             "failing": sorted(k for k, r in ev.regression.items() if not r.passed)}
 
 
+@dataclass
+class _Evaluated:
+    """What `evaluate` worked with, for `baseline` to go on from (the loaded subject, its settings)."""
+
+    project: Project
+    subject: Any
+    test: list[EvalItem]
+    settings: DecodeSettings
+
+
 def evaluate(project_dir: Path | str, ref: str, opts: EvalOptions | None = None, *, say: Say | None = None,
              progress: Callable[[int], None] | None = None) -> EvalOutcome:
-    opts = opts or EvalOptions()
-    say = say or (lambda _m: None)
+    return _evaluate(project_dir, ref, opts or EvalOptions(), say or (lambda _m: None), progress)[0]
+
+
+def _constraint(project: Project, opts: EvalOptions) -> Any:
+    """The constraint `eval` also decodes under, or None (not asked for)."""
+    from tunesmith.evaluate.constrained import require_constraint
+
+    if opts.constrained is False or (opts.constrained is None and not project.eval.constrained):
+        return None
+    return require_constraint(project, "--constrained" if opts.constrained else "eval.constrained: true")
+
+
+def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
+              progress: Callable[[int], None] | None) -> tuple[EvalOutcome, _Evaluated]:
+    from tunesmith.evaluate.speed import SpeedMeter
+
     project = load_project(project_dir)
+    constraint = _constraint(project, opts)
     test = test_items(project)
     regression, warnings = regression_items(project)
     subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size)
+    base = None
+    if subject.name != "base":
+        base = subject.base or resolve_subject(project, "base", batch_size=opts.batch_size)
+    if constraint is not None:
+        constraint = _constrainable(constraint, [s for s in (subject, base) if s is not None], opts, say, warnings)
     settings = _settings(project, opts, say, subject, test)
+    meter = SpeedMeter(subject.backend)
     tuned = evaluate_subject(project, subject, test, regression, settings, say=say, progress=progress)
+    speed = {"base" if base is None else "tuned": meter.result()}
     store_eval(project, tuned, subject, test, regression, settings)
     summary: dict[str, Any] = {"test": {"n": len(test), "metrics": _estimates(tuned)},
                                "regression": _regression_summary(tuned)}
     base_eval = None
-    if subject.name != "base":
-        base = subject.base or resolve_subject(project, "base", batch_size=opts.batch_size)
+    if base is not None:
+        meter = SpeedMeter(base.backend)
         base_eval = evaluate_subject(project, base, test, regression, settings, say=say, progress=progress)
+        speed["base"] = meter.result()
         store_eval(project, base_eval, base, test, regression, settings)
         comparisons = paired_comparisons(base_eval, tuned)
         summary["base"] = {"metrics": _estimates(base_eval), "regression": _regression_summary(base_eval)}
         summary["comparison"] = {k: c.to_dict() for k, c in comparisons.items()}
+    summary["speed"] = speed
+    variants = None if constraint is None else _constrained_variants(
+        project, subject, base, test, settings, constraint, opts, say, progress, warnings)
+    if variants:
+        summary["constrained"] = variants
     if opts.judge and project.eval.judge is not None:
         from tunesmith.evaluate.judging import run_judge
 
@@ -121,7 +164,49 @@ def evaluate(project_dir: Path | str, ref: str, opts: EvalOptions | None = None,
         from tunesmith.evaluate.reporting import write_run_report
 
         report = write_run_report(project, subject, tuned, base_eval, test, regression, summary, gate_result)
-    return EvalOutcome(subject.name, summary, gate_result, report, warnings)
+    outcome = EvalOutcome(subject.name, summary, gate_result, report, warnings)
+    return outcome, _Evaluated(project, subject, test, settings)
+
+
+def _constrainable(constraint: Any, subjects: list[Any], opts: EvalOptions, say: Say, warnings: list[str]) -> Any:
+    """`constraint` when every subject can decode under it. Asked for with --constrained, a subject that
+    cannot is an error; asked for by eval.constrained, a warning (a hosted run's eval still runs)."""
+    from tunesmith.evaluate.constrained import honours_constraint, unconstrained_error
+
+    for s in subjects:
+        if not honours_constraint(s):
+            if opts.constrained:
+                raise unconstrained_error(s)
+            message = f"eval.constrained: skipped, {s.name} answers through an endpoint (no grammar mask there)"
+            warnings.append(message)
+            say(f"warning: {message}")
+            return None
+    return constraint
+
+
+def _constrained_variants(project: Project, subject: Any, base: Any, test: list[EvalItem], settings: DecodeSettings,
+                          constraint: Any, opts: EvalOptions, say: Say, progress: Callable[[int], None] | None,
+                          warnings: list[str]) -> dict[str, Any] | None:
+    """base + constrained (and tuned + constrained) on the test set, as summaries keyed by role."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.evaluate import constrained as C
+
+    run_settings = C.constrained_settings(settings, constraint)
+    roles = [("base", subject)] if base is None else [("base", base), ("tuned", subject)]
+    out = {}
+    try:
+        for role, s in roles:
+            out[role] = C.public(C.evaluate_variant(
+                project, s, test, run_settings, label=C.variant_label(role, True, 0),
+                name=C.variant_name(s.name, True, 0), say=say, progress=progress))
+    except TunesmithError as exc:
+        if opts.constrained or not C.is_grammar_error(exc):
+            raise
+        message = f"eval.constrained: skipped, the output contract cannot be enforced: {exc}"
+        warnings.append(message)
+        say(f"warning: {message}")
+        return None
+    return out
 
 
 def base_passes(rate: float | None, regression_rate: float | None, threshold: float) -> bool:
@@ -132,26 +217,32 @@ def base_passes(rate: float | None, regression_rate: float | None, threshold: fl
 
 def baseline(project_dir: Path | str, opts: EvalOptions | None = None, *, say: Say | None = None,
              progress: Callable[[int], None] | None = None) -> EvalOutcome:
-    """The guide: if the base model is already right > 80 % of the time, fix the prompt, not the weights."""
-    outcome = evaluate(project_dir, "base", opts, say=say, progress=progress)
-    project = load_project(project_dir)
+    """The guide: if the base model is already right > 80 % of the time, fix the prompt, not the weights;
+    and try prompting first: the base constrained to the contract, with few-shot examples (`prompting`)."""
+    import dataclasses
+
+    from tunesmith.evaluate.prompting import prompting_variant, recommendation
+
+    opts = opts or EvalOptions()
+    say = say or (lambda _m: None)
+    if opts.constrained:  # before minutes of generation: a project without a contract cannot do it
+        from tunesmith.evaluate.constrained import require_constraint
+
+        require_constraint(load_project(project_dir), "--constrained")
+    # the plain base first; `eval.constrained` is eval's: baseline's own variant follows
+    outcome, done = _evaluate(project_dir, "base", dataclasses.replace(opts, constrained=False), say, progress)
+    project = done.project
+    variant = prompting_variant(project, done.subject, done.test, done.settings, constrained=opts.constrained,
+                                few_shot=opts.few_shot, say=say, warnings=outcome.warnings, progress=progress)
+    if variant is not None:
+        from tunesmith.evaluate.constrained import public
+
+        outcome.summary["constrained"] = {"base": public(variant)}
     metrics = outcome.summary["test"]["metrics"]
     rate = metrics.get("exact_match", {}).get("mean")
     reg = outcome.summary["regression"]
     reg_rate = reg["passed"] / reg["total"] if reg["total"] else None
-    threshold = project.eval.baseline_threshold
-    passes = base_passes(rate, reg_rate, threshold)
-    outcome.summary["recommendation"] = {
-        "fine_tune": not passes,
-        "threshold": threshold,
-        "base_pass_rate": rate,
-        "base_regression_rate": reg_rate,
-        "message": (f"the base model already answers {rate:.0%} of the test set correctly (>= {threshold:.0%}): "
-                    "improve the prompt or the pipeline instead of fine-tuning")
-        if passes else
-        (f"the base model answers {0 if rate is None else rate:.0%} of the test set correctly (< {threshold:.0%}): "
-         "fine-tuning is worth trying"),
-    }
+    outcome.summary["recommendation"] = recommendation(rate, reg_rate, project.eval.baseline_threshold, variant)
     return outcome
 
 

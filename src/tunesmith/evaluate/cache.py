@@ -126,7 +126,9 @@ class CachedBackend:
 
     When the backend accepts ``on_result`` (the backends in `tunesmith.evaluate.generate` do), every
     answer is stored the moment it exists; otherwise all of them are stored when the call returns.
-    `hits` and `misses` count the prompts of the last call.
+    `hits` and `misses` count the prompts of the last call. `answered`, `cached`, `generated_tokens`
+    and `generate_seconds` add up over every call (`evaluate.speed` measures tokens/s from them: only
+    answers generated now count, so a cached answer never passes for a fast one).
     """
 
     def __init__(self, backend: Any, cache: GenerationCache) -> None:
@@ -134,6 +136,10 @@ class CachedBackend:
         self.cache = cache
         self.hits = 0
         self.misses = 0
+        self.answered = 0
+        self.cached = 0
+        self.generated_tokens = 0
+        self.generate_seconds = 0.0
 
     @property
     def fingerprint(self) -> str:
@@ -142,6 +148,16 @@ class CachedBackend:
     @property
     def honours_contract(self) -> bool:
         return getattr(self.backend, "honours_contract", False)
+
+    @property
+    def honours_constraint(self) -> bool:
+        return getattr(self.backend, "honours_constraint", False)
+
+    def check_constraint(self, settings: DecodeSettings) -> None:
+        """The wrapped backend's check (raises when it cannot enforce `settings.constraint`)."""
+        check = getattr(self.backend, "check_constraint", None)
+        if check is not None:
+            check(settings)
 
     def generate(self, chats: list[Chat], settings: DecodeSettings,
                  progress: Callable[[int], None] | None = None,
@@ -152,6 +168,8 @@ class CachedBackend:
         results: list[Generation | None] = [found.get(k) for k in keys]
         misses = [i for i, r in enumerate(results) if r is None]
         self.hits, self.misses = len(chats) - len(misses), len(misses)
+        self.answered += len(chats)
+        self.cached += self.hits
         if on_result is not None:
             for i, r in enumerate(results):
                 if r is not None:
@@ -174,10 +192,13 @@ class CachedBackend:
 
         inner_progress = None if progress is None else (lambda n: progress(self.hits + n))
         miss_chats = [chats[i] for i in misses]
+        started = time.perf_counter()
         if _accepts_on_result(self.backend):
             gens = self.backend.generate(miss_chats, settings, inner_progress, on_result=store)
         else:
             gens = self.backend.generate(miss_chats, settings, inner_progress)
+        self.generate_seconds += time.perf_counter() - started
+        self.generated_tokens += sum(g.output_tokens for g in gens)
         if len(gens) != len(misses):
             raise TunesmithError(f"the generation backend returned {len(gens)} answers for {len(misses)} prompts",
                                  "This is a bug in the backend.")

@@ -29,6 +29,7 @@ The input ``data`` (a plain dict; JSON-compatible) ::
           "verdict": "better" | "worse" | "no detectable difference" | null,
         }, ...
       ],
+      "variants": {...} | null,           # constrained decoding side by side (`evaluate.report_variants`)
       "judge": {                          # or null
         "rubric":   {"base": {criterion: value, ...}, "tuned": {criterion: value, ...}} | null,
         "pairwise": {"wins_base": int, "wins_tuned": int, "ties": int,
@@ -51,7 +52,7 @@ A rubric value may be a number, an Estimate dict or any text. Missing sections r
 
 Page structure (stable ids, used by tests and by anyone scripting against the page):
 ``#header``, ``#loss-chart`` (an ``<svg>`` with ``polyline.series-train`` / ``polyline.series-eval``,
-axes and a legend), ``#metrics-table``, ``#judge``, ``#regression``, ``#examples`` (one
+axes and a legend), ``#metrics-table``, ``#variants-table`` (only with variants), ``#judge``, ``#regression``, ``#examples`` (one
 ``article.example`` per item, failures first; the expected-vs-tuned ``.line-diff`` marks lines with
 ``diff-del`` / ``diff-add`` / ``diff-same``). The inline script sets ``data-rendered="1"`` on
 ``<body>`` once the chart interactions and filters are wired up.
@@ -680,6 +681,14 @@ _JS = r"""
 """
 
 
+def _variants_section(variants: Mapping[str, Any] | None) -> str:
+    if not variants:
+        return ""  # no constrained evaluation: the page stays as it was
+    from tunesmith.evaluate.report_variants import render_variants
+
+    return '</section><section id="constrained"><h2>Constrained decoding</h2>' + render_variants(variants)
+
+
 def _script_hash(script: str) -> str:
     return "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
 
@@ -689,6 +698,7 @@ def render_report(data: Mapping[str, Any]) -> str:
     _require(isinstance(data, Mapping), f"expected an object, got {type(data).__name__}")
     curve = _section(data, "loss_curve", Mapping, "an object")
     metrics = _section(data, "metrics", list, "a list")
+    variants = _section(data, "variants", Mapping, "an object")
     judge = _section(data, "judge", Mapping, "an object")
     regression = _section(data, "regression", Mapping, "an object")
     items = _section(data, "items", list, "a list")
@@ -705,6 +715,7 @@ def render_report(data: Mapping[str, Any]) -> str:
             _loss_chart(curve),
             '</section><section id="metrics"><h2>Metrics: base vs tuned</h2>',
             _metrics(metrics),
+            _variants_section(variants),
             '</section><section id="judge"><h2>LLM judge</h2>',
             _judge(judge),
             '</section><section id="regression"><h2>Regression set</h2>',

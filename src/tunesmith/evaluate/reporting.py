@@ -71,11 +71,18 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
         "training_data": _describe_provenance(provenance) if isinstance(provenance, dict) else None,
         "loss_curve": loss_curve(Path(record.path)),
         "metrics": metrics,
+        "variants": _variants(summary),
         "judge": {"rubric": judge.get("rubric"), "pairwise": judge.get("pairwise")} if judge else None,
         "regression": {"passed": summary["regression"]["passed"], "total": summary["regression"]["total"],
                        "flips": (gate or {}).get("flips", []), "gate": (gate or {}).get("status")},
         "items": items,
     }
+
+
+def _variants(summary: dict[str, Any]) -> dict[str, Any] | None:
+    from tunesmith.evaluate.constrained import variants_table
+
+    return variants_table(summary)
 
 
 def _describe_provenance(provenance: dict[str, Any]) -> str:
