@@ -252,10 +252,43 @@ def test_a_flag_answers_the_baseline_without_a_project():
     assert (q.source, q.verdict) == ("flag", "prompt") and advice.recommendation.action == "prompt"
 
 
-def test_constrained_decoding_is_reported_as_not_available(tmp_path):
+def test_constrained_decoding_not_measured_yet_says_how(tmp_path):
     q = question(advise(make_project(tmp_path)), "constrained")
-    assert (q.answer, q.source, q.verdict, q.action) == (None, "unknown", "not-available", None)
-    assert "no constrained decoding engine yet" in q.detail and "the contract is JSON" in q.detail
+    assert (q.answer, q.source, q.verdict, q.action) == (None, "unknown", "not-measured", None)
+    assert "the contract is JSON" in q.detail and "has not been measured constrained" in q.detail
+    assert q.next and q.next.startswith("tunesmith baseline -p ")
+
+
+def test_constrained_decoding_without_a_contract_is_not_applicable(tmp_path):
+    (tmp_path / "tunesmith.yaml").write_text(f"task: {json.dumps(TASK)}\nsystem_prompt: {json.dumps(SYSTEM)}\n")
+    q = question(advise(tmp_path), "constrained")
+    assert (q.verdict, q.action) == ("not-applicable", None) and "no output contract" in q.detail
+
+
+def _store_constrained_eval(project_dir, name, exact_match, n=40):
+    from tunesmith.evaluate.store import EvalStore
+    from tunesmith.runs import RunRegistry
+
+    EvalStore(RunRegistry(project_dir / "runs")).save(
+        subject=name, run_id=None, split="test", fingerprint="f", settings={},
+        summary={"exact_match": {"mean": exact_match, "lo": 0.0, "hi": 1.0, "n": n}}, items=[])
+
+
+def test_a_constrained_base_that_passes_means_prompt_and_constrain(tmp_path, cpu_machine):
+    make_project(tmp_path, behaviour_rows(300), extra="baseline:\n  few_shot: 3\n")
+    _store_constrained_eval(tmp_path, "base+constrained+3shot", 0.9)
+    advice = advise(tmp_path)
+    q = question(advice, "constrained")
+    assert (q.answer, q.source, q.verdict, q.action) == (0.9, "baseline", "prompt", "prompt")
+    assert "constrained to JSON, the base model answers 90%" in q.detail and "3 few-shot examples" in q.detail
+    assert "response_format" in q.next and advice.recommendation.action == "prompt"
+
+
+def test_a_constrained_base_below_the_bar_leaves_fine_tuning_open(tmp_path, cpu_machine):
+    make_project(tmp_path, behaviour_rows(300))
+    _store_constrained_eval(tmp_path, "base+constrained", 0.4)
+    q = question(advise(tmp_path), "constrained")
+    assert (q.verdict, q.action) == ("fine-tune", None) and "the contract alone is not enough" in q.detail
 
 
 # --- the method ----------------------------------------------------------------------------------

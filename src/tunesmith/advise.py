@@ -120,7 +120,7 @@ def advise(project_dir: Path | None, flags: AdviseFlags | None = None, *, shown_
     questions.append(examples_question(n, kind, "flag" if flags.examples is not None else "data", files, project, p))
     questions.append(knowledge_question(flags.knowledge, sample, p))
     questions.append(baseline_question(project, flags.base_pass_rate, p))
-    questions.append(constrained_decoding_question(project))
+    questions.append(constrained_decoding_question(project, p))
     blocking = [q for q in questions if q.action]
     if blocking:
         first = min(blocking, key=lambda q: PRIORITY.index(q.action or ""))
@@ -342,20 +342,52 @@ def _stored_baseline(project: Project) -> tuple[float | None, float | None, str]
         return None
 
 
-def constrained_decoding_question(project: Project | None) -> Question:
-    """Would constrained decoding alone meet the output contract? tunesmith has no engine for it yet.
-
-    When one exists, this asks it: decode the test prompts under the contract's grammar and, if the
-    answers then pass, recommend that instead of fine-tuning (a new verdict with action "prompt").
-    """
+def constrained_decoding_question(project: Project | None, p: str | None = None) -> Question:
+    """Would constrained decoding alone meet the output contract? Read from the base model's stored
+    constrained evaluation (`baseline` measures it, with `baseline.few_shot` examples shown): when that
+    passes the bar, prompting plus constrained decoding is the advice, not fine-tuning."""
+    run = f"tunesmith baseline -p {p}" if p else "tunesmith baseline -p DIR"
     contract = None
     if project is not None:
         out = project.output
         contract = "a JSON Schema" if out.json_schema else "a regex" if out.regex else "JSON" if out.json_output else None
-    what = (f"the contract is {contract}" if contract else
-            "no output contract" + (" (no project)" if project is None else " in tunesmith.yaml"))
-    return Question("constrained", None, "unknown", f"{what}; not available (no constrained decoding engine yet)",
-                    "not-available")
+    if contract is None:
+        what = "no output contract" + (" (no project)" if project is None else " in tunesmith.yaml")
+        return Question("constrained", None, "project" if project else "unknown",
+                        f"{what}: nothing to constrain decoding to", "not-applicable")
+    found = _stored_constrained(project)
+    if found is None:
+        return Question("constrained", None, "unknown", f"the contract is {contract}; the base model has not been "
+                        f"measured constrained to it: run `{run}`", "not-measured", run)
+    from tunesmith.evaluate.api import base_passes
+
+    rate, where = found
+    threshold = project.eval.baseline_threshold
+    shown = "no exact-match score" if rate is None else f"{rate:.0%}"
+    if base_passes(rate, None, threshold):
+        return Question("constrained", rate, "baseline", f"constrained to {contract}, the base model answers {shown} "
+                        f"of the test set correctly (>= {threshold:.0%}; {where})", "prompt",
+                        "prompt it and decode under the contract: response_format in `tunesmith serve`", "prompt")
+    return Question("constrained", rate, "baseline", f"constrained to {contract}, the base model answers {shown} of "
+                    f"the test set correctly (< {threshold:.0%}; {where}): the contract alone is not enough", "fine-tune")
+
+
+def _stored_constrained(project: Project) -> tuple[float | None, str] | None:
+    """(test pass rate, where) of the newest constrained base-model evaluation (with the project's few-shot)."""
+    from tunesmith.evaluate.constrained import variant_name
+    from tunesmith.evaluate.store import EvalStore
+    from tunesmith.runs import RunRegistry
+
+    runs_dir = project.path(project.train.runs_dir)
+    if runs_dir is None:
+        return None
+    k = project.baseline.few_shot
+    test = EvalStore(RunRegistry(runs_dir)).latest(variant_name("base", True, k), "test")
+    if test is None:
+        return None
+    em = test.summary.get("exact_match") or {}
+    shots = f", {k} few-shot examples" if k else ""
+    return em.get("mean"), f"constrained base evaluation of {test.created_at[:10]}{shots}, n={em.get('n', len(test.items))}"
 
 
 # --- the data ------------------------------------------------------------------------------------
