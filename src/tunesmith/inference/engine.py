@@ -93,33 +93,12 @@ class BatchDecoder:
         return self._grammar
 
     def _closing_bias(self, row: Row) -> Any:
-        """Added to the (masked) logits of a constrained row past max_tokens, to close its answer in few
-        tokens: the end-of-turn token first; inside a JSON string, tokens that end it (and a container
-        with it); elsewhere, tokens that close a container, then end a value, then start the shortest
-        one. Among them the model still chooses, and the grammar forces whatever a close needs (a
-        required key). For a regex answer only the end-of-turn token is favoured."""
-        import torch
-
-        from tunesmith.inference.contract_stop import JsonPrefix
-
         if self._bias is None:
+            from tunesmith.inference.closing import ClosingBias
+
             width = self._model.get_output_embeddings().weight.shape[0]
-            inside, outside, end = (torch.zeros(width, dtype=torch.float32, device=self.device) for _ in range(3))
-            pieces = self.tokenizer.convert_ids_to_tokens(list(range(min(width, len(self.tokenizer)))))
-            for i, piece in enumerate(pieces):
-                piece = piece or ""
-                closes = "}" in piece or "]" in piece
-                inside[i] = (3.5e4 if closes else 3e4) if '"' in piece else 0.0
-                outside[i] = 3e4 if closes else 2e4 if "," in piece else 1e4 if '"' in piece else 0.0
-            for bias in (inside, outside, end):
-                bias[self._eot_index] = 4e4
-            self._bias = {"inside": inside, "outside": outside, "end": end}
-        constraint = row.job.sampling.constraint
-        if constraint is None or constraint.kind == "regex":
-            return self._bias["end"]
-        state = JsonPrefix()
-        state.feed(self.tokenizer.decode(row.tokens, skip_special_tokens=True))
-        return self._bias["inside" if state.state in ("string", "escape", "unicode") else "outside"]
+            self._bias = ClosingBias(self.tokenizer, int(width), self._eot_index, self.device)
+        return self._bias.for_row(row)
 
     def room(self) -> int:
         """How many more rows the batch takes now."""
@@ -264,6 +243,7 @@ class BatchDecoder:
             for j, row in enumerate(rows):
                 if row.closing:
                     logits[j] += self._closing_bias(row)
+                    row.steered = True
         greedy = torch.argmax(logits, dim=-1).tolist()
         finished = []
         for j, row in enumerate(rows):

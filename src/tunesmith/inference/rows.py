@@ -38,6 +38,9 @@ class Sampling:
     #: more tokens, steered to close its structure, so that it still parses; it finishes "length" all
     #: the same. 0: cut at max_tokens (the server: max_tokens is the client's hard limit)
     close_within: int = 0
+    #: ... or starts closing this many tokens before max_tokens, so that it parses within the limit (the
+    #: server's JSON answers: a client's max_tokens is a hard limit); such an answer finishes "length"
+    close_reserve: int = 0
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Row:
         self.pending: int | None = None  # sampled, not yet fed to the model
         self.position = len(job.prompt_ids)  # position of `pending`
         self.cached_tokens = 0
+        self.steered = False  # set once the engine steered it to close (see `closing`)
         #: the grammar's state (`tunesmith.inference.grammar.RowMatcher`) for a constrained answer
         self.matcher = matcher
         s = job.sampling
@@ -110,8 +114,9 @@ class Row:
 
     @property
     def closing(self) -> bool:
-        """A constrained row past max_tokens: its next tokens are steered to close the answer."""
-        return self.matcher is not None and len(self.tokens) >= self.job.sampling.max_tokens
+        """A constrained row at the end of its budget: its next tokens are steered to close the answer."""
+        s = self.job.sampling
+        return self.matcher is not None and len(self.tokens) >= s.max_tokens - max(0, s.close_reserve)
 
     def sample(self, logits: Any) -> int:
         """Next token from one row of float32 logits."""
@@ -155,8 +160,8 @@ class Row:
             return True
         if ended or complete:
             self._send(text)
-            # closed after max_tokens: the answer parses, but the model did not end it within its budget
-            self._finish(text, "stop" if len(self.tokens) <= self.job.sampling.max_tokens else "length")
+            # steered to a close by its budget: the answer parses, but the model did not end it by itself
+            self._finish(text, "length" if self.steered else "stop")
             return True
         if len(self.tokens) >= self.limit:
             self._send(text)

@@ -14,6 +14,8 @@ before the request reaches the engine: never an unconstrained answer, never a fa
 no next token (rare: a schema that cannot be satisfied is refused up front, so this is where the grammar
 engine and Python's JSON Schema check disagree, e.g. a regex dialect difference), and the answer ends
 with what it has; the other requests in the batch are not affected.
+A constrained answer the model has not ended 16 tokens before its max_tokens (half of them for small
+limits) is steered to a close there, so it still parses (best effort); it finishes "length".
 ``usage.prompt_tokens_details.cached_tokens`` counts the prompt tokens whose keys and values came
 from the engine's shared-prefix cache, as OpenAI reports its prompt caching.
 """
@@ -23,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +45,7 @@ from tunesmith.serve.errors import (
     AdapterRejected, BadRequest, Conflict, NotFound, ServeError, ServerFailure, TooLarge, Unauthorized, Unavailable,
     error_body,
 )
+from tunesmith.serve.formats import close_reserve, response_constraint
 
 # -- request bodies --------------------------------------------------------------------------------
 
@@ -139,49 +141,6 @@ class ChatRequest(_Lenient):
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed when stream is true"
         return None
-
-
-#: OpenAI's rule for json_schema.name
-_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-_FORMATS_HINT = ('send {"type": "json_object"} or {"type": "json_schema", "json_schema": '
-                 '{"name": "...", "schema": {...}}}, as in OpenAI\'s API')
-
-
-def response_constraint(response_format: dict[str, Any] | None) -> Constraint | None:
-    """The constraint a request's ``response_format`` asks for (None: free text), or a `BadRequest`
-    naming the field that is wrong. Whether the grammar engine supports the schema is checked later."""
-    if response_format is None:
-        return None
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return Constraint.json_object()
-    if kind != "json_schema":
-        what = "is missing" if kind is None else f"{kind!r} is not a response format"
-        raise BadRequest(f"response_format.type {what}: use 'text', 'json_object' or 'json_schema'", _FORMATS_HINT,
-                         param="response_format.type")
-    spec = response_format.get("json_schema")
-    if not isinstance(spec, dict):
-        raise BadRequest("response_format.json_schema must be an object with the schema's name and schema",
-                         _FORMATS_HINT, param="response_format.json_schema")
-    name = spec.get("name")
-    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
-        got = "is missing" if name in (None, "") else f"{name!r} is not a valid name"
-        raise BadRequest(f"response_format.json_schema.name {got}: 1 to 64 letters, digits, '_' or '-'",
-                         'e.g. "name": "answer"', param="response_format.json_schema.name")
-    schema = spec.get("schema")
-    if not isinstance(schema, dict):
-        got = "is missing" if schema is None else f"must be a JSON object, not {type(schema).__name__}"
-        raise BadRequest(f"response_format.json_schema.schema {got}", 'give a JSON Schema, e.g. {"type": "object", '
-                         '"properties": {...}, "required": [...]}', param="response_format.json_schema.schema")
-    for key, kinds, label in (("strict", bool, "true or false"), ("description", str, "a string")):
-        if spec.get(key) is not None and not isinstance(spec[key], kinds):
-            raise BadRequest(f"response_format.json_schema.{key} must be {label}", _FORMATS_HINT,
-                             param=f"response_format.json_schema.{key}")
-    # "strict": false tells OpenAI it need not follow the schema exactly; we enforce it either way (it
-    # costs nothing more here, and an answer that follows the schema is what the client wants)
-    return Constraint.json_schema(schema)
 
 
 class AdapterRequest(_Lenient):
@@ -431,7 +390,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
             await state.check_constraint(constraint)
         sampling = Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                             stop=tuple(req.stop or ()), min_tokens=min(req.min_tokens, max_tokens),
-                            constraint=constraint)
+                            constraint=constraint, close_reserve=close_reserve(max_tokens) if constraint else 0)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
