@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.fake_openai import FakeOpenAI, Reply
+from fixtures.reference import plain_generate
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.cache import CachedBackend, GenerationCache, cache_key
 from tunesmith.evaluate.generate import (
@@ -44,20 +45,6 @@ def _one_thread():
 def chats(n: int = 10) -> list[list[dict[str, str]]]:
     return [[{"role": "system", "content": "Return only json."},
              {"role": "user", "content": " ".join(WORDS[: (i * 5) % 17 + 1] * (i + 1))}] for i in range(n)]
-
-
-def plain_generate(model, tok, chat, max_new_tokens: int) -> Generation:
-    """The reference: plain `model.generate`, one prompt, no padding, greedy, eos = end-of-turn ids."""
-    from tunesmith.models.chat import end_of_turn_ids, render
-
-    eot = sorted(end_of_turn_ids(tok))
-    enc = tok(render(tok, chat, add_generation_prompt=True), add_special_tokens=False, return_tensors="pt")
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eot,
-                         pad_token_id=tok.pad_token_id)
-    tokens = out[0, enc["input_ids"].shape[1]:].tolist()
-    ended = tokens[-1] in eot
-    text = tok.decode(tokens[:-1] if ended else tokens, skip_special_tokens=True)
-    return Generation(text, "stop" if ended else "length", len(tokens))
 
 
 # --- LocalBackend ---------------------------------------------------------------------------------

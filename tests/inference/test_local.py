@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.reference import plain_generate
 from tunesmith.errors import ModelError
 from tunesmith.evaluate.types import DecodeSettings, Generation
 from tunesmith.inference.local import LocalBackend
@@ -23,16 +24,7 @@ def chats(n: int, system: str = TEMPLATE) -> list[list[dict[str, str]]]:
 
 
 def plain(model, tok, chat, max_new_tokens: int) -> dict:
-    from tunesmith.models.chat import end_of_turn_ids, render
-
-    eot = sorted(end_of_turn_ids(tok))
-    enc = tok(render(tok, chat, add_generation_prompt=True), add_special_tokens=False, return_tensors="pt")
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eot,
-                         pad_token_id=tok.pad_token_id)
-    tokens = out[0, enc["input_ids"].shape[1]:].tolist()
-    ended = tokens[-1] in eot
-    return Generation(tok.decode(tokens[:-1] if ended else tokens, skip_special_tokens=True),
-                      "stop" if ended else "length", len(tokens)).to_dict()
+    return plain_generate(model, tok, chat, max_new_tokens).to_dict()
 
 
 def test_shared_prefix_is_prefilled_once_and_changes_no_answer(lively_model: Path, one_torch_thread: None) -> None:
