@@ -315,17 +315,22 @@ def _no_baseline(project: Project | None, run: str, p: str | None) -> Question:
     return Question("baseline", None, "unknown", f"not measured yet: run `{run}`", "not-measured", run)
 
 
+def _eval_store(project: Project) -> Any:
+    """The project's evaluation store (None when it has no runs directory): base and variant scores."""
+    from tunesmith.evaluate.store import EvalStore
+    from tunesmith.runs import RunRegistry
+
+    runs_dir = project.path(project.train.runs_dir)
+    return EvalStore(RunRegistry(runs_dir)) if runs_dir is not None else None
+
+
 def _stored_baseline(project: Project) -> tuple[float | None, float | None, str] | None:
     """(test pass rate, regression pass rate, where) of the newest base-model evaluation.
 
     The eval store comes first: `baseline`, `eval` and `run` all write the base model's scores there.
     `run`'s pipeline.json keeps the recommendation too (a runs directory moved away leaves only it).
     """
-    from tunesmith.evaluate.store import EvalStore
-    from tunesmith.runs import RunRegistry
-
-    runs_dir = project.path(project.train.runs_dir)
-    store = EvalStore(RunRegistry(runs_dir)) if runs_dir is not None else None
+    store = _eval_store(project)
     test = store.latest("base", "test") if store else None
     if test is not None and store is not None:
         reg = store.latest("base", "regression")
@@ -375,14 +380,10 @@ def constrained_decoding_question(project: Project | None, p: str | None = None)
 def _stored_constrained(project: Project) -> tuple[float | None, str] | None:
     """(test pass rate, where) of the newest constrained base-model evaluation (with the project's few-shot)."""
     from tunesmith.evaluate.constrained import variant_name
-    from tunesmith.evaluate.store import EvalStore
-    from tunesmith.runs import RunRegistry
 
-    runs_dir = project.path(project.train.runs_dir)
-    if runs_dir is None:
-        return None
+    store = _eval_store(project)
     k = project.baseline.few_shot
-    test = EvalStore(RunRegistry(runs_dir)).latest(variant_name("base", True, k), "test")
+    test = store.latest(variant_name("base", True, k), "test") if store is not None else None
     if test is None:
         return None
     em = test.summary.get("exact_match") or {}

@@ -337,15 +337,22 @@ def decode_all(decoder: BatchDecoder, jobs: list[Job], *, refill: int | None = N
                 waiting.extendleft(reversed(unfinished))
 
 
+def _editing(fn: Callable[[], Any], decoder: BatchDecoder) -> Callable[[], Any]:
+    """`fn`, then the prefix cache emptied (even when `fn` failed half-way through an edit)."""
+    def run() -> Any:
+        try:
+            return fn()
+        finally:
+            decoder.prefixes.clear()
+    return run
+
+
 class Engine:
     """A `BatchDecoder` on a worker thread: `submit` decoding jobs and `call` model edits from any thread."""
 
     def __init__(self, model: Any, tokenizer: Any, *, device: str = "cpu", max_batch: int = 16,
                  prefix_reuse: bool = True) -> None:
         self.decoder = BatchDecoder(model, tokenizer, device=device, max_batch=max_batch, prefix_reuse=prefix_reuse)
-        self.tokenizer = tokenizer
-        self.device = device
-        self.max_batch = self.decoder.max_batch
         self._inbox: queue.Queue[Job | tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue()
         self._closing = threading.Event()
         #: taken from the inbox, not yet in the batch (it is full, or its cache cannot take more rows)
@@ -387,13 +394,15 @@ class Engine:
         if not self._thread.is_alive():  # closed between the check and the put
             self._drain_inbox()
 
-    def call(self, fn: Callable[[], Any]) -> Future[Any]:
-        """Run `fn` on the worker thread between decoding steps (model edits never race a forward)."""
+    def call(self, fn: Callable[[], Any], *, edits_model: bool = True) -> Future[Any]:
+        """Run `fn` on the worker thread between decoding steps (model edits never race a forward). A call
+        that `edits_model` (loads or unloads an adapter) empties the shared-prefix cache: the keys and
+        values it holds were computed with the weights as they were."""
         future: Future[Any] = Future()
         if self._closing.is_set():
             future.set_exception(EngineClosed("the server is shutting down", "retry against a running server"))
             return future
-        self._inbox.put((fn, future))
+        self._inbox.put((fn if not edits_model else _editing(fn, self.decoder), future))
         if not self._thread.is_alive():
             self._drain_inbox()
         return future
@@ -467,8 +476,6 @@ class Engine:
                         future.set_result(fn())
                     except BaseException as exc:  # noqa: BLE001 - handed to the caller
                         future.set_exception(exc)
-                    finally:
-                        self.decoder.prefixes.clear()  # the model may have changed under its name
                 continue
             if item.cancelled.is_set():
                 dropped(item)

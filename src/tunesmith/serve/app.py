@@ -207,7 +207,7 @@ class ServerState:
             # built on the engine thread: the compiler reads the model, which adapter loads replace
             engine = self.engine
             try:
-                self.grammar = await asyncio.wrap_future(engine.call(lambda: engine.grammar))
+                self.grammar = await asyncio.wrap_future(engine.call(lambda: engine.grammar, edits_model=False))
             except EngineClosed as exc:
                 raise Unavailable(exc.message, exc.hint) from exc
             except Exception as exc:  # noqa: BLE001 - a tokenizer the grammar engine cannot use
