@@ -155,19 +155,24 @@ def baseline(
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Decode every answer to its end, even once it has broken the output contract."),
     constrained: Optional[bool] = typer.Option(None, "--constrained/--no-constrained", help="Also try the base model constrained to the output contract (default: baseline.constrained)."),
     few_shot: Optional[int] = typer.Option(None, "--few-shot", min=0, max=20, help="Show the base model K training examples first (default: baseline.few_shot)."),
+    full: Optional[bool] = typer.Option(None, "--full/--no-full", help="Answer the whole test set and regression suite instead of stopping once the pass rate's interval clears the bar (default: baseline.full)."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Should you fine-tune at all? Evaluate the base model first, plain and prompted (constrained, few-shot)."""
     from tunesmith.evaluate.api import EvalOptions, baseline as run_baseline
+    from tunesmith.evaluate.sequential import sample_line
 
     opts = EvalOptions(max_new_tokens=max_new_tokens, report=False, early_stop=not no_early_stop,
-                       constrained=constrained, few_shot=few_shot)
+                       constrained=constrained, few_shot=few_shot, full=full)
     with generation_progress(not json_out) as progress:
         outcome = run_baseline(project, opts, say=_say, progress=progress)
     if json_out:
         print_json(outcome.to_dict())
         return
     print_eval(outcome)
+    line = sample_line(outcome.summary)
+    if line:
+        console().print(line, markup=False, highlight=False)
     rec = outcome.summary["recommendation"]
     console().print(("[green]fine-tune: yes[/] - " if rec["fine_tune"] else "[yellow]fine-tune: no[/] - ") + rec["message"])
 

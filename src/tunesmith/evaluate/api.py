@@ -34,6 +34,9 @@ class EvalOptions:
     constrained: bool | None = None
     #: baseline only: training examples shown before each test prompt; None: baseline.few_shot
     few_shot: int | None = None
+    #: baseline only: answer the whole test set and the regression suite instead of stopping once the
+    #: pass rate's interval clears the bar (`evaluate.sequential`); None: baseline.full
+    full: bool | None = None
 
 
 @dataclass
@@ -103,6 +106,7 @@ class _Evaluated:
     subject: Any
     test: list[EvalItem]
     settings: DecodeSettings
+    regression: list[EvalItem] = field(default_factory=list)
 
 
 def evaluate(project_dir: Path | str, ref: str, opts: EvalOptions | None = None, *, say: Say | None = None,
@@ -165,7 +169,7 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
 
         report = write_run_report(project, subject, tuned, base_eval, test, regression, summary, gate_result)
     outcome = EvalOutcome(subject.name, summary, gate_result, report, warnings)
-    return outcome, _Evaluated(project, subject, test, settings)
+    return outcome, _Evaluated(project, subject, test, settings, regression)
 
 
 def _constrainable(constraint: Any, subjects: list[Any], opts: EvalOptions, say: Say, warnings: list[str]) -> Any:
@@ -218,32 +222,91 @@ def base_passes(rate: float | None, regression_rate: float | None, threshold: fl
 def baseline(project_dir: Path | str, opts: EvalOptions | None = None, *, say: Say | None = None,
              progress: Callable[[int], None] | None = None) -> EvalOutcome:
     """The guide: if the base model is already right > 80 % of the time, fix the prompt, not the weights;
-    and try prompting first: the base constrained to the contract, with few-shot examples (`prompting`)."""
+    and try prompting first: the base constrained to the contract, with few-shot examples (`prompting`).
+
+    Unless `full` (--full, baseline.full), the test set is answered a chunk at a time and each of the
+    two stops once its pass rate's interval lies clear of the bar (`evaluate.sequential`); the summary's
+    "sample" (and the variant's) says how many prompts were answered of how many, and why it stopped.
+    The regression suite only matters to the answer when a pass rate reaches the bar (`base_passes`),
+    so only then is it asked; `eval` asks it, and the rest of the test set, in any case."""
     import dataclasses
 
     from tunesmith.evaluate.prompting import prompting_variant, recommendation
 
     opts = opts or EvalOptions()
     say = say or (lambda _m: None)
+    project = load_project(project_dir)
     if opts.constrained:  # before minutes of generation: a project without a contract cannot do it
         from tunesmith.evaluate.constrained import require_constraint
 
-        require_constraint(load_project(project_dir), "--constrained")
+        require_constraint(project, "--constrained")
+    full = project.baseline.full if opts.full is None else opts.full
+    threshold = project.eval.baseline_threshold
     # the plain base first; `eval.constrained` is eval's: baseline's own variant follows
-    outcome, done = _evaluate(project_dir, "base", dataclasses.replace(opts, constrained=False), say, progress)
+    plain = dataclasses.replace(opts, constrained=False)
+    if full:
+        from tunesmith.evaluate.sequential import Sample
+
+        outcome, done = _evaluate(project_dir, "base", plain, say, progress)
+        outcome.summary["sample"] = Sample(len(done.test), len(done.test), None, None).to_dict()
+    else:
+        outcome, done = _base_sample(project_dir, plain, threshold, say, progress)
     project = done.project
     variant = prompting_variant(project, done.subject, done.test, done.settings, constrained=opts.constrained,
-                                few_shot=opts.few_shot, say=say, warnings=outcome.warnings, progress=progress)
+                                few_shot=opts.few_shot, say=say, warnings=outcome.warnings, progress=progress,
+                                threshold=None if full else threshold)
     if variant is not None:
         from tunesmith.evaluate.constrained import public
 
         outcome.summary["constrained"] = {"base": public(variant)}
-    metrics = outcome.summary["test"]["metrics"]
-    rate = metrics.get("exact_match", {}).get("mean")
+    rate = _pass_rate(outcome.summary["test"]["metrics"])
+    v_rate = _pass_rate(variant["metrics"]) if variant is not None else None
+    if not full and done.regression and (base_passes(rate, None, threshold) or base_passes(v_rate, None, threshold)):
+        say("base: a pass rate reaches the bar, so the regression suite decides too")
+        reg_eval = evaluate_subject(project, done.subject, [], done.regression, done.settings, say=say,
+                                    progress=progress)
+        store_eval(project, reg_eval, done.subject, [], done.regression, done.settings)
+        outcome.summary["regression"] = _regression_summary(reg_eval)
     reg = outcome.summary["regression"]
     reg_rate = reg["passed"] / reg["total"] if reg["total"] else None
-    outcome.summary["recommendation"] = recommendation(rate, reg_rate, project.eval.baseline_threshold, variant)
+    outcome.summary["recommendation"] = recommendation(rate, reg_rate, threshold, variant,
+                                                       outcome.summary.get("sample"))
     return outcome
+
+
+def _pass_rate(metrics: dict[str, Any]) -> float | None:
+    return (metrics.get("exact_match") or {}).get("mean")
+
+
+def _base_sample(project_dir: Path | str, opts: EvalOptions, threshold: float, say: Say,
+                 progress: Callable[[int], None] | None) -> tuple[EvalOutcome, _Evaluated]:
+    """The plain base model on the test set under the stopping rule, stored and summarised like
+    `_evaluate`'s; the regression suite is not asked here (`baseline` asks it when it matters)."""
+    from tunesmith.evaluate.sequential import evaluate_sample
+    from tunesmith.evaluate.speed import SpeedMeter
+
+    project = load_project(project_dir)
+    test = test_items(project)
+    regression, warnings = regression_items(project)
+    subject = resolve_subject(project, "base", endpoint=opts.endpoint, api_key=opts.api_key,
+                              batch_size=opts.batch_size)
+    # the settings `eval` uses for the base model too: the answers given here are its cache hits later
+    settings = _settings(project, opts, say, subject, test)
+    meter = SpeedMeter(subject.backend)
+    ev, answered, sample = evaluate_sample(project, subject, test, settings, threshold=threshold, say=say,
+                                           progress=progress)
+    store_eval(project, ev, subject, answered, [], settings)
+    not_asked = {"passed": 0, "total": 0, "failing": []}
+    if regression:
+        not_asked["not_asked"] = len(regression)
+    summary: dict[str, Any] = {"test": {"n": len(answered), "metrics": _estimates(ev)}, "regression": not_asked,
+                               "speed": {"base": meter.result()}, "sample": sample.to_dict()}
+    if opts.judge and project.eval.judge is not None:
+        from tunesmith.evaluate.judging import run_judge
+
+        summary["judge"] = run_judge(project, subject, ev, None, answered, allow_self=opts.allow_self_judging, say=say)
+    return EvalOutcome(subject.name, summary, None, None, warnings), _Evaluated(project, subject, test, settings,
+                                                                                 regression)
 
 
 def accept(project_dir: Path | str, ref: str) -> str:

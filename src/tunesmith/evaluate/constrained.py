@@ -134,22 +134,28 @@ def variant_label(role: str, constrained: bool, few_shot: int) -> str:
 
 def evaluate_variant(project: Project, subject: Any, test: list[EvalItem], settings: DecodeSettings, *,
                      label: str, name: str, say: Say, progress: Callable[[int], None] | None = None,
-                     few_shot: int = 0) -> dict[str, Any]:
+                     few_shot: int = 0, threshold: float | None = None) -> dict[str, Any]:
     """`subject` answers the test set under `settings` (constrained or with few-shot turns): scored,
-    stored as `name`, and summarised with its tokens/s. Regression prompts are not asked again."""
-    from tunesmith.evaluate.run import evaluate_subject, store_eval
+    stored as `name`, and summarised with its tokens/s. Regression prompts are not asked again.
+    With a `threshold` (baseline's bar) it stops once the pass rate's interval clears it
+    (`evaluate.sequential`); "sample" then says how many it answered, "n" counts those."""
+    from tunesmith.evaluate.run import store_eval
+    from tunesmith.evaluate.sequential import evaluate_sample
     from tunesmith.evaluate.speed import SpeedMeter
 
     renamed = dataclasses.replace(subject, name=name)
     meter = SpeedMeter(subject.backend)
-    ev = evaluate_subject(project, renamed, test, [], settings, say=say, progress=progress)
+    ev, answered, sample = evaluate_sample(project, renamed, test, settings, threshold=threshold, say=say,
+                                           progress=progress)
     speed = meter.result()
-    store_eval(project, ev, renamed, test, [], settings)
+    store_eval(project, ev, renamed, answered, [], settings)
     finishes = collections.Counter(g.finish_reason for g in ev.test_generations)
-    return {"label": label, "subject": name, "n": len(test), "constrained": settings.constraint is not None,
-            "few_shot": few_shot, "metrics": {k: v.to_dict() for k, v in ev.aggregate.items()},
-            "tokens_per_s": speed["tokens_per_s"], "speed": speed, "finish_reasons": dict(finishes),
-            "_eval": ev}
+    out = {"label": label, "subject": name, "n": len(answered), "constrained": settings.constraint is not None,
+           "few_shot": few_shot, "metrics": {k: v.to_dict() for k, v in ev.aggregate.items()},
+           "tokens_per_s": speed["tokens_per_s"], "speed": speed, "finish_reasons": dict(finishes), "_eval": ev}
+    if threshold is not None:
+        out["sample"] = sample.to_dict()
+    return out
 
 
 def public(variant: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ once more the way a prompt engineer would: constrained to the output contract (w
 one and `baseline.constrained` is on) and shown k training examples first (`baseline.few_shot: k`).
 When that variant already passes the bar, fine-tuning is not recommended, with the numbers. The
 regression suite is not asked again (it is about forgetting, and nothing was trained): the plain
-base's regression rate stands for both.
+base's regression rate stands for both. Unless `--full`, the variant stops like the plain base once
+its pass rate's interval clears the bar (`evaluate.sequential`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ Say = Callable[[str], None]
 
 def prompting_variant(project: Project, subject: Any, test: list[EvalItem], settings: DecodeSettings, *,
                       constrained: bool | None, few_shot: int | None, say: Say, warnings: list[str],
-                      progress: Callable[[int], None] | None = None) -> dict[str, Any] | None:
+                      progress: Callable[[int], None] | None = None,
+                      threshold: float | None = None) -> dict[str, Any] | None:
     """The base model constrained and/or few-shot on the test set (a variant summary), or None when
-    neither applies. `constrained` / `few_shot`: the command line's, None for the project's setting."""
+    neither applies. `constrained` / `few_shot`: the command line's, None for the project's setting.
+    `threshold`: stop once the pass rate's interval clears this bar (None: answer the whole test set)."""
     from tunesmith.evaluate import constrained as C
 
     k = project.baseline.few_shot if few_shot is None else few_shot
@@ -47,6 +50,7 @@ def prompting_variant(project: Project, subject: Any, test: list[EvalItem], sett
         try:
             variant = C.evaluate_variant(
                 project, subject, items, run_settings, say=say, progress=progress, few_shot=len(pairs),
+                threshold=threshold,
                 label=C.variant_label("base", constraint is not None, len(pairs)),
                 name=C.variant_name(subject.name, constraint is not None, len(pairs)))
             variant["few_shot_lines"] = [s.line for s in pairs]
@@ -66,30 +70,41 @@ def _warn(say: Say, warnings: list[str], message: str) -> None:
 
 
 def recommendation(rate: float | None, reg_rate: float | None, threshold: float,
-                   variant: dict[str, Any] | None) -> dict[str, Any]:
-    """Fine-tune or not, and why: the plain base first, then the prompted variant."""
+                   variant: dict[str, Any] | None, sample: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune or not, and why: the plain base first, then the prompted variant. `sample`: what the
+    plain base answered (`Sample.to_dict()`; the variant's is its "sample"), when it may have stopped
+    early: the message then says on how many prompts, and the result carries evaluated / of / stopped.
+
+    The rates are the point estimates on what was answered. A sample that stopped early stopped
+    because its interval lay entirely on one side of the bar, and then so does its point estimate:
+    the same rule decides whether it stopped or not."""
     from tunesmith.evaluate.api import base_passes
+    from tunesmith.evaluate.sequential import of_test_set
 
     v_rate = (variant["metrics"].get("exact_match") or {}).get("mean") if variant else None
     plain = base_passes(rate, reg_rate, threshold)
     prompted = not plain and variant is not None and base_passes(v_rate, reg_rate, threshold)
     shown = 0 if rate is None else rate
     if plain:
-        message = (f"the base model already answers {shown:.0%} of the test set correctly (>= {threshold:.0%}): "
-                   "improve the prompt or the pipeline instead of fine-tuning")
+        message = (f"the base model already answers {shown:.0%} of {of_test_set(sample)} correctly "
+                   f"(>= {threshold:.0%}): improve the prompt or the pipeline instead of fine-tuning")
     elif prompted:
         assert variant is not None and v_rate is not None
-        message = (f"the base model {_how(variant)} already answers {v_rate:.0%} of the test set correctly "
-                   f"(>= {threshold:.0%}; {shown:.0%} without): {_advice(variant)}")
+        message = (f"the base model {_how(variant)} already answers {v_rate:.0%} of "
+                   f"{of_test_set(variant.get('sample'))} correctly (>= {threshold:.0%}; {shown:.0%} without): "
+                   f"{_advice(variant)}")
     else:
         also = "" if variant is None else f"; {variant['label']}: {0 if v_rate is None else v_rate:.0%}"
-        message = (f"the base model answers {shown:.0%} of the test set correctly (< {threshold:.0%}{also}): "
-                   "fine-tuning is worth trying")
-    return {"fine_tune": not (plain or prompted), "threshold": threshold, "base_pass_rate": rate,
-            "base_regression_rate": reg_rate, "constrained_pass_rate": v_rate,
-            "constrained": bool(variant and variant["constrained"]),
-            "few_shot": variant["few_shot"] if variant else 0,
-            "variant": variant["label"] if variant else None, "message": message}
+        message = (f"the base model answers {shown:.0%} of {of_test_set(sample)} correctly "
+                   f"(< {threshold:.0%}{also}): fine-tuning is worth trying")
+    out: dict[str, Any] = {
+        "fine_tune": not (plain or prompted), "threshold": threshold, "base_pass_rate": rate,
+        "base_regression_rate": reg_rate, "constrained_pass_rate": v_rate,
+        "constrained": bool(variant and variant["constrained"]), "few_shot": variant["few_shot"] if variant else 0,
+        "variant": variant["label"] if variant else None, "message": message}
+    if sample is not None:
+        out.update(evaluated=sample["evaluated"], of=sample["of"], stopped=sample["stopped"])
+    return out
 
 
 def _how(variant: dict[str, Any]) -> str:

@@ -151,9 +151,11 @@ def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[E
     store = EvalStore(registry_for(project))
     fp = getattr(subject.backend, "fingerprint", "")
     summary = {k: v.to_dict() for k, v in ev.aggregate.items()}
-    store.save(subject=ev.subject, run_id=subject.run_id, split="test", fingerprint=fp, settings={"decode": settings.key()},
-               summary=summary, items=[(it.id, s.exact_match, s.to_dict(), g.text)
-                                       for it, s, g in zip(test, ev.test_scores, ev.test_generations)])
+    if test:  # none: only the regression suite was asked (`baseline`), the stored test results stand
+        store.save(subject=ev.subject, run_id=subject.run_id, split="test", fingerprint=fp,
+                   settings={"decode": settings.key()}, summary=summary,
+                   items=[(it.id, s.exact_match, s.to_dict(), g.text)
+                          for it, s, g in zip(test, ev.test_scores, ev.test_generations)])
     if regression:
         passed = sum(r.passed for r in ev.regression.values())
         store.save(subject=ev.subject, run_id=subject.run_id, split="regression", fingerprint=fp,

@@ -10,6 +10,9 @@ Every function here is pure and deterministic given its `seed` (numpy's PCG64 vi
   detects with the given power (normal approximation; formula in its docstring).
 * `compare` – all of the above turned into one verdict: "better", "worse" or
   "no detectable difference".
+* `wilson_interval` – the Wilson score interval of a pass rate (k passes of n), for deciding on a
+  sample while it grows (`evaluate.sequential`): unlike the bootstrap it does not collapse to zero
+  width when every item so far failed (or passed).
 
 Only numpy and the standard library are used (no scipy): the binomial tail is summed exactly with
 `math.comb` and normal quantiles come from `statistics.NormalDist`.
@@ -36,6 +39,7 @@ __all__ = [
     "mcnemar_exact",
     "min_detectable_difference",
     "paired_bootstrap",
+    "wilson_interval",
 ]
 
 #: Bootstrap resamples are drawn in blocks of at most this many indices, to bound memory.
@@ -296,3 +300,31 @@ def compare(
             verdict = "worse"
         return Comparison(diff, None, _score_mde(arr_b - arr_a, alpha, power), verdict, diff.n)
     raise ValueError(f"kind must be 'binary' or 'score', got {kind!r}")
+
+
+def wilson_interval(passed: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval at `level` for a pass rate of `passed` out of `n`.
+
+    With p = passed / n and z = z_{(1 + level) / 2}:
+
+        centre = (p + z^2 / 2n) / (1 + z^2 / n)
+        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2)
+
+    Worked example: 0 of 16 at 99 % (z = 2.575829): centre = half = z^2 / (2 (n + z^2)), so the
+    interval is [0, z^2 / (n + z^2)] = [0, 0.293127]. n = 0 gives [0, 1] (nothing is known).
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be between 0 and 1 (exclusive), got {level!r}")
+    if n < 0 or not 0 <= passed <= n:
+        raise ValueError(f"need 0 <= passed <= n, got passed={passed!r}, n={n!r}")
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf((1.0 + level) / 2.0)
+    p, z2 = passed / n, z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
+    # exactly 0 (1) when nothing (everything) passed: rounding must not put the bar's side in doubt
+    lo = 0.0 if passed == 0 else max(0.0, centre - half)
+    hi = 1.0 if passed == n else min(1.0, centre + half)
+    return lo, hi
