@@ -51,63 +51,41 @@ def byte_progress(description: str, total: int, enabled: bool = True) -> Iterato
 
 @contextmanager
 def generation_progress(enabled: bool, label: str = "generating") -> Iterator[Any]:
-    """A bar over answers generated; yields `update(done, total=None)` for the library to call."""
+    """Progress over answers generated (tunesmith.progress: a bar on a terminal, timed lines in a log);
+    yields `update(done, total=None)` for the library to call, or None when switched off."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from tunesmith.progress import Progress
 
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console(stderr=True), transient=True) as bar:
-        task = bar.add_task("gen", total=None)
-
-        def update(done: int, total: int | None = None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
+    with Progress.open(label, None, unit="answers", passes=True, transient=True) as reporter:
+        yield reporter.update
 
 
 @contextmanager
 def stage_progress(enabled: bool = True) -> Iterator[Any]:
-    """Progress over named stages; yields `update(stage, done, total, note="")`.
+    """Progress over named stages that follow one another; yields `update(stage, done, total, note="")`.
 
-    On a terminal: a bar per stage with the count, the rate's ETA and `note` (a cost tally, say).
-    Otherwise (a log file, CI): one line on stderr every tenth of a stage or every 30 s, so a long
-    run piped to a file still shows that it moves.
+    Each stage gets its own reporter (tunesmith.progress): on a terminal a bar with the count, the ETA
+    and `note` (a cost tally, say); otherwise a start line, a line at least every 30 s
+    (TUNESMITH_PROGRESS_EVERY) and an end line, so a long run piped to a file still shows that it moves.
     """
-    import time
-
     if not enabled:
         yield lambda *_a, **_k: None
         return
-    if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from tunesmith.progress import Progress
 
-        with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.fields[note]}"), console=console(stderr=True), transient=False) as bar:
-            tasks: dict[str, Any] = {}
+    current: dict[str, Any] = {}
 
-            def update(stage: str, done: int, total: int, note: str = "") -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total, note=note)
-                bar.update(tasks[stage], completed=done, total=total, note=note)
+    def update(stage: str, done: int, total: int, note: str = "") -> None:
+        if current.get("stage") != stage:  # the next stage began: the last one is over
+            if current:
+                current["reporter"].close()
+            current.update(stage=stage, reporter=Progress.open(stage, total, unit=""))
+        current["reporter"].update(done, total, note)
 
-            yield update
-        return
-    state: dict[str, tuple[float, int, float]] = {}  # stage -> (started, last printed share step, last time)
-
-    def update_plain(stage: str, done: int, total: int, note: str = "") -> None:
-        now = time.monotonic()
-        started, step, last = state.setdefault(stage, (now, -1, 0.0))
-        share = done / total if total else 1.0
-        this_step = int(share * 10)
-        if this_step == step and now - last < 30 and done < total:
-            return
-        if done >= total and step == 10:
-            return
-        rate = done / (now - started) if now > started and done else 0.0
-        eta = f", about {max(0.0, (total - done) / rate):.0f} s left" if rate and done < total else ""
-        print(f"{stage}: {done}/{total} ({share:.0%}){eta}{'; ' + note if note else ''}", file=sys.stderr, flush=True)
-        state[stage] = (started, 10 if done >= total else this_step, now)
-
-    yield update_plain
+    try:
+        yield update
+    finally:
+        if current:
+            current["reporter"].close()

@@ -77,31 +77,32 @@ class OverfitGuard(TrainerCallback):
             control.should_training_stop = True
 
 
-class RichProgress(TrainerCallback):
-    """A rich progress bar with loss, eval loss, tokens/s and ETA (stderr)."""
+class TrainProgress(TrainerCallback):
+    """Training progress on stderr (tunesmith.progress): a bar on a terminal, timed lines in a log,
+    with the loss, the eval loss and tokens/s as the note."""
 
     def __init__(self, total_steps: int, enabled: bool = True) -> None:
         self.total, self.enabled = total_steps, enabled
-        self._progress = None
-        self._task = None
-        self._fields = {"loss": "-", "eval": "-", "tps": "-"}
+        self.reporter: Any = None
+        self._fields: dict[str, str] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not self.enabled or not state.is_world_process_zero:
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from tunesmith.progress import Progress
 
-        self._progress = Progress(
-            TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("loss {task.fields[loss]}  eval {task.fields[eval]}  {task.fields[tps]} tok/s"),
-            console=Console(stderr=True), transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=self.total, completed=state.global_step, **self._fields)
+        total = state.max_steps if state.max_steps and state.max_steps > 0 else self.total
+        self.reporter = Progress.open("training", total, unit="steps", done=state.global_step)
+
+    def _note(self) -> str:
+        f = self._fields
+        return ", ".join(part for part in (f.get("loss") and f"loss {f['loss']}",
+                                           f.get("eval") and f"eval loss {f['eval']}",
+                                           f.get("tps") and f"{f['tps']} tokens/s") if part)
 
     def update(self, event: dict[str, Any]) -> None:
-        if self._progress is None:
+        """A logged step or evaluation (StepLog's event): the count and the numbers for the note."""
+        if self.reporter is None:
             return
         if "loss" in event:
             self._fields["loss"] = f"{event['loss']:.4f}"
@@ -109,16 +110,23 @@ class RichProgress(TrainerCallback):
             self._fields["eval"] = f"{event['eval_loss']:.4f}"
         if "tokens_per_s" in event:
             self._fields["tps"] = f"{event['tokens_per_s']:.0f}"
-        self._progress.update(self._task, completed=event.get("step", 0), **self._fields)
+        self.reporter.update(event.get("step", self.reporter.done), note=self._note())
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._progress is not None:
-            self._progress.update(self._task, completed=state.global_step)
+        # a step that logs is reported by `update` with its loss; one that does not is counted here
+        if self.reporter is not None and not control.should_log:
+            self.reporter.update(state.global_step, note=self._note())
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self.reporter is not None:
+            self.reporter.close()
+            self.reporter = None
+
+    def close(self) -> None:
+        """After `trainer.train`: still open means it raised before on_train_end (stops the heartbeat too)."""
+        if self.reporter is not None:
+            self.reporter.close(failed=True)
+            self.reporter = None
 
 
 def json_emitter(enabled: bool) -> Callable[[dict[str, Any]], None]:
