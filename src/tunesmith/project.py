@@ -115,7 +115,10 @@ class TrainSettings(_Strict):
     alpha: float | None = Field(None, gt=0)
     dropout: float | None = Field(None, ge=0, lt=1)
     target_modules: list[str] | None = None
+    layers: int | Literal["all"] | None = Field(
+        None, description="LoRA on the top N decoder layers only (backpropagation stops below them), or all.")
     learning_rate: float | None = Field(None, gt=0, lt=1)
+    converge: bool | None = Field(None, description="Stop once validation loss and answer match stop improving (epochs stay the ceiling).")
     epochs: float | None = Field(None, gt=0, le=100)
     batch_size: int | None = Field(None, ge=1, le=1024, description="Examples per device per step.")
     effective_batch: int | None = Field(None, ge=1, le=4096, description="Examples per optimizer step.")
@@ -124,11 +127,20 @@ class TrainSettings(_Strict):
     eval_fraction: float | None = Field(None, gt=0, le=0.5, description="Share of train held out for validation loss.")
     eval_every: int | None = Field(None, ge=1, description="Optimizer steps between evaluations (and checkpoints).")
     patience: int | None = Field(None, ge=1, le=100, description="Evaluations of rising eval loss before stopping.")
+    time_budget: float | None = Field(
+        None, description="Longest training time: 10m, 90s, 1h30m, 2.5m or seconds; epochs are cut to fit it.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None
     seed: int | None = None
     mix: MixSettings | None = None
     report_to: list[Literal["wandb", "mlflow"]] = Field(default_factory=list, description="Extra trackers (TensorBoard is always on).")
     runs_dir: str = Field("runs", description="Where run directories and the registry live.")
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        from tunesmith.train.budget import parse_duration  # seconds; a ValueError names the accepted forms
+
+        return None if v is None else parse_duration(v)
 
 
 class JudgeSettings(_Strict):
@@ -162,6 +174,9 @@ class BaselineSettings(_Strict):
         True, description="Also try the base model constrained to the output contract (when the project has one).")
     few_shot: int = Field(0, ge=0, le=20,
                           description="Show the base model this many training examples first (0: none).")
+    full: bool = Field(
+        False, description="Answer the whole test set and regression suite instead of stopping once the pass "
+                           "rate's interval clears the bar (--full).")
 
 
 class Price(_Strict):

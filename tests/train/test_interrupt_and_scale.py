@@ -40,7 +40,7 @@ def _step_losses(run_dir: Path) -> dict[int, float]:
 def test_kill_dash_nine_then_resume(tmp_path, tiny_model_dir):
     project = _project(tmp_path / "p", tiny_model_dir)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_cli("train", "-p", str(project), "--epochs", "40", "--eval-every", "3", "--json"),
+    proc = subprocess.Popen(_cli("train", "-p", str(project), "--epochs", "40", "--eval-every", "3", "--no-converge", "--json"),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     killed_after = None
     deadline = time.time() + 240
@@ -77,7 +77,7 @@ def test_kill_dash_nine_then_resume(tmp_path, tiny_model_dir):
 def test_two_processes_match_one(tmp_path, tiny_model_dir):
     """DDP over gloo on 2 CPU processes with the same global batch follows the same loss curve."""
     project = _project(tmp_path / "p", tiny_model_dir)
-    common = ["train", "-p", str(project), "--epochs", "3", "--lr", "3e-3", "--json"]
+    common = ["train", "-p", str(project), "--epochs", "3", "--lr", "3e-3", "--no-converge", "--json"]
     single = subprocess.run(_cli(*common, "--name", "one"), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
     double = subprocess.run(_cli(*common, "--name", "two", "--num-processes", "2"), capture_output=True, text=True, timeout=600)

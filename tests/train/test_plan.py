@@ -221,3 +221,27 @@ def test_the_selective_loss_runs_under_the_trainers_mixed_precision(tiny_model_d
              "labels": torch.tensor([[-100, -100, 3, 4]])}
     trainer.compute_loss(trainer.model, batch)
     assert seen == [torch.bfloat16]
+
+
+def test_time_budget_is_a_setting_only_when_given():
+    """The budget is recorded here (in seconds) and applied once the step time is measured (test_budget.py)."""
+    assert "time_budget" not in plan_for(200).settings
+    from_file = plan_for(200, file={"time_budget": 600.0})
+    assert (from_file["time_budget"], from_file.settings["time_budget"].source) == (600.0, FILE)
+    assert from_file.settings["time_budget"].why == "train.time_budget"
+    flagged = plan_for(200, file={"time_budget": 600.0}, flags={"time_budget": "1h30m"})
+    assert (flagged["time_budget"], flagged.settings["time_budget"].source) == (5400.0, FLAG)
+    assert flagged.settings["time_budget"].why == "--time-budget"
+    # unmeasured, nothing is cut yet: the steps are the plan's own
+    assert flagged.derived == plan_for(200).derived and "max_steps" not in flagged.derived
+
+
+def test_tunesmith_cpu_bf16_0_plans_as_on_a_cpu_without_fast_bf16(monkeypatch):
+    from tunesmith.train import device
+
+    monkeypatch.setenv("TUNESMITH_CPU_BF16", "0")
+    assert device.cpu_supports_bf16() is False
+    monkeypatch.setattr(device.Path, "read_text", lambda self, *a, **k: "flags : fpu avx512_bf16 amx_bf16")
+    assert device.cpu_supports_bf16() is False
+    monkeypatch.delenv("TUNESMITH_CPU_BF16")
+    assert device.cpu_supports_bf16() is True

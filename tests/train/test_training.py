@@ -178,7 +178,7 @@ def test_overfitting_guard_stops_and_restores_best(tmp_path, tiny_model_dir):
 
     project = make_project(tmp_path / "p", tiny_model_dir, random_rows())
     out = train_project(project, {"method": "full", "learning_rate": 1e-2, "epochs": 20, "eval_every": 1,
-                                  "patience": 2, "effective_batch": 4}, progress=False)
+                                  "patience": 2, "effective_batch": 4, "converge": False}, progress=False)
     m = out.metrics
     planned = out.plan["derived"]["total_steps"]
     assert "stopped_early" in m and m["stopped_early"], m
@@ -419,3 +419,33 @@ def test_cli_bad_input_exits_2_with_hint(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(app, ["train", "-p", str(project), "--dry-run"])
     assert result.exit_code == 2, result.output
     assert "tunesmith split" in result.output
+
+
+# --- convergence: the run stops once validation stops improving -----------------------------------
+
+def test_training_stops_at_convergence_and_says_so(tmp_path, tiny_model_dir, monkeypatch):
+    """A real tiny run: every evaluation logs the answer match, and once the rule sees no progress (here
+    a min_delta no loss gain can meet) after the first epoch, training stops before its planned steps."""
+    import tunesmith.train.convergence as convergence
+
+    monkeypatch.setattr(convergence, "MIN_DELTA", 0.99)
+    monkeypatch.setattr(convergence.ConvergenceStop.__init__, "__defaults__", (2, 0.99, 1.0))
+    project = make_project(tmp_path / "p", tiny_model_dir, mapping_rows())
+    out = train_project(project, {"learning_rate": 5e-3, "epochs": 6, "eval_every": 1, "effective_batch": 8,
+                                  "patience": 50}, progress=False)
+    evals = [s for s in read_steps(out.run_dir) if s["event"] == "eval"]
+    assert evals and all(0.0 <= s["eval_answer_match"] <= 1.0 for s in evals)
+    c = out.metrics["converged"]
+    assert c["at_step"] == out.metrics["steps"] < out.plan["derived"]["total_steps"] == c["of_steps"]
+    assert c["epoch"] >= 1.0 and "did not improve over the last 2 evaluations" in c["why"]
+
+
+def test_no_convergence_stop_when_switched_off(tmp_path, tiny_model_dir, monkeypatch):
+    import tunesmith.train.convergence as convergence
+
+    monkeypatch.setattr(convergence.ConvergenceStop.__init__, "__defaults__", (2, 0.99, 1.0))
+    project = make_project(tmp_path / "p", tiny_model_dir, mapping_rows())
+    out = train_project(project, {"learning_rate": 5e-3, "epochs": 2, "eval_every": 1, "effective_batch": 8,
+                                  "patience": 50, "converge": False}, progress=False)
+    assert out.plan["settings"]["converge"]["value"] is False
+    assert "converged" not in out.metrics and out.metrics["steps"] == out.plan["derived"]["total_steps"]

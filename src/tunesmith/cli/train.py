@@ -17,6 +17,31 @@ from tunesmith.cli._output import console
 from tunesmith.errors import UsageError
 
 
+def _layers(value: str | None) -> int | str | None:
+    if value is None or value.strip().lower() == "all":
+        return None if value is None else "all"
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f"--layers {value!r} is not a number of layers", "use a positive number (the top N layers) or all")
+    return n
+
+
+def time_budget_flag(value: str | None) -> float | None:
+    """--time-budget in seconds (`tunesmith run` takes the same flag)."""
+    if value is None:
+        return None
+    from tunesmith.train.budget import DURATION_FORMS, parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise UsageError(f"--time-budget {value!r} is not a training time longer than zero",
+                         f"use {DURATION_FORMS}, e.g. --time-budget 10m") from None
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr)
 
@@ -32,6 +57,7 @@ def train(
     method: Optional[str] = typer.Option(None, "--method", help="lora | qlora | full."),
     rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="LoRA on the top N decoder layers only (faster steps), or all."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--lr", help="Peak learning rate."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training data."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per device per step."),
@@ -39,7 +65,9 @@ def train(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest example in tokens."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between evaluations and checkpoints."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Rising evaluations before the overfitting stop."),
+    converge: Optional[bool] = typer.Option(None, "--converge/--no-converge", help="Stop once validation loss and answer match stop improving (default on)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Train for at most this long (10m, 90s, 1h30m, 600): epochs are cut to fit the measured step time."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes via accelerate (DDP)."),
     allow_unreviewed: bool = typer.Option(False, "--allow-unreviewed", help="Train on teacher-generated rows whose review target was not met (the run records it)."),
@@ -54,8 +82,9 @@ def train(
     flags: dict[str, Any] = {
         "method": method, "rank": rank, "alpha": alpha, "learning_rate": learning_rate, "epochs": epochs,
         "batch_size": batch_size, "effective_batch": effective_batch, "max_length": max_length,
-        "eval_every": eval_every, "patience": patience, "precision": precision, "seed": seed,
-        "allow_unreviewed": True if allow_unreviewed else None,
+        "eval_every": eval_every, "patience": patience, "converge": converge, "precision": precision, "seed": seed,
+        "allow_unreviewed": True if allow_unreviewed else None, "layers": _layers(layers),
+        "time_budget": time_budget_flag(time_budget),
     }
     if method is not None and method not in ("lora", "qlora", "full"):
         raise UsageError(f"--method {method!r} is not a method", "use lora, qlora or full")
@@ -63,6 +92,9 @@ def train(
         raise UsageError(f"--precision {precision!r} is not a precision", "use auto, bf16, fp16 or fp32")
     if backend not in ("local", "openai"):
         raise UsageError(f"--backend {backend!r} is not a backend", "use local or openai")
+    if backend == "openai" and time_budget is not None:
+        raise UsageError("--time-budget limits local training; a hosted job runs as long as the provider takes",
+                         "drop --time-budget with --backend openai (--epochs sets the hosted job's length)")
     if backend == "openai" or (resume is not None and _is_hosted_run(project, resume)):
         _train_hosted(project, flags, dry_run=dry_run, resume=resume, name=name, json_out=json_out, yes=yes,
                       hosted_flags={"model": model, "suffix": suffix, "learning_rate_multiplier": learning_rate_multiplier})
@@ -71,6 +103,11 @@ def train(
         raise UsageError("--model, --suffix and --learning-rate-multiplier go with --backend openai",
                          "add --backend openai, or drop them (local training uses the project's base_model)")
     if num_processes > 1:
+        from tunesmith.project import load_project
+        from tunesmith.train.api import refuse_unmeasured_budget
+
+        if resume is None:  # before launching: every process would refuse it alike
+            refuse_unmeasured_budget(load_project(project), flags, num_processes)
         _launch(num_processes, project, run_id or _new_id(name))
         return
     from tunesmith.train.api import train_project
@@ -207,6 +244,8 @@ def print_plan(plan: dict[str, Any], title: str = "training plan") -> None:
               f"{d['gradient_accumulation']} x {d.get('processes', 1)} process(es)); {d['batching']}; device {d['device']}")
     if "estimated_minutes" in d:
         out.print(f"time: about {d['estimated_minutes']} min ({d['seconds_per_step']} s per step, measured on this machine)")
+    if "gave_up" in d:
+        out.print(f"budget: {d['gave_up']}; about {d['budget_overhead_s']} s of it for evaluations and checkpoints")
     if "disk" in d:
         out.print(f"disk: about {d['disk']['total_mb']} MB (output {d['disk']['output_mb']} MB + checkpoints)")
     a = d.get("audit")
@@ -224,3 +263,6 @@ def print_summary(outcome) -> None:
               f"{m.get('steps')} steps in {m.get('wall_seconds')} s, {m.get('trained_tokens_per_s')} trained tokens/s")
     if m.get("stopped_early"):
         out.print(f"[yellow]stopped early:[/] {m['stopped_early']['why']}")
+    if m.get("converged"):
+        c = m["converged"]
+        out.print(f"converged: stopped at step {c['at_step']} of {c['of_steps']} (epoch {c['epoch']}): {c['why']}")

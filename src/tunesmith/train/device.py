@@ -19,7 +19,13 @@ class DeviceInfo:
 
 
 def cpu_supports_bf16() -> bool:
-    """AVX512-BF16 or AMX make bf16 autocast pay off on a CPU; without them it is slower than fp32."""
+    """AVX512-BF16 or AMX make bf16 autocast pay off on a CPU; without them it is slower than fp32.
+    TUNESMITH_CPU_BF16=0 plans as on a CPU without them (fp32), to see what such a machine gets."""
+    import os
+
+    forced = os.environ.get("TUNESMITH_CPU_BF16", "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -63,11 +63,28 @@ def build_model(prep: Prepared) -> Any:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    layers = plan.settings["layers"].value if "layers" in plan.settings else "all"  # older plans: all
+    targets: Any = plan["target_modules"]
+    extra: dict[str, Any] = {}
+    if layers != "all":
+        total = model.config.get_text_config().num_hidden_layers
+        extra["layers_to_transform"] = list(range(max(0, total - int(layers)), total))
+        # PEFT takes a layer subset only with target_modules as a list of module names
+        targets = decoder_linear_names(model) if targets == "all-linear" else targets
     config = LoraConfig(
         r=plan["rank"], lora_alpha=plan["alpha"], lora_dropout=plan["dropout"],
-        target_modules=plan["target_modules"], bias="none", task_type="CAUSAL_LM",
+        target_modules=targets, bias="none", task_type="CAUSAL_LM", **extra,
     )
     return get_peft_model(model, config)
+
+
+def decoder_linear_names(model: Any) -> list[str]:
+    """The names PEFT's "all-linear" stands for: every Linear inside the decoder layers (not the LM head)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head and "." in name})
 
 
 def training_arguments(prep: Prepared, run_dir: Path, *, report_to: list[str]) -> Any:
@@ -82,6 +99,8 @@ def training_arguments(prep: Prepared, run_dir: Path, *, report_to: list[str]) -
         per_device_eval_batch_size=plan["batch_size"],
         gradient_accumulation_steps=d["gradient_accumulation"],
         num_train_epochs=plan["epochs"],
+        # a time budget cuts the run to whole steps (fractional epochs); the warmup and schedule span them
+        max_steps=d.get("max_steps", -1),
         learning_rate=plan["learning_rate"],
         warmup_steps=plan["warmup_ratio"],
         lr_scheduler_type=plan["scheduler"],
@@ -131,14 +150,14 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 
 def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_events: bool = False,
                  progress: bool = True) -> TrainResult:
-    from tunesmith.train.callbacks import OverfitGuard, RichProgress, StepLog, json_emitter
+    from tunesmith.train.callbacks import OverfitGuard, StepLog, TrainProgress, json_emitter
     from tunesmith.train.trainer import PadCollator, TunesmithTrainer
 
     plan = prep.plan
     model = build_model(prep)
     args = training_arguments(prep, run_dir, report_to=trackers(prep.project.train.report_to))
     emit = json_emitter(json_events)
-    bar = RichProgress(plan.derived["total_steps"], enabled=progress and not json_events)
+    bar = TrainProgress(plan.derived["total_steps"], enabled=progress and not json_events)
     tokens_per_step = sum(len(r.enc.input_ids) for r in prep.train.rows) / max(1, plan.derived["steps_per_epoch"])
 
     def forward(event: dict[str, Any]) -> None:
@@ -146,19 +165,28 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
         bar.update(event)
 
     guard = OverfitGuard(plan["patience"])
+    from tunesmith.train.convergence import ConvergenceStop
+
+    converge = ConvergenceStop() if plan.settings.get("converge") and plan["converge"] else None
     pad_id = prep.tokenizer.pad_token_id if prep.tokenizer.pad_token_id is not None else prep.tokenizer.eos_token_id
     trainer = TunesmithTrainer(
-        model=model, args=args, train_dataset=_rows(prep.train), eval_dataset=_rows(prep.eval) or None,
+        model=model, args=args, train_dataset=_rows(prep.train),
+        # in length order: evaluation batches are padded to their longest row, and their order does not matter
+        eval_dataset=sorted(_rows(prep.eval), key=lambda r: len(r["input_ids"])) or None,
         data_collator=PadCollator(pad_id), processing_class=prep.tokenizer,
-        callbacks=[StepLog(run_dir / "steps.jsonl", forward, tokens_per_step), guard, bar, *_tensorboard(run_dir)],
+        callbacks=[StepLog(run_dir / "steps.jsonl", forward, tokens_per_step), guard, *([converge] if converge else []),
+                   bar, *_tensorboard(run_dir)],
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer.remove_callback(PrinterCallback)  # stdout is for --json events; people get the rich bar
+    trainer.remove_callback(PrinterCallback)  # stdout is for --json events; people get TrainProgress
     trainer.remove_callback(ProgressCallback)
     checkpoint = last_checkpoint(run_dir) if resume else None
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        bar.close()  # a run that raised never reached on_train_end: end the bar and its heartbeat
     wall = time.perf_counter() - started
     adapter_dir = run_dir / ("model" if plan["method"] == "full" else "adapter")
     if trainer.is_world_process_zero():
@@ -184,6 +212,9 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
             "why": f"eval loss rose for {guard.patience} evaluations while train loss kept falling (overfitting); "
                    f"the best checkpoint (step {guard.best_step}) was restored",
         }
+    if converge is not None and converge.stopped_at is not None and not stopped:
+        metrics["converged"] = {"at_step": converge.stopped_at, "epoch": converge.epoch,
+                                "of_steps": plan.derived["total_steps"], "why": converge.rule.why()}
     return TrainResult(run_dir, adapter_dir, metrics, stopped)
 
 

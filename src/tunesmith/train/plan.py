@@ -43,6 +43,8 @@ class PlanInputs:
     world_size: int = 1
     #: rows the validation slice may come from (task rows; mixed general rows are excluded)
     n_held_out_pool: int | None = None
+    #: decoder layers of the base model (config.json), for LoRA on the top layers only
+    n_layers: int | None = None
 
 
 @dataclass
@@ -102,6 +104,42 @@ def needs_qlora(dev: DeviceInfo, n_params: int | None) -> bool:
     return bool(dev.kind == "cuda" and n_params and dev.memory_gb and n_params * 2 / 2**30 > 0.5 * dev.memory_gb)
 
 
+def choose_layers(choose: _Chooser, inputs: PlanInputs) -> None:
+    """`layers`: LoRA on the top k decoder layers, or all. Below the lowest adapted layer nothing needs a
+    gradient, so backpropagation stops there: fewer layers, cheaper steps."""
+    n = inputs.n_layers
+    layers = choose("layers", "all", DEFAULT, "every decoder layer")
+    if layers == "all":
+        return
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+        raise UsageError(f"layers must be a positive number of top decoder layers or 'all', not {layers!r}",
+                         "set train.layers (or --layers) to e.g. 10, or to all")
+    if n is not None and layers >= n:
+        choose.settings["layers"] = Setting("all", choose.settings["layers"].source,
+                                            f"{layers} >= the model's {n} layers: every layer")
+        return
+    setting = choose.settings["layers"]
+    where = f"the top {layers} of {n} decoder layers" if n else f"the top {layers} decoder layers"
+    setting.why = f"{setting.why}: LoRA on {where}; backpropagation stops below them" if setting.why else where
+
+
+def eval_every_for(steps: int) -> int:
+    return max(1, steps // 10)
+
+
+def choose_time_budget(choose: _Chooser) -> None:
+    """`time_budget` in seconds. It is applied once the step time is measured (tunesmith.train.budget):
+    the plan's steps stay as planned here."""
+    from tunesmith.train.budget import DURATION_FORMS, parse_duration
+
+    value = choose("time_budget", None, DEFAULT)
+    try:
+        choose.settings["time_budget"].value = parse_duration(value)  # library callers may pass "10m"
+    except ValueError as exc:
+        raise UsageError(f"time_budget: {exc}", f"set train.time_budget (or --time-budget) to e.g. 10m; "
+                                                f"accepted: {DURATION_FORMS}") from None
+
+
 def make_plan(inputs: PlanInputs) -> TrainPlan:
     choose = _Chooser(inputs)
     dev = inputs.device
@@ -115,6 +153,9 @@ def make_plan(inputs: PlanInputs) -> TrainPlan:
             f"QLoRA needs a CUDA GPU (4-bit bitsandbytes kernels); this machine trains on {dev.describe()}",
             "use method: lora (train.method in tunesmith.yaml or --method lora); on a small model it is also faster",
         )
+    if method == "full" and (inputs.flags.get("layers") or inputs.file.get("layers")) not in (None, "all"):
+        raise UsageError("layers (LoRA on the top layers only) applies to method lora or qlora, not full",
+                         "drop train.layers / --layers, or train with method: lora")
     if method != "full":
         rank, why = lora_rank_for(n)
         rank = choose("rank", rank, DATA, why)
@@ -127,11 +168,14 @@ def make_plan(inputs: PlanInputs) -> TrainPlan:
         else:
             choose("dropout", 0.05, DEFAULT, "light regularisation")
         choose("target_modules", "all-linear", DEFAULT, "all linear projections (attention and MLP)")
+        choose_layers(choose, inputs)
         choose("learning_rate", 2e-4, DEFAULT, "2e-4 for LoRA")
     else:
         choose("learning_rate", 2e-5, DEFAULT, "full fine-tuning moves every weight: 10x lower than LoRA")
     epochs, why = epochs_for(n)
     choose("epochs", epochs, DATA, why)
+    if inputs.flags.get("time_budget") is not None or inputs.file.get("time_budget") is not None:
+        choose_time_budget(choose)
 
     effective = choose("effective_batch", min(EFFECTIVE_BATCH, max(1, n)), DEFAULT,
                        f"{EFFECTIVE_BATCH} examples per optimizer step" if n >= EFFECTIVE_BATCH else f"the whole dataset ({n})")
@@ -162,8 +206,13 @@ def make_plan(inputs: PlanInputs) -> TrainPlan:
     n_train = n - n_eval
     steps_per_epoch = max(1, math.ceil(n_train / (per_device * grad_accum * world)))
     total_steps = max(1, math.ceil(steps_per_epoch * choose.settings["epochs"].value))
-    choose("eval_every", max(1, total_steps // 10), DATA, "about 10 evaluations (and checkpoints) per run")
+    choose("eval_every", eval_every_for(total_steps), DATA, "about 10 evaluations (and checkpoints) per run")
     choose("patience", 3, DEFAULT, "stop after 3 evaluations of rising eval loss while train loss falls")
+    if n_eval:
+        choose("converge", True, DEFAULT, "stop once validation loss and answer match stop improving "
+                                          f"(after 1 epoch; the {choose.settings['epochs'].value} epochs are the ceiling)")
+    else:
+        choose("converge", False, DATA, "no validation slice to see convergence on")
     precision = choose("precision", "auto", DEFAULT, "")
     if precision == "auto":
         precision = "bf16" if dev.bf16 else "fp32"
@@ -179,7 +228,7 @@ def make_plan(inputs: PlanInputs) -> TrainPlan:
         "gradient_accumulation": grad_accum, "processes": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "tokens_per_epoch": tokens, "rows_truncated": truncated, "p99_tokens": p99,
         "batching": f"length-grouped batches, no packing (padding {padding_waste:.0%} of tokens)",
-        "device": dev.describe(),
+        "device": dev.describe(), "layers_total": inputs.n_layers,
     })
 
 

@@ -105,7 +105,7 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
         n_examples=len(task.rows) + len(mixed.rows), token_lengths=task.lengths() + mixed.lengths(),
         model_max_length=model_max, device=device, n_params=checkpoint_params(resolved.path), file=file_settings,
         flags=validated_flags(flags), project_max_length=project.max_length, world_size=world_size(),
-        n_held_out_pool=len(task.rows),
+        n_held_out_pool=len(task.rows), n_layers=_model_layers(resolved.path),
     ))
     data = truncate_rows(task, plan["max_length"], tokenizer)
     label_audit = audit(data)
@@ -147,12 +147,20 @@ def validated_flags(flags: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
-def _model_max_length(path: Path) -> int | None:
+def _model_config(path: Path) -> dict[str, Any]:
     import json
 
     try:
         cfg = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        return None
-    cfg = cfg.get("text_config", cfg)
-    return cfg.get("max_position_embeddings")
+        return {}
+    return cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+
+
+def _model_max_length(path: Path) -> int | None:
+    return _model_config(path).get("max_position_embeddings")
+
+
+def _model_layers(path: Path) -> int | None:
+    n = _model_config(path).get("num_hidden_layers")
+    return n if isinstance(n, int) and n > 0 else None

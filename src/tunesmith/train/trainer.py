@@ -56,8 +56,9 @@ def _decoder_and_head(lm: torch.nn.Module) -> tuple[Any, Any]:
 
 
 def selective_lm_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
-                      num_items: torch.Tensor | int | None) -> torch.Tensor:
-    """Sum of next-token cross-entropy over labelled positions, divided by num_items (or their count)."""
+                      num_items: torch.Tensor | int | None, matches: AnswerMatch | None = None) -> torch.Tensor:
+    """Sum of next-token cross-entropy over labelled positions, divided by num_items (or their count).
+    With `matches`, also counts the rows whose every labelled token is the model's top choice."""
     lm = _causal_lm(model)
     labels = inputs["labels"]
     targets = labels[:, 1:]
@@ -72,8 +73,34 @@ def selective_lm_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
     else:  # an architecture without the usual decoder/head split: full logits, same loss
         logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits[:, :-1][keep].float()
     loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+    if matches is not None:
+        matches.add(keep, logits.argmax(-1) == targets[keep])
     denom = num_items if num_items is not None else keep.sum().clamp(min=1)
     return loss / denom
+
+
+class AnswerMatch:
+    """Teacher-forced answer match on the validation slice: the share of rows whose whole answer is the
+    model's top choice token after token, i.e. what greedy decoding would write. Free (the evaluation
+    computes those logits anyway) and, unlike the loss, it says when the answers stop getting right."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.exact = 0
+
+    def add(self, keep: torch.Tensor, correct: torch.Tensor) -> None:
+        row_of = keep.nonzero()[:, 0]
+        wrong = torch.zeros(keep.shape[0], dtype=torch.long, device=keep.device)
+        wrong.index_add_(0, row_of, (~correct).long())
+        labelled = keep.any(dim=1)
+        self.rows += int(labelled.sum())
+        self.exact += int((labelled & (wrong == 0)).sum())
+
+    def take(self) -> float | None:
+        """The share since the last call, and reset."""
+        share = self.exact / self.rows if self.rows else None
+        self.rows = self.exact = 0
+        return share
 
 
 class TunesmithTrainer(Trainer):
@@ -84,13 +111,26 @@ class TunesmithTrainer(Trainer):
         # Our loss divides by the number of labelled tokens across the accumulated batches, so the
         # Trainer must count them and must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
+        self.answer_match = AnswerMatch()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # accelerate applies mixed precision by wrapping model.forward; this loss calls the decoder and
         # the head directly, so it must enter the autocast context itself (bf16 on capable CPUs/GPUs).
         with self.accelerator.autocast():
-            loss = selective_lm_loss(model, inputs, num_items_in_batch)
+            loss = selective_lm_loss(model, inputs, num_items_in_batch,
+                                     None if model.training else self.answer_match)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # num_items counts labelled tokens over all processes; DDP averages gradients, so scale back.
             loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        # an evaluation's metrics pass through here: add the answer match counted during it
+        if "eval_loss" in logs:
+            if self.accelerator.num_processes > 1:  # every process saw its shard; all must decide alike
+                counts = torch.tensor([self.answer_match.rows, self.answer_match.exact], device=self.accelerator.device)
+                self.answer_match.rows, self.answer_match.exact = (int(x) for x in self.accelerator.reduce(counts, "sum"))
+            share = self.answer_match.take()
+            if share is not None:
+                logs["eval_answer_match"] = round(share, 4)  # in place: on_evaluate's metrics are this dict
+        super().log(logs, *args, **kwargs)
