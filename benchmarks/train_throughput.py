@@ -31,6 +31,14 @@ Before each timed child the 1-minute load average must fall below --max-load (po
     python benchmarks/train_throughput.py                   # 96 examples, 1 epoch
     python benchmarks/train_throughput.py --examples 160 --epochs 3 --json
     python benchmarks/train_throughput.py --profile 4       # + torch.profiler over 4 micro-batches per side
+    python benchmarks/train_throughput.py --precision fp32  # both sides in fp32 (a CPU without fast bf16)
+    python benchmarks/train_throughput.py --layers 10       # tunesmith with LoRA on the top 10 layers only
+
+MFU (model FLOPs utilisation): the FLOPs each side's objective needs per trained token
+(`tunesmith.train.flops.training_flops_per_token`: decoder matmuls and attention forward, input
+gradients through the adapted layers, LoRA gradients, the LM head where there is a loss; no
+recomputation) x its trained tokens/s, divided by the best torch.mm FLOP/s measured in a child with
+the same threads and precision (`matmul_peak`).
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ EXAMPLE = ROOT / "examples" / "pyfunc-json"
 MODEL_REF = "builtin:smollm2-135m-instruct"
 HELD_OUT = 32
 SELECT_SEED = 20240611
-GOAL_RATIO = 2.0
+GOAL_RATIO = 3.0
 LOSS_TOLERANCE = 0.02
 EVAL_FRACTION = 0.01  # tunesmith's validation slice: > 0 is required; gives the plan's floor of 2 rows
 
@@ -236,6 +244,9 @@ def child_plain(spec: dict) -> dict:
         sft["use_cpu"] = True
         adaptations.append("use_cpu=True (transformers 5 refuses bf16=True without a GPU unless use_cpu is set; "
                            "on CPU bf16=True means torch.autocast('cpu', bfloat16) over fp32 weights)")
+    if spec.get("precision") == "fp32":
+        sft["bf16"] = False
+        adaptations.append("bf16=True -> False (benchmark --precision fp32, the same on both sides)")
     gc = spec["plain_gradient_checkpointing"]
     if gc is not None:
         sft["gradient_checkpointing"] = gc
@@ -335,13 +346,25 @@ def child_eval(spec: dict) -> dict:
     return out
 
 
+def child_peak(spec: dict) -> dict:
+    """The matmul peak of this machine with the training children's threads, fp32 and bf16."""
+    import torch
+
+    from tunesmith.train.device import detect_device
+    from tunesmith.train.flops import matmul_peak
+
+    out = {"threads": torch.get_num_threads(), "fp32": matmul_peak("fp32")}
+    out["bf16"] = matmul_peak("bf16") if detect_device().bf16 else None
+    return out
+
+
 def _child_main(kind: str, spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     if spec.get("threads"):
         import torch
 
         torch.set_num_threads(spec["threads"])
-    result = {"plain": child_plain, "tunesmith": child_tunesmith, "eval": child_eval}[kind](spec)
+    result = {"plain": child_plain, "tunesmith": child_tunesmith, "eval": child_eval, "peak": child_peak}[kind](spec)
     Path(spec["result_file"]).write_text(json.dumps(result))
 
 
@@ -419,7 +442,7 @@ def _n_eval(total: int, frac: float) -> int:
     return max(2, min(200, int(round(total * frac)))) if total >= 10 else 0
 
 
-def build_inputs(n: int, epochs: int, workdir: Path, log) -> dict:
+def build_inputs(n: int, epochs: int, workdir: Path, log, extra_flags: dict | None = None) -> dict:
     """Held-out rows, the tunesmith project copy, and the plain side's file with exactly tunesmith's trained rows."""
     from tunesmith.project import load_project
     from tunesmith.train.prepare import prepare
@@ -447,7 +470,8 @@ def build_inputs(n: int, epochs: int, workdir: Path, log) -> dict:
     # Evaluation costs little: no periodic eval (eval_every beyond the run), the smallest validation
     # slice the plan allows (eval_fraction 0.01 -> 2 rows). The Trainer still evaluates and checkpoints
     # once at the last step (timed separately below).
-    flags = {**TUNESMITH_FLAGS, "epochs": epochs, "eval_every": 10**6, "eval_fraction": EVAL_FRACTION}
+    flags = {**TUNESMITH_FLAGS, "epochs": epochs, "eval_every": 10**6, "eval_fraction": EVAL_FRACTION,
+             **(extra_flags or {})}
     prep = prepare(load_project(project_dir), flags)
     trained = [pool[r.line - 1] for r in prep.train.rows]
     if len(trained) != n:
@@ -469,6 +493,8 @@ def build_inputs(n: int, epochs: int, workdir: Path, log) -> dict:
         "trained_assistant_tokens": sum(r.enc.trainable for r in prep.train.rows),
         "max_length_tunesmith": prep.plan["max_length"],
         "longest_row": max(len(r.enc.input_ids) for r in prep.train.rows),
+        "lengths": [len(r.enc.input_ids) for r in prep.train.rows],
+        "model_config": json.loads((prep.model_path / "config.json").read_text()),
     }
 
 
@@ -487,6 +513,10 @@ def main() -> None:
                     help="torch intra-op threads in both training children (default: torch's own, one per core); "
                          "1 is far less sensitive to other processes on a shared machine")
     ap.add_argument("--only", choices=("plain", "tunesmith"), help="run one side only (no comparison)")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                    help="both sides: bf16 autocast (the guide's bf16=True; default) or fp32 (a CPU without fast bf16)")
+    ap.add_argument("--layers", default=None,
+                    help="tunesmith side: LoRA on the top N decoder layers only, or all (default: the plan's choice)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (adapters, logs)")
     ap.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -498,7 +528,10 @@ def main() -> None:
     ensure_split(log)
     workdir = Path(tempfile.mkdtemp(prefix="tunesmith-train-bench-"))
     try:
-        inputs = build_inputs(a.examples, a.epochs, workdir, log)
+        extra_flags = {"precision": a.precision}
+        if a.layers is not None:
+            extra_flags["layers"] = "all" if a.layers == "all" else int(a.layers)
+        inputs = build_inputs(a.examples, a.epochs, workdir, log, extra_flags)
         gc = {"default": None, "on": True, "off": False}[a.plain_gradient_checkpointing]
         results: dict = {}
         sides = [s for s in ("plain", "tunesmith") if a.only in (None, s)]
@@ -507,7 +540,7 @@ def main() -> None:
             quiet = wait_for_quiet(a.max_load, a.load_wait, log)
             log(f"[{side}] load {quiet['load_at_start']} (waited {quiet['waited_s']} s); training ...")
             spec = {"model_path": inputs["model_path"], "epochs": a.epochs, "profile": a.profile, "seed": 42,
-                    "threads": a.threads}
+                    "threads": a.threads, "precision": a.precision}
             if side == "plain":
                 spec.update(train_file=str(workdir / "plain_train.jsonl"), output_dir=str(workdir / "plain_out"),
                             adapter_dir=str(workdir / "plain_adapter"), plain_gradient_checkpointing=gc)
@@ -517,13 +550,17 @@ def main() -> None:
             r = results[side]
             log(f"[{side}] {r['tokens_per_s']} tok/s, train loop {r['train_loop_seconds']} s, wall {r['wall_seconds']} s, "
                 f"peak RSS {r['peak_rss_mb']} MB")
+        log("matmul peak ...")
+        results["peak"] = run_child("peak", {"threads": a.threads}, workdir, log)
         log("held-out evaluation ...")
         results["heldout"] = run_child("eval", {
             "project_dir": inputs["project_dir"], "model_path": inputs["model_path"],
             "heldout_file": str(workdir / "heldout.jsonl"),
             "adapters": {s: results[s]["adapter_dir"] for s in sides}}, workdir, log)
-        summary = summarize(results, sides)
-        report = {"inputs": inputs, "examples": a.examples, "epochs": a.epochs, "results": results, "summary": summary,
+        summary = summarize(results, sides, inputs, a.precision)
+        report = {"inputs": {k: v for k, v in inputs.items() if k not in ("lengths", "model_config")},
+                  "examples": a.examples, "epochs": a.epochs, "results": results, "summary": summary,
+                  "precision": a.precision,
                   "workdir": str(workdir) if a.keep else None, "cpu_count": os.cpu_count(),
                   "threads": a.threads}
         if a.json:
@@ -535,11 +572,33 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def summarize(results: dict, sides: list[str]) -> dict:
+def mfu(results: dict, side: str, inputs: dict, precision: str) -> dict:
+    """Model FLOPs per trained token of this side's objective, achieved FLOP/s, and that over the peak."""
+    from tunesmith.train.flops import Shape, training_flops_per_token
+
+    r = results[side]
+    shape = Shape.from_config(inputs["model_config"])
+    if side == "plain":  # loss on every token: the LM head runs (and back-propagates) at every position
+        adapted, share = None, 1.0
+    else:
+        layers = r["settings"].get("layers", "all")
+        adapted = None if layers in (None, "all") else int(layers)
+        share = r["loss_tokens"] / r["tokens"] if r["tokens"] else 0.0
+    per_token = training_flops_per_token(shape, inputs["lengths"], loss_share=share, adapted_layers=adapted,
+                                         rank=TUNESMITH_FLAGS["rank"])
+    achieved = per_token * (r["tokens_per_s"] or 0.0)
+    peak = results["peak"].get(precision)
+    return {"flops_per_token": round(per_token), "achieved_gflops": round(achieved / 1e9, 1),
+            "peak_gflops": round(peak / 1e9, 1) if peak else None,
+            "mfu": round(achieved / peak, 3) if peak else None}
+
+
+def summarize(results: dict, sides: list[str], inputs: dict, precision: str) -> dict:
     out: dict = {}
     held = results["heldout"]
     for s in sides:
         out[f"{s}_heldout_loss"] = held[s]["loss"]
+        out[f"{s}_mfu"] = mfu(results, s, inputs, precision)
     if sides == ["plain", "tunesmith"]:
         p, t = results["plain"], results["tunesmith"]
         ratio = t["tokens_per_s"] / p["tokens_per_s"]
@@ -560,6 +619,7 @@ def print_report(report: dict, sides: list[str]) -> None:
     res, inputs, s = report["results"], report["inputs"], report["summary"]
     print()
     print(f"train_throughput: SmolLM2-135M-Instruct, {report['examples']} trained examples x {report['epochs']} epoch(s), "
+          f"precision {report['precision']}, "
           f"{report['cpu_count']} CPUs, torch threads {report['threads'] or 'default'}")
     print(f"  trained rows: {report['examples']} (identical token ids on both sides: {inputs['same_tokens']}); "
           f"{inputs['trained_tokens']} tokens, {inputs['trained_assistant_tokens']} assistant tokens; longest row "
@@ -608,6 +668,13 @@ def print_report(report: dict, sides: list[str]) -> None:
         print(f"  {label:30s}" + "".join(f"{c:>14s}" for c in cells))
     print(f"  {'1-min load before':30s}" + "".join(f"{res[sd]['load']['load_at_start'][0]:>14.2f}" for sd in sides))
     print(f"  {'held-out assistant CE':30s}" + "".join(f"{res['heldout'][sd]['loss']:>14.4f}" for sd in sides))
+    print(f"  {'model GFLOP per trained token':30s}" + "".join(f"{s[sd + '_mfu']['flops_per_token'] / 1e9:>14.3f}" for sd in sides))
+    print(f"  {'achieved GFLOP/s':30s}" + "".join(f"{s[sd + '_mfu']['achieved_gflops']:>14.1f}" for sd in sides))
+    peak = res["peak"]
+    print(f"  {'MFU (' + report['precision'] + ' matmul peak)':30s}" + "".join(
+        f"{s[sd + '_mfu']['mfu']:>14.1%}" if s[sd + '_mfu']['mfu'] is not None else f"{'-':>14s}" for sd in sides))
+    print(f"  matmul peak (torch.mm 2048^2, {peak['threads']} threads): fp32 {peak['fp32'] / 1e9:.1f} GFLOP/s"
+          + (f", bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s" if peak.get("bf16") else ", bf16: no fast bf16 on this CPU"))
     print("  decoder Linear during training: " + "; ".join(f"{sd}: {res[sd].get('linear_compute')}" for sd in sides))
     print(f"  (base model, no adapter: {res['heldout']['base']['loss']:.4f} over {res['heldout']['base']['tokens']} "
           f"assistant tokens of {res['heldout']['base']['examples']} held-out examples)")
