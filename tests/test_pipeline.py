@@ -222,3 +222,75 @@ def test_a_split_made_before_run_does_not_stop_the_check_stage(tmp_path, tiny_mo
     assert result.exit_code == 0, result.output
     ev = events(result.stdout)
     assert ev["check"]["status"] == "ok" and ev["check"]["errors"] == 0
+
+
+def test_run_says_estimates_shows_progress_in_a_log_and_where_the_time_went(tmp_path, tiny_model_dir, monkeypatch,
+                                                                              capsys):
+    import re
+
+    from tunesmith.pipeline import STAGES, run_pipeline
+
+    monkeypatch.setenv("TUNESMITH_PROGRESS_EVERY", "0")  # a line per step / answer
+    root = make_project(tmp_path / "p", tiny_model_dir, train="train:\n  epochs: 1\n")
+    said: list[str] = []
+    result = run_pipeline(root, force=True, say=said.append)
+    err = capsys.readouterr().err.splitlines()  # stderr is no terminal here: plain lines
+
+    tests = len((root / "data" / "test.jsonl").read_text().splitlines())
+    assert (f"baseline: the base model answers up to {tests} test + 20 regression prompts; "
+            "the rate and ETA follow in the progress lines") in said
+    assert f"eval: the tuned and the base model each answer {tests} test + 20 regression prompts; " \
+           "the rate and ETA follow in the progress lines" in said
+    steps = result.stages["train"]["metrics"]["steps"]
+    assert any(re.fullmatch(rf"training: {steps} steps ≈ \d+ s \([\d.]+ s per step, measured\)", m) for m in said), said
+    for stage, unit in (("baseline", "answers"), ("training", "steps"), ("eval", "answers")):
+        assert err.count(f"{stage}: started, {tests + 20 if unit == 'answers' else steps} {unit} to do") == 1, err
+        assert any(re.match(rf"{stage}: \d+/\d+ {unit} \(\d+%\), [\d.]+ {unit}/(s|min), ETA ", line) for line in err)
+        # the baseline may stop once its sample decides (evaluate.sequential): "ended at" short of the total
+        assert any(line.startswith((f"{stage}: done, ", f"{stage}: ended at ")) for line in err), err
+
+    for stage in STAGES:
+        seconds = result.stages[stage]["seconds"]
+        assert isinstance(seconds, float) and seconds >= 0 and result.timings[stage] == seconds
+    assert result.timings["total"] >= sum(result.timings[s] for s in STAGES) - 0.5
+    assert result.timings["train"] > 0 and result.timings["baseline"] > 0
+    assert re.fullmatch(r"time: check \d+ s, split \d+ s, baseline [\d a-z]+, train [\d a-z]+, eval [\d a-z]+, "
+                        r"report \d+ s; total [\d a-z]+", result.time_line()), result.time_line()
+
+    again = runner.invoke(app, ["run", str(root), "--force", "--json"])
+    assert again.exit_code == 0, again.output
+    ev = events(again.stdout)
+    assert all(isinstance(ev[s]["seconds"], float) for s in STAGES)
+    timings = ev["done"]["timings"]
+    assert list(timings) == [*STAGES, "total"]
+    assert [timings[s] for s in STAGES[:-1]] == ["skipped"] * 5 and isinstance(timings["report"], float)
+    assert re.search(r"^time: check skipped, split skipped, baseline skipped, train skipped, eval skipped, "
+                     r"report \d+ s; total \d+ s$", again.stderr, re.M), again.stderr
+    assert "started" not in again.stderr  # skipped stages generate and train nothing, and --json shows no progress
+
+
+def test_the_baseline_stage_stops_early_and_keys_on_baseline_full_and_the_rule(tmp_path, tiny_model_dir, monkeypatch):
+    """A hopeless base stops after the minimum sample (the stage says so); baseline.full and the
+    stopping rule are part of the stage's key, so changing either measures again."""
+    root = make_project(tmp_path / "p", tiny_model_dir, n=120)
+    first = runner.invoke(app, ["run", str(root), "--until", "baseline", "--json"])
+    assert first.exit_code == 0, first.output
+    stage = events(first.stdout)["baseline"]
+    tests = len((root / "data" / "test.jsonl").read_text().splitlines())
+    assert tests > 16 and stage["status"] == "ok" and (stage["evaluated"], stage["of"]) == (16, tests)
+    assert stage["stopped"].endswith("is below the 0.80 bar") and "of a random 16 of the" in stage["message"]
+    recorded = json.loads((root / ".tunesmith" / "pipeline.json").read_text())["baseline"]
+    assert recorded["sample"]["evaluated"] == 16 and recorded["regression"]["not_asked"] == 20
+    again = events(runner.invoke(app, ["run", str(root), "--until", "baseline", "--json"]).stdout)["baseline"]
+    assert again["status"] == "skipped" and again["stopped"] == stage["stopped"]
+    monkeypatch.setattr("tunesmith.evaluate.sequential.RULE", "another rule")
+    assert events(runner.invoke(app, ["run", str(root), "--until", "baseline", "--json"]).stdout)["baseline"][
+        "status"] == "ok"
+    with open(root / "tunesmith.yaml", "a") as fh:
+        fh.write("baseline:\n  full: true\n")
+    full = runner.invoke(app, ["run", str(root), "--until", "baseline", "--json"])
+    stage = events(full.stdout)["baseline"]
+    assert stage["status"] == "ok" and "stopped" not in stage and "of the test set" in stage["message"]
+    recorded = json.loads((root / ".tunesmith" / "pipeline.json").read_text())["baseline"]
+    assert recorded["sample"] == {"evaluated": tests, "of": tests, "stopped": None}
+    assert recorded["regression"]["total"] == 20

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,20 @@ class PipelineResult:
     run_id: str | None = None
     report: str | None = None
     summary: dict[str, Any] | None = None
+    #: wall seconds per stage run ("skipped" for one with nothing to do) and "total"
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stages": self.stages, "run_id": self.run_id, "report": self.report, "summary": self.summary}
+        return {"stages": self.stages, "run_id": self.run_id, "report": self.report, "summary": self.summary,
+                "timings": self.timings}
+
+    def time_line(self) -> str:
+        """Where the time went: `time: check 1 s, split skipped, ..., train 8 min 10 s; total 12 min 6 s`."""
+        from tunesmith.progress import format_duration
+
+        parts = [f"{stage} {v if isinstance(v, str) else format_duration(v)}"
+                 for stage, v in self.timings.items() if stage != "total"]
+        return f"time: {', '.join(parts)}; total {format_duration(self.timings.get('total', 0.0))}"
 
 
 def _digest(*parts: Any) -> str:
@@ -85,14 +97,19 @@ def run_pipeline(project_dir: Path | str, *, until: str | None = None, start: st
     state = State(project)
     result = PipelineResult()
     selected = _selected(until, start)
+    began = time.monotonic()
     for stage in STAGES:
         if stage not in selected:
             continue
         fn = _STAGE_FUNCS[stage]
+        stage_began = time.monotonic()
         info = fn(project, state, result, force=force, train_flags=train_flags or {}, say=say, progress=progress)
+        info["seconds"] = round(time.monotonic() - stage_began, 1)
+        result.timings[stage] = "skipped" if info.get("status") == "skipped" else info["seconds"]
         result.stages[stage] = info
         emit({"event": "stage", "stage": stage, **info})
         project = load_project(project.root)  # a stage may have built files the next one reads
+    result.timings["total"] = round(time.monotonic() - began, 1)
     return result
 
 
@@ -165,18 +182,44 @@ def _eval_key(project: Project, subject: str) -> str:
                    project.eval.model_dump(), project.system_prompt, project.base_model)
 
 
+def _prompt_counts(project: Project) -> tuple[int, int]:
+    """Test and regression prompts, counted by non-blank line: enough to size the progress, no parsing."""
+    def rows(path: Path | None) -> int:
+        if path is None or not path.is_file():
+            return 0
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return sum(1 for line in fh if line.strip())
+
+    return rows(project.path(project.data.test)), rows(project.path(project.data.regression))
+
+
+def _answers_progress(project: Project, stage: str, who: str, say: Callable[[str], None], progress: bool) -> Any:
+    """Say what the stage will generate, and open its progress over answers (a count that starts over
+    is the next model or prompted variant). No estimate in time: that would cost model time itself."""
+    from tunesmith.progress import Progress
+
+    test, regression = _prompt_counts(project)
+    say(f"{stage}: {who} {test} test + {regression} regression prompts"
+        + ("; the rate and ETA follow in the progress lines" if progress else ""))
+    return Progress.open(stage, test + regression, unit="answers", enabled=progress, passes=True, transient=True)
+
+
 def _stage_baseline(project: Project, state: State, result: PipelineResult, *, force: bool, say, progress, **_: Any) -> dict[str, Any]:
     from tunesmith.evaluate.api import EvalOptions, baseline
+    from tunesmith.evaluate.sequential import RULE
 
-    # baseline's own settings and the contract it constrains to are part of what it measured
+    # baseline's own settings (baseline.full among them), the contract it constrains to and the rule
+    # that stops it early are part of what it measured
     key = _digest(_eval_key(project, "base"), project.baseline.model_dump(), project.resolved()["output"],
-                  project.load_schema())
+                  project.load_schema(), None if project.baseline.full else RULE)
     done = state.done("baseline", key)
     if done is None:
-        outcome = baseline(project.root, EvalOptions(report=False), say=say)
+        with _answers_progress(project, "baseline", "the base model answers up to", say, progress) as reporter:
+            outcome = baseline(project.root, EvalOptions(report=False), say=say, progress=reporter.update)
         rec = outcome.summary["recommendation"]
         done = {"recommendation": rec, "metrics": outcome.summary["test"]["metrics"],
-                "regression": outcome.summary["regression"], "constrained": outcome.summary.get("constrained")}
+                "regression": outcome.summary["regression"], "constrained": outcome.summary.get("constrained"),
+                "sample": outcome.summary.get("sample")}
         state.record("baseline", key, done)
         status = "ok"
     else:
@@ -185,6 +228,8 @@ def _stage_baseline(project: Project, state: State, result: PipelineResult, *, f
     if not rec["fine_tune"] and not force:
         raise StageStopped(f"baseline: {rec['message']}", "fine-tune anyway with `tunesmith run --force`")
     info = {"status": status, "base_pass_rate": rec["base_pass_rate"], "message": rec["message"]}
+    if rec.get("stopped"):  # answered part of the test set: the interval had already decided
+        info.update(evaluated=rec["evaluated"], of=rec["of"], stopped=rec["stopped"])
     if rec.get("variant"):  # the base model constrained to the contract and/or shown few-shot examples
         info.update(variant=rec["variant"], constrained_pass_rate=rec.get("constrained_pass_rate"))
     return info
@@ -213,7 +258,8 @@ def _stage_train(project: Project, state: State, result: PipelineResult, *, trai
             result.run_id = record.id
             return {"status": "skipped", "why": "training inputs unchanged", "run_id": record.id}
         say(f"resuming run {record.id} from its last checkpoint")
-        out = train_project(project.root, {}, resume=record.id, say=say, progress=progress)
+        out = train_project(project.root, {}, resume=record.id, say=say, progress=progress,
+                            on_plan=lambda plan: say(_train_estimate(plan)))
         result.run_id = out.run_id
         return {"status": "resumed", "run_id": out.run_id, "metrics": _short(out.metrics)}
     from tunesmith.runs import new_run_id
@@ -223,17 +269,32 @@ def _stage_train(project: Project, state: State, result: PipelineResult, *, trai
     state.record("train", key, {"run_id": run_id})
     from tunesmith.cost import cost_line_for_training
 
-    out = train_project(project.root, train_flags, run_id=run_id, say=say, progress=progress,
-                        on_plan=lambda plan: say(f"cost: {cost_line_for_training(project, plan)}"))
+    def on_plan(plan: dict[str, Any]) -> None:
+        say(f"cost: {cost_line_for_training(project, plan)}")
+        say(_train_estimate(plan))
+
+    out = train_project(project.root, train_flags, run_id=run_id, say=say, progress=progress, on_plan=on_plan)
     result.run_id = out.run_id
     return {"status": "ok", "run_id": out.run_id, "metrics": _short(out.metrics)}
+
+
+def _train_estimate(plan: dict[str, Any]) -> str:
+    """`training: 36 steps ≈ 13 min 44 s (22.9 s per step, measured)`, from the plan's own measurement."""
+    from tunesmith.progress import format_duration
+
+    d = plan.get("derived", {})
+    steps, per_step = d.get("total_steps"), d.get("seconds_per_step")
+    if per_step is None or steps is None:
+        return f"training: {steps} steps (step time not measured; the rate and ETA follow in the progress lines)"
+    return f"training: {steps} steps ≈ {format_duration(per_step * steps)} ({per_step:g} s per step, measured)"
 
 
 def _short(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics.get(k) for k in ("train_loss", "best_eval_loss", "steps", "wall_seconds", "trained_tokens_per_s")}
 
 
-def _stage_eval(project: Project, state: State, result: PipelineResult, *, say, **_: Any) -> dict[str, Any]:
+def _stage_eval(project: Project, state: State, result: PipelineResult, *, say, progress: bool = True,
+                **_: Any) -> dict[str, Any]:
     from tunesmith.evaluate.api import EvalOptions, evaluate
 
     run_id = result.run_id or (state.data.get("train") or {}).get("run_id")
@@ -243,7 +304,8 @@ def _stage_eval(project: Project, state: State, result: PipelineResult, *, say, 
     if (done := state.done("eval", key)) is not None:
         result.run_id, result.summary, result.report = run_id, done["summary"], done.get("report")
         return {"status": "skipped", "why": "run and test set unchanged", "gate": done.get("gate", {}).get("status")}
-    outcome = evaluate(project.root, run_id, EvalOptions(gate=True), say=say)
+    with _answers_progress(project, "eval", "the tuned and the base model each answer", say, progress) as reporter:
+        outcome = evaluate(project.root, run_id, EvalOptions(gate=True), say=say, progress=reporter.update)
     result.run_id, result.summary = run_id, outcome.summary
     result.report = str(outcome.report) if outcome.report else None
     state.record("eval", key, {"summary": outcome.summary, "gate": outcome.gate, "report": result.report})

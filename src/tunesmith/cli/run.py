@@ -22,6 +22,7 @@ def run_command(
     start: Optional[str] = typer.Option(None, "--from", help="Start at this stage (earlier ones must have run)."),
     force: bool = typer.Option(False, "--force", help="Train even when the base model already passes the bar."),
     allow_unreviewed: bool = typer.Option(False, "--allow-unreviewed", help="Train on teacher-generated rows whose review target was not met (the run records it)."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Train for at most this long (10m, 90s, 1h30m, 600): epochs are cut to fit."),
     json_out: bool = typer.Option(False, "--json", help="One JSON event per stage on stdout."),
 ) -> None:
     """The whole workflow: check -> split -> baseline -> train -> eval -> report. Re-run to resume."""
@@ -33,21 +34,30 @@ def run_command(
         if json_out:
             print(json.dumps(event, default=str), flush=True)
         else:
-            details = {k: v for k, v in event.items() if k not in ("event", "stage", "status", "metrics")}
-            out.print(f"[bold]{event['stage']:9}[/] {event['status']:8} " + ", ".join(f"{k}={v}" for k, v in details.items()))
+            from tunesmith.progress import format_duration
 
-    train_flags = {"allow_unreviewed": True} if allow_unreviewed else None
+            details = {k: v for k, v in event.items() if k not in ("event", "stage", "status", "metrics", "seconds")}
+            took = f" ({format_duration(event['seconds'])})" if "seconds" in event else ""
+            out.print(f"[bold]{event['stage']:9}[/] {event['status']:8} "
+                      + ", ".join(f"{k}={v}" for k, v in details.items()) + took)
+
+    from tunesmith.cli.train import time_budget_flag
+
+    given = {"allow_unreviewed": True if allow_unreviewed else None, "time_budget": time_budget_flag(time_budget)}
+    train_flags = {k: v for k, v in given.items() if v is not None} or None
     result = run_pipeline(project, until=until, start=start, force=force, emit=emit, train_flags=train_flags,
                           say=lambda m: print(m, file=sys.stderr), progress=not json_out)
     if json_out:
         print(json.dumps({"event": "done", **result.to_dict()}, default=str))
+        print(result.time_line(), file=sys.stderr)
         return
     if result.summary:
         from tunesmith.cli.evaluate import print_eval
         from tunesmith.evaluate.api import EvalOutcome
 
-        gate = (result.stages.get("eval") or {})
         print_eval(EvalOutcome(result.run_id or "", result.summary, None, Path(result.report) if result.report else None))
-        if gate.get("gate") == "fail":
-            out.print(f"[red]regression gate failed[/]: {', '.join(gate.get('new_failures', []))}")
-            raise typer.Exit(1)
+    print(result.time_line(), file=sys.stderr)
+    gate = result.stages.get("eval") or {}
+    if result.summary and gate.get("gate") == "fail":
+        out.print(f"[red]regression gate failed[/]: {', '.join(gate.get('new_failures', []))}")
+        raise typer.Exit(1)
