@@ -72,3 +72,22 @@ def serve_base(tiny_model_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFa
     from fixtures.serving import loud_copy
 
     return loud_copy(tiny_model_dir, tmp_path_factory.mktemp("serve-base") / "loud")
+
+
+@pytest.fixture(scope="session")
+def talkative_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny model with its weights scaled up, so its greedy answers are varied text, not newlines."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = tmp_path_factory.mktemp("talkative") / "model"
+    shutil.copytree(tiny_model_dir, target)
+    model = AutoModelForCausalLM.from_pretrained(target)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(8.0)
+    model.save_pretrained(target)
+    return target

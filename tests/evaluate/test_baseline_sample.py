@@ -2,7 +2,6 @@
 and `advise` after a partial baseline still see (and compare on) the whole test set."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -150,33 +149,16 @@ def test_baseline_full_in_the_project_and_its_flag(tmp_path, tiny_model_dir, one
     assert full["sample"]["evaluated"] == n and full["sample"]["stopped"] is None and "constrained" not in full
 
 
-@pytest.fixture(scope="module")
-def talkative(tmp_path_factory, tiny_model_dir):
-    """The tiny model with scaled-up weights: varied greedy answers instead of newlines."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    target = tmp_path_factory.mktemp("talkative") / "model"
-    shutil.copytree(tiny_model_dir, target)
-    model = AutoModelForCausalLM.from_pretrained(target)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(8.0)
-    model.save_pretrained(target)
-    return target
-
-
-def test_a_base_near_the_bar_answers_the_whole_test_set(tmp_path, talkative, one_torch_thread):
+def test_a_base_near_the_bar_answers_the_whole_test_set(tmp_path, talkative_model_dir, one_torch_thread):
     """Four in five expected answers are what the base model says: a real pass rate near 80 %, which
     no look can tell from the bar, so every test prompt is answered."""
     prompts = [r["messages"][1]["content"] for r in clean_examples(140, seed=11)]
     chats = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}] for p in prompts]
-    said = [g.text for g in LocalBackend(talkative).generate(chats, DecodeSettings(max_new_tokens=MAX_NEW))]
+    said = [g.text for g in LocalBackend(talkative_model_dir).generate(chats, DecodeSettings(max_new_tokens=MAX_NEW))]
     assert all(a.strip() for a in said)
     rows = [{"messages": c + [{"role": "assistant", "content": a if i % 5 else "no model says this"}]}
             for i, (c, a) in enumerate(zip(chats, said))]
-    root = make_project(tmp_path / "p", talkative, rows, contract=False)
+    root = make_project(tmp_path / "p", talkative_model_dir, rows, contract=False)
     n = count_test_rows(root)
     assert n > 32  # two looks, at 16 and 32 (97.5 % intervals)
     result = cli("baseline", "-p", root, "--json")

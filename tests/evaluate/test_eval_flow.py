@@ -132,25 +132,6 @@ def test_spotcheck_build_and_unblind(project):
     assert out.exit_code == 0 and "would ship 5/5 tuned vs 5/5 base" in out.stdout
 
 
-@pytest.fixture(scope="module")
-def talkative_model_dir(tmp_path_factory, tiny_model_dir):
-    """The tiny model with its weights scaled up, so its greedy answers are varied text, not newlines."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    target = tmp_path_factory.mktemp("talkative") / "model"
-    shutil.copytree(tiny_model_dir, target)
-    model = AutoModelForCausalLM.from_pretrained(target)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" not in name:
-                p.mul_(8.0)
-    model.save_pretrained(target)
-    return target
-
-
 def test_baseline_recommends_prompting_when_the_base_is_already_right(tmp_path, talkative_model_dir):
     prompts = [r["messages"][1]["content"] for r in clean_examples(40, seed=7)]
     said = base_answers(talkative_model_dir, prompts)

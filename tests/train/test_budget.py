@@ -13,7 +13,7 @@ from datagen import SYSTEM, clean_examples, write_jsonl
 from tunesmith.errors import ProjectError, UsageError
 from tunesmith.project import load_project
 from tunesmith.train.budget import (
-    DURATION_FORMS, costs_for, cut_epochs, format_duration, keep_recorded_budget, parse_duration, readable_ceiling,
+    DURATION_FORMS, costs_for, cut_epochs, format_budget, keep_recorded_budget, parse_duration, readable_ceiling,
 )
 from tunesmith.train.device import DeviceInfo
 from tunesmith.train.plan import FILE, FLAG, PlanInputs, TrainPlan, make_plan
@@ -92,9 +92,9 @@ def test_a_budget_must_be_longer_than_zero(zero):
 
 
 def test_durations_read_back_and_round_up_to_what_one_would_type():
-    assert [format_duration(s) for s in (600, 5400, 150, 45, 3600)] == ["10 min", "1 h 30 min", "2 min 30 s", "45 s", "1 h"]
-    assert [format_duration(s, compact=True) for s in (600, 5400, 150, 45)] == ["10m", "1h30m", "2m30s", "45s"]
-    assert all(parse_duration(format_duration(s, compact=True)) == s for s in (600, 5400, 150, 45, 3900))
+    assert [format_budget(s) for s in (600, 5400, 150, 45, 3600)] == ["10 min", "1 h 30 min", "2 min 30 s", "45 s", "1 h"]
+    assert [format_budget(s, compact=True) for s in (600, 5400, 150, 45)] == ["10m", "1h30m", "2m30s", "45s"]
+    assert all(parse_duration(format_budget(s, compact=True)) == s for s in (600, 5400, 150, 45, 3900))
     assert [readable_ceiling(s) for s in (3, 43, 61, 599, 601, 3599, 3601)] == [5, 45, 90, 600, 660, 3600, 3900]
 
 
@@ -352,3 +352,17 @@ def test_the_evaluation_cost_follows_the_forward_share_of_a_top_layers_step(tiny
     assert costs.eval_s == pytest.approx(d["eval_examples"] * 8.0 / (4 * d["gradient_accumulation"]) * 0.75)
     every = costs_for(TrainPlan.from_dict(_plan(project, {"time_budget": 120})), 8.0, d["disk"])
     assert every.eval_s == pytest.approx(costs.eval_s / 0.75 / 2)
+
+
+def test_without_a_budget_evaluations_are_spaced_to_a_tenth_of_the_measured_training_time(project, measured):
+    from tunesmith.train.plan import DATA
+
+    plan = _plan(project)
+    d, s = plan["derived"], plan["settings"]
+    rows_per_step = 4 * d["gradient_accumulation"]
+    each = d["eval_examples"] * STEP_S / rows_per_step / 2 + 1.0 + d["disk"]["checkpoints_mb"] / 200
+    every = min(d["total_steps"], max(d["total_steps"] // 10, math.ceil(each / (0.1 * STEP_S))))
+    assert every > d["total_steps"] // 10  # the guide's ~10 evaluations would cost more than a tenth here
+    assert s["eval_every"]["value"] == every and s["eval_every"]["source"] == DATA
+    assert "kept under 10% of the training time" in s["eval_every"]["why"]
+    assert _plan(project, {"eval_every": 1})["settings"]["eval_every"]["value"] == 1  # a set cadence stays

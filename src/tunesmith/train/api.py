@@ -125,11 +125,10 @@ def plan_training(project: Project, flags: dict[str, Any], say: Say | None = Non
     prep.plan.derived["disk"] = _disk_estimate(prep)
     if measure:
         step_s = estimate_step_seconds(prep)
-        from tunesmith.train.budget import costs_for, fit_eval_cadence
+        if fit_budget:  # a resumed run keeps the cadence and the steps it was planned with
+            from tunesmith.train.budget import costs_for, fit_eval_cadence
 
-        if fit_budget:  # a resumed run keeps the cadence it was planned with
             fit_eval_cadence(prep.plan, costs_for(prep.plan, step_s, prep.plan.derived["disk"]))
-        if fit_budget:
             step_s = apply_time_budget(prep, step_s)
         prep.plan.derived["seconds_per_step"] = round(step_s, 2)
         prep.plan.derived["estimated_minutes"] = round(step_s * prep.plan.derived["total_steps"] / 60, 1)

@@ -65,8 +65,10 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-def format_duration(seconds: float, *, compact: bool = False) -> str:
-    """600 -> "10 min" (compact: "10m"), 5400 -> "1 h 30 min" ("1h30m"), 150 -> "2 min 30 s" ("2m30s")."""
+def format_budget(seconds: float, *, compact: bool = False) -> str:
+    """600 -> "10 min" (compact: "10m"), 5400 -> "1 h 30 min" ("1h30m"), 150 -> "2 min 30 s" ("2m30s").
+    A budget as one would type it back (zero parts dropped; the compact form parses): log lines use
+    `tunesmith.progress.format_duration`, which keeps two units for steady columns."""
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     units = ("h", "m", "s") if compact else (" h", " min", " s")
@@ -149,7 +151,7 @@ def _min_steps(plan: TrainPlan) -> int:
 
 
 def _label(budget: float) -> str:
-    return f"the {format_duration(budget)} budget"
+    return f"the {format_budget(budget)} budget"
 
 
 def _epochs(value: float) -> str:
@@ -177,7 +179,7 @@ def record_fit(plan: TrainPlan, costs: StepCosts, budget: float) -> None:
     spare = budget - costs.total(steps)
     d.update(budget_steps=steps, example_passes=_passes(plan, steps), budget_overhead_s=round(costs.overhead(steps), 1))
     d["gave_up"] = (f"nothing: {_label(budget)} fits all {steps:,} steps ({d['example_passes']:,} example passes, "
-                    f"{_epochs(plan['epochs'])} epochs) with about {format_duration(round(spare))} to spare")
+                    f"{_epochs(plan['epochs'])} epochs) with about {format_budget(round(spare))} to spare")
 
 
 def cut_epochs(plan: TrainPlan, costs: StepCosts, budget: float) -> None:
@@ -206,7 +208,7 @@ def cut_epochs(plan: TrainPlan, costs: StepCosts, budget: float) -> None:
 
 def _refuse(plan: TrainPlan, costs: StepCosts, budget: float, fitted: int, least: int) -> None:
     cheapest = min(costs.total(s) for s in range(least, plan.derived["total_steps"] + 1))
-    enough = format_duration(readable_ceiling(cheapest), compact=True)
+    enough = format_budget(readable_ceiling(cheapest), compact=True)
     source = plan.settings["time_budget"].source
     how = f"--time-budget {enough}" if source == FLAG else f"train.time_budget: {enough}"
     raise UsageError(
