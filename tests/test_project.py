@@ -216,3 +216,106 @@ def test_generate_settings_are_checked_with_their_field_paths(tmp_path: Path) ->
     for where in ("generate.n", "generate.concurrency", "generate.price.input", "generate.price.output",
                   "generate.teacher"):
         assert where in joined, joined
+
+
+# --- what a hand-edited project file can hold: every case a ProjectError with the file and the line ----
+
+TASK = "task: 'Answer with one compact JSON object.'\n"
+
+
+def _load_text(tmp_path: Path, text: str) -> ProjectError:
+    (tmp_path / "tunesmith.yaml").write_text(text)
+    with pytest.raises(ProjectError) as exc:
+        load_project(tmp_path)
+    return exc.value
+
+
+def test_a_duplicated_key_names_the_key_and_both_lines(tmp_path):
+    error = _load_text(tmp_path, TASK + "data:\n  source: a.jsonl\n  test: t.jsonl\n  source: b.jsonl\n")
+    assert error.message == (f"{tmp_path / 'tunesmith.yaml'}:5:3: key 'source' is given twice "
+                             "(first on line 3); YAML would keep only the last")
+    assert error.hint == "delete the line you do not mean, or merge the two"
+
+
+def test_a_duplicated_top_level_key(tmp_path):
+    error = _load_text(tmp_path, TASK + "base_model: a\n" + TASK)
+    assert error.message.endswith(":3:1: key 'task' is given twice (first on line 1); YAML would keep only the last")
+
+
+def test_a_merge_key_is_no_duplicate(tmp_path):
+    (tmp_path / "tunesmith.yaml").write_text(
+        TASK + "x-defaults: &d {concurrency: 2, model: judge}\neval:\n  judge:\n    <<: *d\n    base_url: http://h/v1\n"
+        "    model: real\n")
+    with pytest.raises(ProjectError) as exc:  # an unknown top-level key, but not a duplicate
+        load_project(tmp_path)
+    assert "x-defaults" in "\n".join(exc.value.details) and "twice" not in exc.value.message
+
+
+def test_a_huge_integer_names_its_line(tmp_path):
+    error = _load_text(tmp_path, TASK + "max_length: 1024\ntrain:\n  seed: " + "9" * 5000 + "\n")
+    assert error.message == (f"{tmp_path / 'tunesmith.yaml'}:4:9: a number 5,000 digits long; "
+                             "no setting takes one that long")
+    assert error.hint == "write the number the setting needs (`tunesmith init` writes a commented example)"
+
+
+def test_an_impossible_date_names_its_line(tmp_path):
+    error = _load_text(tmp_path, TASK + "system_prompt: 2024-13-45\n")
+    assert error.message.startswith(f"{tmp_path / 'tunesmith.yaml'}:2:16: cannot read '2024-13-45' (")
+    assert "quote it" in error.hint
+
+
+def test_a_deeply_nested_file(tmp_path):
+    error = _load_text(tmp_path, TASK + "x: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    assert error.message == (f"{tmp_path / 'tunesmith.yaml'}: nested too deeply to read; "
+                             "a project file is a few levels deep")
+    assert error.hint == "look for a runaway run of [ { or - (`tunesmith init` writes a commented example)"
+
+
+def test_a_deep_block_list(tmp_path):
+    text = TASK + "x:\n" + "".join("  " * i + "-\n" for i in range(1500))  # deeper than the recursion limit
+    error = _load_text(tmp_path, text)
+    assert "nested too deeply to read" in error.message
+
+
+def test_a_project_file_that_is_a_symlink_loop(tmp_path):
+    (tmp_path / "tunesmith.yaml").symlink_to(tmp_path / "tunesmith.yaml")
+    with pytest.raises(ProjectError) as exc:
+        load_project(tmp_path)
+    assert exc.value.message == f"{tmp_path / 'tunesmith.yaml'} is a symlink loop ({tmp_path / 'tunesmith.yaml'} -> {tmp_path / 'tunesmith.yaml'})"
+    assert "ls -l" in exc.value.hint
+
+
+def test_a_project_folder_that_is_a_symlink_loop(tmp_path):
+    (tmp_path / "proj").symlink_to(tmp_path / "proj")
+    with pytest.raises(ProjectError) as exc:
+        load_project(tmp_path / "proj")
+    assert exc.value.message == f"{tmp_path / 'proj'} is a symlink loop ({tmp_path / 'proj'} -> {tmp_path / 'proj'})"
+
+
+def test_a_base_model_path_that_is_a_symlink_loop(tmp_path):
+    (tmp_path / "model").symlink_to(tmp_path / "model")
+    error = _load_text(tmp_path, TASK + "base_model: ./model\n")
+    assert error.message == f"base_model: {tmp_path / 'model'} is a symlink loop ({tmp_path / 'model'} -> {tmp_path / 'model'})"
+
+
+def test_a_base_model_under_an_unknown_home(tmp_path):
+    error = _load_text(tmp_path, TASK + "base_model: ~nosuchuser-tunesmith/model\n")
+    assert error.message == "base_model: ~nosuchuser-tunesmith/model: no user nosuchuser-tunesmith to expand ~ for"
+
+
+def test_a_schema_with_a_huge_integer_or_deep_nesting(tmp_path):
+    for name, text in (("big.json", '{"maxLength": ' + "9" * 5000 + "}"), ("deep.json", "[" * 100_000 + "]" * 100_000)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / "tunesmith.yaml").write_text(TASK + f"output:\n  json_schema: {name}\n")
+        with pytest.raises(ProjectError) as exc:
+            load_project(tmp_path).load_schema()
+        error = exc.value
+        assert error.message.startswith(f"{tmp_path / name}: not valid JSON ("), error.message
+        assert error.hint == "fix the schema file"
+
+
+def test_finding_the_project_of_a_file_behind_a_symlink_loop_is_no_crash(tmp_path):
+    from tunesmith.project import find_project_dir
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert find_project_dir(tmp_path / "loop" / "data.jsonl") is None

@@ -6,6 +6,7 @@ directory. Paths in the file are relative to the project directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunesmith.data.reader import huge_number, link_hint, symlink_problem
 from tunesmith.errors import ProjectError, UsageError
 
 PROJECT_FILE = "tunesmith.yaml"
@@ -269,11 +271,24 @@ def load_json_schema(path: Path | None) -> dict | None:
     if path is None:
         return None
     if not path.is_file():
-        raise ProjectError(f"output.json_schema: {path} does not exist", "build the project data or fix the path")
+        link = symlink_problem(path)
+        raise ProjectError(f"output.json_schema: {link or f'{path} does not exist'}",
+                           link_hint(path) if link else "build the project data or fix the path")
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+        schema = json.loads(text)
+    except OSError as exc:
+        raise ProjectError(f"{path}: cannot be read ({exc.strerror})", "check the file's permissions") from None
+    except json.JSONDecodeError as exc:
         raise ProjectError(f"{path}: not valid JSON ({exc})", "fix the schema file") from None
+    except UnicodeDecodeError as exc:
+        raise ProjectError(f"{path}: not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})",
+                           "fix the schema file") from None
+    except ValueError:  # int() refusing a number over sys.get_int_max_str_digits()
+        raise ProjectError(f"{path}: not valid JSON ({huge_number(text, 'no schema needs one that long')})",
+                           "fix the schema file") from None
+    except RecursionError:
+        raise ProjectError(f"{path}: not valid JSON (nested too deeply to read)", "fix the schema file") from None
     from jsonschema import validators
     from jsonschema.exceptions import SchemaError
 
@@ -297,7 +312,11 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
 def find_project_dir(start: Path) -> Path | None:
     """The directory holding tunesmith.yaml: `start` itself or one of its two parents."""
     start = start if start.is_dir() else start.parent
-    for d in (start, *list(start.resolve().parents)[:2]):
+    try:
+        parents = list(start.resolve().parents)[:2]
+    except (OSError, RuntimeError):  # a symlink loop on the way: its own reader says so
+        parents = []
+    for d in (start, *parents):
         if (d / PROJECT_FILE).is_file():
             return d
     return None
@@ -308,9 +327,20 @@ def _model_in_project(ref: str, root: Path) -> str:
     it; a hub id ("org/name") stays one unless the project holds a directory of that name."""
     if ":" in ref.split("/", 1)[0]:
         return ref  # builtin:NAME or a URL-like scheme
-    if Path(ref).expanduser().is_absolute():
-        return str(Path(ref).expanduser())
+    if "\0" in ref:
+        raise ProjectError(f"base_model: {ref!r} holds a NUL byte", "write the model's path, hub id or builtin:NAME")
+    try:
+        expanded = Path(ref).expanduser()
+    except RuntimeError:  # ~name for a user this machine does not have
+        user = ref[1:].split("/", 1)[0]
+        raise ProjectError(f"base_model: {ref}: no user {user} to expand ~ for",
+                           "write the full path, or a path relative to the project") from None
+    if expanded.is_absolute():
+        return str(expanded)
     local = root / ref
+    link = symlink_problem(local)
+    if link is not None:
+        raise ProjectError(f"base_model: {link}", link_hint(local))
     if ref.startswith(("./", "../", ".\\", "..\\")) or local.exists():
         return str(local.resolve())
     return ref
@@ -326,15 +356,12 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
         raise ProjectError(f"{file} is not a project file: --project takes the project's directory (or its "
                            f"{PROJECT_FILE})", "pass the directory with -p; data files go in as arguments")
     if not file.is_file():
+        for path in (d, file):
+            link = symlink_problem(path)
+            if link is not None:
+                raise ProjectError(link, link_hint(path))
         raise ProjectError(f"{file}: no project file", f"create one with `tunesmith init {d}`")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectError(f"{file}: cannot be read ({exc})", "check the file's permissions and encoding (UTF-8)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
-        raise ProjectError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax") from None
+    raw = _read_yaml(file)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -362,6 +389,81 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
     if problems:
         raise ProjectError(f"{file}: {len(problems)} problem(s) in the project file", "fix the paths named above", details=problems)
     return project
+
+
+def _read_yaml(file: Path) -> Any:
+    """The project file's YAML; every way it can fail is a ProjectError with the file and, where known, the line."""
+    import yaml
+
+    loader, value_error = _yaml_loader()
+    try:
+        return yaml.load(file.read_text(encoding="utf-8-sig"), Loader=loader)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProjectError(f"{file}: cannot be read ({exc})", "check the file's permissions and encoding (UTF-8)") from None
+    except RecursionError:
+        raise ProjectError(f"{file}: nested too deeply to read; a project file is a few levels deep",
+                           "look for a runaway run of [ { or - (`tunesmith init` writes a commented example)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        if isinstance(exc, value_error):
+            raise ProjectError(f"{where}: {exc.problem}", exc.hint) from None
+        raise ProjectError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax") from None
+
+
+@functools.cache
+def _yaml_loader() -> tuple[type, type]:
+    """(loader, its error): a yaml.SafeLoader that refuses a key given twice and turns a value it cannot
+    convert into an error that names its line. Built on first use: yaml is imported only to read a file."""
+    import yaml
+
+    class ValueProblem(yaml.constructor.ConstructorError):
+        """A key or value the file cannot hold, phrased for people, with its own hint."""
+
+        def __init__(self, problem: str, hint: str, mark: Any) -> None:
+            super().__init__(None, None, problem, mark)
+            self.hint = hint
+
+    class ProjectLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                _no_key_twice(self, node, ValueProblem)
+            return super().construct_mapping(node, deep)
+
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep)
+            except (ValueError, OverflowError) as exc:  # int("9" * 5000), the date 2024-13-45, ...
+                raise _value_problem(ValueProblem, node, exc) from None
+
+    return ProjectLoader, ValueProblem
+
+
+def _no_key_twice(loader: Any, node: Any, problem: type) -> None:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # keys merged in by "<<: *defaults" may be overridden: that is what merging is for
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = first.get(key)
+        except TypeError:
+            continue  # an unhashable key: the base class reports it, with its line
+        if seen is not None:
+            raise problem(f"key {key!r} is given twice (first on line {seen}); YAML would keep only the last",
+                          "delete the line you do not mean, or merge the two", key_node.start_mark)
+        first[key] = key_node.start_mark.line + 1
+
+
+def _value_problem(problem: type, node: Any, exc: Exception) -> Exception:
+    text = str(getattr(node, "value", ""))
+    if "integer string conversion" in str(exc):
+        digits = sum(c.isdigit() for c in text)
+        return problem(f"a number {digits:,} digits long; no setting takes one that long",
+                       "write the number the setting needs (`tunesmith init` writes a commented example)", node.start_mark)
+    shown = text if len(text) <= 40 else text[:39] + "…"
+    return problem(f"cannot read {shown!r} ({exc})",
+                   "quote it if it is meant as text: YAML reads 2024-01-31 as a date and 1_000 as a number", node.start_mark)
 
 
 PROJECT_TEMPLATE = """\

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +9,7 @@ from tunesmith.data.convert import convert_file
 from tunesmith.data.diversity import default_sample_size
 from tunesmith.data.fix import fix_file
 from tunesmith.data.sample import sample_diverse
-from tunesmith.errors import DataError, UsageError
+from tunesmith.errors import DataError, OutputError, UsageError
 
 
 def test_fix_drops_errors_and_duplicates_and_logs_why(tmp_path):
@@ -205,3 +206,123 @@ def test_convert_with_nothing_convertible_writes_nothing(tmp_path):
         convert_file(src, out, "prompt_completion")
     assert "line 1" in ei.value.message
     assert out.read_text() == "older\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "sys.jsonl"]
+
+
+# --- outputs that are not plain files, and fix's two outputs -------------------------------------
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_convert_to_a_character_device_leaves_the_device(tmp_path):
+    import os
+    import stat
+
+    if os.geteuid() != 0:
+        pytest.skip("making a character device (mknod) needs root")
+    null = tmp_path / "null"  # a private /dev/null clone: a broken fix must never replace the machine's
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except OSError as exc:
+        pytest.skip(f"mknod of a character device was refused here ({exc.strerror})")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "c"}])
+    result = _cli("convert", src, "-o", null)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.lstat(null).st_mode) and os.lstat(null).st_rdev == os.makedev(1, 3)
+    assert f"wrote 1 example(s) as messages -> {null}" in result.stdout
+
+
+def test_convert_to_stdout_prints_only_the_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a broken fix writes a file called "-" here
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "c"}, {"prompt": "q", "completion": "d"}])
+    result = _cli("convert", src, "-o", "-")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(l) for l in result.stdout.splitlines()] == [
+        {"messages": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "c"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "d"}]}]
+    assert result.stderr == "wrote 2 example(s) as messages -> -\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_fix_and_sample_to_stdout_keep_stdout_for_the_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a broken fix writes a file called "-" here
+    rows = clean_examples(40)
+    src = write_jsonl(tmp_path / "d.jsonl", rows + [rows[0]])
+    fixed = _cli("fix", src, "-o", "-")
+    assert fixed.exit_code == 0, fixed.output
+    assert fixed.stdout.splitlines() == [json.dumps(r) for r in rows]
+    assert fixed.stderr.startswith("kept 40, dropped 1 -> - (no log of the dropped lines")
+    sampled = _cli("sample", src, "--diverse", "3", "-o", "/dev/stdout")
+    assert sampled.exit_code == 0, sampled.output
+    assert len(sampled.stdout.splitlines()) == 3 and all(json.loads(l) in rows for l in sampled.stdout.splitlines())
+    assert "3 most diverse of 41 examples -> /dev/stdout" in sampled.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # no "-" file, no "-.dropped.jsonl"
+
+
+def test_json_results_and_data_on_stdout_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a broken fix writes a file called "-" here
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "p", "completion": "c"}])
+    result = _cli("convert", src, "-o", "-", "--json")
+    assert result.exit_code == 2
+    err = json.loads(result.stdout)["error"]
+    assert err["message"] == "--json and -o - both want stdout"
+    assert "-o FILE" in err["hint"]
+
+
+def test_convert_into_a_pipe_closed_early_says_the_output_is_incomplete(tmp_path):
+    import subprocess
+    import sys
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"p{i} " + "x" * 100, "completion": "c"} for i in range(3000)])
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "tunesmith"), "convert", str(src), "-o", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 2
+    assert "error: cannot write -: the reader closed it before the end (broken pipe)" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_fix_keeps_its_old_output_when_the_log_cannot_be_written(tmp_path):
+    rows = clean_examples(40)
+    src = write_jsonl(tmp_path / "d.jsonl", rows + [rows[0]])
+    out = tmp_path / "clean.jsonl"
+    out.write_text("old\n")
+    (tmp_path / "clean.jsonl.dropped.jsonl").mkdir()  # the second output cannot be written
+    with pytest.raises(OutputError, match="clean.jsonl.dropped.jsonl: it is a directory"):
+        fix_file(CheckContext(file=src), out)
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.jsonl", "clean.jsonl.dropped.jsonl", "d.jsonl"]
+
+
+def test_fix_writes_no_output_when_the_log_runs_out_of_space(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    rows = clean_examples(40)
+    src = write_jsonl(tmp_path / "d.jsonl", rows + [rows[0]])
+    real_fsync = os.fsync
+
+    def disk_full_on_the_log(fd):
+        if ".dropped.jsonl." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_on_the_log)
+    with pytest.raises(OutputError, match="clean.jsonl.dropped.jsonl: the disk is full"):
+        fix_file(CheckContext(file=src), tmp_path / "clean.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]  # neither output, no temp file
+
+
+def test_fix_cli_says_an_output_symlink_loop_in_words(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", clean_examples(40))
+    (tmp_path / "out.jsonl").symlink_to("out.jsonl")
+    result = _cli("fix", src, "-o", tmp_path / "out.jsonl")
+    assert result.exit_code == 2, result.output
+    assert f"error: {tmp_path / 'out.jsonl'} is a symlink loop, not a file to write" in result.stderr
+    assert "Traceback" not in result.output

@@ -14,6 +14,7 @@ from tunesmith.data.formats import (
     Message,
     MessagesFormat,
     PromptCompletionFormat,
+    WEIGHT_HINT,
     ShareGPTFormat,
     a_or_an,
     normalize_text,
@@ -213,7 +214,16 @@ def test_weight_rejected(role, weight):
     ex = parse_record({"messages": turns}, 1)
     assert checks(ex) == ["content_type"]
     assert "weight" in ex.problems[0].message
+    assert ex.problems[0].hint == WEIGHT_HINT  # about weight, not the content check's advice on content
     assert all(m.weight is None for m in ex.messages)  # the bad weight is dropped, the turn kept
+
+
+def test_a_bad_weight_gets_the_weight_hint_in_check(data, check):
+    rows = data.clean(70)
+    rows[4]["messages"][-1]["weight"] = 2
+    report = check(rows)
+    found = [f for f in report.findings if "weight" in f.message]
+    assert [(f.check, f.lines, f.hint) for f in found] == [("content_type", [5], WEIGHT_HINT)]
 
 
 def test_weights_in_a_real_file(data, check):

@@ -263,7 +263,7 @@ def test_split_write_failure_leaves_old_files_and_no_temps(tmp_path, monkeypatch
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_split_names_outputs_replaced_before_a_failed_rename(tmp_path, monkeypatch):
+def _fail_rename_to_train(monkeypatch):
     real_replace = os.replace
 
     def fail_for_train(src, dst):
@@ -272,13 +272,35 @@ def test_split_names_outputs_replaced_before_a_failed_rename(tmp_path, monkeypat
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", fail_for_train)
+
+
+def test_split_names_outputs_replaced_before_a_failed_rename(tmp_path, monkeypatch):
+    # the test set and its seal were renamed first; the failed train rename takes them back out
+    _fail_rename_to_train(monkeypatch)
     with pytest.raises(OutputError, match="train.jsonl: Permission denied") as exc:
         _split(tmp_path, clean_examples(60))
-    assert exc.value.details == [f"already replaced: {tmp_path / 'test.jsonl'}",
-                                 f"already replaced: {tmp_path / 'test.seal.json'}"]
-    assert "run `tunesmith split` again" in exc.value.hint
-    assert verify_seal(tmp_path / "test.jsonl").ok  # the test set and its seal stay a pair
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert exc.value.details == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl"]  # no half split, no temp file
+
+
+def test_split_rename_failing_part_way_puts_the_previous_split_back(tmp_path, monkeypatch):
+    _split(tmp_path, clean_examples(60))
+    before = _snapshot(tmp_path)
+    _fail_rename_to_train(monkeypatch)
+    with pytest.raises(OutputError, match="train.jsonl: Permission denied"):
+        _split(tmp_path, clean_examples(70))
+    assert _snapshot(tmp_path) == {**before, "all.jsonl": (tmp_path / "all.jsonl").read_bytes()}
+    assert verify_seal(tmp_path / "test.jsonl").ok and len(list(tmp_path.iterdir())) == 4
+
+
+def test_split_refuses_a_fifo_for_an_output(tmp_path):
+    src = write_jsonl(tmp_path / "all.jsonl", clean_examples(60))
+    os.mkfifo(tmp_path / "train.fifo")
+    with pytest.raises(OutputError) as exc:
+        split_file(src, tmp_path / "train.fifo", tmp_path / "test.jsonl")
+    assert exc.value.message == f"cannot write {tmp_path / 'train.fifo'}: it is a FIFO, and this output must be a regular file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.jsonl", "train.fifo"]
+    assert os.path.exists(tmp_path / "train.fifo") and not (tmp_path / "train.fifo").is_file()
 
 
 # --- re-splitting must not move sealed rows into train ------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,17 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def _report_stream(output: Path | None, json_out: bool):
+    """Where a command's own report goes: stderr when its data goes to stdout (`-o -`), so a pipe gets only the data."""
+    from tunesmith.io import writes_to_stdout
+
+    if output is None or not writes_to_stdout(output):
+        return sys.stdout
+    if json_out:
+        raise UsageError(f"--json and -o {output} both want stdout", "write the data to a file with -o FILE, or leave out --json")
+    return sys.stderr
+
+
 def _project_for(file: Path | None, project_dir: Path | None, overrides: dict | None = None):
     """The project named by --project, else the one next to FILE (or in the current directory)."""
     from tunesmith.project import find_project_dir, load_project
@@ -32,11 +44,14 @@ def _project_for(file: Path | None, project_dir: Path | None, overrides: dict | 
 
 
 def _context(file: Path, project_dir: Path | None, *, schema=None, regex=None, model=None,
-             max_length=None, task_kind=None, tokens=True):
+             max_length=None, task_kind=None, tokens=True, readable: Path | None = None):
+    """`readable` is FILE as open_checked returned it (a stream is read once, into a temporary copy)."""
     from tunesmith.data.checks.setup import check_context
+    from tunesmith.data.reader import open_checked
 
+    readable = readable or open_checked(file)
     project = _project_for(file, project_dir)
-    return project, check_context(file, project, schema=schema, regex=regex, model=model,
+    return project, check_context(readable, project, schema=schema, regex=regex, model=model,
                                   max_length=max_length, task_kind=task_kind, tokens=tokens, say=_say)
 
 
@@ -58,15 +73,15 @@ def check(
     from tunesmith.data.checks import run_check
     from tunesmith.data.reader import open_checked
 
-    open_checked(file)
+    readable = open_checked(file)
     if task_kind is not None and task_kind not in ("format", "style", "domain", "multistep"):
         raise UsageError(f"--task-kind {task_kind!r} is not a task kind", "use format, style, domain or multistep")
     proj, ctx = _context(file, project, schema=schema, regex=regex, model=model, max_length=max_length,
-                         task_kind=task_kind, tokens=not no_tokens)
-    with byte_progress(f"checking {file.name}", file.stat().st_size, enabled=not json_out) as progress:
+                         task_kind=task_kind, tokens=not no_tokens, readable=readable)
+    with byte_progress(f"checking {file.name}", readable.stat().st_size, enabled=not json_out) as progress:
         report = run_check(ctx, progress)
     if base:
-        _add_base_findings(report, file, proj)
+        _add_base_findings(report, readable, proj)
     if json_out:
         print_json(report.to_dict())
     else:
@@ -161,13 +176,20 @@ def split(
         if not report.ok:
             raise typer.Exit(1)
         return
-    from tunesmith.data.reader import open_checked
+    from tunesmith.data.reader import is_stream, open_checked
+    from tunesmith.project_lock import project_lock
 
-    open_checked(source)
+    if is_stream(source) and not (proj or (train and test)):
+        raise UsageError(f"split reads {source} as a stream: there is no folder beside it to write train and test into",
+                         "pass --train FILE and --test FILE (or --project DIR)")
+    source = open_checked(source)  # a stream is read once, into a temporary copy
     train_path = train or (proj.path(proj.data.train) if proj else source.with_name("train.jsonl"))
     fraction = test_fraction if test_fraction is not None else (proj.data.test_fraction if proj else 0.15)
     threshold = proj.checks.near_duplicate_threshold if proj else 0.8
-    result = split_file(source, train_path, test_path, test_fraction=fraction, near_threshold=threshold, reseal=reseal)
+    # a project's split is its state: not while a `run` or `train` of it is going
+    with project_lock(proj.root, "tunesmith split") if proj else contextlib.nullcontext():
+        result = split_file(source, train_path, test_path, test_fraction=fraction, near_threshold=threshold,
+                            reseal=reseal)
     if json_out:
         print_json(result.to_dict())
         return
@@ -201,40 +223,47 @@ def _seal_differences(report) -> str:
 @handle_errors
 def fix(
     file: Path = typer.Argument(..., help="JSONL file to clean."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the cleaned file (never the input)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the cleaned file (never the input; - for stdout)."),
     project: Optional[Path] = PROJECT_OPT,
     schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema every output must meet."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Drop errors and duplicates (keeping the first of each cluster); log every dropped line and why."""
     from tunesmith.data.fix import fix_file
+    from tunesmith.io import writes_over
 
+    report_to = _report_stream(output, json_out)
     _, ctx = _context(file, project, schema=schema, tokens=False)
-    if output.resolve() == file.resolve():
+    if writes_over(output, file):
         raise UsageError(f"fix never writes over its input ({file})", "pass another path with -o, e.g. data.fixed.jsonl")
     result = fix_file(ctx, output)
     if json_out:
         print_json(result.to_dict())
     else:
-        print(f"kept {result.kept}, dropped {result.dropped} -> {result.output} (why: {result.log})")
+        why = (f"why: {result.log}" if result.log else
+               "no log of the dropped lines: -o is not a file; `tunesmith check` lists them")
+        print(f"kept {result.kept}, dropped {result.dropped} -> {result.output} ({why})", file=report_to)
 
 
 @app.command()
 @handle_errors
 def convert(
     file: Path = typer.Argument(..., help="Input: JSONL in any supported format, or a JSON array."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output JSONL."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output JSONL (- for stdout)."),
     to: str = typer.Option("messages", "--to", help="messages | instruction | sharegpt | prompt_completion."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Convert between formats without loss where the target can hold it; name the lines it cannot."""
     from tunesmith.data.convert import convert_file
 
-    result = convert_file(file, output, to)
+    from tunesmith.data.reader import open_checked
+
+    report_to = _report_stream(output, json_out)
+    result = convert_file(open_checked(file), output, to)
     if json_out:
         print_json(result.to_dict())
     else:
-        print(f"wrote {result.written} example(s) as {to} -> {result.output}")
+        print(f"wrote {result.written} example(s) as {to} -> {result.output}", file=report_to)
         for line, why in result.failed[:50]:
             print(f"  line {line}: not converted: {why}", file=sys.stderr)
         if len(result.failed) > 50:
@@ -248,25 +277,29 @@ def convert(
 def sample(
     file: Path = typer.Argument(..., help="JSONL file to sample from (never the sealed test set)."),
     diverse: Optional[int] = typer.Option(None, "--diverse", help="How many (default: max(50, 10%))."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the chosen examples here."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the chosen examples here (- for stdout)."),
     project: Optional[Path] = PROJECT_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Pick the most diverse examples for human review (k-center greedy over hashed n-grams)."""
     from tunesmith.data.sample import sample_diverse
 
+    from tunesmith.data.reader import open_checked
+
+    report_to = _report_stream(output, json_out)
+    readable = open_checked(file)
     proj = _project_for(file, project)
     if proj is not None:
         test = proj.path(proj.data.test)
-        if test is not None and test.exists() and test.resolve() == file.resolve():
+        if test is not None and test.exists() and test.resolve() == readable.resolve():
             raise UsageError(f"{file} is the sealed test set", "sample the training data; the test set is not for looking at")
-    result = sample_diverse(file, diverse, output)
+    result = sample_diverse(readable, diverse, output)
     if json_out:
         print_json(result.to_dict())
     else:
         where = f" -> {result.output}" if result.output else ""
-        print(f"{len(result.lines)} most diverse of {result.candidates} examples{where}")
-        print(format_lines(result.lines, limit=len(result.lines)))
+        print(f"{len(result.lines)} most diverse of {result.candidates} examples{where}", file=report_to)
+        print(format_lines(result.lines, limit=len(result.lines)), file=report_to)
 
 
 @app.command()

@@ -10,7 +10,7 @@ from typing import Any
 from tunesmith.data.formats import FORMATS, Example, Problem, iter_examples, parse_record
 from tunesmith.data.reader import BOM, SURROGATE_HINT, lone_surrogate, looks_like_json_array, open_checked
 from tunesmith.errors import FormatError, UsageError
-from tunesmith.io import write_jsonl_atomic
+from tunesmith.io import write_jsonl_atomic, writes_over
 
 
 @dataclass
@@ -46,8 +46,8 @@ def _examples(source: Path):
 def convert_file(source: Path, output: Path, to: str) -> ConvertResult:
     if to not in FORMATS:
         raise UsageError(f"unknown target format {to!r}", f"use one of: {', '.join(FORMATS)}")
-    open_checked(source)
-    if output.resolve() == source.resolve():
+    source = open_checked(source)  # a stream is read once, into a temporary copy
+    if writes_over(output, source):
         raise UsageError(f"convert never writes over its input ({source})", "pass another path with -o")
     target = FORMATS[to]
     result = ConvertResult(output, to, 0)

@@ -165,6 +165,16 @@ def _untrained_tools(obj: dict) -> list[Problem]:
     return out
 
 
+def _short_repr(value: object, limit: int = 40) -> str:
+    """repr for a message that quotes user data: a 5 MB weight is named, not repeated."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type_name(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+WEIGHT_HINT = ("weight says whether an assistant turn is trained: 1 (or no weight) trains it, 0 leaves it as context "
+               "the model only reads; drop the weight from user and system turns")
+
+
 class MessagesFormat(Format):
     """OpenAI chat: {"messages": [{"role", "content", "weight"?}, ...]}."""
 
@@ -220,7 +230,8 @@ class MessagesFormat(Format):
             weight = turn.get("weight")
             if weight is not None and (role != "assistant" or isinstance(weight, bool) or weight not in (0, 1)):
                 problems.append(Problem(
-                    "content_type", f"{where}.weight must be 0 or 1 and only on assistant turns, got {weight!r}", f"{where}.weight",
+                    "content_type", f"{where}.weight must be 0 or 1 and only on assistant turns, got {_short_repr(weight)}", f"{where}.weight",
+                    hint=WEIGHT_HINT,
                 ))
                 weight = None
             out.append(Message(role, content, weight))

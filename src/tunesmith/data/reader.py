@@ -6,13 +6,20 @@ reported at once. Only a file that cannot be read at all (missing, a directory, 
 
 from __future__ import annotations
 
+import atexit
+import errno
 import json
 import os
+import re
 import shlex
+import shutil
+import stat
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tunesmith.errors import DataError
 
@@ -37,28 +44,134 @@ class RawRecord:
     hint: str = ""
 
 
+#: The path that means standard input, as in most Unix tools.
+STDIN = "-"
+
+
 def open_checked(path: str | os.PathLike[str]) -> Path:
-    """Return the path if it is a readable regular file, else raise a DataError that says why."""
+    """Return a readable regular file holding the input at `path`, else raise a DataError that says why.
+
+    A stream (`-` for stdin, a pipe, a FIFO, /dev/stdin) can be read only once, and a reader opens its
+    file more than once (sniffing, parsing, re-reading near-duplicates): it is copied to a temporary
+    file first, whose path is returned. Use the returned path, never `path` again.
+    """
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file", "check the path; `tunesmith init DIR` scaffolds a project")
-    if p.is_dir():
+    if str(path) == STDIN:
+        return _sniffed(_spool(sys.stdin.buffer, "stdin.jsonl", "stdin"), "stdin")
+    mode = _mode(p)
+    if stat.S_ISDIR(mode):
         raise DataError(f"{p}: is a directory, not a JSONL file", "pass the .jsonl file inside it")
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        try:
+            with open(p, "rb") as fh:
+                return _sniffed(_spool(fh, p.name or "stream.jsonl", str(p)), str(p))
+        except OSError as exc:
+            raise DataError(f"{p}: cannot be read ({exc.strerror})", "check the stream and its permissions") from None
+    return _sniffed(p, str(p))
+
+
+def is_stream(path: str | os.PathLike[str]) -> bool:
+    """True for `-` and for what can be read only once (a pipe, a FIFO, a character device)."""
+    if str(path) == STDIN:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def symlink_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a path leads nowhere through symlinks (a loop, or a link to nothing), else None.
+
+    Path.exists() is False for both, which would otherwise read as "no such file"."""
+    p = Path(path)
+    try:
+        os.stat(p)
+        return None
+    except ValueError:  # a NUL byte in the path
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            chain = _link_chain(p)
+            return f"{p} is a symlink loop ({chain})" if chain else f"{p}: its path runs through a symlink loop"
+        if exc.errno == errno.ENOENT and p.is_symlink():
+            return f"{p} is a symlink to {_link_target(p)}, which does not exist"
+        return None
+
+
+def link_hint(path: str | os.PathLike[str]) -> str:
+    return f"remove or repoint the link (`ls -l {shlex.quote(str(path))}` shows where it leads), or pass the real file"
+
+
+def _mode(p: Path) -> int:
+    """The file type bits of an input, or a DataError that says why there is none."""
+    try:
+        return os.stat(p).st_mode
+    except ValueError:
+        raise DataError(f"{str(p)!r}: not a usable path (it holds a NUL byte)", "check the path") from None
+    except OSError as exc:
+        link = symlink_problem(p)
+        if link is not None:
+            raise DataError(link, link_hint(p)) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise DataError(f"{p}: no such file", "check the path; `tunesmith init DIR` scaffolds a project") from None
+        if exc.errno == errno.EACCES:
+            raise DataError(f"{p}: permission denied", "make the file and its folders readable (chmod +rx)") from None
+        raise DataError(f"{p}: cannot be read ({exc.strerror})", "check the path and the disk") from None
+
+
+def _link_target(p: Path) -> Path:
+    target = Path(os.readlink(p))
+    return target if target.is_absolute() else p.parent / target
+
+
+def _link_chain(p: Path) -> str:
+    """'a -> b -> a' for a loop of links starting at p; '' when p itself is not a link."""
+    seen: list[Path] = []
+    while p.is_symlink() and p not in seen and len(seen) < 40:
+        seen.append(p)
+        p = _link_target(p)
+    return " -> ".join(map(str, [*seen, p])) if seen else ""
+
+
+#: temporary copy -> the stream as the user named it, for reports (see shown_name)
+_STREAM_NAMES: dict[str, str] = {}
+
+
+def shown_name(path: str | os.PathLike[str]) -> str:
+    """The input as the user named it: `stdin` or the FIFO's path for a stream's temporary copy."""
+    return _STREAM_NAMES.get(str(path), str(path))
+
+
+def _spool(stream: BinaryIO, name: str, shown: str) -> Path:
+    """Copy a stream into a private temporary file (removed when the process exits): it is read exactly once."""
+    folder = Path(tempfile.mkdtemp(prefix="tunesmith-stream-"))
+    atexit.register(shutil.rmtree, folder, True)
+    target = folder / name
+    with open(target, "wb") as out:
+        shutil.copyfileobj(stream, out, 1 << 20)
+    _STREAM_NAMES[str(target)] = shown
+    return target
+
+
+def _sniffed(p: Path, label: str) -> Path:
+    """p, once its head shows JSONL text: not UTF-16, not binary. Messages name the input as the user did."""
     try:
         with open(p, "rb") as fh:
             head = fh.read(8192)
     except PermissionError:
-        raise DataError(f"{p}: permission denied", "make the file readable (chmod +r)") from None
+        raise DataError(f"{label}: permission denied", "make the file readable (chmod +r)") from None
     except OSError as exc:
-        raise DataError(f"{p}: cannot be read ({exc.strerror})", "check the file and the disk") from None
+        raise DataError(f"{label}: cannot be read ({exc.strerror})", "check the file and the disk") from None
     if head.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(head):
-        raise DataError(f"{p}: is UTF-16 text; tunesmith reads UTF-8",
+        raise DataError(f"{label}: is UTF-16 text; tunesmith reads UTF-8",
                         "re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 "
-                        f"{shlex.quote(str(p))} > {shlex.quote(str(p.with_name(p.stem + '.utf8' + p.suffix)))}")
+                        f"{shlex.quote(label)} > {shlex.quote(str(p.with_name(p.stem + '.utf8' + p.suffix)))}")
     if b"\x00" in head:
         line = head[: head.index(b"\x00")].count(b"\n") + 1
         raise DataError(
-            f"{p}:{line}: binary data (NUL byte); this is not a JSONL text file",
+            f"{label}:{line}: binary data (NUL byte); this is not a JSONL text file",
             "export the data as UTF-8 JSON Lines: one JSON object per line",
         )
     return p
@@ -76,7 +189,9 @@ def _looks_utf16(head: bytes) -> bool:
 
 
 def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawRecord]:
-    """Yield every non-blank line of a JSONL file as a RawRecord (1-based line numbers)."""
+    """Yield every non-blank line of a JSONL file as a RawRecord (1-based line numbers).
+
+    A stream is read once (see open_checked); offsets then refer to its temporary copy."""
     p = open_checked(path)
     with open(p, "rb") as fh:
         offset = 0
@@ -110,6 +225,9 @@ def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawRecord]:
             except RecursionError:
                 yield RawRecord(lineno, start, error=("invalid_json_line", TOO_DEEP))
                 continue
+            except ValueError:  # not a syntax error: int() refusing a number over sys.get_int_max_str_digits()
+                yield RawRecord(lineno, start, error=("invalid_json_line", huge_number(text)), hint=HUGE_NUMBER_HINT)
+                continue
             # A lone surrogate can only come from a \uD800-\uDFFF escape (the UTF-8 decoder refuses
             # encoded ones), so a line without "\ud" in either case needs no look at its strings.
             if "\\ud" in text or "\\uD" in text:
@@ -122,6 +240,43 @@ def iter_raw(path: str | os.PathLike[str]) -> Iterator[RawRecord]:
 
 TOO_DEEP = (f"JSON nested too deeply to read (more than about {sys.getrecursionlimit():,} levels of [ or {{); "
             "an example is never that deep")
+
+
+HUGE_NUMBER_HINT = "quote it as a string if it is an ID or a code, or remove it"
+
+
+class _HugeInt(str):
+    """A JSON integer too long for int(), kept as its digits so the walk below can find it."""
+
+
+def huge_number(text: str, why: str = "no example needs one that long") -> str:
+    """Describe the first integer in a JSON text that is too long for Python to convert, and where it is."""
+    limit = sys.get_int_max_str_digits()
+
+    def parse_int(digits: str) -> object:
+        return _HugeInt(digits) if limit and len(digits.lstrip("-")) > limit else int(digits)
+
+    try:
+        value = json.loads(text, parse_int=parse_int)
+    except (ValueError, RecursionError):
+        value = None
+    where, digits = _find_huge(value) or ("a number", "")
+    if not digits:  # not found by the walk: fall back on the longest run of digits in the text
+        digits = max(re.findall(r"\d+", text), key=len, default="")
+    return f"{where} is a number {len(digits.lstrip('-')):,} digits long; {why}"
+
+
+def _find_huge(value: object) -> tuple[str, str] | None:
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:  # iterative, like lone_surrogate: a line can be nested hundreds deep
+        path, item = stack.pop()
+        if isinstance(item, _HugeInt):
+            return (f"field {path}" if path else "the line"), str(item)
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{k}" if path else k, v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def lone_surrogate(value: object) -> str | None:

@@ -10,7 +10,7 @@ from tunesmith.data.diversity import default_sample_size, hashed_vectors, k_cent
 from tunesmith.data.formats import parse_record
 from tunesmith.data.reader import iter_raw, iter_raw_lines
 from tunesmith.errors import DataError, UsageError
-from tunesmith.io import atomic_writer
+from tunesmith.io import atomic_writer, writes_over
 
 
 @dataclass
@@ -38,7 +38,7 @@ def sample_diverse(file: Path, n: int | None = None, output: Path | None = None)
     k = default_sample_size(len(lines)) if n is None else min(n, len(lines))
     chosen = sorted(lines[i] for i in k_center(hashed_vectors(texts), k))
     if output is not None:
-        if output.resolve() == file.resolve():
+        if writes_over(output, file):
             raise UsageError(f"sample never writes over its input ({file})", "pass another path with -o")
         keep = set(chosen)
         with atomic_writer(output, "wb") as fh:

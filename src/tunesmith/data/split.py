@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,9 +23,10 @@ from tunesmith.data.checks.dedup import split_key
 from tunesmith.data.checks.near import MAIN, NearIndex
 from tunesmith.data.formats import parse_record
 from tunesmith.data.minhash import UnionFind
-from tunesmith.data.reader import iter_raw, iter_raw_lines, looks_like_json_array
+from tunesmith.data.reader import (huge_number, iter_raw, iter_raw_lines, link_hint, looks_like_json_array, shown_name,
+                                   symlink_problem)
 from tunesmith.errors import DataError, OutputError, SealError, UsageError
-from tunesmith.io import StagedFile, cannot_write, sha256_file
+from tunesmith.io import StagedFile, cannot_write, commit_together, sha256_file
 from tunesmith.project import TEST_FRACTION_MAX, TEST_FRACTION_MIN
 
 SEAL_VERSION = 1
@@ -92,7 +95,7 @@ def split_file(source: Path, train: Path, test: Path, *, test_fraction: float = 
         fseal = staging.open(seal)
         fseal.write((json.dumps({
             "version": SEAL_VERSION,
-            "source": str(source),
+            "source": shown_name(source),  # a stream as the user named it, not its temporary copy
             "test_fraction": test_fraction,
             "near_duplicate_threshold": near_threshold,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -113,7 +116,7 @@ def _check_paths(source: Path, train: Path, test: Path, seal: Path) -> None:
     roles = {"source": source, "train": train, "test": test, "test seal": seal}
     seen: dict[Path, str] = {}
     for role, path in roles.items():
-        key = path.resolve()
+        key = Path(os.path.realpath(path))  # unlike Path.resolve, never raises on a symlink loop: the writer names it
         if key in seen:
             raise UsageError(
                 f"{seen[key]} and {role} are the same file ({path}): the split would overwrite one with the other",
@@ -205,6 +208,10 @@ def _check_sides(source: Path, n: int, n_test: int, largest: int, test_fraction:
 
 def _previous_seal(seal: Path, reseal: bool) -> dict[str, Any] | None:
     """The seal a re-split replaces: its rows must not move into train."""
+    link = symlink_problem(seal)
+    if link is not None and not reseal:
+        raise SealError(f"{link}; split needs the seal to keep the previously sealed rows out of train",
+                        link_hint(seal) + ", or seal a new test set with `tunesmith split --reseal`")
     if not seal.exists():
         return None
     try:
@@ -295,29 +302,68 @@ class _Staging:
         return staged
 
     def commit(self, order: list[_Hashed]) -> None:
-        for f in self.files:
-            f.staged.finish()
-        replaced: list[Path] = []
-        for f in order:
-            try:
-                f.staged.replace()
-            except OutputError as error:
-                if replaced:
-                    error.details = [f"already replaced: {p}" for p in replaced]
-                    error.hint += "; then run `tunesmith split` again (the outputs are out of step until then)"
-                raise
-            replaced.append(f.staged.target)
+        # a rename failing part-way puts back the files already renamed: all old outputs, or all new
+        commit_together([f.staged for f in order])
+
+
+SEAL_FIX = ("the seal was edited or damaged: restore it (e.g. from version control), "
+            "or seal a new test set with `tunesmith split --reseal`")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA_WANTED = "a SHA-256 (64 hex digits)"
 
 
 def _load_seal(seal: Path) -> dict[str, Any]:
+    """The seal, checked field by field: a hand edit must fail here, in words, not deep in a comparison."""
     try:
-        data = json.loads(seal.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-            raise ValueError("no rows")
-        return data
-    except (OSError, ValueError) as exc:
-        raise SealError(f"{seal}: the seal is unreadable ({exc})",
-                        "restore it, or seal a new test set with `tunesmith split --reseal`") from None
+        text = seal.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except OSError as exc:
+        raise SealError(f"{seal}: the seal is unreadable ({exc.strerror})", SEAL_FIX) from None
+    except json.JSONDecodeError as exc:
+        raise SealError(f"{seal}: the seal is unreadable (not valid JSON: {exc})", SEAL_FIX) from None
+    except UnicodeDecodeError as exc:
+        raise SealError(f"{seal}: the seal is unreadable (not UTF-8 text at byte {exc.start})", SEAL_FIX) from None
+    except ValueError:  # int() refusing a number over sys.get_int_max_str_digits()
+        raise SealError(f"{seal}: the seal is unreadable ({huge_number(text, 'no seal holds one that long')})",
+                        SEAL_FIX) from None
+    except RecursionError:
+        raise SealError(f"{seal}: the seal is unreadable (nested too deeply to read)", SEAL_FIX) from None
+    problem = _seal_problem(data)
+    if problem is not None:
+        raise SealError(f"{seal}: {problem}", SEAL_FIX)
+    return data
+
+
+def _seal_problem(data: object) -> str | None:
+    if not isinstance(data, dict):
+        return f"the seal is unreadable (it is {_shown(data)}, not a JSON object)"
+    version = data.get("version", SEAL_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f"field version is {_shown(version)}, expected a whole number"
+    if version > SEAL_VERSION:
+        return f"field version is {version}: written by a newer tunesmith (this one reads version {SEAL_VERSION})"
+    if "rows" not in data:
+        return "field rows is missing"
+    rows = data["rows"]
+    if not isinstance(rows, list):
+        return f"field rows is {_shown(rows)}, expected a list of SHA-256 hashes (64 hex digits each)"
+    bad = next((i for i, row in enumerate(rows) if not (isinstance(row, str) and _SHA256.fullmatch(row))), None)
+    if bad is not None:
+        return f"field rows[{bad}] is {_shown(rows[bad])}, expected {_SHA_WANTED}"
+    for key in ("file_sha256", "train_sha256"):
+        value = data.get(key)
+        if key in data and not (isinstance(value, str) and _SHA256.fullmatch(value)):
+            return f"field {key} is {_shown(value)}, expected {_SHA_WANTED}"
+    return None
+
+
+def _shown(value: object) -> str:
+    """A JSON value as a message names it: short strings quoted, everything else by its kind."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 20 else f"a string of {len(value)} characters"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return {dict: "an object", list: "a list"}.get(type(value), "a number")
 
 
 @dataclass
@@ -351,6 +397,10 @@ class SealReport:
 def verify_seal(test: Path, seal: Path | None = None) -> SealReport:
     """Compare a test file with its seal, row by row: the rows, how often each occurs, and their order."""
     seal = seal or seal_path_for(test)
+    for path in (seal, test):
+        link = symlink_problem(path)
+        if link is not None:
+            raise SealError(link, link_hint(path))
     if not seal.exists():
         raise SealError(f"{seal}: no seal for {test}", "create the split (and its seal) with `tunesmith split`")
     if not test.exists():
@@ -366,6 +416,20 @@ def verify_seal(test: Path, seal: Path | None = None) -> SealReport:
     _compare_rows(report, current, sealed_rows)
     report.ok = not (report.changed or report.added or report.missing or report.moved)
     return report
+
+
+def broken_seal_error(report: SealReport) -> SealError:
+    """The error for a test set that no longer matches its seal, for every command that refuses one."""
+    if report.moved and not (report.changed or report.added or report.missing):
+        lines = ", ".join(map(str, report.moved[:10])) + (", ..." if len(report.moved) > 10 else "")
+        return SealError(
+            f"{report.test}: the sealed test set has the same rows, in a different order (lines {lines} are out of place)",
+            "restore the file (e.g. from version control), or run `tunesmith split` again: it rewrites the test set "
+            "in its sealed order from the source (the same rows: earlier scores stay comparable)")
+    return SealError(
+        f"{report.test}: the sealed test set changed since it was sealed "
+        f"({len(report.changed)} changed, {len(report.added)} added, {report.removed} removed)",
+        "restore it from version control, or re-split with `tunesmith split` (old results become incomparable)")
 
 
 def _compare_rows(report: SealReport, current: list[tuple[int, str]], sealed: list[str]) -> None:

@@ -41,7 +41,7 @@ def user_text(ex: Example) -> str:
 def read_inputs(path: Path) -> list[Prompt]:
     """`--inputs FILE`: JSONL chats without an assistant answer, or one text per line. Every bad line is
     reported at once."""
-    open_checked(path)
+    path = open_checked(path)  # a stream is read once, into a temporary copy
     prompts: list[Prompt] = []
     problems: list[str] = []
     for line, raw in iter_raw_lines(path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.data.formats import iter_examples
-from tunesmith.data.split import verify_seal
-from tunesmith.errors import DataError, SealError
+from tunesmith.data.split import broken_seal_error, verify_seal
+from tunesmith.errors import DataError
 from tunesmith.evaluate.types import EvalItem
 from tunesmith.models.chat import to_chat
 from tunesmith.project import Project
@@ -17,8 +17,7 @@ def test_items(project: Project) -> list[EvalItem]:
     test = project.path(project.data.test)
     report = verify_seal(test)  # raises SealError when the seal is missing
     if not report.ok:
-        raise SealError(f"{test}: the sealed test set changed since it was sealed",
-                        "restore it, or re-split with `tunesmith split` (earlier results become incomparable)")
+        raise broken_seal_error(report)
     return examples_as_items(test, project.system_prompt, prefix="test", what="sealed test set")
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.data.reader import iter_raw
+from tunesmith.data.reader import iter_raw, link_hint, symlink_problem
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.types import EvalItem
 from tunesmith.io import loads_strict_json
@@ -51,6 +51,9 @@ def load_suite(path: Path, system_prompt: str | None = None) -> tuple[list[EvalI
     from tunesmith.data.formats import Message, parse_record
     from tunesmith.models.chat import to_chat
 
+    link = symlink_problem(path)
+    if link is not None:
+        raise RegressionError(link, link_hint(path))
     if not path.exists():
         raise RegressionError(f"{path}: no regression suite", "write 20-50 prompts with assertions (see `tunesmith eval --help`)")
     problems: list[str] = []
@@ -65,15 +68,25 @@ def load_suite(path: Path, system_prompt: str | None = None) -> tuple[list[EvalI
         if not isinstance(rec, dict):
             problems.append(f"{where}: expected an object")
             continue
-        item_id = str(rec.get("id", f"line-{raw.line}"))
+        raw_id = rec.get("id", f"line-{raw.line}")
+        if isinstance(raw_id, (dict, list)) or raw_id is None:
+            problems.append(f"{where}: id is {_kind(raw_id)}; it must be a string (or a number)")
+        item_id = str(raw_id)
         if item_id in seen:
             problems.append(f"{where}: duplicate id {item_id!r}")
         seen.add(item_id)
         if "prompt" in rec and "messages" not in rec:
-            messages = [Message("user", str(rec["prompt"]))]
+            if not isinstance(rec["prompt"], str):
+                problems.append(f"{where}: prompt is {_kind(rec['prompt'])}; it must be a string")
+                continue
+            messages = [Message("user", rec["prompt"])]
         else:
             ex = parse_record({"messages": rec.get("messages")}, raw.line) if "messages" in rec else None
-            if ex is None or any(p.check != "missing_assistant" for p in ex.problems) or not ex.messages:
+            wrong = [p for p in ex.problems if p.check != "missing_assistant"] if ex is not None else []
+            if wrong:  # the field and what is wrong with it, e.g. "messages[0].content is a list"
+                problems.append(f"{where}: {wrong[0].message}")
+                continue
+            if ex is None or not ex.messages:
                 problems.append(f"{where}: needs 'messages' (user turns) or 'prompt'")
                 continue
             messages = [m for m in ex.messages if m.role != "assistant" or m is not ex.messages[-1]]
@@ -82,18 +95,7 @@ def load_suite(path: Path, system_prompt: str | None = None) -> tuple[list[EvalI
             problems.append(f"{where}: 'assertions' must be a non-empty list")
             assertions = []
         for i, a in enumerate(assertions):
-            kind = a.get("type") if isinstance(a, dict) else None
-            if kind not in ASSERTIONS:
-                problems.append(f"{where}: assertions[{i}] has unknown type {kind!r} (known: {', '.join(ASSERTIONS)})")
-                continue
-            missing = [p for p in ASSERTIONS[kind] if p not in a]
-            if missing:
-                problems.append(f"{where}: assertions[{i}] ({kind}) needs {', '.join(missing)}")
-            if kind == "regex" and "pattern" in a:
-                try:
-                    re.compile(a["pattern"])
-                except re.error as exc:
-                    problems.append(f"{where}: assertions[{i}] regex does not compile: {exc}")
+            problems.extend(f"{where}: {p}" for p in _assertion_problems(i, a))
         expected = rec.get("expected")
         if expected is not None and not isinstance(expected, str):
             expected = json.dumps(expected, ensure_ascii=False, separators=(",", ":"))
@@ -105,6 +107,50 @@ def load_suite(path: Path, system_prompt: str | None = None) -> tuple[list[EvalI
     if not MIN_PROMPTS <= len(items) <= MAX_PROMPTS:
         warnings.append(f"{path.name} has {len(items)} prompts; {MIN_PROMPTS}-{MAX_PROMPTS} cover the important cases without noise")
     return items, warnings
+
+
+#: the parameters each assertion reads, by the JSON type they must have
+_PARAM_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "pattern": ((str,), "a string"), "path": ((str,), "a string"), "name": ((str,), "a string"),
+    "criterion": ((str,), "a string"), "min": ((int, float), "a number"),
+}
+
+
+def _kind(value: object) -> str:
+    """A JSON value's kind, as a message names it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), "a number")
+
+
+def _assertion_problems(i: int, a: object) -> list[str]:
+    """What is wrong with assertions[i]: its type, a missing parameter, a parameter of the wrong kind."""
+    if not isinstance(a, dict):
+        return [f"assertions[{i}] is {_kind(a)}; it must be an object with a type"]
+    kind = a.get("type")
+    if isinstance(kind, (dict, list)):
+        return [f"assertions[{i}].type is {_kind(kind)}; it must be one of {', '.join(ASSERTIONS)}"]
+    if kind not in ASSERTIONS:
+        return [f"assertions[{i}] has unknown type {kind!r} (known: {', '.join(ASSERTIONS)})"]
+    missing = [p for p in ASSERTIONS[kind] if p not in a]
+    if missing:
+        return [f"assertions[{i}] ({kind}) needs {', '.join(missing)}"]
+    problems = []
+    for param, value in a.items():
+        types, what = _PARAM_TYPES.get(param, ((), ""))
+        if types and (isinstance(value, bool) or not isinstance(value, types)):
+            problems.append(f"assertions[{i}].{param} is {_kind(value)}; it must be {what}")
+    value = a.get("value")
+    if kind in ("equals", "contains", "not_contains") and (isinstance(value, (dict, list)) or value is None):
+        problems.append(f"assertions[{i}].value is {_kind(value)}; it must be a string (use json_field for a JSON value)")
+    if kind == "regex" and isinstance(a["pattern"], str):
+        try:
+            re.compile(a["pattern"])
+        except re.error as exc:
+            problems.append(f"assertions[{i}] regex does not compile: {exc}")
+    return problems
 
 
 @dataclass

@@ -13,11 +13,12 @@ from typing import Any
 
 from tunesmith.data.checks import run_check
 from tunesmith.data.checks.setup import check_context
-from tunesmith.data.split import seal_path_for, verify_seal
+from tunesmith.data.split import broken_seal_error, seal_path_for, verify_seal
 from tunesmith.errors import DataError, SealError, UsageError
 from tunesmith.io import sha256_file
 from tunesmith.models.size import checkpoint_params
 from tunesmith.project import Project
+from tunesmith.runs import seal_sha256
 from tunesmith.train.dataset import (
     LabelAudit, TrainingData, audit, encode_examples, load_examples, truncate_rows, validation_split,
 )
@@ -52,17 +53,14 @@ def guard_data(project: Project, *, allow_unreviewed: bool = False) -> tuple[Pat
         raise SealError(f"{test}: no sealed test set", f"run `tunesmith split -p {project.root}`: evaluation needs it")
     seal = verify_seal(test)
     if not seal.ok:
-        raise SealError(
-            f"{test}: the sealed test set changed since it was sealed "
-            f"({len(seal.changed)} changed, {len(seal.added)} added, {seal.removed} removed)",
-            "restore it from version control, or re-split with `tunesmith split` (old results become incomparable)",
-        )
+        raise broken_seal_error(seal)
     report = run_check(check_context(train, project, tokens=False))
     if report.errors:
         details = [f"{f.check}: {f.message} (lines {', '.join(map(str, f.lines[:10]))})" for f in report.errors]
         raise DataError(f"{train}: `check` found {len(report.errors)} error(s); not training on it",
                         f"run `tunesmith check {train}` and `tunesmith fix` first", details=details)
-    hashes: dict[str, Any] = {"train_sha256": sha256_file(train), "test_seal_sha256": sha256_file(seal_path_for(test))}
+    # the registry keeps the seal hash too: `runs show` and `compare` tell when the test set changed since
+    hashes: dict[str, Any] = {"train_sha256": sha256_file(train), "test_seal_sha256": seal_sha256(test)}
     provenance = reviewed_provenance(project, train, allow_unreviewed=allow_unreviewed, context=[test])
     if provenance is not None:
         hashes["provenance"] = provenance

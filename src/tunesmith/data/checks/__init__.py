@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunesmith.data.checks.base import CHECKS, SEVERITY_ORDER, Check, CheckContext, Finding, finding
@@ -19,7 +20,7 @@ from tunesmith.data.checks.prompts import SystemPrompts
 from tunesmith.data.checks.safety import Safety
 from tunesmith.data.checks.size import TokenLengths, too_few
 from tunesmith.data.formats import iter_examples
-from tunesmith.data.reader import looks_like_json_array, open_checked
+from tunesmith.data.reader import looks_like_json_array, open_checked, shown_name
 
 __all__ = ["CHECKS", "CheckContext", "CheckReport", "Finding", "run_check", "iter_examples"]
 
@@ -48,7 +49,7 @@ class CheckReport:
 
 def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) -> CheckReport:
     """Check one file. `progress` is called with the byte offset reached, every few thousand lines."""
-    open_checked(ctx.file)
+    ctx.file = open_checked(ctx.file)  # a stream becomes a file here: it is read more than once below
     exact = ExactDuplicates()
     curation: list[Check] = [Contradictions(), SystemPrompts(), OutputContract(ctx), Safety(), NearDuplicates(ctx)]
     near = curation[-1]
@@ -77,7 +78,7 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
             tokens.observe(ex)
     findings = [finding(check, lines, message, hint=hint or None) for (check, message, hint), lines in structure.items()]
     if records == 0:
-        findings.append(finding("too_few_examples", [], f"{ctx.file.name} holds no examples (the file is empty)",
+        findings.append(finding("too_few_examples", [], f"{Path(shown_name(ctx.file)).name} holds no examples (the file is empty)",
                                 hint="add one JSON object per line"))
     else:
         if looks_like_json_array(ctx.file):
@@ -90,4 +91,4 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
     ctx.stats.update({"valid_examples": valid, "formats": dict(formats)})
     if progress is not None:
         progress(-1)
-    return CheckReport(str(ctx.file), records, findings, ctx.stats, valid)
+    return CheckReport(shown_name(ctx.file), records, findings, ctx.stats, valid)
