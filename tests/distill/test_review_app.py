@@ -34,6 +34,7 @@ def test_the_page_is_self_contained_with_a_script_hash_csp(served):
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     assert r.headers["x-content-type-options"] == "nosniff"
     assert not re.search(r"https?://", page)  # nothing external
+    assert not re.search(r"autotest|test.?hook", page, flags=re.IGNORECASE)  # no test hook ships
     assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 404
 
 
@@ -119,22 +120,35 @@ def test_foreign_hosts_other_origins_and_non_json_bodies_are_refused(served):
     files, store, server, client = served
     before = files.generated.read_bytes()
     body = {"id": 1, "action": "accept", "version": store.version}
-    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1:1", ""):
-        r = client.get("/api/state", headers={"Host": host})
-        assert r.status_code == 400, host
-        assert client.post("/api/decision", json=body, headers={"Host": host}).status_code == 400
+    # DNS rebinding: a page on another name that resolves to 127.0.0.1 reads nothing, saves nothing
+    for host in ("evil.example", f"evil.example:{server.port}", ""):
+        for path in ("/", "/api/state", "/missing"):
+            r = client.get(path, headers={"Host": host})
+            assert r.status_code == 403, (host, path)
+            assert "is not served here" in r.json()["error"]["message"]
+        assert client.post("/api/decision", json=body, headers={"Host": host}).status_code == 403
+    r = client.get("/api/state", headers={"Host": "evil.example:80"})
+    assert r.json()["error"]["message"].startswith("host 'evil.example' is not served here; use one of ")
+    assert r.json()["error"]["hint"].startswith("open the page at the address `tunesmith review` printed")
     assert client.get("/", headers={"Host": f"localhost:{server.port}"}).status_code == 200
 
-    for origin in ("http://evil.example", f"http://127.0.0.1:{server.port + 1}", "null"):
-        r = client.post("/api/decision", json=body, headers={"Origin": origin})
-        assert r.status_code == 403 and r.json()["error"]["message"] == "cross-origin request refused"
+    for origin in ("http://evil.example", f"http://127.0.0.1:{server.port + 1}", f"http://localhost:{server.port}",
+                   "null"):  # the Host is 127.0.0.1:PORT, so localhost:PORT is another origin
+        for path in ("/api/decision", "/api/validate", "/api/reload"):
+            r = client.post(path, json=body, headers={"Origin": origin})
+            assert r.status_code == 403, (origin, path)
+            assert f"cross-origin request from '{origin}' refused" in r.json()["error"]["message"]
     assert client.post("/api/decision", json=body, headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
 
     for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
-        r = client.post("/api/decision", content=json.dumps(body), headers={"Content-Type": ctype})
-        assert r.status_code == 415, ctype
+        for path in ("/api/decision", "/api/validate", "/api/reload"):
+            r = client.post(path, content=json.dumps(body), headers={"Content-Type": ctype})
+            assert r.status_code == 415, (ctype, path)
+            assert f"content type '{ctype}' is not accepted" in r.json()["error"]["message"]
+            assert r.json()["error"]["hint"] == "send a JSON object"
     assert client.post("/api/validate", json={"answer": "x" * (2 << 20)}).status_code == 413
     assert files.generated.read_bytes() == before
 
-    r = client.post("/api/decision", json=body, headers={"Origin": f"http://localhost:{server.port}"})
+    r = client.post("/api/decision", json=body, headers={"Origin": f"http://localhost:{server.port}",
+                                                         "Host": f"localhost:{server.port}"})
     assert r.status_code == 200  # the page's own origin (either name) is fine

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
+import inspect
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from fixtures.browser import body_attribute, chromium_path, parse_html, render_dom
+from fixtures.browser import chromium_page, chromium_path, parse_html
 from tunesmith.errors import DataError, UsageError
 from tunesmith.evaluate.spotcheck import (
     ANSWERS_NAME,
@@ -161,12 +165,36 @@ def test_server_saves_every_post_and_never_serves_the_key(tmp_path: Path) -> Non
         server.close()
 
 
-def expected_autotest_answers(ids: list[str]) -> dict[str, dict]:
-    """What the page's ?autotest=1 hook clicks (see the page script)."""
+def expected_hook_answers(ids: list[str]) -> dict[str, dict]:
+    """What ANSWER_EVERY_ITEM clicks."""
     return {
         item_id: {"ship_A": True, "ship_B": i % 2 == 0, "preference": ["A", "B", "tie"][i % 3]}
         for i, item_id in enumerate(ids)
     }
+
+
+#: The test hook, injected by the tests (the page ships none): click the page's real inputs with a
+#: fixed pattern, so the page's own change handlers save the answers.
+ANSWER_EVERY_ITEM = """() => {
+  document.querySelectorAll("article.item").forEach(function (art, i) {
+    function click(field, value) {
+      art.querySelector('input[data-field="' + field + '"][value="' + value + '"]').click();
+    }
+    click("ship_A", "yes");
+    click("ship_B", i % 2 === 0 ? "yes" : "no");
+    click("preference", ["A", "B", "tie"][i % 3]);
+  });
+}"""
+
+
+def open_rendered(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-rendered='1']")
+
+
+def stored_answers(page, page_id: str) -> dict | None:
+    raw = page.evaluate("k => localStorage.getItem(k)", f"tunesmith-spotcheck:{page_id}")
+    return None if raw is None else json.loads(raw)
 
 
 def test_answers_from_a_real_browser_reach_answers_json(tmp_path: Path) -> None:
@@ -174,19 +202,24 @@ def test_answers_from_a_real_browser_reach_answers_json(tmp_path: Path) -> None:
     sc = build_spotcheck(make_items(), n=20, seed=3)
     d = tmp_path / "spot"
     sc.save(d)
-    server, url = serve_spotcheck(d, test_hooks=True)
+    server, url = serve_spotcheck(d)
     try:
-        dom = render_dom(url + "?autotest=1", wait_attr="data-autotest")
-        assert body_attribute(dom, "data-rendered") == "1"
-        assert body_attribute(dom, "data-autotest") == "done", "the page did not finish posting its answers"
-        assert server.posts == 60  # one POST per click: 20 items x (ship A, ship B, preference)
-        doc = parse_html(dom)
-        assert doc.find(id="progress").text() == "20 / 20 answered"
-        assert doc.find(id="save-status").text() == "saved to answers.json"
+        with chromium_page() as page:
+            posted: list[int] = []
+            page.on("response", lambda r: posted.append(r.status) if r.request.method == "POST" else None)
+            open_rendered(page, url)
+            page.evaluate(ANSWER_EVERY_ITEM)
+            deadline = time.monotonic() + 20
+            while len(posted) < 60 and time.monotonic() < deadline:
+                page.wait_for_timeout(50)
+            assert posted == [200] * 60  # one POST per click: 20 items x (ship A, ship B, preference)
+            assert server.posts == 60
+            assert page.locator("#progress").inner_text() == "20 / 20 answered"
+            assert page.locator("#save-status").inner_text() == "saved to answers.json"
     finally:
         server.close()
     saved = json.loads((d / ANSWERS_NAME).read_text())
-    expected = expected_autotest_answers(sc.item_ids)
+    expected = expected_hook_answers(sc.item_ids)
     assert saved["answers"] == expected
 
     result = unblind(sc.key, saved)
@@ -197,18 +230,122 @@ def test_answers_from_a_real_browser_reach_answers_json(tmp_path: Path) -> None:
     assert result.complete
 
 
-def test_opened_as_a_file_answers_stay_in_the_browser(tmp_path: Path) -> None:
+def test_opened_as_a_file_answers_stay_in_the_browser_and_download_for_unblinding(tmp_path: Path) -> None:
     need_chromium()
     sc = build_spotcheck(make_items(), n=20, seed=3)
     d = tmp_path / "spot"
-    page = sc.save(d)
-    dom = render_dom(page.as_uri() + "?autotest=1", wait_attr="data-autotest")
-    assert body_attribute(dom, "data-autotest") == "done"
-    doc = parse_html(dom)
-    assert doc.find(id="progress").text() == "20 / 20 answered"
-    assert "in this browser" in doc.find(id="save-status").text()
-    assert doc.find("button", id="download").text() == "download answers"
+    page_path = sc.save(d)
+    expected = expected_hook_answers(sc.item_ids)
+    with chromium_page() as page:
+        open_rendered(page, page_path.as_uri())
+        page.evaluate(ANSWER_EVERY_ITEM)
+        assert page.locator("#progress").inner_text() == "20 / 20 answered"
+        assert "in this browser" in page.locator("#save-status").inner_text()
+        assert stored_answers(page, sc.page_id)["answers"] == expected
+        with page.expect_download() as download:
+            page.click("#download")
+        downloaded = json.loads(Path(download.value.path()).read_text())
+    assert downloaded["spotcheck"] == sc.page_id and downloaded["answers"] == expected
+    assert unblind(sc.key, downloaded).complete  # what `spotcheck --results` reads
     assert not (d / ANSWERS_NAME).exists()
+
+
+# --- no test hook ships; other web sites are refused -------------------------------------------
+
+HOOK = re.compile(r"autotest|test.?hook", flags=re.IGNORECASE)
+
+
+def test_the_page_a_user_gets_has_no_test_hook(tmp_path: Path) -> None:
+    sc = build_spotcheck(make_items(), n=20, seed=3)
+    d = tmp_path / "spot"
+    page_path = sc.save(d)
+    assert not HOOK.search(sc.html) and not HOOK.search(page_path.read_text())
+    assert "test_hooks" not in inspect.signature(serve_spotcheck).parameters
+    server, url = serve_spotcheck(d)
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert not HOOK.search(r.read().decode())
+        with urllib.request.urlopen(url + "answers", timeout=10) as r:
+            assert set(json.loads(r.read())) == {"spotcheck", "updated", "answers"}
+    finally:
+        server.close()
+
+
+def test_autotest_in_the_address_answers_nothing_from_a_file_or_the_server(tmp_path: Path) -> None:
+    need_chromium()
+    sc = build_spotcheck(make_items(), n=20, seed=3)
+    d = tmp_path / "spot"
+    page_path = sc.save(d)
+    server, url = serve_spotcheck(d)
+    try:
+        with chromium_page() as page:
+            for address in (page_path.as_uri() + "?autotest=1", url + "?autotest=1"):
+                open_rendered(page, address)
+                assert page.locator("#progress").inner_text() == "0 / 20 answered", address
+                assert page.locator("input:checked").count() == 0, address
+                assert stored_answers(page, sc.page_id) is None, address
+        assert server.posts == 0
+    finally:
+        server.close()
+    assert not (d / ANSWERS_NAME).exists()
+
+
+def raw_request(url: str, method: str, path: str, *, host: str | None = None, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """One request with exactly these headers (urllib would fill in Host and Content-Type)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host if host is not None else parts.netloc)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        raw = r.read()
+        return r.status, json.loads(raw) if r.getheader("Content-Type", "").startswith("application/json") else {}
+    finally:
+        conn.close()
+
+
+def test_the_server_refuses_other_web_sites(tmp_path: Path) -> None:
+    sc = build_spotcheck(make_items(), n=20, seed=3)
+    d = tmp_path / "spot"
+    sc.save(d)
+    server, url = serve_spotcheck(d)
+    port = server.server_address[1]
+    answer = json.dumps({"id": sc.item_ids[0], "ship_A": True}).encode()
+    as_json = {"Content-Type": "application/json"}
+    try:
+        # DNS rebinding: a page on evil.example that resolves to 127.0.0.1 reads nothing, saves nothing
+        for path in ("/answers", "/", "/missing"):
+            status, body = raw_request(url, "GET", path, host=f"evil.example:{port}")
+            assert status == 403, path
+            assert "host 'evil.example' is not served here" in body["error"], path
+        assert raw_request(url, "POST", "/answers", host="evil.example", body=answer, headers=as_json)[0] == 403
+        assert raw_request(url, "GET", "/answers", host=f"localhost:{port}")[0] == 200
+
+        for origin in ("http://evil.example", f"http://localhost:{port}", "null"):  # Host is 127.0.0.1:PORT
+            status, body = raw_request(url, "POST", "/answers", body=answer, headers={**as_json, "Origin": origin})
+            assert status == 403 and f"cross-origin request from '{origin}' refused" in body["error"], origin
+
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            status, body = raw_request(url, "POST", "/answers", body=answer, headers={"Content-Type": ctype})
+            assert status == 415 and f"content type '{ctype}' is not accepted" in body["error"], ctype
+        assert raw_request(url, "POST", "/answers", body=answer)[0] == 415  # no content type at all
+        assert server.posts == 0 and not (d / ANSWERS_NAME).exists()
+
+        # the page's own origin, by either name, and programs (no Origin) still save
+        assert raw_request(url, "POST", "/answers", body=answer,
+                           headers={**as_json, "Origin": f"http://127.0.0.1:{port}"})[0] == 200
+        assert raw_request(url, "POST", "/answers", host=f"localhost:{port}", body=answer,
+                           headers={**as_json, "Origin": f"http://localhost:{port}"})[0] == 200
+        assert raw_request(url, "POST", "/answers", body=answer, headers=as_json)[0] == 200
+        assert server.posts == 3
+    finally:
+        server.close()
 
 
 # --- unblinding and the ship rule ---------------------------------------------------------------
@@ -297,18 +434,3 @@ def test_unblind_accepts_the_saved_key_file_and_rejects_bad_answers(tmp_path: Pa
         unblind(saved_key, {sc.item_ids[0]: {"ship_A": "yes"}})
     with pytest.raises(DataError):
         unblind({"x": {"A": "tuned", "B": "tuned"}}, {})
-
-
-def test_served_page_ignores_autotest_unless_the_server_allows_it(tmp_path: Path) -> None:
-    need_chromium()
-    sc = build_spotcheck(make_items(), n=20, seed=3)
-    d = tmp_path / "spot"
-    sc.save(d)
-    server, url = serve_spotcheck(d)
-    try:
-        dom = render_dom(url + "?autotest=1", wait_attr="data-autotest")
-        assert body_attribute(dom, "data-rendered") == "1"
-        assert body_attribute(dom, "data-autotest") is None and server.posts == 0
-        assert not (d / ANSWERS_NAME).exists()
-    finally:
-        server.close()

@@ -153,3 +153,18 @@ def test_a_second_ctrl_c_cuts_the_grace_short(monkeypatch):
 
     assert asyncio.run(two_signals()) < 5
     assert engine.graces == [60, 0] and server.force_exit is False
+
+
+def test_vllm_command_refuses_an_adapter_whose_rank_is_not_a_rank(serve_base, serve_assets, tmp_path):
+    bad = serve_assets["allowed"] / "bad-rank"
+    shutil.copytree(serve_assets["alpha"], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    cfg["r"] = "sixteen"
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    try:
+        with pytest.raises(UsageError) as info:
+            vllm_command(ServeConfig(base=str(serve_base), engine="vllm", allow_dirs=[serve_assets["allowed"]],
+                                     adapters=[("bad", str(bad))]))
+        assert "adapter 'bad': adapter_config.json has r='sixteen', not a LoRA rank" in info.value.message
+    finally:
+        shutil.rmtree(bad)

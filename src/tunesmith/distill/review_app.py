@@ -10,9 +10,9 @@ Routes (JSON bodies only, ``Content-Type: application/json``)::
                          version is stale (nothing written), 422 when an edit breaks the contract
     POST /api/reload     {} -> the state, read again from disk (after a hand edit)
 
-The page trusts nobody else: the Host header must name this server (127.0.0.1:PORT or localhost:PORT;
-DNS rebinding), a POST from another origin is refused (403), a POST that is not JSON is refused (415),
-and bodies are capped (413).
+The page trusts nobody else, by `tunesmith.web_guard`'s rules: the Host header must name this server
+(127.0.0.1 or localhost; DNS rebinding) or every route answers 403, a POST from another origin is
+refused (403), a POST that is not JSON is refused (415), and bodies are capped (413).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations (Request, imported
@@ -31,6 +31,7 @@ from tunesmith.distill.review import (
 )
 from tunesmith.distill.review_page import CSP, PAGE
 from tunesmith.errors import OutputError, TunesmithError, UsageError
+from tunesmith.web_guard import allowed_hosts, check_request
 
 MAX_BODY = 1 << 20
 HOST = "127.0.0.1"
@@ -51,13 +52,17 @@ _COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b
                    (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
 
 
+_REFUSAL_HINTS = {403: "open the page at the address `tunesmith review` printed (a program may call the API "
+                       "without an Origin header)",
+                  415: "send a JSON object"}
+
+
 class _Guard:
     """Host, origin, content type and body size, checked before any route (pure ASGI middleware)."""
 
-    def __init__(self, app: Any, port: int, max_body: int) -> None:
+    def __init__(self, app: Any, max_body: int) -> None:
         self.app, self.max_body = app, max_body
-        self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
-        self.origins = {f"http://{h}" for h in self.hosts}
+        self.hosts = allowed_hosts(HOST)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -81,16 +86,17 @@ class _Guard:
         await response(scope, receive, send_with_headers)
 
     def _problem(self, method: str, headers: dict[str, str]) -> tuple[int, str, str] | None:
-        if headers.get("host", "").lower() not in self.hosts:
-            return 400, "unknown Host header", "open the page at the address `tunesmith review` printed"
+        # every POST route reads a JSON body
+        refusal = check_request(method=method, host=headers.get("host"), origin=headers.get("origin"),
+                                content_type=headers.get("content-type"), allowed=self.hosts, json_body=True,
+                                more_hosts=None)
+        if refusal is not None:
+            return refusal.status, refusal.message, _REFUSAL_HINTS[refusal.status]
         if method in ("GET", "HEAD"):
             return None
-        origin = headers.get("origin")
-        if (origin is not None and origin not in self.origins) or \
-                headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        # a second opinion from browsers that send it: Origin alone already decides for them
+        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
             return 403, "cross-origin request refused", "only the review page itself may save decisions"
-        if headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return 415, "the body must be JSON (Content-Type: application/json)", "send a JSON object"
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             return 413, f"request body over the limit of {self.max_body} bytes", "send a smaller answer"
@@ -141,8 +147,9 @@ def _decision_args(body: dict[str, Any]) -> tuple[int, str, str, str | None, str
     return line, action, version, answer, reason
 
 
-def create_app(store: ReviewStore, port: int, *, max_body: int = MAX_BODY) -> Any:
-    """The review app for `store`, answering only as http://127.0.0.1:PORT (or localhost:PORT)."""
+def create_app(store: ReviewStore, *, max_body: int = MAX_BODY) -> Any:
+    """The review app for `store`, answering only to 127.0.0.1 and localhost (any port: the name is what
+    DNS rebinding changes)."""
     from fastapi import FastAPI, Request
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import HTMLResponse, JSONResponse
@@ -200,7 +207,7 @@ def create_app(store: ReviewStore, port: int, *, max_body: int = MAX_BODY) -> An
             return JSONResponse(await run_in_threadpool(store.state))
         return await guarded(call)
 
-    return _Guard(app, port, max_body)
+    return _Guard(app, max_body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +228,7 @@ class ReviewServer:
         self.store = store
         self.sock = bind_socket(HOST, port)
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(create_app(store, self.port, max_body=max_body), host=HOST, port=self.port,
+        config = uvicorn.Config(create_app(store, max_body=max_body), host=HOST, port=self.port,
                                 log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread: threading.Thread | None = None

@@ -21,8 +21,11 @@ Content-Security-Policy that allows only its own script and same-origin requests
 
 Saving answers: served by `serve_spotcheck`, the page POSTs every change to ``/answers`` (one
 item's full state: ``{"id", "ship_A", "ship_B", "preference"}``), and the server rewrites
-``answers.json`` atomically each time. Opened from ``file://``, the page keeps answers in the
-browser's localStorage and offers a "download answers" button that saves the same JSON.
+``answers.json`` atomically each time. The server answers only to its own names and takes POSTs only
+from its own page or a program, as JSON (`tunesmith.web_guard`: other web sites may not read or
+write the answers). Opened from ``file://``, the page keeps answers in the browser's localStorage and
+offers a "download answers" button that saves the same JSON. The page has no test hook, served or
+opened as a file: only a person's clicks answer (browser tests inject their own).
 
 ``answers.json`` (and the downloaded file)::
 
@@ -54,6 +57,7 @@ from urllib.parse import urlsplit
 
 from tunesmith.errors import DataError, UsageError
 from tunesmith.io import write_json_atomic, write_text_atomic
+from tunesmith.web_guard import allowed_hosts, check_request
 
 __all__ = [
     "ANSWERS_NAME",
@@ -80,6 +84,7 @@ _MODELS = ("base", "tuned")
 _FIELDS = ("ship_A", "ship_B", "preference")
 _PREFERENCES = ("A", "B", "tie")
 _MAX_BODY = 1 << 20
+_HOST = "127.0.0.1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,14 +209,13 @@ _JS = r"""
   function saveLocal() {
     try { localStorage.setItem(storeKey, JSON.stringify(doc())); } catch (e) { /* storage may be off */ }
   }
-  var queue = Promise.resolve(), sent = 0;
+  var queue = Promise.resolve();
   function post(body) {
     queue = queue.then(function () {
       return fetch("/answers", {method: "POST", headers: {"Content-Type": "application/json"},
                                 body: JSON.stringify(body), cache: "no-store"});
     }).then(function (r) {
       if (!r.ok) throw new Error("HTTP " + r.status);
-      sent++;
       setStatus("saved to answers.json");
     }).catch(function (e) {
       setStatus("could not save to the server (" + e.message + "); answers are kept in this browser: use download");
@@ -245,34 +249,11 @@ _JS = r"""
     setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
   });
 
-  // The ?autotest=1 hook clicks answers by itself (browser tests). On a served page it runs only when
-  // the server was started with test_hooks, so answers.json, which unblinding reads, never gets
-  // answers nobody gave; a page opened as a file keeps its answers in the browser only.
-  var testHooks = !served;
-
-  function autotest() {
-    // Test hook (?autotest=1): click the real inputs with a fixed pattern, so the page's own change
-    // handlers save the answers; body gets data-autotest="done" once every save has finished.
-    articles.forEach(function (art, i) {
-      function click(field, value) {
-        var inp = art.querySelector('input[data-field="' + field + '"][value="' + value + '"]');
-        if (inp) inp.click();
-      }
-      click("ship_A", "yes");
-      click("ship_B", i % 2 === 0 ? "yes" : "no");
-      click("preference", ["A", "B", "tie"][i % 3]);
-    });
-    return queue.then(function () {
-      document.body.setAttribute("data-autotest-posts", String(sent));
-      document.body.setAttribute("data-autotest", "done");
-    });
-  }
-
   try { apply((JSON.parse(localStorage.getItem(storeKey) || "null") || {}).answers); } catch (e) { /* ignore */ }
   var ready = served
     ? fetch("/answers", {cache: "no-store"}).then(function (r) { return r.ok ? r.json() : null; })
         .then(function (d) {
-          if (d) { apply(d.answers); testHooks = d.test_hooks === true; }
+          if (d) apply(d.answers);
           setStatus("answers are saved to the server as you go");
         })
         .catch(function () { setStatus("server not reachable; answers are kept in this browser"); })
@@ -282,7 +263,6 @@ _JS = r"""
   ready.then(function () {
     render();
     document.body.setAttribute("data-rendered", "1");
-    if (testHooks && new URLSearchParams(location.search).get("autotest") === "1") return autotest();
   });
 })();
 """
@@ -420,10 +400,8 @@ class SpotcheckServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, directory: Path, port: int, *, test_hooks: bool = False) -> None:
+    def __init__(self, directory: Path, port: int) -> None:
         self.directory = directory
-        #: the page's ?autotest=1 hook (it clicks answers by itself) runs only when this server allows it
-        self.test_hooks = test_hooks
         page = directory / PAGE_NAME
         manifest = directory / MANIFEST_NAME
         if not page.is_file() or not manifest.is_file():
@@ -451,12 +429,13 @@ class SpotcheckServer(ThreadingHTTPServer):
                 raise DataError(f"{self.answers_path}: cannot resume from it ({exc})",
                                 hint="move it away to start over") from exc
         self.posts = 0
-        super().__init__(("127.0.0.1", port), _Handler)
+        self.allowed_hosts = allowed_hosts(_HOST)
+        super().__init__((_HOST, port), _Handler)
         self.thread = threading.Thread(target=self.serve_forever, name="tunesmith-spotcheck", daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/"
+        return f"http://{_HOST}:{self.server_address[1]}/"
 
     def document(self) -> dict[str, Any]:
         return {
@@ -514,16 +493,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
 
+    def _refused(self, *, json_body: bool) -> bool:
+        """Answer with web_guard's refusal when another web site is behind the request (see there)."""
+        refusal = check_request(method=self.command, host=self.headers.get("Host"), origin=self.headers.get("Origin"),
+                                content_type=self.headers.get("Content-Type"), allowed=self.server.allowed_hosts,
+                                json_body=json_body, more_hosts=None)
+        if refusal is not None:
+            self._json(refusal.status, {"error": refusal.message})
+        return refusal is not None
+
     def do_GET(self) -> None:  # noqa: N802
+        if self._refused(json_body=False):
+            return
         path = urlsplit(self.path).path
         if path in ("/", f"/{PAGE_NAME}"):
             self._send(200, self.server.page, "text/html; charset=utf-8")
         elif path == "/answers":
             with self.server.lock:
-                doc = self.server.document()
-                if self.server.test_hooks:
-                    doc = {**doc, "test_hooks": True}
-                body = json.dumps(doc, ensure_ascii=False)
+                body = json.dumps(self.server.document(), ensure_ascii=False)
             self._send(200, body.encode("utf-8"), "application/json; charset=utf-8")
         else:  # nothing else in the directory is served: not the key, not the manifest
             self._json(404, {"error": "not found"})
@@ -531,13 +518,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self) -> None:  # noqa: N802
+        if self._refused(json_body=True):  # /answers, the only POST route, reads JSON
+            return
         if urlsplit(self.path).path != "/answers":
             self._json(404, {"error": "not found"})
-            return
-        origin = self.headers.get("Origin")
-        port = self.server.server_address[1]
-        if origin is not None and origin not in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
-            self._json(403, {"error": "cross-origin request refused"})
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -556,16 +540,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, result)
 
 
-def serve_spotcheck(directory: str | os.PathLike[str], port: int = 0, *,
-                    test_hooks: bool = False) -> tuple[SpotcheckServer, str]:
+def serve_spotcheck(directory: str | os.PathLike[str], port: int = 0) -> tuple[SpotcheckServer, str]:
     """Serve a saved spot check on 127.0.0.1 (`port` 0: any free port) in a background thread.
 
     Returns ``(server, url)``; open `url` in a browser. Every answer the page sends is merged into
     ``answers.json`` in `directory`, rewritten atomically. An existing answers.json is resumed.
-    Call ``server.close()`` to stop. `test_hooks` lets the page's ``?autotest=1`` hook answer by itself
-    (browser tests only: a person's page never answers for them).
+    Call ``server.close()`` to stop. Only this server's own names (127.0.0.1, localhost) are answered,
+    and only its own page or a program may post (see `tunesmith.web_guard`).
     """
-    server = SpotcheckServer(Path(directory), port, test_hooks=test_hooks)
+    server = SpotcheckServer(Path(directory), port)
     server.thread.start()
     return server, server.url
 

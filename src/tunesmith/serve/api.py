@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError, UsageError
+from tunesmith.serve.adapters import DEFAULT_MAX_ADAPTERS
 
 Say = Callable[[str], None]
 API_KEY_ENV = "TUNESMITH_API_KEY"
@@ -28,7 +29,12 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
+    #: serve all interfaces without a key: the operator said so in words (--insecure-no-auth)
+    insecure_no_auth: bool = False
     allow_dirs: list[Path] = field(default_factory=list)
+    #: more Host names to answer to (a reverse proxy's), besides the bound address
+    allow_hosts: list[str] = field(default_factory=list)
+    max_adapters: int = DEFAULT_MAX_ADAPTERS
     max_batch: int | None = None  # default: 16 on CPU, 64 on a GPU
     max_tokens: int = 2048
     max_body_bytes: int = 1 << 20
@@ -49,6 +55,26 @@ def parse_adapter_flag(value: str) -> tuple[str, str]:
     if not source:
         raise UsageError("--adapter needs a value", "e.g. --adapter sql=latest")
     return Path(source.rstrip("/")).name if "/" in source else source, source
+
+
+def read_api_key(key: str | None, key_file: Path | None, env: str | None) -> str | None:
+    """The API key from --api-key, --api-key-file or the environment (in that order; the flag shows in `ps`)."""
+    if key and key_file is not None:
+        raise UsageError("--api-key and --api-key-file both given", "keep --api-key-file (the other shows in ps)")
+    if key_file is None:
+        return key or env or None
+    try:
+        text = key_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--api-key-file {key_file}: no such file",
+                         "write the key into it (one line), or point at the file that holds it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise UsageError(f"--api-key-file {key_file}: cannot read it ({reason})",
+                         "give a readable text file holding the key") from None
+    if not text.strip():
+        raise UsageError(f"--api-key-file {key_file} is empty", "write the key into it (one line)")
+    return text.strip()
 
 
 def _load_project(config: ServeConfig) -> Any | None:
@@ -99,11 +125,15 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     """Load the base model and the start-up adapters; the returned ServerState backs `create_app`."""
     require_serving_libraries()
     say = say or (lambda _m: None)
+    if len(config.adapters) > config.max_adapters:
+        raise UsageError(f"{len(config.adapters)} adapters given with --adapter, but --max-adapters is "
+                         f"{config.max_adapters}", f"raise it: --max-adapters {len(config.adapters)}")
     from tunesmith.inference.engine import Engine
     from tunesmith.inference.loading import default_device, default_dtype, load_model
     from tunesmith.models.resolve import tokenizer_in
     from tunesmith.serve.adapters import AdapterLocator
     from tunesmith.serve.app import Limits, ServerState
+    from tunesmith.web_guard import allowed_hosts
 
     project, base = _served_base(config)
     device = config.device or default_device()
@@ -114,7 +144,9 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     engine = Engine(model, tokenizer, device=device, max_batch=config.max_batch or (16 if device == "cpu" else 64))
     locator = AdapterLocator(base, project=project, allowed_dirs=list(config.allow_dirs))
     state = ServerState(engine, tokenizer, base, locator, api_key=config.api_key,
-                        limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context),
+                        limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context,
+                                      config.max_adapters),
+                        hosts=allowed_hosts(config.host, config.allow_hosts),
                         apply_system_prompt=config.apply_system_prompt)
     try:
         for adapter_name, source in config.adapters:
@@ -246,9 +278,26 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _check_exposure(config: ServeConfig, say: Say) -> None:
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
-        say(f"warning: listening on {config.host} without an API key: anyone who can reach this port can use "
-            f"the models (set --api-key or {API_KEY_ENV})")
+    """A server other machines can reach needs a key, unless the operator waived it in so many words."""
+    if _is_loopback(config.host) or config.api_key:
+        return
+    if not config.insecure_no_auth:
+        raise UsageError(f"listening on {config.host} without an API key: anyone who can reach this port could "
+                         "use the models and load adapters",
+                         f"give a key with --api-key-file FILE (or {API_KEY_ENV}), or pass --insecure-no-auth "
+                         "if the network is trusted")
+    say(f"warning: listening on {config.host} without an API key (--insecure-no-auth): anyone who can reach "
+        "this port can use the models and load adapters")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]").lower()
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def vllm_command(config: ServeConfig) -> tuple[list[str], dict[str, str]]:
@@ -273,7 +322,11 @@ def vllm_command(config: ServeConfig) -> tuple[list[str], dict[str, str]]:
         locator.inspect(path, run_id)
         modules.append(f"{adapter_name}={path}")
         adapter_config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-        ranks.append(int(adapter_config.get("r", 16)))
+        rank = adapter_config.get("r", 16) if isinstance(adapter_config, dict) else None
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise UsageError(f"adapter {adapter_name!r}: adapter_config.json has r={rank!r}, not a LoRA rank",
+                             "r must be a positive integer; re-save the adapter with PEFT")
+        ranks.append(rank)
     command = ["vllm", "serve", str(base.path), "--served-model-name", base.name,
                "--host", config.host, "--port", str(config.port),
                "--enable-lora", "--max-lora-rank", str(_vllm_rank(max(ranks, default=16))),

@@ -40,12 +40,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunesmith.errors import TunesmithError
 from tunesmith.inference.constraints import Constraint
 from tunesmith.inference.engine import Engine, EngineClosed, Finished, Job, Sampling
-from tunesmith.serve.adapters import AdapterInfo, AdapterLocator, ServedBase, check_name, check_shapes
+from tunesmith.serve.adapters import (
+    DEFAULT_MAX_ADAPTERS, AdapterInfo, AdapterLocator, ServedBase, check_name, check_shapes,
+)
 from tunesmith.serve.errors import (
-    AdapterRejected, BadRequest, Conflict, NotFound, ServeError, ServerFailure, TooLarge, Unauthorized, Unavailable,
-    error_body,
+    AdapterRejected, BadRequest, Conflict, CrossOrigin, HostNotAllowed, NotFound, ServeError, ServerFailure, TooLarge,
+    TooManyAdapters, Unauthorized, Unavailable, UnsupportedMediaType, error_body,
 )
 from tunesmith.serve.formats import close_reserve, response_constraint
+from tunesmith.web_guard import allowed_hosts, check_request, host_name
 
 # -- request bodies --------------------------------------------------------------------------------
 
@@ -157,6 +160,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_tokens: int = 2048
     context: int = 2048
+    max_adapters: int = DEFAULT_MAX_ADAPTERS
 
 
 @dataclass
@@ -167,6 +171,8 @@ class ServerState:
     locator: AdapterLocator
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    #: the Host names served (web_guard.allowed_hosts); None on all interfaces, where a key guards instead
+    hosts: frozenset[str] | None = field(default_factory=lambda: allowed_hosts("127.0.0.1"))
     apply_system_prompt: bool = True
     adapters: dict[str, AdapterInfo] = field(default_factory=dict)
     unloading: set[str] = field(default_factory=set)
@@ -184,15 +190,21 @@ class ServerState:
         if name in self.adapters:
             raise Conflict(f"adapter {name!r} is already loaded", "unload it first (DELETE /v1/adapters/NAME)",
                            param="name")
+        cap = self.limits.max_adapters
+        if len(self.adapters) >= cap:
+            raise TooManyAdapters(f"{len(self.adapters)} adapters are loaded, the most this server holds "
+                                  f"(--max-adapters {cap})", "unload one with DELETE /v1/adapters/NAME, or restart "
+                                  "the server with a higher --max-adapters", param="name")
         path, run_id = self.locator.locate(source)
         trained_on, system_prompt = self.locator.inspect(path, run_id)
-        info = AdapterInfo(name, path, source, run_id, trained_on, system_prompt)
+        info = AdapterInfo(name, path, source, run_id, trained_on, system_prompt, shown=self.locator.display(path))
         try:
             self.engine.call(lambda: self._load_on_engine(info)).result(timeout=600)
         except (ServeError, EngineClosed):
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged or odd adapter: refused, the server goes on
-            raise AdapterRejected(f"cannot load adapter {path}: {type(exc).__name__}: {exc}",
+            raise AdapterRejected(f"cannot load adapter {info.shown}: {type(exc).__name__}: "
+                                  f"{self.locator.scrub(str(exc))}",
                                   "check that it is a complete PEFT LoRA adapter saved with save_pretrained",
                                   param="source") from exc
         return info  # the caller records it (on the event loop, where the dict is read)
@@ -230,7 +242,7 @@ class ServerState:
         from peft import PeftModel
 
         engine = self.engine
-        check_shapes(engine.model, info.path)
+        check_shapes(engine.model, info.path, info.shown)
         if isinstance(engine.model, PeftModel):
             engine.model.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
         else:
@@ -264,18 +276,25 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
             await asyncio.to_thread(on_shutdown)
 
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    _document_bodies(app)
     app.state.tunesmith = state
     state.lock = asyncio.Lock()
 
     @app.exception_handler(ServeError)
     async def _serve_error(_request: Request, exc: ServeError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return _ErrorResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else None
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None, code),
-                            status_code=exc.status_code)
+        return _ErrorResponse(error_body(str(exc.detail), "invalid_request_error", None, code),
+                              status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception) -> JSONResponse:
+        # a bug, not a bad request: still an answer the OpenAI clients can read (the log has the traceback)
+        return _ErrorResponse(error_body(f"internal error: {type(exc).__name__}", "server_error", None,
+                                         "internal_error"), status_code=500)
 
     app.add_middleware(_Guard, state=state)
 
@@ -293,7 +312,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
         except RecursionError:
             raise BadRequest("the request body nests JSON too deeply", "send a JSON object of ordinary depth") from None
 
-    def _parse(model: type[BaseModel], data: Any) -> Any:
+    def _parse(model: type[BaseModel], data: Any, api: str = "the OpenAI chat completions API") -> Any:
         if not isinstance(data, dict):
             raise BadRequest("the request body must be a JSON object", "send a JSON object")
         try:
@@ -302,7 +321,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
             raise BadRequest(f"{param}: {first['msg']}" if param else first["msg"],
-                             "see the OpenAI chat completions API for the field", param=param) from exc
+                             f"see {api} for the field", param=param) from exc
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -311,7 +330,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         base = {"id": state.base.name, "object": "model", "created": state.base.created, "owned_by": "tunesmith",
-                "root": state.base.ref, "parent": None}
+                "root": state.base.public_ref(), "parent": None}
         data = [base] + [a.to_dict() | {"parent": state.base.name} for a in state.adapters.values()
                          if a.name not in state.unloading]
         return {"object": "list", "data": data}
@@ -328,9 +347,9 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
                 return m
         raise NotFound(f"the model {name!r} does not exist", _known(state), param="model")
 
-    @app.post("/v1/adapters", status_code=201)
+    @app.post("/v1/adapters", status_code=201, openapi_extra=_body_doc(AdapterRequest))
     async def load_adapter(request: Request) -> dict[str, Any]:
-        req = _parse(AdapterRequest, await _json_body(request))
+        req = _parse(AdapterRequest, await _json_body(request), 'POST /v1/adapters {"name", "source"}')
         source = req.source or req.path
         if not source:
             raise BadRequest("give the adapter's source: a run id of the project or an adapter directory",
@@ -365,7 +384,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
                 state.unloading.discard(name)
         return {"id": name, "object": "model", "deleted": True}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_body_doc(ChatRequest))
     async def chat_completions(request: Request) -> Any:
         req: ChatRequest = _parse(ChatRequest, await _json_body(request))
         problem = req.unsupported()
@@ -413,18 +432,73 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
     return app
 
 
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """The requestBody of a route that reads its body itself (to bound its size and answer in OpenAI's
+    error shape), which FastAPI therefore cannot describe."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _document_bodies(app: Any) -> None:
+    """`app.openapi()` (not served: openapi_url is None) with the request models in its components, so
+    schema-driven tests (schemathesis) generate real bodies."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # cached on app.openapi_schema: completed in place once
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ChatRequest, AdapterRequest):
+                doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(doc.pop("$defs", {}))
+                schemas[model.__name__] = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+class _ErrorResponse(JSONResponse):
+    """An error body in ASCII: a message quoting a lone surrogate from the request still encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 class _Guard:
-    """API key and declared body size, checked before any route (a pure ASGI middleware: Starlette's
-    BaseHTTPMiddleware would hide client disconnects from the routes)."""
+    """Web-page rules (tunesmith.web_guard), then API key and declared body size, checked before any route
+    (a pure ASGI middleware: Starlette's BaseHTTPMiddleware would hide client disconnects from the routes)."""
 
     def __init__(self, app: Any, state: ServerState) -> None:
         self.app, self.state = app, state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        problem = self._web_problem(scope["method"], headers)
+        if problem is None and scope["path"] != "/health":
+            problem = self._client_problem(headers)
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        await _ErrorResponse(problem.body(), status_code=problem.status)(scope, receive, send)
+
+    def _web_problem(self, method: str, headers: dict[str, str]) -> ServeError | None:
+        """Another web site's request (DNS rebinding, CSRF), refused in OpenAI's error shape."""
+        host, allowed = headers.get("host"), self.state.hosts
+        # every POST route reads a JSON body; DELETE and GET read none
+        refusal = check_request(method=method, host=host, origin=headers.get("origin"),
+                                content_type=headers.get("content-type"), allowed=allowed, json_body=method == "POST")
+        if refusal is None:
+            return None
+        if refusal.status == 415:
+            return UnsupportedMediaType(refusal.message)
+        if allowed is not None and host_name(host) not in allowed:
+            return HostNotAllowed(refusal.message)
+        return CrossOrigin(refusal.message)
+
+    def _client_problem(self, headers: dict[str, str]) -> ServeError | None:
         problem: ServeError | None = None
         if self.state.api_key:
             given = headers.get("authorization", "")
@@ -436,10 +510,7 @@ class _Guard:
         if problem is None and length.isdigit() and int(length) > self.state.limits.max_body_bytes:
             problem = TooLarge(f"request body of {int(length)} bytes is over the limit of "
                                f"{self.state.limits.max_body_bytes}", "send a smaller request")
-        if problem is None:
-            await self.app(scope, receive, send)
-            return
-        await JSONResponse(problem.body(), status_code=problem.status)(scope, receive, send)
+        return problem
 
 
 def _known(state: ServerState) -> str:

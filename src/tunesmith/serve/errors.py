@@ -35,12 +35,28 @@ class Forbidden(ServeError):
     status, type, code = 403, "permission_error", "path_not_allowed"
 
 
+class HostNotAllowed(Forbidden):
+    code = "host_not_allowed"
+
+
+class CrossOrigin(Forbidden):
+    code = "cross_origin_refused"
+
+
+class UnsupportedMediaType(ServeError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
 class NotFound(ServeError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
 
 class Conflict(ServeError):
     status, type, code = 409, "invalid_request_error", "adapter_exists"
+
+
+class TooManyAdapters(Conflict):
+    code = "too_many_adapters"
 
 
 class TooLarge(ServeError):
