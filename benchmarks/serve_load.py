@@ -55,13 +55,16 @@ SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "maxLeng
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
 
 
-def make_adapters(base_dir: Path, work: Path) -> list[tuple[str, Path]]:
+def make_adapters(base_dir: Path, work: Path,
+                  names: tuple[tuple[str, int], ...] = (("alpha", 1), ("beta", 2))) -> list[tuple[str, Path]]:
+    """r=16 LoRA adapters on `base_dir` with small random B, one per (name, seed), made once under `work`
+    (serve_soak.py asks for more of them)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     out = []
-    for name, seed in (("alpha", 1), ("beta", 2)):
+    for name, seed in names:
         path = work / "adapters" / name
         if not (path / "adapter_model.safetensors").is_file():
             model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)

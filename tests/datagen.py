@@ -29,3 +29,16 @@ def clean_examples(n: int = 40, seed: int = 0, system: str | None = SYSTEM) -> l
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def split_project(root: Path, model_dir: Path, n: int = 80) -> Path:
+    """A JSON-answer project on `model_dir`, its `n` examples split into train and a sealed test set."""
+    from tunesmith.data.split import split_file as _split_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tunesmith.yaml").write_text(
+        f"task: 'Answer with one compact JSON object.'\nbase_model: {model_dir}\n"
+        "system_prompt: 'You answer with one compact JSON object.'\noutput:\n  json: true\n")
+    write_jsonl(root / "data.jsonl", clean_examples(n))
+    _split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.2)
+    return root

@@ -177,7 +177,8 @@ def test_disk_full_during_training_then_run_resumes(tmp_path, tiny_model_dir, mo
     monkeypatch.setattr(TunesmithTrainer, "_save_checkpoint", save_until_disk_fills)
     first = runner.invoke(app, ["run", str(root), "--force", "--json"])
     assert first.exit_code != 0
-    assert "disk full while training run" in first.output and "--resume" in first.output
+    assert "stopped: cannot write" in first.output and "the disk is full" in first.output
+    assert "--resume" in first.output and "checkpoint-6" in first.output
     run_dir = next((root / "runs").glob("*-run"))
     from tunesmith.runs import RunRegistry
 

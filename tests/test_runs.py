@@ -393,3 +393,82 @@ def test_a_lock_held_too_long_is_a_clear_error(reg, monkeypatch):
         other.execute("ROLLBACK")
         other.close()
     assert reg.set_status("r1", "running").status == "running"
+
+
+# --- the test seal a run was trained and scored on ---------------------------------------------------
+
+
+def test_create_records_the_test_seal_hash(reg):
+    _create(reg, "r1")
+    _create(reg, "r2", data={"train_sha256": "ab" * 32})  # a hosted or hand-made run without a seal hash
+    assert reg.get("r1").test_seal_sha256 == "cd" * 32
+    assert reg.get("r1").to_dict()["test_seal_sha256"] == "cd" * 32
+    assert reg.get("r2").test_seal_sha256 is None
+    assert {r.id: r.test_seal_sha256 for r in reg.list()} == {"r1": "cd" * 32, "r2": None}
+
+
+def test_seal_sha256_is_the_hash_of_the_seal_file(tmp_path):
+    from tunesmith.data.split import seal_path_for
+    from tunesmith.io import sha256_file
+    from tunesmith.runs import seal_sha256
+
+    test = tmp_path / "data" / "test.jsonl"
+    assert seal_sha256(test) is None  # nothing sealed yet
+    test.parent.mkdir()
+    test.write_text('{"messages": []}\n')
+    seal_path_for(test).write_text('{"rows": []}\n')
+    assert seal_sha256(test) == sha256_file(seal_path_for(test))
+
+
+def _old_registry(reg: RunRegistry, versions: int = 2) -> None:
+    """A registry as the tunesmith before seal hashes wrote it: schema version 2, one run, one evaluation."""
+    reg.root.mkdir(parents=True)
+    conn = sqlite3.connect(reg.db_path, isolation_level=None)
+    try:
+        for migration in MIGRATIONS[:versions]:
+            migration(conn)
+        conn.execute(f"PRAGMA user_version = {versions}")
+        for run_id in ("old-run", "no-data-run"):
+            conn.execute("INSERT INTO runs (id, status, created_at, updated_at, project_root, base_model, method) "
+                         "VALUES (?, 'completed', '2024-01-01T00:00:00+00:00', '2024-01-01T00:00:00+00:00', '/p', "
+                         "'builtin:tiny', 'lora')", (run_id,))
+        conn.execute("INSERT INTO evaluations (subject, run_id, split, created_at, fingerprint) "
+                     "VALUES ('old-run', 'old-run', 'test', '2024-01-02T00:00:00+00:00', 'fp')")
+    finally:
+        conn.close()
+    (reg.root / "old-run").mkdir()
+    (reg.root / "old-run" / "data.json").write_text(json.dumps({"train_sha256": "ab" * 32, "test_seal_sha256": "cd" * 32}))
+    (reg.root / "no-data-run").mkdir()
+
+
+def test_an_old_registry_is_migrated_and_keeps_working(reg):
+    _old_registry(reg)
+    old = reg.get("old-run")
+    assert old.status == "completed" and old.test_seal_sha256 == "cd" * 32  # read back from its data.json
+    assert reg.get("no-data-run").test_seal_sha256 is None
+    scored = reg.scored_on("old-run")
+    assert scored is not None and scored.seal_sha256 is None  # evaluated before seals were recorded
+    _create(reg, "new-run")
+    assert reg.get("new-run").test_seal_sha256 == "cd" * 32
+    conn = sqlite3.connect(reg.db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema_version()
+    finally:
+        conn.close()
+
+
+def test_evaluations_record_the_seal_they_were_scored_on(reg):
+    from tunesmith.evaluate.store import EvalStore
+
+    _create(reg, "r1")
+    assert reg.scored_on("r1") is None  # never evaluated
+    store = EvalStore(reg)
+    first = store.save(subject="r1", run_id="r1", split="test", fingerprint="fp", settings={}, summary={}, items=[],
+                       seal_sha256="cd" * 32)
+    assert reg.evaluation_seal(first) == "cd" * 32
+    second = store.save(subject="r1", run_id="r1", split="test", fingerprint="fp", settings={}, summary={}, items=[])
+    reg.set_evaluation_seal(second, "ef" * 32)  # recorded afterwards, as an edit
+    store.save(subject="r1", run_id="r1", split="regression", fingerprint="fp", settings={}, summary={}, items=[])
+    scored = reg.scored_on("r1")
+    assert scored is not None and scored.evaluation_id == second and scored.seal_sha256 == "ef" * 32
+    assert reg.evaluation_seal(first) == "cd" * 32 and reg.evaluation_seal(10_000) is None

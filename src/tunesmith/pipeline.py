@@ -91,25 +91,29 @@ def _selected(until: str | None, start: str | None) -> list[str]:
 def run_pipeline(project_dir: Path | str, *, until: str | None = None, start: str | None = None, force: bool = False,
                  train_flags: dict[str, Any] | None = None, emit: Emit | None = None,
                  say: Callable[[str], None] | None = None, progress: bool = True) -> PipelineResult:
+    from tunesmith.project_lock import project_lock
+
     emit = emit or (lambda _e: None)
     say = say or (lambda _m: None)
     project = _load(project_dir)
-    state = State(project)
-    result = PipelineResult()
     selected = _selected(until, start)
-    began = time.monotonic()
-    for stage in STAGES:
-        if stage not in selected:
-            continue
-        fn = _STAGE_FUNCS[stage]
-        stage_began = time.monotonic()
-        info = fn(project, state, result, force=force, train_flags=train_flags or {}, say=say, progress=progress)
-        info["seconds"] = round(time.monotonic() - stage_began, 1)
-        result.timings[stage] = "skipped" if info.get("status") == "skipped" else info["seconds"]
-        result.stages[stage] = info
-        emit({"event": "stage", "stage": stage, **info})
-        project = load_project(project.root)  # a stage may have built files the next one reads
-    result.timings["total"] = round(time.monotonic() - began, 1)
+    # held to the end: a second `run` would resume the same training run into the same checkpoints
+    with project_lock(project.root, "tunesmith run"):
+        state = State(project)
+        result = PipelineResult()
+        began = time.monotonic()
+        for stage in STAGES:
+            if stage not in selected:
+                continue
+            fn = _STAGE_FUNCS[stage]
+            stage_began = time.monotonic()
+            info = fn(project, state, result, force=force, train_flags=train_flags or {}, say=say, progress=progress)
+            info["seconds"] = round(time.monotonic() - stage_began, 1)
+            result.timings[stage] = "skipped" if info.get("status") == "skipped" else info["seconds"]
+            result.stages[stage] = info
+            emit({"event": "stage", "stage": stage, **info})
+            project = load_project(project.root)  # a stage may have built files the next one reads
+        result.timings["total"] = round(time.monotonic() - began, 1)
     return result
 
 

@@ -55,6 +55,21 @@ def runs_root(project_root: str | Path) -> Path:
     return Path(project_root) / RUNS_DIRNAME
 
 
+def seal_sha256(test: str | Path) -> str | None:
+    """SHA-256 of the seal of the test file `test` (what runs record as `test_seal_sha256`); None when
+    there is no seal. A re-split writes a new seal, so a different hash means a different test set."""
+    from tunesmith.data.split import seal_path_for
+    from tunesmith.io import sha256_file
+
+    seal = seal_path_for(Path(test))
+    return sha256_file(seal) if seal.is_file() else None
+
+
+def short_seal(sha: str | None) -> str:
+    """The first 12 hex digits of a seal hash, for people ("not recorded" for None)."""
+    return sha[:12] if sha else "not recorded"
+
+
 def _slug(name: str, max_len: int = 40) -> str:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
@@ -191,8 +206,32 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_3(conn: sqlite3.Connection) -> None:
+    """The test seal's SHA-256: per run (the seal it was trained with), per evaluation (the seal it was
+    scored on). Runs registered before this read it back from their data.json, where training kept it."""
+    conn.execute("ALTER TABLE runs ADD COLUMN test_seal_sha256 TEXT")
+    conn.execute("ALTER TABLE evaluations ADD COLUMN seal_sha256 TEXT")
+    db_file = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not db_file:
+        return  # an in-memory database has no run directories
+    root = Path(db_file).parent
+    for (run_id,) in conn.execute("SELECT id FROM runs").fetchall():
+        seal = _seal_in_data_json(root / run_id / "data.json")
+        if seal is not None:
+            conn.execute("UPDATE runs SET test_seal_sha256 = ? WHERE id = ?", (seal, run_id))
+
+
+def _seal_in_data_json(path: Path) -> str | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    seal = data.get("test_seal_sha256") if isinstance(data, dict) else None
+    return seal if isinstance(seal, str) else None
+
+
 # MIGRATIONS[i] takes the schema from version i to version i + 1. Append; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 def schema_version() -> int:
@@ -252,6 +291,16 @@ def _write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # --- records -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ScoredOn:
+    """The latest test-set evaluation of a subject and the seal it was scored on."""
+
+    evaluation_id: int
+    created_at: str
+    #: None: the evaluation predates seal recording
+    seal_sha256: str | None
+
+
 @dataclass
 class RunRecord:
     id: str
@@ -266,6 +315,8 @@ class RunRecord:
     error: str | None = None
     summary: dict[str, Any] | None = None
     project_root: str = ""
+    #: SHA-256 of the test seal when the run was created (None: not recorded, e.g. a hand-made run)
+    test_seal_sha256: str | None = None
 
     def read_document(self, name: str) -> dict[str, Any]:
         """The JSON object in `<run dir>/<name>.json`; {} when it is missing or unreadable."""
@@ -305,10 +356,12 @@ class RunRecord:
             "error": self.error,
             "summary": self.summary,
             "project_root": self.project_root,
+            "test_seal_sha256": self.test_seal_sha256,
         }
 
 
-_COLUMNS = "id, status, created_at, updated_at, finished_at, project_root, base_model, method, metrics, error, summary"
+_COLUMNS = ("id, status, created_at, updated_at, finished_at, project_root, base_model, method, metrics, error, "
+            "summary, test_seal_sha256")
 
 
 def _loads(text: str | None, default: Any) -> Any:
@@ -358,6 +411,10 @@ class RunRegistry:
                     f"{self.db_path}: the run registry stayed locked for over {BUSY_TIMEOUT_S:.0f} s ({exc})",
                     "another tunesmith process is writing to it; wait for it, then try again",
                 ) from None
+            if "disk is full" in text or ("disk i/o" in text and self._disk_nearly_full()):
+                # SQLite words a write the disk had no room for as a "disk I/O error" as often as not
+                raise RegistryError(f"cannot write {self.db_path}: the disk is full ({exc})",
+                                    "free some space and run the command again") from None
             if "unable to open" in text or "readonly" in text or "read-only" in text or "disk i/o" in text:
                 raise RegistryError(
                     f"{self.db_path}: the run registry cannot be opened for writing ({exc})",
@@ -366,6 +423,12 @@ class RunRegistry:
             raise self._corrupt(exc) from None
         except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
             raise self._corrupt(exc) from None
+
+    def _disk_nearly_full(self) -> bool:
+        try:
+            return shutil.disk_usage(self.root).free < 1 << 20
+        except OSError:
+            return False
 
     def _corrupt(self, exc: BaseException) -> RegistryError:
         return RegistryError(
@@ -408,11 +471,11 @@ class RunRegistry:
 
     def _record(self, row: tuple) -> RunRecord:
         (run_id, status, created_at, updated_at, finished_at, project_root, base_model, method,
-         metrics, error, summary) = row
+         metrics, error, summary, test_seal) = row
         return RunRecord(
             id=run_id, path=self.run_dir(run_id), status=status, created_at=created_at, updated_at=updated_at,
             finished_at=finished_at, base_model=base_model, method=method, metrics=_loads(metrics, {}) or {},
-            error=error, summary=_loads(summary, None), project_root=project_root,
+            error=error, summary=_loads(summary, None), project_root=project_root, test_seal_sha256=test_seal,
         )
 
     def _recent_ids(self, conn: sqlite3.Connection | None, n: int = 5) -> list[str]:
@@ -446,7 +509,8 @@ class RunRegistry:
     ) -> Path:
         """Create `root/<run_id>/` with config.json, plan.json and data.json, and register it as "created".
 
-        Returns the run directory. Fails (and leaves nothing behind) if the id is taken.
+        Returns the run directory. Fails (and leaves nothing behind) if the id is taken. The registry
+        row keeps `data["test_seal_sha256"]`, the seal the run was trained with.
         """
         if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id) or run_id in _RESERVED_REFS:
             raise UsageError(
@@ -476,8 +540,9 @@ class RunRegistry:
                 now = _now()
                 with _write_tx(conn):
                     conn.execute(
-                        f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (run_id, "created", now, now, None, str(Path(project_root).resolve()), base_model, method, "{}", None, None),
+                        f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (run_id, "created", now, now, None, str(Path(project_root).resolve()), base_model, method,
+                         "{}", None, None, seal if isinstance(seal := data.get("test_seal_sha256"), str) else None),
                     )
             except sqlite3.IntegrityError:
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -590,6 +655,32 @@ class RunRegistry:
             else:
                 rows = conn.execute(sql).fetchall()
             return [self._record(r) for r in rows]
+
+    # -- the seal each evaluation was scored on --
+
+    def set_evaluation_seal(self, evaluation_id: int, seal: str | None) -> None:
+        """Record the test seal (SHA-256) the evaluation `evaluation_id` was scored on."""
+        with self._connect(create=True) as conn:
+            assert conn is not None
+            conn.execute("UPDATE evaluations SET seal_sha256 = ? WHERE id = ?", (seal, int(evaluation_id)))
+
+    def evaluation_seal(self, evaluation_id: int) -> str | None:
+        """The seal the evaluation was scored on; None when unknown (older evaluation, no such id)."""
+        with self._connect(create=False) as conn:
+            if conn is None:
+                return None
+            row = conn.execute("SELECT seal_sha256 FROM evaluations WHERE id = ?", (int(evaluation_id),)).fetchone()
+            return row[0] if row else None
+
+    def scored_on(self, subject: str) -> ScoredOn | None:
+        """The latest test-set evaluation of `subject` (a run id or "base"); None when it has none."""
+        with self._connect(create=False) as conn:
+            if conn is None:
+                return None
+            row = conn.execute(
+                "SELECT id, created_at, seal_sha256 FROM evaluations WHERE subject = ? AND split = 'test' "
+                "ORDER BY created_at DESC, id DESC LIMIT 1", (subject,)).fetchone()
+            return ScoredOn(int(row[0]), row[1], row[2]) if row else None
 
 
 def key_metrics(metrics: dict[str, Any], names: tuple[str, ...] = ("eval_loss", "train_loss")) -> dict[str, Any]:

@@ -197,3 +197,82 @@ def test_a_broken_project_file_still_lists_runs_in_the_default_place(tmp_path):
     result = run("list", "--project", tmp_path, "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)) == 3
+
+
+# --- the test seal a run was trained and scored on ---------------------------------------------------
+
+SEAL_CHANGED = "the test set changed since this run: its scores are not comparable with runs on the current seal"
+
+
+def _sealed_project(root, n: int = 40, fraction: float = 0.25, reseal: bool = False):
+    """A project with a real split; returns the current seal's hash."""
+    from datagen import clean_examples, write_jsonl
+    from tunesmith.data.split import split_file
+    from tunesmith.runs import seal_sha256
+
+    (root / "tunesmith.yaml").write_text("task: 'Answer with one compact JSON object.'\n")
+    write_jsonl(root / "data.jsonl", clean_examples(n))
+    split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl",
+               test_fraction=fraction, reseal=reseal)
+    return seal_sha256(root / "data" / "test.jsonl")
+
+
+def _trained(root, run_id: str, seal):
+    reg = RunRegistry.for_project(root)
+    reg.create_run(run_id, project_root=str(root), base_model="m", method="lora", config={}, plan={},
+                   data={"train_sha256": "ab" * 32, "test_seal_sha256": seal})
+    return reg
+
+
+def test_show_prints_the_seal_and_nothing_more_while_it_is_current(tmp_path):
+    seal = _sealed_project(tmp_path)
+    _trained(tmp_path, "r1", seal)
+    result = run("show", "r1", "--project", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert f"test seal:  {seal[:12]} (trained on; the current seal)" in result.stdout
+    assert "changed" not in result.stdout
+    shown = json.loads(run("show", "r1", "--project", tmp_path, "--json").stdout)
+    assert shown["run"]["test_seal_sha256"] == seal
+    assert shown["seal"] == {"trained_on": seal, "scored_on": None, "current": seal, "changed": False}
+
+
+def test_show_says_when_the_test_set_changed_since_the_run(tmp_path):
+    old = _sealed_project(tmp_path)
+    _trained(tmp_path, "r1", old)
+    new = _sealed_project(tmp_path, n=60, fraction=0.3, reseal=True)
+    assert new != old
+    result = run("show", "r1", "--project", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert f"test seal:  {old[:12]} (trained on)" in result.stdout
+    assert SEAL_CHANGED in " ".join(result.stdout.split()) and f"current seal {new[:12]}" in result.stdout
+    shown = json.loads(run("show", "r1", "--project", tmp_path, "--json").stdout)
+    assert shown["seal"] == {"trained_on": old, "scored_on": None, "current": new, "changed": True}
+
+
+def test_show_judges_a_run_by_the_seal_it_was_scored_on(tmp_path):
+    from tunesmith.evaluate.store import EvalStore
+
+    old = _sealed_project(tmp_path)
+    reg = _trained(tmp_path, "r1", old)
+    new = _sealed_project(tmp_path, n=60, fraction=0.3, reseal=True)
+    evaluation = EvalStore(reg).save(subject="r1", run_id="r1", split="test", fingerprint="fp", settings={},
+                                     summary={}, items=[])
+    reg.set_evaluation_seal(evaluation, new)  # re-evaluated on the new test set
+    out = " ".join(run("show", "r1", "--project", tmp_path).stdout.split())
+    assert f"scored on: {new[:12]} (latest eval; the current seal)" in out
+    assert SEAL_CHANGED not in out
+    assert f"trained before the test set changed: its training data may hold rows of the current test set" in out
+    shown = json.loads(run("show", "r1", "--project", tmp_path, "--json").stdout)
+    assert shown["seal"] == {"trained_on": old, "scored_on": new, "current": new, "changed": False}
+    reg.set_evaluation_seal(evaluation, old)  # ... or scored on the old one
+    out = " ".join(run("show", "r1", "--project", tmp_path).stdout.split())
+    assert f"scored on: {old[:12]} (latest eval)" in out and SEAL_CHANGED in out
+
+
+def test_show_a_run_without_a_recorded_seal(tmp_path):
+    _sealed_project(tmp_path)
+    _trained(tmp_path, "r1", None)
+    result = run("show", "r1", "--project", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "test seal:  not recorded" in result.stdout and "changed" not in result.stdout
+    assert json.loads(run("show", "r1", "--project", tmp_path, "--json").stdout)["seal"]["changed"] is None

@@ -190,3 +190,17 @@ def test_training_data_provenance_is_in_the_header_only_when_given() -> None:
     page = render_report({**report_data(), "training_data": line})
     assert "<dt>Training data</dt><dd>" + line + "</dd>" in page
     assert "Training data" not in render_report(report_data())
+
+
+def test_the_test_seal_is_in_the_header_and_a_changed_one_is_a_warning() -> None:
+    seal = {"scored_on": "35770bb9258b" + "0" * 52, "trained_on": "ebb50c729c4c" + "0" * 52,
+            "warning": f"run r1 was trained on another test seal {INJECTED}"}
+    page = render_report({**report_data(), "seal": seal})
+    assert "<dt>Test set seal</dt><dd>35770bb9258b (trained on ebb50c729c4c)</dd>" in page
+    assert '<p id="seal-warning" class="warning">run r1 was trained on another test seal &lt;script&gt;' in page
+    same = render_report({**report_data(), "seal": {"scored_on": "ab" * 32, "trained_on": "ab" * 32, "warning": None}})
+    assert "<dt>Test set seal</dt><dd>abababababab</dd>" in same and "seal-warning" not in same
+    plain = render_report(report_data())
+    assert "Test set seal" not in plain and "seal-warning" not in plain
+    with pytest.raises(UsageError, match="seal"):
+        render_report({**report_data(), "seal": "abc"})

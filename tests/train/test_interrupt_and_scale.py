@@ -10,18 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen import clean_examples, write_jsonl
-from tunesmith.data.split import split_file
-
-
-def _project(root: Path, model_dir: Path, n: int = 80) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Answer with one compact JSON object.'\nbase_model: {model_dir}\n"
-        "system_prompt: 'You answer with one compact JSON object.'\noutput:\n  json: true\n")
-    write_jsonl(root / "data.jsonl", clean_examples(n))
-    split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.2)
-    return root
+from datagen import split_project
 
 
 def _cli(*args: str) -> list[str]:
@@ -38,7 +27,7 @@ def _step_losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_kill_dash_nine_then_resume(tmp_path, tiny_model_dir):
-    project = _project(tmp_path / "p", tiny_model_dir)
+    project = split_project(tmp_path / "p", tiny_model_dir)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_cli("train", "-p", str(project), "--epochs", "40", "--eval-every", "3", "--no-converge", "--json"),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -76,7 +65,7 @@ def test_kill_dash_nine_then_resume(tmp_path, tiny_model_dir):
 
 def test_two_processes_match_one(tmp_path, tiny_model_dir):
     """DDP over gloo on 2 CPU processes with the same global batch follows the same loss curve."""
-    project = _project(tmp_path / "p", tiny_model_dir)
+    project = split_project(tmp_path / "p", tiny_model_dir)
     common = ["train", "-p", str(project), "--epochs", "3", "--lr", "3e-3", "--no-converge", "--json"]
     single = subprocess.run(_cli(*common, "--name", "one"), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]

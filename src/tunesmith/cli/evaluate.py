@@ -203,6 +203,8 @@ def compare(
     json_out: bool = JSON_OPT,
 ) -> None:
     """Run vs run: per-prompt regression flips and paired test-set comparisons."""
+    from rich.markup import escape
+
     from tunesmith.evaluate.api import compare_runs
 
     result = compare_runs(project, run_a, run_b)
@@ -211,6 +213,8 @@ def compare(
         return
     out = console()
     out.print(f"{result['a']} -> {result['b']} on {result['items']} test items")
+    for w in result.get("warnings", []):
+        out.print(f"[yellow]warning:[/] {escape(w)}")
     for metric, c in result["comparison"].items():
         p = c.get("p_value")
         out.print(f"  {metric}: difference {_fmt(c['diff'])}, p {'-' if p is None else f'{p:.3g}'}: {c['verdict']}")

@@ -20,29 +20,70 @@ DOCUMENTS = ("config", "plan", "data", "metrics", "summary")
 STATUS_STYLES = {"created": "cyan", "running": "blue", "interrupted": "yellow", "failed": "red", "completed": "green"}
 
 
-def _registry(project_dir: Path | None):
-    """The registry of --project (default: the project around the current directory, else the directory).
-
-    Honors `train.runs_dir` from tunesmith.yaml when the file loads; a broken project file still lets you
-    look at runs in the default place.
-    """
+def _project(project_dir: Path | None) -> tuple[Path, Any]:
+    """--project (default: the project around the current directory, else the directory) and its
+    loaded tunesmith.yaml, or None when there is none or it does not load."""
     from tunesmith.errors import ProjectError, UsageError
     from tunesmith.project import PROJECT_FILE, find_project_dir, load_project
-    from tunesmith.runs import RunRegistry
 
     if project_dir is None:
         project_dir = find_project_dir(Path.cwd()) or Path.cwd()
     elif not project_dir.is_dir():
         raise UsageError(f"--project {project_dir}: no such directory", "pass the directory that holds tunesmith.yaml")
-    if (project_dir / PROJECT_FILE).is_file():
-        try:
-            project = load_project(project_dir)
-        except ProjectError:
-            project = None
-        runs_dir = getattr(getattr(project, "train", None), "runs_dir", None)
-        if project is not None and isinstance(runs_dir, str):
-            return RunRegistry(project.path(runs_dir))
+    if not (project_dir / PROJECT_FILE).is_file():
+        return project_dir, None
+    try:
+        return project_dir, load_project(project_dir)
+    except ProjectError:
+        return project_dir, None
+
+
+def _registry(project_dir: Path | None):
+    """The registry of --project.
+
+    Honors `train.runs_dir` from tunesmith.yaml when the file loads; a broken project file still lets you
+    look at runs in the default place.
+    """
+    from tunesmith.runs import RunRegistry
+
+    project_dir, project = _project(project_dir)
+    runs_dir = getattr(getattr(project, "train", None), "runs_dir", None)
+    if project is not None and isinstance(runs_dir, str):
+        return RunRegistry(project.path(runs_dir))
     return RunRegistry.for_project(project_dir)
+
+
+def _seal(registry: Any, record: Any, project_dir: Path | None) -> dict[str, Any]:
+    """The seal the run was trained on, the one its latest test-set evaluation was scored on, the
+    project's current one, and whether its scores stand on a different test set than the current one
+    (None: unknown). A run never evaluated is judged by the seal it was trained on."""
+    from tunesmith.runs import seal_sha256
+
+    project = _project(project_dir)[1]
+    current = seal_sha256(project.path(project.data.test)) if project is not None else None
+    scored = registry.scored_on(record.id)
+    scored_on = scored.seal_sha256 if scored is not None else None
+    basis = scored_on or record.test_seal_sha256
+    changed = None if current is None or basis is None else basis != current
+    return {"trained_on": record.test_seal_sha256, "scored_on": scored_on, "current": current, "changed": changed}
+
+
+def _print_seal(out: Any, seal: dict[str, Any]) -> None:
+    from tunesmith.runs import short_seal
+
+    def line(label: str, sha: str | None, what: str) -> None:
+        now = "; the current seal" if sha is not None and sha == seal["current"] else ""
+        out.print(f"{label}{short_seal(sha)}" + (f" ({what}{now})" if sha else ""), markup=False)
+
+    line("test seal:  ", seal["trained_on"], "trained on")
+    if seal["scored_on"]:
+        line("scored on:  ", seal["scored_on"], "latest eval")
+    if seal["changed"]:
+        out.print("[yellow]warning:[/] the test set changed since this run: its scores are not comparable with runs "
+                  f"on the current seal (current seal {short_seal(seal['current'])})")
+    elif seal["changed"] is False and seal["trained_on"] not in (None, seal["current"]):
+        out.print("[yellow]note:[/] trained before the test set changed: its training data may hold rows of the "
+                  "current test set")
 
 
 def _when(iso: str | None) -> str:
@@ -168,8 +209,9 @@ def show(
     record = registry.get(run)
     files = _files(record.path)
     docs, unreadable = _documents(record.path)
+    seal = _seal(registry, record, project)
     if json_out:
-        result: dict[str, Any] = {"run": record.to_dict(), "files": files, "documents": docs}
+        result: dict[str, Any] = {"run": record.to_dict(), "seal": seal, "files": files, "documents": docs}
         if unreadable:
             result["unreadable"] = unreadable
         print_json(result)
@@ -192,6 +234,7 @@ def show(
         out.print(f"[red]error:[/]      {escape(record.error)}")
     if record.metrics:
         out.print("metrics:    " + ", ".join(f"{k} {_num(v)}" for k, v in record.metrics.items()), markup=False)
+    _print_seal(out, seal)
     if record.method.startswith("hosted"):
         from tunesmith.train.hosted.job import read_state
 

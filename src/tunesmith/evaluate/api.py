@@ -9,7 +9,7 @@ from typing import Any
 
 from tunesmith.evaluate.items import regression_items, test_items
 from tunesmith.evaluate.run import (
-    SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, store_eval,
+    SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, seal_summary, seal_warning, store_eval,
 )
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
 from tunesmith.project import Project, load_project
@@ -154,6 +154,10 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
         summary["base"] = {"metrics": _estimates(base_eval), "regression": _regression_summary(base_eval)}
         summary["comparison"] = {k: c.to_dict() for k, c in comparisons.items()}
     summary["speed"] = speed
+    summary["seal"] = seal_summary(project, subject)
+    if (warning := seal_warning(subject.run_id, summary["seal"])) is not None:
+        warnings.append(warning)
+        say(f"warning: {warning}")
     variants = None if constraint is None else _constrained_variants(
         project, subject, base, test, settings, constraint, opts, say, progress, warnings)
     if variants:
@@ -300,7 +304,8 @@ def _base_sample(project_dir: Path | str, opts: EvalOptions, threshold: float, s
     if regression:
         not_asked["not_asked"] = len(regression)
     summary: dict[str, Any] = {"test": {"n": len(answered), "metrics": _estimates(ev)}, "regression": not_asked,
-                               "speed": {"base": meter.result()}, "sample": sample.to_dict()}
+                               "speed": {"base": meter.result()}, "sample": sample.to_dict(),
+                               "seal": seal_summary(project, subject)}
     if opts.judge and project.eval.judge is not None:
         from tunesmith.evaluate.judging import run_judge
 
@@ -342,6 +347,11 @@ def compare_runs(project_dir: Path | str, ref_a: str, ref_b: str) -> dict[str, A
     for n, t in zip(names, tests):
         if t is None:
             raise UsageError(f"{n} has not been evaluated", f"run `tunesmith eval {n}` first")
+    from tunesmith.runs import seal_sha256
+
+    seals = [registry.evaluation_seal(t.id) for t in tests]
+    out["seals"] = {"a": seals[0], "b": seals[1], "current": seal_sha256(project.path(project.data.test))}
+    out["warnings"] = _seal_warnings(names, seals, out["seals"]["current"])
     regs = [store.latest(n, "regression") for n in names]
     if all(regs):
         before = {k: v.passed for k, v in regs[0].items.items()}
@@ -358,6 +368,23 @@ def compare_runs(project_dir: Path | str, ref_a: str, ref_b: str) -> dict[str, A
     out["comparison"] = comparisons
     out["items"] = len(common)
     return out
+
+
+def _seal_warnings(names: list[str], seals: list[str | None], current: str | None) -> list[str]:
+    """Items pair up by test line: on two seals, the same line is two different rows."""
+    from tunesmith.runs import short_seal
+
+    unknown = [n for n, seal in zip(names, seals) if seal is None]
+    if unknown:
+        return [f"{n} was evaluated before tunesmith recorded test seals: whether both were scored on the same "
+                f"test set is unknown; re-evaluate it (`tunesmith eval {n}`)" for n in dict.fromkeys(unknown)]
+    if seals[0] != seals[1]:
+        stale = [n for n, seal in zip(names, seals) if seal != current] or names
+        return [f"{names[0]} and {names[1]} were scored on different test sets (seal {short_seal(seals[0])} vs "
+                f"{short_seal(seals[1])}): the paired comparison matches test items by line, so it compares "
+                "different rows; re-evaluate on the current seal: "
+                + ", ".join(f"`tunesmith eval {n}`" for n in stale)]
+    return []
 
 
 def base_correct_lines(project_dir: Path | str, file: Path, *, max_new_tokens: int | None = None,

@@ -15,6 +15,11 @@ The input ``data`` (a plain dict; JSON-compatible) ::
       "created":    str | float,          # ISO 8601 text, or a Unix timestamp (shown in UTC)
       "task":       str,
       "base_model": str,
+      "seal": {                           # or null / missing: no seal row
+        "scored_on":  str | null,         # SHA-256 of the test seal this evaluation was scored on
+        "trained_on": str | null,         # ... and of the one the run was trained with
+        "warning":    str | null,         # shown above the metrics when the two differ
+      },
       "loss_curve": {                     # or null / missing: "no loss curve" is shown
         "train": [[step, loss], ...],
         "eval":  [[step, loss], ...],
@@ -51,8 +56,8 @@ A rubric value may be a number, an Estimate dict or any text. Missing sections r
 "not available"; wrong types raise `UsageError`.
 
 Page structure (stable ids, used by tests and by anyone scripting against the page):
-``#header``, ``#loss-chart`` (an ``<svg>`` with ``polyline.series-train`` / ``polyline.series-eval``,
-axes and a legend), ``#metrics-table``, ``#variants-table`` (only with variants), ``#judge``, ``#regression``, ``#examples`` (one
+``#header`` (with ``#seal-warning`` when the run was trained on another test seal), ``#loss-chart`` (an
+``<svg>`` with ``polyline.series-train`` / ``polyline.series-eval``, axes and a legend), ``#metrics-table``, ``#variants-table`` (only with variants), ``#judge``, ``#regression``, ``#examples`` (one
 ``article.example`` per item, failures first; the expected-vs-tuned ``.line-diff`` marks lines with
 ``diff-del`` / ``diff-add`` / ``diff-same``). The inline script sets ``data-rendered="1"`` on
 ``<body>`` once the chart interactions and filters are wired up.
@@ -384,9 +389,15 @@ def _header(data: Mapping[str, Any]) -> str:
     ]
     if data.get("training_data"):  # only runs trained on teacher-generated rows say where they came from
         rows.insert(3, ("Training data", data["training_data"]))
+    seal = data.get("seal") or {}
+    if seal.get("scored_on"):
+        scored, trained = str(seal["scored_on"]), seal.get("trained_on")
+        other = f" (trained on {str(trained)[:12]})" if trained and trained != scored else ""
+        rows.append(("Test set seal", scored[:12] + other))
     cells = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v) if v not in (None, '') else '—'}</dd>" for k, v in rows)
     title = data.get("title") or "Evaluation report"
-    return f'<header id="header"><h1>{_e(title)}</h1><dl class="meta">{cells}</dl></header>'
+    warning = f'<p id="seal-warning" class="warning">{_e(seal["warning"])}</p>' if seal.get("warning") else ""
+    return f'<header id="header"><h1>{_e(title)}</h1><dl class="meta">{cells}</dl>{warning}</header>'
 
 
 _VERDICT_CLASS = {"better": "good", "worse": "bad", "no detectable difference": "neutral"}
@@ -597,6 +608,7 @@ table.data thead th{background:#f4f6f9;font-weight:600}
 .badge.good{background:#e3f4e8;color:var(--good)}.badge.bad{background:#fbe4e2;color:var(--bad)}
 td.fail{color:var(--bad)}td.pass{color:var(--good)}tr.newly-failing td:first-child{font-weight:600}
 .empty,.note{color:var(--muted)}.note{font-size:12px}
+p.warning{background:#fbe4e2;color:var(--bad);padding:6px 10px;border-radius:4px}
 #loss-chart{max-width:100%;height:auto;font-size:11px}
 #loss-chart .plot-bg{fill:#fbfcfd}#loss-chart .grid line{stroke:#eceff3}
 #loss-chart .axis line{stroke:#8a94a3}#loss-chart text{fill:#4a5563}#loss-chart .axis-label{font-size:12px}
@@ -697,6 +709,7 @@ def render_report(data: Mapping[str, Any]) -> str:
     """Render ``data`` (schema in this module's docstring) as one self-contained HTML page."""
     _require(isinstance(data, Mapping), f"expected an object, got {type(data).__name__}")
     curve = _section(data, "loss_curve", Mapping, "an object")
+    _section(data, "seal", Mapping, "an object")
     metrics = _section(data, "metrics", list, "a list")
     variants = _section(data, "variants", Mapping, "an object")
     judge = _section(data, "judge", Mapping, "an object")

@@ -68,6 +68,7 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
         "created": record.created_at,
         "task": project.task,
         "base_model": record.base_model or project.base_model,
+        "seal": _seal(record.id, summary.get("seal")),
         "training_data": _describe_provenance(provenance) if isinstance(provenance, dict) else None,
         "loss_curve": loss_curve(Path(record.path)),
         "metrics": metrics,
@@ -77,6 +78,12 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
                        "flips": (gate or {}).get("flips", []), "gate": (gate or {}).get("status")},
         "items": items,
     }
+
+
+def _seal(run_id: str, seal: dict[str, Any] | None) -> dict[str, Any] | None:
+    from tunesmith.evaluate.run import seal_warning
+
+    return None if seal is None else {**seal, "warning": seal_warning(run_id, seal)}
 
 
 def _variants(summary: dict[str, Any]) -> dict[str, Any] | None:

@@ -148,14 +148,18 @@ def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[E
     from tunesmith.evaluate.store import EvalStore
     from tunesmith.train.api import registry_for
 
-    store = EvalStore(registry_for(project))
+    from tunesmith.runs import seal_sha256
+
+    registry = registry_for(project)
+    store = EvalStore(registry)
     fp = getattr(subject.backend, "fingerprint", "")
     summary = {k: v.to_dict() for k, v in ev.aggregate.items()}
     if test:  # none: only the regression suite was asked (`baseline`), the stored test results stand
         store.save(subject=ev.subject, run_id=subject.run_id, split="test", fingerprint=fp,
                    settings={"decode": settings.key()}, summary=summary,
                    items=[(it.id, s.exact_match, s.to_dict(), g.text)
-                          for it, s, g in zip(test, ev.test_scores, ev.test_generations)])
+                          for it, s, g in zip(test, ev.test_scores, ev.test_generations)],
+                   seal_sha256=seal_sha256(project.path(project.data.test)))
     if regression:
         passed = sum(r.passed for r in ev.regression.values())
         store.save(subject=ev.subject, run_id=subject.run_id, split="regression", fingerprint=fp,
@@ -163,6 +167,27 @@ def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[E
                    items=[(it.id, ev.regression[it.id].passed, {"failures": ev.regression[it.id].failures,
                                                                "pending": ev.regression[it.id].pending}, g.text)
                           for it, g in zip(regression, ev.regression_generations)])
+
+
+def seal_summary(project: Project, subject: Subject) -> dict[str, Any]:
+    """The seal this evaluation is scored on and, for a run, the one it was trained on."""
+    from tunesmith.runs import seal_sha256
+    from tunesmith.train.api import registry_for
+
+    trained = registry_for(project).get(subject.run_id).test_seal_sha256 if subject.run_id else None
+    return {"scored_on": seal_sha256(project.path(project.data.test)), "trained_on": trained}
+
+
+def seal_warning(run_id: str | None, seal: dict[str, Any]) -> str | None:
+    """What to say when a run is scored on another test set than the one it was trained with."""
+    from tunesmith.runs import short_seal
+
+    trained, scored = seal.get("trained_on"), seal.get("scored_on")
+    if run_id is None or not trained or not scored or trained == scored:
+        return None
+    return (f"run {run_id} was trained on another test seal ({short_seal(trained)}; now {short_seal(scored)}): "
+            "the test set changed since, so its training data may hold rows of this test set, and its scores are "
+            "not comparable with those on its old seal")
 
 
 def paired_comparisons(base: SubjectEval, tuned: SubjectEval) -> dict[str, Any]:

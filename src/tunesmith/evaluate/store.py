@@ -34,15 +34,19 @@ class EvalStore:
         self.registry = registry
 
     def save(self, *, subject: str, run_id: str | None, split: str, fingerprint: str, settings: dict[str, Any],
-             summary: dict[str, Any], items: list[tuple[str, bool | None, dict[str, Any], str | None]]) -> int:
+             summary: dict[str, Any], items: list[tuple[str, bool | None, dict[str, Any], str | None]],
+             seal_sha256: str | None = None) -> int:
+        """Store one evaluation and its items in one transaction. `seal_sha256`: the test seal it was
+        scored on (test item ids are line numbers, so only scores on one seal pair up the same rows)."""
         now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         with self.registry.connection(create=True) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 cur = conn.execute(
-                    "INSERT INTO evaluations (subject, run_id, split, created_at, fingerprint, settings, summary) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (subject, run_id, split, now, fingerprint, json.dumps(settings), json.dumps(summary, default=str)),
+                    "INSERT INTO evaluations (subject, run_id, split, created_at, fingerprint, settings, summary, "
+                    "seal_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (subject, run_id, split, now, fingerprint, json.dumps(settings), json.dumps(summary, default=str),
+                     seal_sha256),
                 )
                 eval_id = int(cur.lastrowid)
                 conn.executemany(

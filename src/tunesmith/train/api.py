@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import errno
-
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.errors import OutputError, TunesmithError, UsageError
 from tunesmith.project import Project, load_project
 from tunesmith.runs import RunRegistry, library_versions, new_run_id
 from tunesmith.train.distributed import is_main_process, shared_value, wait_for_everyone, world_size
@@ -153,6 +152,28 @@ def apply_time_budget(prep: Prepared, step_s: float) -> float:
     return step_s
 
 
+def keep_recorded_cadence(plan: Any, recorded: dict[str, Any]) -> None:
+    """A resumed run evaluates and checkpoints at the steps its recorded plan chose: that cadence may have
+    been fitted to a step time measured then, and a resume measures nothing (its default would differ)."""
+    from tunesmith.train.plan import TrainPlan
+
+    if "eval_every" in (recorded.get("settings") or {}):
+        plan.settings["eval_every"] = TrainPlan.from_dict(recorded).settings["eval_every"]
+
+
+def _disk_full(exc: Exception, run_id: str) -> OutputError | None:
+    """The run's own "the disk is full" error (io's message, which names the file) with the way back."""
+    from tunesmith.train.local import OUT_OF_SPACE
+
+    if not isinstance(exc, OutputError) or exc.errno not in OUT_OF_SPACE:
+        return None
+    error = OutputError(f"training run {run_id} stopped: {exc.message}",
+                        f"free some space, then `tunesmith train --resume {run_id}` (or `tunesmith run` again) "
+                        "continues from the last complete checkpoint")
+    error.errno = exc.errno
+    return error
+
+
 def refuse_unmeasured_budget(project: Project, flags: dict[str, Any], processes: int) -> None:
     """A budget is checked against the step time measured in one process; with several, each process's
     steps contend for the machine in ways one process cannot measure, so the budget is refused."""
@@ -170,10 +191,23 @@ def train_project(project_dir: Path | str, flags: dict[str, Any] | None = None, 
                   json_events: bool = False,
                   progress: bool = True, say: Say | None = None,
                   on_plan: Callable[[dict[str, Any]], None] | None = None) -> TrainOutcome:
+    from tunesmith.project_lock import project_lock
+
+    project = load_project(project_dir)
+    if dry_run or not is_main_process():  # a plan writes nothing; rank 0 holds the lock for all ranks
+        lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    else:  # two processes resuming one run would write into the same checkpoints
+        lock = project_lock(project.root, "tunesmith train")
+    with lock:
+        return _train_project(project, dict(flags or {}), dry_run=dry_run, resume=resume, run_name=run_name,
+                              run_id=run_id, json_events=json_events, progress=progress, say=say, on_plan=on_plan)
+
+
+def _train_project(project: Project, flags: dict[str, Any], *, dry_run: bool, resume: str | None,
+                   run_name: str | None, run_id: str | None, json_events: bool, progress: bool, say: Say | None,
+                   on_plan: Callable[[dict[str, Any]], None] | None) -> TrainOutcome:
     from tunesmith.train.local import run_training, write_run_files
 
-    flags = dict(flags or {})
-    project = load_project(project_dir)
     registry = registry_for(project)
     if resume is not None:
         record = registry.get(resume)
@@ -192,6 +226,7 @@ def train_project(project_dir: Path | str, flags: dict[str, Any] | None = None, 
         from tunesmith.train.budget import keep_recorded_budget
 
         keep_recorded_budget(prep.plan, record.plan)
+        keep_recorded_cadence(prep.plan, record.plan)
         plan = prep.plan.to_dict()
     if on_plan is not None:
         on_plan(plan)
@@ -220,12 +255,14 @@ def train_project(project_dir: Path | str, flags: dict[str, Any] | None = None, 
     except KeyboardInterrupt:
         registry.set_status(run_id, "interrupted", error="interrupted; resume with `tunesmith train --resume " + run_id + "`")
         raise
-    except (TunesmithError, RuntimeError, OSError) as exc:
-        registry.set_status(run_id, "failed", error=str(exc)[:2000])
-        if getattr(exc, "errno", None) == errno.ENOSPC:  # an OSError, or an OutputError of ours
-            raise TunesmithError(f"disk full while training run {run_id}",
-                                 f"free space, then `tunesmith train --resume {run_id}` continues from the last checkpoint") from None
-        raise
+    except Exception as exc:
+        error = _disk_full(exc, run_id)
+        # a full disk may refuse the registry's write too; a run left "running" resumes all the same
+        with contextlib.suppress(TunesmithError):
+            registry.set_status(run_id, "failed", error=str(error or exc)[:2000])
+        if error is None:
+            raise
+        raise error from None
     summary = {"adapter": str(result.adapter_dir), "stopped_early": result.metrics.get("stopped_early"),
                "converged": result.metrics.get("converged")}
     registry.set_status(run_id, "completed", metrics=result.metrics, summary=summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import shutil
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import TunesmithError
-from tunesmith.io import write_json_atomic
+from tunesmith.errors import OutputError, TunesmithError
+from tunesmith.io import cannot_write, write_json_atomic
 from tunesmith.train.prepare import Prepared
 
 
@@ -135,17 +136,47 @@ def _rows(data) -> list[dict[str, list[int]]]:
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint; a half-written one (the process was killed while saving) is removed.
 
-    The Trainer writes trainer_state.json last, so a checkpoint without it never finished.
+    The Trainer writes trainer_state.json last, so a checkpoint without it never finished; one whose
+    trainer_state.json is empty or cut off was killed (or ran out of disk) during that very write.
     """
     ckpt_dir = run_dir / "checkpoints"
     if not ckpt_dir.is_dir():
         return None
     found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()), key=_step_of)
     for ckpt in reversed(found):
-        if (ckpt / "trainer_state.json").is_file():
+        if _trainer_state(ckpt) is not None:
             return ckpt
         shutil.rmtree(ckpt, ignore_errors=True)
     return None
+
+
+def _trainer_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's trainer_state.json, or None when it is missing or not a whole JSON object."""
+    import json
+
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def replay_stopping_rules(checkpoint: Path, rules: list[Any]) -> bool:
+    """Feed the stopping rules (OverfitGuard, ConvergenceStop) the losses logged up to `checkpoint`, as
+    the Trainer fed them live: a resumed run then stops where the uninterrupted run stops. True when
+    they had already stopped training at the checkpoint (it was saved right after that decision)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    control = TrainerControl()
+    for logs in (_trainer_state(checkpoint) or {}).get("log_history", []):
+        state = SimpleNamespace(global_step=logs.get("step", 0), epoch=logs.get("epoch"), is_world_process_zero=True)
+        for rule in rules:
+            rule.on_log(None, state, control, logs=logs)
+            if "eval_loss" in logs:
+                rule.on_evaluate(None, state, control, metrics=logs)
+    return control.should_training_stop
 
 
 def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_events: bool = False,
@@ -184,7 +215,8 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
     checkpoint = last_checkpoint(run_dir) if resume else None
     started = time.perf_counter()
     try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        output = _train(trainer, run_dir, checkpoint, [guard, *([converge] if converge else [])],
+                        plan.derived["total_steps"])
     finally:
         bar.close()  # a run that raised never reached on_train_end: end the bar and its heartbeat
     wall = time.perf_counter() - started
@@ -194,7 +226,8 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
     history = [h for h in trainer.state.log_history if "eval_loss" in h]
     steps_done = trainer.state.global_step - (_step_of(checkpoint) if checkpoint else 0)
     metrics = {
-        "train_loss": round(float(output.training_loss), 6),
+        # the Trainer averages over this process's steps only; a resumed run reports its whole run
+        "train_loss": round(float(_logged_mean_loss(trainer) if checkpoint else output.training_loss), 6),
         "final_step_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
         "best_eval_loss": trainer.state.best_metric,
         "best_step": _step_of(Path(trainer.state.best_model_checkpoint)) if trainer.state.best_model_checkpoint else None,
@@ -218,6 +251,81 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
     return TrainResult(run_dir, adapter_dir, metrics, stopped)
 
 
+#: errno values that mean no room to write
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: how the libraries that write checkpoints word those when they drop the errno
+_NO_SPACE_WORDS = (("os error 28", errno.ENOSPC), ("no space left on device", errno.ENOSPC),
+                   ("os error 122", errno.EDQUOT), ("disk quota exceeded", errno.EDQUOT),
+                   ("os error 27", errno.EFBIG), ("file too large", errno.EFBIG))
+#: below this, a save that failed for any reason failed for want of space
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def out_of_space(exc: BaseException, target: Path) -> OutputError | None:
+    """A failed save as io's "the disk is full" OutputError naming `target`, or None when space was not it.
+
+    Only an OSError carries an errno: safetensors raises SafetensorError("... (os error 28)"), and torch.save
+    a RuntimeError ("unexpected pos ...") that says nothing of why, so the free space left decides that one.
+    """
+    if isinstance(exc, OutputError):
+        return exc if exc.errno in OUT_OF_SPACE else None
+    code = getattr(exc, "errno", None)
+    if code not in OUT_OF_SPACE:
+        text = str(exc).lower()
+        code = next((c for words, c in _NO_SPACE_WORDS if words in text), None)
+    if code is None and _free_bytes(target) < NEARLY_FULL_BYTES:
+        code = errno.ENOSPC
+    if code is None:
+        return None
+    return cannot_write(Path(getattr(exc, "filename", None) or target), OSError(code, os.strerror(code)))
+
+
+def _free_bytes(path: Path) -> int:
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return NEARLY_FULL_BYTES  # unknown: not evidence of a full disk
+
+
+def _partial_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose save did not finish (no whole trainer state), if any."""
+    ckpt_dir = run_dir / "checkpoints"
+    partial = [p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and _trainer_state(p) is None]
+    return max(partial, key=_step_of, default=None)
+
+
+def _train(trainer: Any, run_dir: Path, checkpoint: Path | None, rules: list[Any], total_steps: int) -> Any:
+    """`trainer.train`, resumed from `checkpoint` with the stopping rules replayed up to it; a failure
+    for want of disk space comes out as io's "the disk is full" OutputError."""
+    try:
+        if checkpoint is not None and (replay_stopping_rules(checkpoint, rules) or _step_of(checkpoint) >= total_steps):
+            return _finish_at(trainer, checkpoint)  # killed after training ended: train() would go past the stop
+        return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except Exception as exc:
+        raise out_of_space(exc, _partial_checkpoint(run_dir) or run_dir / "checkpoints") or exc
+
+
+def _logged_mean_loss(trainer: Any) -> float:
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return sum(logged) / max(1, len(logged))
+
+
+def _finish_at(trainer: Any, checkpoint: Path) -> Any:
+    """What `train` ends with, from a checkpoint where training had already ended: its state, and the
+    best checkpoint's weights (else the checkpoint's own), without another step."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+        trainer._load_best_model()
+    else:
+        trainer._load_from_checkpoint(str(checkpoint))
+    return TrainOutput(trainer.state.global_step, _logged_mean_loss(trainer), {})
+
+
 def _step_of(checkpoint: Path) -> int:
     try:
         return int(checkpoint.name.rsplit("-", 1)[-1])
@@ -228,8 +336,12 @@ def _step_of(checkpoint: Path) -> int:
 def _save_atomically(trainer: Any, tokenizer: Any, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    try:
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # what fitted of it only takes space
+        raise out_of_space(exc, target) or exc
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
