@@ -5,7 +5,7 @@ VENV ?= .venv
 TS := $(VENV)/bin/tunesmith
 PROJECT ?= examples/pyfunc-json
 
-.PHONY: setup demo demo-data test bench clean
+.PHONY: setup demo demo-data test test-newest bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,9 @@ demo-data: setup
 test: setup
 	@bash scripts/install-browser.sh
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+test-newest:
+	@bash scripts/test-newest.sh
 
 bench: setup
 	$(VENV)/bin/python benchmarks/check_scale.py

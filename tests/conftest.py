@@ -1,4 +1,4 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))  # noqa: E401,E702
+import pathlib
 
 import pytest
 

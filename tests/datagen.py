@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 SYSTEM = "You answer with one compact JSON object."
 
@@ -31,14 +32,31 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def write_project_file(root: Path, model: str | Path | None = None, *, extra: str = "", **overrides: Any) -> Path:
+    """The standard tunesmith.yaml in `root` (created if needed): JSON answers to `clean_examples`, on `model`.
+
+    A keyword sets that top-level key (`eval={"max_new_tokens": 8}`, `task="..."`; None leaves it out);
+    `extra` is YAML text appended as it is, for tests that edit the file's text later. Returns the file.
+    """
+    import yaml
+
+    settings: dict[str, Any] = {"task": "Answer with one compact JSON object.", "base_model": model,
+                                "system_prompt": SYSTEM, "output": {"json": True}}
+    settings.update(overrides)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items() if v is not None}
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "tunesmith.yaml"
+    # one line per value (no folding), so tests can edit the text
+    path.write_text(yaml.safe_dump(settings, sort_keys=False, allow_unicode=True, width=1 << 16) + extra,
+                    encoding="utf-8")
+    return path
+
+
 def split_project(root: Path, model_dir: Path, n: int = 80) -> Path:
     """A JSON-answer project on `model_dir`, its `n` examples split into train and a sealed test set."""
     from tunesmith.data.split import split_file as _split_file
 
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Answer with one compact JSON object.'\nbase_model: {model_dir}\n"
-        "system_prompt: 'You answer with one compact JSON object.'\noutput:\n  json: true\n")
+    write_project_file(root, model_dir)
     write_jsonl(root / "data.jsonl", clean_examples(n))
     _split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.2)
     return root

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import SYSTEM, clean_examples, write_jsonl, write_project_file
 from tunesmith import advise as adv
 from tunesmith.advise import AdviseFlags, advise
 from tunesmith.cli import app
@@ -30,8 +30,7 @@ def knowledge_rows(n):
 
 
 def make_project(tmp_path, rows=None, extra="", task=TASK):
-    (tmp_path / "tunesmith.yaml").write_text(
-        f"task: {json.dumps(task)}\nsystem_prompt: {json.dumps(SYSTEM)}\noutput:\n  json: true\n" + extra)
+    write_project_file(tmp_path, task=task, extra=extra)
     if rows is not None:
         write_jsonl(tmp_path / "data.jsonl", rows)
     return tmp_path

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import clean_examples, write_jsonl
+from datagen import clean_examples, write_jsonl, write_project_file
 from tunesmith.cost import CostOptions, cost_line_for_training, estimate_costs
 from tunesmith.cost_tables import usd_text
 from tunesmith.project import load_project
@@ -138,7 +138,7 @@ def test_teacher_line_counts_the_input_writing_requests(tmp_path):
 
 def test_judge_line_is_rubric_twice_and_pairwise_in_both_orders(tmp_path):
     from tunesmith.cost_tables import TYPICAL_PAIRWISE_REPLY, TYPICAL_RUBRIC_REPLY
-    from tunesmith.evaluate.judge import RUBRIC_SYSTEM
+    from tunesmith.judge.prompts import RUBRIC_SYSTEM
 
     judge = "eval:\n  judge: {base_url: 'http://127.0.0.1:9/v1', model: gpt-4, pairwise: false}\n"
     project = words_project(tmp_path / "p", judge)
@@ -230,10 +230,7 @@ def tiny_project(tmp_path, tiny_model_dir, isolated_cache):
     from tunesmith.data.split import split_file
 
     root = tmp_path / "tiny"
-    root.mkdir()
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Answer with one compact JSON object.'\nbase_model: {json.dumps(str(tiny_model_dir))}\n"
-        "output:\n  json: true\n", encoding="utf-8")
+    write_project_file(root, tiny_model_dir, system_prompt=None)
     write_jsonl(root / "data.jsonl", clean_examples(60))
     split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl")
     return root

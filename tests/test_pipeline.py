@@ -11,19 +11,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import SYSTEM, clean_examples, write_jsonl, write_project_file
 from tunesmith.cli import app
 
 runner = CliRunner()
 
 
 def make_project(root: Path, model_dir: Path, *, n: int = 60, train: str = "") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Answer with one compact JSON object.'\nbase_model: {model_dir}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\noutput:\n  json: true\n"
-        "data:\n  regression: regression.jsonl\n  test_fraction: 0.2\n"
-        "eval:\n  max_new_tokens: 8\n" + train)
+    write_project_file(root, model_dir, data={"regression": "regression.jsonl", "test_fraction": 0.2},
+                       eval={"max_new_tokens": 8}, extra=train)
     write_jsonl(root / "data.jsonl", clean_examples(n))
     write_jsonl(root / "regression.jsonl", [
         {"id": f"r{i}", "prompt": f"regression {i}", "assertions": [{"type": "not_contains", "value": "ZZZZ"}]}

@@ -18,6 +18,20 @@ def test_init_scaffold_loads_and_explains(tmp_path):
     assert project.data.test_fraction == 0.15
 
 
+def test_init_comments_are_the_field_descriptions(tmp_path):
+    import re
+
+    from tunesmith.settings_docs import TEMPLATE, help_text
+
+    text = init_project(tmp_path, task="Always answer with a JSON object with key answer.").read_text()
+    comments = " ".join(line.split("# ", 1)[1].lstrip("# ") for line in text.splitlines() if "# " in line)
+    comments = re.sub(r"\s+", " ", comments)
+    written = {path for path, _, _ in TEMPLATE} | {path.split(".")[0] for path, _, _ in TEMPLATE}
+    assert {"task", "output.json", "data.test_fraction", "baseline.few_shot", "generate.price"} <= written
+    for path in sorted(written):
+        assert help_text(path, default=False) in comments, path
+
+
 def test_init_refuses_to_overwrite(tmp_path):
     init_project(tmp_path, task="Always answer with a JSON object.")
     with pytest.raises(ProjectError, match="already exists") as exc:

@@ -318,10 +318,8 @@ def _no_baseline(project: Project | None, run: str, p: str | None) -> Question:
 def _eval_store(project: Project) -> Any:
     """The project's evaluation store (None when it has no runs directory): base and variant scores."""
     from tunesmith.evaluate.store import EvalStore
-    from tunesmith.runs import RunRegistry
 
-    runs_dir = project.path(project.train.runs_dir)
-    return EvalStore(RunRegistry(runs_dir)) if runs_dir is not None else None
+    return EvalStore(project.registry()) if project.path(project.train.runs_dir) is not None else None
 
 
 def _stored_baseline(project: Project) -> tuple[float | None, float | None, str] | None:

@@ -210,7 +210,8 @@ def _input_writing(project: Project, counter: Any, contract: Any, inputs: list[s
 
 def judge_line(project: Project, opts: CostOptions, test: list[_Row] | None, notes: list[str]) -> CostLine:
     from tunesmith.distill.prices import Price, price_for
-    from tunesmith.evaluate.judge import RubricInput, pairwise_messages, rubric_messages
+    from tunesmith.judge import RubricInput
+    from tunesmith.judge.prompts import pairwise_messages, rubric_messages
     from tunesmith.train.hosted.tokens import counter_for
 
     j, what = project.eval.judge, "LLM-judge evaluation"

@@ -154,7 +154,7 @@ def throughput_table(method: str = "lora") -> dict[str, dict[str, int]]:
 
 
 #: Judge replies are short JSON objects; their length is taken from these typical replies (counted with
-#: the judge's tokenizer), as judge.py asks for them.
+#: the judge's tokenizer), as `tunesmith.judge.prompts` asks for them.
 TYPICAL_RUBRIC_REPLY = ('{"correctness": 4, "format": 5, "completeness": 4, "notes": "The answer matches the '
                         'reference in content and format, but it leaves out one detail the prompt asks for."}')
 TYPICAL_PAIRWISE_REPLY = ('{"winner": "second", "reason": "The second response follows the required format and '

@@ -1,6 +1,6 @@
 """The error hierarchy: every user-facing failure is a TunesmithError with a hint.
 
-The CLI turns these into messages in exactly one place (`tunesmith.cli.app.run_command`);
+The CLI turns these into messages in exactly one place (`tunesmith.cli._errors.handle_errors`);
 library callers can catch them by family.
 """
 
@@ -58,3 +58,10 @@ class OutputError(TunesmithError):
     """An output file or directory cannot be written (a directory in the way, no permission, disk full)."""
 
     errno: int | None = None  # the OS error number behind it, when there was one
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line` of an exception from a library (torch, transformers, gguf), to quote in a message:
+    their own text can run to pages."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -12,7 +12,8 @@ Where an output goes (`destination`), by what its path names:
 - anything else (a directory, a block device, a socket, a symlink loop) is refused with an OutputError.
 
 Outputs that belong together (fix's cleaned file and its log, split's three files) are a `StagedGroup`:
-either all of them change or none does.
+either all of them change or none does. A directory (a converted or merged model) is written under a
+temp name beside its target (`staged_dir`) and renamed into place whole (`publish_dir`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -323,6 +324,47 @@ def _drop(backup: Path | None) -> None:
     if backup is not None:
         with contextlib.suppress(OSError):
             backup.unlink()
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A new directory beside `target` (same filesystem, so the rename is atomic), removed on the way out
+    unless `publish_dir` moved it into place: a failed write leaves nothing under the target's name."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, target: Path, *, finished: Callable[[Path], bool] | None = None) -> None:
+    """Rename the complete directory `tmp` to `target`.
+
+    An empty `target` is taken. A non-empty one is kept when `finished(target)` says it already is a
+    complete copy (another process published first; `staged_dir` removes `tmp`); otherwise it is moved
+    aside, replaced and then removed, and put back if the rename fails.
+    """
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    try:
+        os.rename(tmp, target)
+        return
+    except OSError:
+        if not target.is_dir():
+            raise
+        if finished is not None and finished(target):
+            return
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(old, target)  # put the earlier one back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ class PipelineResult:
 
     def time_line(self) -> str:
         """Where the time went: `time: check 1 s, split skipped, ..., train 8 min 10 s; total 12 min 6 s`."""
-        from tunesmith.progress import format_duration
+        from tunesmith.progress import Say, format_duration
 
         parts = [f"{stage} {v if isinstance(v, str) else format_duration(v)}"
                  for stage, v in self.timings.items() if stage != "total"]
@@ -90,7 +90,7 @@ def _selected(until: str | None, start: str | None) -> list[str]:
 
 def run_pipeline(project_dir: Path | str, *, until: str | None = None, start: str | None = None, force: bool = False,
                  train_flags: dict[str, Any] | None = None, emit: Emit | None = None,
-                 say: Callable[[str], None] | None = None, progress: bool = True) -> PipelineResult:
+                 say: Say | None = None, progress: bool = True) -> PipelineResult:
     from tunesmith.project_lock import project_lock
 
     emit = emit or (lambda _e: None)
@@ -197,7 +197,7 @@ def _prompt_counts(project: Project) -> tuple[int, int]:
     return rows(project.path(project.data.test)), rows(project.path(project.data.regression))
 
 
-def _answers_progress(project: Project, stage: str, who: str, say: Callable[[str], None], progress: bool) -> Any:
+def _answers_progress(project: Project, stage: str, who: str, say: Say, progress: bool) -> Any:
     """Say what the stage will generate, and open its progress over answers (a count that starts over
     is the next model or prompted variant). No estimate in time: that would cost model time itself."""
     from tunesmith.progress import Progress
@@ -241,14 +241,14 @@ def _stage_baseline(project: Project, state: State, result: PipelineResult, *, f
 
 def _stage_train(project: Project, state: State, result: PipelineResult, *, train_flags: dict[str, Any], say,
                  progress: bool, **_: Any) -> dict[str, Any]:
-    from tunesmith.train.api import registry_for, train_project
+    from tunesmith.train.api import train_project
 
     # --allow-unreviewed lets data through the gate; it does not change what a finished run learned
     settings = {k: v for k, v in train_flags.items() if k != "allow_unreviewed"}
     key = _digest(sha256_file(project.path(project.data.train)), project.resolved()["train"], project.base_model,
                   project.system_prompt, project.max_length, settings)
     entry = state.data.get("train")
-    registry = registry_for(project)
+    registry = project.registry()
     record = None
     if entry and entry.get("key") == key and entry.get("run_id"):
         from tunesmith.errors import RunNotFoundError

@@ -27,6 +27,8 @@ from typing import Any, Callable, TextIO
 EVERY_ENV = "TUNESMITH_PROGRESS_EVERY"
 DEFAULT_EVERY = 30.0
 Clock = Callable[[], float]
+#: where a library function sends the one-line messages a person follows ("converting ...")
+Say = Callable[[str], None]
 
 
 def format_duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunesmith.data.reader import huge_number, link_hint, symlink_problem
 from tunesmith.errors import ProjectError, UsageError
+from tunesmith.runs import RunRegistry
 
 PROJECT_FILE = "tunesmith.yaml"
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
@@ -76,10 +77,11 @@ TEST_FRACTION_MIN, TEST_FRACTION_MAX = 0.05, 0.5
 class DataPaths(_Strict):
     source: str = Field("data.jsonl", description="All examples, before the split.")
     train: str = Field("data/train.jsonl", description="Training split, written by `tunesmith split`.")
-    test: str = Field("data/test.jsonl", description="Sealed test split, written by `tunesmith split`.")
+    test: str = Field("data/test.jsonl", description="Sealed test split, written by `tunesmith split`; never look at it.")
     test_fraction: float = Field(0.15, ge=TEST_FRACTION_MIN, le=TEST_FRACTION_MAX,
-                                 description="Share of examples sealed away for testing.")
-    regression: str | None = Field(None, description="Regression suite: 20-50 prompts with assertions.")
+                                 description="Share of examples sealed away for testing (10-20 % is usual).")
+    regression: str | None = Field(
+        None, description="Regression suite: 20-50 prompts with assertions, checked after every run.")
 
     @model_validator(mode="after")
     def _one_file_per_role(self) -> DataPaths:
@@ -99,7 +101,9 @@ class DataPaths(_Strict):
 
 
 class CheckSettings(_Strict):
-    near_duplicate_threshold: float = Field(0.8, gt=0.3, le=1.0, description="Jaccard similarity over character 5-grams.")
+    near_duplicate_threshold: float = Field(
+        0.8, gt=0.3, le=1.0,
+        description="Rows at least this similar are near duplicates (Jaccard similarity over character 5-grams).")
 
 
 class MixSettings(_Strict):
@@ -112,28 +116,35 @@ class MixSettings(_Strict):
 class TrainSettings(_Strict):
     """Every value is optional: unset ones are planned from the data (and the plan says why)."""
 
-    method: Literal["lora", "qlora", "full"] | None = None
-    rank: int | None = Field(None, ge=1, le=1024)
-    alpha: float | None = Field(None, gt=0)
-    dropout: float | None = Field(None, ge=0, lt=1)
-    target_modules: list[str] | None = None
+    method: Literal["lora", "qlora", "full"] | None = Field(
+        None, description="LoRA adapters, QLoRA (LoRA on a 4-bit base; CUDA only) or every weight.")
+    rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank: the size of the adapters.")
+    alpha: float | None = Field(None, gt=0, description="LoRA scaling factor.")
+    dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | None = Field(None, description="Names of the modules LoRA adapts (planned: every linear layer).")
     layers: int | Literal["all"] | None = Field(
         None, description="LoRA on the top N decoder layers only (backpropagation stops below them), or all.")
-    learning_rate: float | None = Field(None, gt=0, lt=1)
-    converge: bool | None = Field(None, description="Stop once validation loss and answer match stop improving (epochs stay the ceiling).")
-    epochs: float | None = Field(None, gt=0, le=100)
+    learning_rate: float | None = Field(None, gt=0, lt=1, description="Peak learning rate.")
+    converge: bool | None = Field(
+        None, description="Stop once validation loss and answer match stop improving; epochs stay the ceiling "
+                          "(planned: on when there is a validation slice).")
+    epochs: float | None = Field(None, gt=0, le=100, description="Passes over the training data.")
     batch_size: int | None = Field(None, ge=1, le=1024, description="Examples per device per step.")
     effective_batch: int | None = Field(None, ge=1, le=4096, description="Examples per optimizer step.")
-    warmup_ratio: float | None = Field(None, ge=0, lt=1)
-    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] | None = None
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="Share of the steps that warm the learning rate up.")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] | None = Field(
+        None, description="Learning-rate schedule after warmup.")
     eval_fraction: float | None = Field(None, gt=0, le=0.5, description="Share of train held out for validation loss.")
-    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between evaluations (and checkpoints).")
+    eval_every: int | None = Field(None, ge=1, description="Optimizer steps between evaluations and checkpoints.")
     patience: int | None = Field(None, ge=1, le=100, description="Evaluations of rising eval loss before stopping.")
     time_budget: float | None = Field(
-        None, description="Longest training time: 10m, 90s, 1h30m, 2.5m or seconds; epochs are cut to fit it.")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] | None = None
-    seed: int | None = None
-    mix: MixSettings | None = None
+        None, description="Longest training time: 10m, 90s, 1h30m, 2.5m or seconds; epochs are cut to fit it.",
+        # the file may say "10m": editors must not flag what the loader accepts
+        json_schema_extra={"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}, {"type": "null"}]})
+    precision: Literal["auto", "bf16", "fp16", "fp32"] | None = Field(
+        None, description="Training precision; auto: bf16 where this machine is fast at it, else fp32.")
+    seed: int | None = Field(None, description="Random seed for initialisation and data order.")
+    mix: MixSettings | None = Field(None, description="Forgetting guard: mix general examples into training.")
     report_to: list[Literal["wandb", "mlflow"]] = Field(default_factory=list, description="Extra trackers (TensorBoard is always on).")
     runs_dir: str = Field("runs", description="Where run directories and the registry live.")
 
@@ -148,10 +159,10 @@ class TrainSettings(_Strict):
 class JudgeSettings(_Strict):
     """An LLM judge behind any OpenAI-compatible endpoint (a stronger model than the one judged)."""
 
-    base_url: str = Field(..., description="e.g. https://api.openai.com/v1 or a local server.")
+    base_url: str = Field(..., description="The judge's OpenAI-compatible base URL: https://api.openai.com/v1 or a local server.")
     model: str = Field(..., description="The judge model's name at that endpoint.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
-    concurrency: int = Field(4, ge=1, le=64)
+    concurrency: int = Field(4, ge=1, le=64, description="Judge requests in flight at once.")
     pairwise: bool = Field(True, description="Also judge base vs tuned side by side, both orders.")
 
 
@@ -163,8 +174,8 @@ class EvalSettings(_Strict):
     baseline_threshold: float = Field(0.8, gt=0, le=1, description="Base model pass rate at which fine-tuning is not advised.")
     max_new_failures: int = Field(0, ge=0, description="Regression prompts a run may newly fail before the gate fails.")
     scorers: list[str] = Field(default_factory=list, description="User scorers: module:function or file.py:function.")
-    judge: JudgeSettings | None = None
-    spotcheck_n: int = Field(20, ge=2, le=500)
+    judge: JudgeSettings | None = Field(None, description="An LLM judge for the criteria code cannot check (none when unset).")
+    spotcheck_n: int = Field(20, ge=2, le=500, description="Answers on the blind spot-check page (`tunesmith spotcheck`).")
     constrained: bool = Field(
         False, description="Also evaluate base and tuned constrained to the output contract (eval --constrained).")
 
@@ -204,7 +215,8 @@ class GenerateSettings(_Strict):
     fewshot: int = Field(3, ge=0, le=20, description="Seed examples shown to the teacher before each input it answers.")
     seed: int = Field(0, description="Which seeds each request shows and the order of the plan: same seed, same requests.")
     output: str = Field("generated.jsonl", description="Where generated rows go (never data.source).")
-    price: Price | None = Field(None, description="Overrides the dated price table for the teacher model.")
+    price: Price | None = Field(
+        None, description="US$ per 1M tokens for the teacher model, when the dated price table is out of date.")
 
 
 class HostedPrice(_Strict):
@@ -225,27 +237,42 @@ class HostedSettings(_Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     n_epochs: int | Literal["auto"] | None = Field(None, description="Epochs (default: the plan's, or auto).")
     batch_size: int | Literal["auto"] | None = Field(None, description="Examples per step (default: auto).")
-    learning_rate_multiplier: float | Literal["auto"] | None = Field(None, description="Default: auto.")
+    learning_rate_multiplier: float | Literal["auto"] | None = Field(
+        None, description="Scales the provider's default learning rate (unset: auto).")
     validation_fraction: float = Field(0.1, ge=0, le=0.5, description="Share of train uploaded as the validation file.")
     poll_seconds: float = Field(15, ge=0.01, le=600, description="First wait between status checks (grows to 4x).")
-    price: HostedPrice | None = Field(None, description="Overrides the dated price table for the model.")
+    price: HostedPrice | None = Field(
+        None, description="US$ per 1M tokens for the model, when the dated price table is out of date.")
 
 
 class Project(_Strict):
-    task: str = Field(..., min_length=10, description="One sentence: exactly what the tuned model must do.")
-    task_kind: TaskKind = Field("format", description="Sets the minimum dataset size (the guide's table).")
-    base_model: str = Field(DEFAULT_MODEL, description="builtin:NAME, a .gguf file, a checkpoint directory or a hub id.")
-    system_prompt: str | None = Field(None, description="Used for training, evaluation and serving alike.")
-    output: OutputContract = Field(default_factory=OutputContract)
-    data: DataPaths = Field(default_factory=DataPaths)
-    max_length: int | None = Field(None, ge=16, le=131072, description="Longest example in tokens (chat template included).")
+    task: str = Field(..., min_length=10, description=(
+        "One sentence: exactly what the tuned model must do that the base model does not; not \"better answers\" "
+        "but \"always reply with one JSON object with keys a, b, c\"."))
+    task_kind: TaskKind = Field(
+        "format", description="Sets the minimum dataset size `check` expects; format needs the fewest examples, multistep the most.")
+    base_model: str = Field(
+        DEFAULT_MODEL, description="builtin:NAME (embedded, offline), a .gguf file, a checkpoint directory or a hub id.")
+    system_prompt: str | None = Field(
+        None, description="Used for training, evaluation and serving alike; leave it out if you serve without one.")
+    output: OutputContract = Field(default_factory=OutputContract, description=(
+        "The output contract every assistant turn must meet: json_schema (a file), regex, or json: true."))
+    data: DataPaths = Field(default_factory=DataPaths, description="The examples and their splits.")
+    max_length: int | None = Field(
+        None, ge=16, le=131072,
+        description="Longest example in tokens under the base model's chat template; longer ones are flagged.")
     build: str | None = Field(None, description="Command that builds data.source when it is missing.")
-    checks: CheckSettings = Field(default_factory=CheckSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    eval: EvalSettings = Field(default_factory=EvalSettings)
-    baseline: BaselineSettings = Field(default_factory=BaselineSettings)
-    generate: GenerateSettings = Field(default_factory=GenerateSettings)
-    hosted: HostedSettings = Field(default_factory=HostedSettings)
+    checks: CheckSettings = Field(default_factory=CheckSettings, description="`tunesmith check`'s thresholds.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description=(
+        "`tunesmith train`: every value is optional; unset ones are planned from the data (and the plan says why)."))
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="`tunesmith eval`: generation, gates and the judge.")
+    baseline: BaselineSettings = Field(default_factory=BaselineSettings, description=(
+        "`tunesmith baseline`: try prompting the base model before fine-tuning; when that already passes, "
+        "it says not to fine-tune."))
+    generate: GenerateSettings = Field(default_factory=GenerateSettings, description=(
+        "`tunesmith generate`: a stronger teacher model writes more examples from your seeds (distillation)."))
+    hosted: HostedSettings = Field(default_factory=HostedSettings, description=(
+        "`tunesmith train --backend openai`: fine-tuning on a provider's API instead of this machine."))
 
     # Not part of the file: where it was loaded from, so relative paths resolve.
     root: Path = Field(default=Path("."), exclude=True)
@@ -255,6 +282,10 @@ class Project(_Strict):
             return None
         p = Path(rel)
         return p if p.is_absolute() else self.root / p
+
+    def registry(self) -> RunRegistry:
+        """The project's runs: where `train.runs_dir` says (every command reaches them through here)."""
+        return RunRegistry(self.root / self.train.runs_dir)
 
     def load_schema(self) -> dict | None:
         """The contract's JSON Schema, parsed and checked, or None."""
@@ -466,57 +497,13 @@ def _value_problem(problem: type, node: Any, exc: Exception) -> Exception:
                    "quote it if it is meant as text: YAML reads 2024-01-31 as a date and 1_000 as a number", node.start_mark)
 
 
-PROJECT_TEMPLATE = """\
-# tunesmith project file. Paths are relative to this directory.
+def __getattr__(name: str) -> Any:
+    # `init`'s template is rendered from the fields' descriptions on first use (settings_docs imports this module)
+    if name == "PROJECT_TEMPLATE":
+        from tunesmith.settings_docs import project_template
 
-# One sentence: exactly what the tuned model must do that the base model does not.
-# "Better answers" is not a sentence; "always reply with a JSON object with keys a, b, c" is.
-task: {task}
-
-# format | style | domain | multistep: sets the minimum dataset size `check` expects
-# (format 50-100 examples, style 100-300, domain 500-1000, multistep 1000-2000).
-task_kind: format
-
-# builtin:smollm2-135m-instruct (embedded, offline), a .gguf file, a checkpoint directory, or a hub id.
-base_model: {base_model}
-
-# Used for training, evaluation and serving alike. Leave it out if you serve without one.
-system_prompt: "You are a precise assistant. Reply with one compact JSON object."
-
-# The output contract every assistant turn must meet: json_schema (a file), regex, or json: true.
-output:
-  json: true
-  # json_schema: schema.json
-  # regex: "^(yes|no)$"
-
-data:
-  source: data.jsonl          # all examples, before the split
-  train: data/train.jsonl     # written by `tunesmith split`
-  test: data/test.jsonl       # sealed test set, written by `tunesmith split`; never look at it
-  test_fraction: 0.15         # 10-20 % is the usual range
-  # regression: regression.jsonl   # 20-50 prompts with assertions, checked after every run
-
-# Longest example in tokens under the base model's chat template; longer ones are flagged.
-max_length: 1024
-
-# `tunesmith baseline`: before fine-tuning, also try the base model constrained to the output contract,
-# shown few_shot training examples first. When that already passes, it says not to fine-tune.
-# baseline:
-#   constrained: true
-#   few_shot: 3
-
-# `tunesmith eval`: constrained: true also scores base and tuned constrained to the contract (--constrained).
-# eval:
-#   constrained: true
-
-# `tunesmith generate`: a stronger teacher model writes more examples from your seeds (distillation).
-# generate:
-#   teacher_model: gpt-4o-mini          # any model at an OpenAI-compatible endpoint
-#   base_url: https://api.openai.com/v1 # default: OPENAI_BASE_URL, else OpenAI; the key is OPENAI_API_KEY
-#   n: 500
-#   concurrency: 8
-#   price: {{input: 0.15, output: 0.60}}  # US$ per 1M tokens, when the built-in table is out of date
-"""
+        return project_template()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def init_project(directory: Path, *, task: str, base_model: str = DEFAULT_MODEL, force: bool = False) -> Path:
@@ -528,7 +515,9 @@ def init_project(directory: Path, *, task: str, base_model: str = DEFAULT_MODEL,
                            "name a new or existing directory for the project")
     if target.exists() and not force:
         raise ProjectError(f"{target} already exists", "edit it, or pass --force to overwrite it")
-    text = PROJECT_TEMPLATE.format(task=_yaml_string(task), base_model=_yaml_string(_model_for(directory, base_model)))
+    from tunesmith.settings_docs import project_template
+
+    text = project_template().format(task=_yaml_string(task), base_model=_yaml_string(_model_for(directory, base_model)))
     _check_template(text, target)
     write_text_atomic(target, text)
     return target

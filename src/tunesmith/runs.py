@@ -16,6 +16,7 @@ Step logs are JSONL files the trainer writes into the run directory, not rows he
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import re
@@ -31,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from tunesmith.errors import RunNotFoundError, TunesmithError, UsageError
+from tunesmith.errors import ModelError, RunNotFoundError, TunesmithError, UsageError
 from tunesmith.io import write_json_atomic
 
 RUNS_DIRNAME = "runs"
@@ -109,7 +110,7 @@ def library_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for dist in ("torch", "transformers", "peft", "trl", "accelerate", "tunesmith"):
+    for dist in ("torch", "transformers", "peft", "accelerate", "tunesmith"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -359,6 +360,88 @@ class RunRecord:
             "test_seal_sha256": self.test_seal_sha256,
         }
 
+    def model(self, project_base: str) -> RunModel:
+        """Which model this run means: what it trained, on the base it was trained on.
+
+        The recorded base wins over `project_base` (the project's base_model now): an adapter only fits
+        the base it was trained on, and a full fine-tune was tuned from it. A run that recorded no base
+        (made by hand) means the project's.
+        """
+        run_dir = Path(self.path)
+        adapter, model = run_dir / "adapter", run_dir / "model"
+        base_ref = self.base_model or project_base
+        if (adapter / "adapter_config.json").is_file():
+            return RunModel(self.id, run_dir, self.trained_method(), base_ref, project_base, adapter, None)
+        if (model / "config.json").is_file():
+            return RunModel(self.id, run_dir, self.trained_method(), base_ref, project_base, None, model)
+        raise UsageError(f"run {self.id} has no trained adapter or model yet (status {self.status})",
+                         f"finish it with `tunesmith train --resume {self.id}`")
+
+    def trained_method(self) -> str:
+        """lora | qlora | full, from plan.json (`settings.method.value`), else the registry row."""
+        settings = self.plan.get("settings")
+        method = settings.get("method") if isinstance(settings, dict) else None
+        value = method.get("value") if isinstance(method, dict) else None
+        return str(value or self.method or "lora")
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """A run's output: its adapter and the base it was trained on, or a full fine-tune's checkpoint."""
+
+    run_id: str
+    run_dir: Path
+    method: str
+    #: the base the run was trained on (recorded when it started)
+    base_ref: str
+    #: the project's base_model now; it differs from base_ref when tunesmith.yaml was edited since
+    project_base: str
+    adapter_dir: Path | None
+    model_dir: Path | None  # a full fine-tune's checkpoint, complete on its own
+
+    @property
+    def warning(self) -> str | None:
+        """What to tell the user once when the project's base moved on since this run was trained."""
+        if not self.project_base or self.base_ref == self.project_base:
+            return None
+        return (f"run {self.run_id} was trained on {self.base_ref!r}, not on the project's base_model "
+                f"{self.project_base!r}: using {self.base_ref!r}")
+
+    @functools.cached_property
+    def base_path(self) -> Path | None:
+        """The base's checkpoint directory for an adapter (resolved on first use); None for a full fine-tune."""
+        return self.resolve_base() if self.adapter_dir is not None else None
+
+    def resolve_base(self) -> Path:
+        """The checkpoint directory of the base the run was trained on; an error naming both bases if it is gone."""
+        from tunesmith.models.resolve import resolve_model
+
+        try:
+            return resolve_model(self.base_ref).path
+        except ModelError as exc:
+            now = f"; the project's base_model is now {self.project_base!r}" if self.warning else ""
+            raise ModelError(
+                f"run {self.run_id} was trained on {self.base_ref!r}, which cannot be loaded any more ({exc.message})"
+                + now,
+                f"put {self.base_ref!r} back (a run is only used on the base it was trained on), "
+                "or train a new run on the project's base: tunesmith train") from None
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """Where the tokenizer training used lives: saved next to the adapter / model, else the base's."""
+        for candidate in (self.adapter_dir, self.model_dir):
+            if candidate is not None and any((candidate / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+                return candidate
+        return self.checkpoint_dir
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The directory holding the architecture's config.json (the base, or the full model)."""
+        if self.model_dir is not None:
+            return self.model_dir
+        assert self.base_path is not None  # model() gives every run an adapter or a model
+        return self.base_path
+
 
 _COLUMNS = ("id, status, created_at, updated_at, finished_at, project_root, base_model, method, metrics, error, "
             "summary, test_seal_sha256")
@@ -379,8 +462,8 @@ def _loads(text: str | None, default: Any) -> Any:
 class RunRegistry:
     """The runs of one project: `<root>/registry.sqlite` plus one directory per run under `root`.
 
-    `root` is the runs directory (`runs_root(project_root)`); `RunRegistry.for_project(dir)` is the
-    same thing spelled from the project directory. Reading a project that has no runs creates nothing.
+    `root` is the runs directory (a project's `train.runs_dir`: `Project.registry()` opens it). Reading
+    a project that has no runs creates nothing.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -389,6 +472,12 @@ class RunRegistry:
 
     @classmethod
     def for_project(cls, project_root: str | Path) -> RunRegistry:
+        """The registry of the project in `project_root`: its `train.runs_dir`, or `<project_root>/runs`
+        when there is no tunesmith.yaml there."""
+        from tunesmith.project import PROJECT_FILE, load_project
+
+        if (Path(project_root) / PROJECT_FILE).is_file():
+            return load_project(project_root).registry()
         return cls(runs_root(project_root))
 
     def __repr__(self) -> str:

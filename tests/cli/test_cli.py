@@ -7,7 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import SYSTEM, clean_examples, write_jsonl, write_project_file
 from tunesmith.cli import app
 
 runner = CliRunner()
@@ -18,17 +18,13 @@ def run(*args):
 
 
 def _project(tmp_path, rows, extra=""):
-    (tmp_path / "tunesmith.yaml").write_text(
-        "task: 'Answer with one compact JSON object.'\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\n"
-        "output:\n  json: true\n" + extra
-    )
+    write_project_file(tmp_path, extra=extra)
     write_jsonl(tmp_path / "data.jsonl", rows)
     return tmp_path
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = "import sys; import tunesmith.cli; print(sorted(m for m in ('torch','transformers','numpy','jsonschema') if m in sys.modules))"
+    code = "import sys; import tunesmith.cli; print(sorted(m for m in ('torch','transformers','numpy','jsonschema','pydantic') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     help_out = subprocess.run([sys.executable, "-m", "tunesmith", "--help"], capture_output=True, text=True)
@@ -196,6 +192,47 @@ def test_init_cli(tmp_path):
     assert result.exit_code == 0 and (tmp_path / "p" / "tunesmith.yaml").exists()
     result = run("init", tmp_path / "p")
     assert result.exit_code == 2 and "already exists" in result.stderr
+    assert 'base_model: "builtin:smollm2-135m-instruct"' in (tmp_path / "p" / "tunesmith.yaml").read_text()
+
+
+#: the flags that set a tunesmith.yaml setting, and the setting
+MIRRORED = {
+    "init": {"--task": "task", "--base-model": "base_model"},
+    "train": {"--method": "train.method", "--rank": "train.rank", "--alpha": "train.alpha", "--layers": "train.layers",
+              "--learning-rate": "train.learning_rate", "--epochs": "train.epochs", "--batch-size": "train.batch_size",
+              "--effective-batch": "train.effective_batch", "--max-length": "max_length",
+              "--eval-every": "train.eval_every", "--patience": "train.patience", "--converge": "train.converge",
+              "--precision": "train.precision", "--time-budget": "train.time_budget", "--seed": "train.seed",
+              "--model": "hosted.model", "--suffix": "hosted.suffix",
+              "--learning-rate-multiplier": "hosted.learning_rate_multiplier"},
+}
+
+
+@pytest.mark.parametrize("command", sorted(MIRRORED))
+def test_options_that_set_a_setting_take_their_help_from_its_field(command):
+    import typer
+
+    from tunesmith.settings_docs import help_text
+
+    params = {opt: p for p in typer.main.get_command(app).commands[command].params for opt in p.opts}
+    for flag, path in MIRRORED[command].items():
+        expected = help_text(path)  # after a condition ("With --backend openai: the ..."), in lower case
+        assert params[flag].help in (expected, f"With --backend openai: {expected[0].lower()}{expected[1:]}"), flag
+
+
+def test_schema_cli_prints_the_schema_and_writes_it(tmp_path):
+    from tunesmith.settings_docs import project_schema
+
+    result = run("schema")
+    assert result.exit_code == 0 and json.loads(result.stdout) == project_schema()
+    out = tmp_path / "tunesmith.schema.json"
+    result = run("schema", "-o", out, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"schema_file": str(out)}
+    assert json.loads(out.read_text()) == project_schema()
+    result = run("schema", "--output", out)
+    assert result.exit_code == 0 and f"# yaml-language-server: $schema={out}" in result.stdout
+    result = run("schema", "-o", "-")
+    assert result.exit_code == 0 and json.loads(result.stdout) == project_schema()
 
 
 def test_models_resolve_cli(tiny_model_dir, tmp_path):

@@ -301,7 +301,7 @@ def test_normalize_text():
     assert normalize_text("cafe\u0301") == normalize_text("caf\u00e9") == "caf\u00e9"
 
 
-# --- fields that used to be dropped silently ------------------------------------------------------
+# --- side fields of a format (history, system, tools): kept as turns, or a warning in words ----------
 
 
 def test_instruction_history_becomes_earlier_turns():

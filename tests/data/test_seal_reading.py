@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import clean_examples, write_jsonl, write_project_file
 from tunesmith.cli import app
 from tunesmith.data.split import broken_seal_error, split_file, verify_seal
 from tunesmith.errors import SealError
@@ -26,8 +26,7 @@ def run(*args):
 @pytest.fixture
 def sealed(tmp_path) -> Path:
     """A project split into data/train.jsonl and a sealed data/test.jsonl; returns the seal's path."""
-    (tmp_path / "tunesmith.yaml").write_text(f"task: 'Answer with one compact JSON object.'\n"
-                                              f"system_prompt: {json.dumps(SYSTEM)}\noutput:\n  json: true\n")
+    write_project_file(tmp_path)
     write_jsonl(tmp_path / "data.jsonl", clean_examples(60))
     split_file(tmp_path / "data.jsonl", tmp_path / "data" / "train.jsonl", tmp_path / "data" / "test.jsonl",
                test_fraction=0.2)

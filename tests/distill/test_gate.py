@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import clean_examples, write_jsonl, write_project_file
 from tunesmith.cli import app
 from tunesmith.distill.provenance import (
     ReviewGateError, describe, review_gate, review_target, row_status, summarize,
@@ -97,11 +97,7 @@ def test_an_export_stamp_carries_the_review_counts_past_the_split(tmp_path: Path
 
 
 def _project(root: Path, model_dir: Path, rows: list) -> Path:
-    root.mkdir(parents=True)
-    (root / "tunesmith.yaml").write_text(
-        "task: 'Answer with one compact JSON object.'\n"
-        f"base_model: {json.dumps(str(model_dir))}\nsystem_prompt: {json.dumps(SYSTEM)}\noutput:\n  json: true\n",
-        encoding="utf-8")
+    write_project_file(root, model_dir)
     write_jsonl(root / "data.jsonl", rows)
     from tunesmith.data.split import split_file
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import SYSTEM, clean_examples, write_jsonl, write_project_file
 from tunesmith.cli import app
 from tunesmith.data.split import split_file
 from tunesmith.evaluate.generate import LocalBackend
@@ -24,11 +24,8 @@ def cli(*args):
 
 
 def make_project(root: Path, model_dir: Path, rows: list, *, contract: bool = True, extra: str = "") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Answer with one compact JSON object.'\nbase_model: {model_dir}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\n" + ("output:\n  json: true\n" if contract else "")
-        + f"eval:\n  max_new_tokens: {MAX_NEW}\n" + extra)
+    write_project_file(root, model_dir, output={"json": True} if contract else None, eval={"max_new_tokens": MAX_NEW},
+                       extra=extra)
     write_jsonl(root / "data.jsonl", rows)
     split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
     return root

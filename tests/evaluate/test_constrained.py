@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, words, write_jsonl
+from datagen import SYSTEM, clean_examples, words, write_jsonl, write_project_file
 from tunesmith.cli import app
 from tunesmith.data.split import split_file
 from tunesmith.errors import UsageError
@@ -38,15 +38,13 @@ def label_rows(n: int, seed: int = 0, answer=None) -> list[dict]:
     return rows
 
 
-def make_project(root: Path, model_dir: Path, rows: list, *, schema: dict | None = None, output: str = "",
-                 extra: str = "") -> Path:
+def make_project(root: Path, model_dir: Path, rows: list, *, schema: dict | None = None, extra: str = "") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if schema is not None:
         (root / "schema.json").write_text(json.dumps(schema))
-        output = "output:\n  json_schema: schema.json\n"
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Label the review with one compact JSON object.'\nbase_model: {model_dir}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\n{output}eval:\n  max_new_tokens: {MAX_NEW}\n" + extra)
+    write_project_file(root, model_dir, task="Label the review with one compact JSON object.",
+                       output={"json_schema": "schema.json"} if schema is not None else None,
+                       eval={"max_new_tokens": MAX_NEW}, extra=extra)
     write_jsonl(root / "data.jsonl", rows)
     split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
     return root
@@ -330,7 +328,6 @@ def labelled(tmp_path_factory, tiny_model_dir):
 
 def test_eval_constrained_answers_all_validate_and_four_variants_show(labelled, one_torch_thread):
     from tunesmith.evaluate.store import EvalStore
-    from tunesmith.train.api import registry_for
 
     root, run_id = labelled
     result = cli("eval", run_id, "-p", root, "--constrained", "--json")
@@ -345,7 +342,7 @@ def test_eval_constrained_answers_all_validate_and_four_variants_show(labelled, 
         assert variant["finish_reasons"] == {"stop": n}
         assert variant["speed"]["generated"] == n and variant["tokens_per_s"] > 0
         assert summary["speed"][role]["answers"] >= n
-    store = EvalStore(registry_for(load(root)))
+    store = EvalStore(load(root).registry())
     for name in ("base+constrained", f"{run_id}+constrained"):
         stored = store.latest(name, "test")
         assert stored is not None and len(stored.items) == n

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import SYSTEM, clean_examples, write_jsonl, write_project_file
 from fixtures.fake_openai import FakeOpenAI, Reply
 from tunesmith.cli import app
 from tunesmith.data.split import split_file
@@ -29,11 +29,7 @@ def base_answers(model_dir: Path, prompts: list[str]) -> list[str]:
 
 
 def make_project(root: Path, model_dir: Path, rows: list, extra: str = "") -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Answer with one compact JSON object.'\nbase_model: {model_dir}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\noutput:\n  json: true\n"
-        f"eval:\n  max_new_tokens: {MAX_NEW}\n" + extra)
+    write_project_file(root, model_dir, eval={"max_new_tokens": MAX_NEW}, extra=extra)
     write_jsonl(root / "data.jsonl", rows)
     split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
     return root

@@ -13,7 +13,8 @@ import pytest
 
 from fixtures.fake_openai import FakeOpenAI, Reply
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.judge import (
+from tunesmith.inference.openai_client import ChatClient, RequestCache
+from tunesmith.judge import (
     SELF_JUDGING_HINT,
     JudgeConfig,
     JudgeError,
@@ -27,6 +28,7 @@ from tunesmith.evaluate.judge import (
     parse_pairwise_reply,
     parse_rubric_reply,
 )
+from tunesmith.judge.prompts import rubric_messages
 
 GOOD = {"correctness": 5, "format": 4, "completeness": 3, "notes": "fine"}
 MARK = "<<GOOD>>"
@@ -329,8 +331,9 @@ def test_unreachable_endpoint_keeps_the_results_already_had(tmp_path: Path) -> N
     items = rubric_items(3)
     with FakeOpenAI(lambda req: Reply(content=json.dumps(GOOD))) as server:
         judge_rubric(items[:2], cfg_for(server, cache_path=cache))
+    # the same URL, now that nothing listens there (the cache key holds the endpoint, as the shared one does)
     with pytest.raises(JudgeError) as ei:
-        judge_rubric(items, cfg_for(dead_url(), cache_path=cache, max_retries=0))
+        judge_rubric(items, cfg_for(server.base_url, cache_path=cache, max_retries=0))
     partial = ei.value.partial
     assert partial is not None
     assert [s.id for s in partial.scores] == ["item-0", "item-1"]
@@ -358,13 +361,56 @@ def test_cache_second_run_makes_no_requests(tmp_path: Path) -> None:
         assert len(other.requests) == 3
 
 
-def test_cache_stores_only_successful_parses(tmp_path: Path) -> None:
+def test_a_failed_judgement_is_asked_again_not_replayed(tmp_path: Path) -> None:
     cache = tmp_path / "judge.sqlite"
     with FakeOpenAI(lambda req: Reply(content="no json here")) as server:
         res = judge_rubric(rubric_items(1), cfg_for(server, cache_path=cache, max_retries=0))
         assert len(res.failures) == 1
-        judge_rubric(rubric_items(1), cfg_for(server, cache_path=cache, max_retries=0))
-        assert len(server.requests) == 2  # the failure was not cached
+        again = judge_rubric(rubric_items(1), cfg_for(server, cache_path=cache, max_retries=0))
+        assert len(server.requests) == 2  # the cached unusable reply was not taken for an answer
+    assert again.cache_hits == 0 and len(again.failures) == 1
+
+
+def test_a_rerun_replays_a_judgement_that_needed_a_follow_up(tmp_path: Path) -> None:
+    cache = tmp_path / "judge.sqlite"
+    calls = {"n": 0}
+
+    def handler(req: dict[str, Any]) -> Reply:
+        calls["n"] += 1
+        return Reply(content="Looks fine to me." if calls["n"] == 1 else json.dumps(GOOD))
+
+    with FakeOpenAI(handler) as server:
+        first = judge_rubric(rubric_items(1), cfg_for(server, cache_path=cache))
+        second = judge_rubric(rubric_items(1), cfg_for(server, cache_path=cache))
+        assert len(server.requests) == 2  # the prose reply and its follow-up, once
+    assert second.scores == first.scores and second.cache_hits == 1
+
+
+def test_judge_replies_live_in_the_shared_request_cache(tmp_path: Path) -> None:
+    """One cache: any client of the shared layer at the same endpoint and model reads the judge's replies."""
+    cache = tmp_path / "judge.sqlite"
+    item = rubric_items(1)[0]
+    with FakeOpenAI(lambda req: Reply(content=json.dumps(GOOD))) as server:
+        judge_rubric([item], cfg_for(server, cache_path=cache))
+        with ChatClient(server.base_url, "judge-model", api_key="test-key", cache=RequestCache(cache)) as client:
+            reply = client.create(rubric_messages(item), temperature=0, response_format={"type": "json_object"})
+        assert len(server.requests) == 1
+    assert reply.cached and json.loads(reply.content or "") == GOOD
+
+
+def test_a_5xx_is_retried_by_the_shared_client_then_judged() -> None:
+    calls = {"n": 0}
+
+    def handler(req: dict[str, Any]) -> Reply:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return Reply(status=503, body={"error": {"message": "overloaded", "type": "server_error"}})
+        return Reply(content=json.dumps(GOOD))
+
+    with FakeOpenAI(handler) as server:
+        res = judge_rubric(rubric_items(1), cfg_for(server, max_retries=1))
+    assert [s.id for s in res.scores] == ["item-0"] and res.failures == []
+    assert len(server.requests) == 2
 
 
 # --- strict parsing -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import clean_examples, write_jsonl, write_project_file
 from tunesmith.cli import app
 from tunesmith.data.split import split_file
 from tunesmith.evaluate.store import EvalStore
@@ -27,10 +27,7 @@ def split(root: Path, n: int = 40, fraction: float = 0.25, reseal: bool = False)
 
 
 def project(root: Path, model: str = "builtin:smollm2-135m-instruct") -> str:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Answer with one compact JSON object.'\nbase_model: {model}\nsystem_prompt: {json.dumps(SYSTEM)}\n"
-        "output:\n  json: true\neval:\n  max_new_tokens: 8\n")
+    write_project_file(root, model, eval={"max_new_tokens": 8})
     return split(root)
 
 

@@ -40,9 +40,20 @@ def test_streamed_text_never_shows_a_stop_string_split_across_bytes():
 class Collector:
     def __init__(self) -> None:
         self.events: queue.Queue = queue.Queue()
+        #: set by the engine's first event for the job: its row is in the batch
+        self.started = threading.Event()
 
     def __call__(self, event) -> None:
         self.events.put(event)
+        self.started.set()
+
+    def until(self, kind: str, timeout: float = 30) -> list:
+        """The events up to the first of `kind`, as the engine sends them (queue.Empty if it never comes)."""
+        seen: list = []
+        deadline = time.monotonic() + timeout
+        while not seen or seen[-1][0] != kind:
+            seen.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
+        return seen
 
     def result(self, timeout: float = 60):
         deltas = []
@@ -95,8 +106,7 @@ def test_rows_joining_a_running_batch_answer_as_they_would_alone(engine_and_tok,
     # batch is re-padded on both sides)
     engine.peak_batch = 0
     engine.submit(Job(_prompt(tok, texts[0]), None, Sampling(max_tokens=60, temperature=0), collectors[0]))
-    while engine.call(lambda: len(engine.decoder.rows)).result(timeout=30) == 0:
-        pass
+    assert collectors[0].started.wait(30)
     for text, col, budget in zip(texts[1:], collectors[1:], budgets[1:]):
         engine.submit(Job(_prompt(tok, text), None, Sampling(max_tokens=budget, temperature=0), col))
     results = [c.result() for c in collectors]
@@ -113,10 +123,10 @@ def test_cancelled_row_leaves_and_model_calls_run_between_steps(engine_and_tok):
     engine.submit(job)
     col.events.get(timeout=30)  # it is decoding
     assert engine.call(lambda: len(engine.decoder.rows)).result(timeout=30) == 1
-    job.cancelled.set()
     steps = engine.steps
-    while engine.call(lambda: len(engine.decoder.rows)).result(timeout=30):
-        pass
+    job.cancelled.set()
+    col.until("cancelled")  # sent in the step that drops the row
+    assert engine.call(lambda: len(engine.decoder.rows)).result(timeout=30) == 0
     assert engine.steps - steps < 50  # it left at once, not after its 1900 tokens
 
 
@@ -128,11 +138,7 @@ def test_a_job_dropped_after_its_client_left_says_so(engine_and_tok):
     engine.submit(job)
     col.events.get(timeout=30)
     job.cancelled.set()
-    deadline = time.monotonic() + 30
-    events = []
-    while ("cancelled", None) not in events and time.monotonic() < deadline:
-        events.append(col.events.get(timeout=30))
-    assert ("cancelled", None) in events
+    assert col.until("cancelled")[-1] == ("cancelled", None)
 
 
 def test_one_rows_sampling_failure_fails_only_that_row(engine_and_tok, monkeypatch):

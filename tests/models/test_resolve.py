@@ -202,7 +202,7 @@ def test_gguf_round_trip(tiny_gguf, isolated_cache, monkeypatch):
     assert resolved.path.parent == isolated_cache / "models"
     assert resolved.path.name.startswith("tiny-chatml-") and len(resolved.path.name) == len("tiny-chatml-") + 16
     assert len(messages) == 1 and "converting" in messages[0]
-    assert not list((isolated_cache / "models").glob(".tmp-*"))
+    assert not list((isolated_cache / "models").glob(".*.tmp-*"))
 
     marker = json.loads((resolved.path / MARKER_NAME).read_text())
     assert marker["source"] == str(gguf_path.resolve())

@@ -8,13 +8,12 @@ template, a Qwen2 with q/k/v biases, the tiny Llama with a SmolLM-style digit-sp
 a GPT-2 config for the unsupported-architecture error).
 """
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import clean_examples, write_jsonl, write_project_file
 from fixtures.tiny_models import build_tiny_tokenizer
 from tunesmith.data.split import split_file
 from tunesmith.runs import RunRegistry
@@ -23,11 +22,7 @@ MAX_NEW = 8
 
 
 def make_project(root: Path, model_dir: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        f"task: 'Answer with one compact JSON object.'\nbase_model: {model_dir}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\noutput:\n  json: true\n"
-        f"eval:\n  max_new_tokens: {MAX_NEW}\n")
+    write_project_file(root, model_dir, eval={"max_new_tokens": MAX_NEW})
     write_jsonl(root / "data.jsonl", clean_examples(24))
     split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
     return root

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import clean_examples, write_jsonl, write_project_file
 from tunesmith.errors import ProjectError, UsageError
 from tunesmith.project import load_project
 from tunesmith.train.budget import (
@@ -25,12 +25,7 @@ CPU = DeviceInfo("cpu", "test-cpu", False, None)
 def _write_project(root: Path, model_dir: Path, extra: str = "", n: int = 150) -> Path:
     from tunesmith.data.split import split_file
 
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        "task: 'Answer with one compact JSON object.'\n"
-        f"base_model: {json.dumps(str(model_dir))}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\n"
-        "output:\n  json: true\n" + extra, encoding="utf-8")
+    write_project_file(root, model_dir, extra=extra)
     write_jsonl(root / "data.jsonl", clean_examples(n))
     split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl")
     return root

@@ -19,7 +19,6 @@ from fixtures.fake_finetune import FakeFineTuning
 from tunesmith.cli import app
 from tunesmith.errors import DataError, UsageError
 from tunesmith.project import load_project
-from tunesmith.train.api import registry_for
 from tunesmith.train.hosted.api import Stopped, train_hosted
 from tunesmith.train.hosted.job import HostedError
 from tunesmith.train.hosted.plan import plan_hosted
@@ -145,7 +144,7 @@ def test_a_job_runs_to_its_model_and_eval_uses_it_with_no_id_typed(project: Path
         assert events[0]["event"] == "plan" and events[-1]["event"] == "done"
         assert "succeeded" in [e.get("status") for e in events]
         run_id = events[-1]["run_id"]
-        record = registry_for(load_project(project)).get(run_id)
+        record = load_project(project).registry().get(run_id)
         assert record.status == "completed" and record.method == "hosted-openai" and record.base_model == MODEL
         job_id = next(iter(server.jobs))
         state = json.loads((Path(record.path) / "hosted.json").read_text())
@@ -177,7 +176,7 @@ def test_kill_9_then_resume_reattaches_and_records_the_model(project: Path, monk
         time.sleep(0.3)  # polling
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        record = registry_for(load_project(project)).list(None)[0]
+        record = load_project(project).registry().list(None)[0]
         state = json.loads((Path(record.path) / "hosted.json").read_text())
         job_id = next(iter(server.jobs))
         assert state["job_id"] == job_id  # known the moment the job existed
@@ -185,7 +184,7 @@ def test_kill_9_then_resume_reattaches_and_records_the_model(project: Path, monk
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         out = runner.invoke(app, ["train", "-p", str(project), "--resume", record.id])
         assert out.exit_code == 0, out.output
-    done = registry_for(load_project(project)).get(record.id)
+    done = load_project(project).registry().get(record.id)
     assert done.status == "completed" and done.metrics["fine_tuned_model"].startswith(f"ft:{MODEL}")
     assert len(server.jobs) == 1 and len([f for f in server.files.values() if f["purpose"] == "fine-tune"]) == 2
 
@@ -202,7 +201,7 @@ def test_a_failed_job_shows_the_providers_error_verbatim(project: Path, monkeypa
         with pytest.raises(HostedError) as err:
             train_hosted(project, {"model": MODEL}, on_event=fail_it)
     assert "invalid_training_file: Line 7: the assistant says nothing useful" in err.value.message
-    record = registry_for(load_project(project)).list(None)[0]
+    record = load_project(project).registry().list(None)[0]
     assert record.status == "failed" and "Line 7" in record.error
 
 
@@ -220,7 +219,7 @@ def test_a_network_drop_while_polling_keeps_the_job_for_a_resume(project: Path, 
         with pytest.raises(HostedError) as err:
             train_hosted(project, {"model": MODEL}, on_event=drop)
         assert "lost contact" in err.value.message and "--resume" in err.value.hint
-        record = registry_for(load_project(project)).list(None)[0]
+        record = load_project(project).registry().list(None)[0]
         assert record.status == "interrupted"
         server._faults.clear()  # the network is back
         server.finish()
@@ -244,7 +243,7 @@ def test_ctrl_c_asks_whether_to_cancel_the_job_or_only_detach(project: Path, mon
                          on_interrupt=lambda job_id: asked.append(job_id) or choice)
         job_id = next(iter(server.jobs))
         assert asked == [job_id]
-        record = registry_for(load_project(project)).list(None)[0]
+        record = load_project(project).registry().list(None)[0]
         if choice == "cancel":
             assert server.job(job_id)["status"] == "cancelled" and record.status == "failed"
             assert "cancelled" in err.value.message
@@ -269,7 +268,7 @@ def test_a_refused_key_stops_with_the_fix_and_a_failed_run(project: Path, monkey
         out = runner.invoke(app, ["train", "-p", str(project), "--backend", "openai", "--model", MODEL, "--yes"])
         assert len(server.requests) == 1  # refused once, never retried
     assert out.exit_code == 2 and "refused the API key" in out.stderr and "OPENAI_API_KEY" in out.stderr
-    record = registry_for(load_project(project)).list(None)[0]
+    record = load_project(project).registry().list(None)[0]
     assert record.status == "failed" and "401" in record.error
 
 
@@ -303,7 +302,7 @@ def test_a_refused_job_is_a_failed_run_not_lost_contact(project: Path, monkeypat
             train_hosted(project, {"model": MODEL, "batch_size": 999})
     assert "refused the job" in err.value.message and "batch_size must be at most 256" in err.value.message
     assert "lost contact" not in err.value.message
-    assert registry_for(load_project(project)).list(None)[0].status == "failed"
+    assert load_project(project).registry().list(None)[0].status == "failed"
 
 
 def test_a_cancel_that_fails_is_said_and_the_run_stays_resumable(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,7 +320,7 @@ def test_a_cancel_that_fails_is_said_and_the_run_stays_resumable(project: Path, 
         with pytest.raises(Stopped) as err:
             train_hosted(project, {"model": MODEL}, on_event=interrupt, on_interrupt=lambda job_id: "cancel")
     assert "could not be cancelled" in err.value.message and "--resume" in err.value.hint
-    assert registry_for(load_project(project)).list(None)[0].status == "interrupted"
+    assert load_project(project).registry().list(None)[0].status == "interrupted"
 
 
 def test_loss_points_written_before_a_kill_are_not_written_twice(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -334,6 +333,6 @@ def test_loss_points_written_before_a_kill_are_not_written_twice(project: Path, 
         state.pop("last_event")  # as if killed after the losses were appended, before last_event was saved
         state["status"] = "running"
         (outcome.run_dir / "hosted.json").write_text(json.dumps(state))
-        registry_for(load_project(project)).set_status(outcome.run_id, "interrupted")
+        load_project(project).registry().set_status(outcome.run_id, "interrupted")
         train_hosted(project, {}, resume=outcome.run_id)
     assert steps_file.read_text() == before

@@ -169,17 +169,12 @@ def test_plan_round_trips_through_json():
 
 def test_project_file_and_flags_reach_the_plan(tmp_path, tiny_model_dir):
     """Through load_project + prepare: tunesmith.yaml `train:` values are `tunesmith.yaml`, flags `flag`."""
-    from datagen import SYSTEM, clean_examples, write_jsonl
+    from datagen import clean_examples, write_jsonl, write_project_file
     from tunesmith.data.split import split_file
     from tunesmith.project import load_project
     from tunesmith.train.api import plan_training
 
-    (tmp_path / "tunesmith.yaml").write_text(
-        "task: 'Answer with one compact JSON object.'\n"
-        f"base_model: {json.dumps(str(tiny_model_dir))}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\n"
-        "output:\n  json: true\n"
-        "train:\n  learning_rate: 0.001\n  epochs: 2\n")
+    write_project_file(tmp_path, tiny_model_dir, train={"learning_rate": 0.001, "epochs": 2})
     write_jsonl(tmp_path / "data.jsonl", clean_examples(45))
     split_file(tmp_path / "data.jsonl", tmp_path / "data" / "train.jsonl", tmp_path / "data" / "test.jsonl")
     _, plan = plan_training(load_project(tmp_path), {"epochs": 1, "rank": None}, measure=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen import SYSTEM, clean_examples, write_jsonl
+from datagen import clean_examples, write_jsonl, write_project_file
 from tunesmith.progress import EVERY_ENV
 from tunesmith.train.api import train_project
 
@@ -22,12 +22,7 @@ def _setup(isolated_cache, one_torch_thread, monkeypatch):
 def make_project(root: Path, model_dir: Path) -> Path:
     from tunesmith.data.split import split_file
 
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        "task: 'Answer with one compact JSON object.'\n"
-        f"base_model: {json.dumps(str(model_dir))}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\n"
-        "output:\n  json: true\n", encoding="utf-8")
+    write_project_file(root, model_dir)
     write_jsonl(root / "data.jsonl", clean_examples(44))
     split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl")
     return root

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import SYSTEM, clean_examples, words, write_jsonl
+from datagen import SYSTEM, clean_examples, words, write_jsonl, write_project_file
 from tunesmith.errors import DataError, ModelError, ProjectError, SealError, TunesmithError
 from tunesmith.project import load_project
-from tunesmith.train.api import plan_training, registry_for, train_project
+from tunesmith.train.api import plan_training, train_project
 
 
 @pytest.fixture(autouse=True)
@@ -31,14 +31,7 @@ def _one_thread_and_own_cache(isolated_cache):
 
 
 def make_project(root: Path, model_dir: Path, rows: list, extra: str = "", *, split: bool = True) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "tunesmith.yaml").write_text(
-        "task: 'Answer with one compact JSON object.'\n"
-        f"base_model: {json.dumps(str(model_dir))}\n"
-        f"system_prompt: {json.dumps(SYSTEM)}\n"
-        "output:\n  json: true\n" + extra,
-        encoding="utf-8",
-    )
+    write_project_file(root, model_dir, extra=extra)
     write_jsonl(root / "data.jsonl", rows)
     if split:
         from tunesmith.data.split import split_file
@@ -70,7 +63,7 @@ def assert_no_run_left(project_dir: Path) -> None:
     runs = project_dir / "runs"
     if not runs.exists():
         return
-    records = registry_for(load_project(project_dir)).list(None) if (runs / "registry.sqlite").exists() else []
+    records = load_project(project_dir).registry().list(None) if (runs / "registry.sqlite").exists() else []
     assert all(r.status == "failed" for r in records), [(r.id, r.status) for r in records]
     dirs = [p for p in runs.iterdir() if p.is_dir()]
     assert {p.name for p in dirs} <= {r.id for r in records}, dirs
@@ -112,7 +105,7 @@ def test_lora_run_writes_adapter_and_leaves_base_model_untouched(tmp_path, tiny_
     run_dir = out.run_dir
     assert run_dir.parent == project / "runs"
 
-    record = registry_for(load_project(project)).get(out.run_id)
+    record = load_project(project).registry().get(out.run_id)
     assert record.status == "completed" and record.method == "lora"
     assert record.metrics["steps"] == out.metrics["steps"] == out.plan["derived"]["total_steps"]
 
@@ -170,7 +163,7 @@ def test_loss_falls_on_a_memorisable_mapping(tmp_path, tiny_model_dir):
     assert losses[-1] < 0.5 * losses[0], losses
     assert out.metrics["final_step_loss"] == pytest.approx(losses[-1], rel=1e-4)
     assert (out.run_dir / "model" / "config.json").is_file()
-    assert registry_for(load_project(project)).get(out.run_id).status == "completed"
+    assert load_project(project).registry().get(out.run_id).status == "completed"
 
 
 def test_overfitting_guard_stops_and_restores_best(tmp_path, tiny_model_dir):
@@ -194,7 +187,7 @@ def test_overfitting_guard_stops_and_restores_best(tmp_path, tiny_model_dir):
     later = [loss for step, loss in evals.items() if step > stop["best_step"]]
     assert len(later) >= 2 and all(loss > evals[stop["best_step"]] for loss in later)
 
-    record = registry_for(load_project(project)).get(out.run_id)
+    record = load_project(project).registry().get(out.run_id)
     assert record.status == "completed" and record.summary["stopped_early"]["at_step"] == stop["at_step"]
 
     # The saved model is the best checkpoint, not the last step.
@@ -292,7 +285,7 @@ def test_failure_during_training_marks_the_run_failed(tmp_path, tiny_model_dir, 
     monkeypatch.setattr(local, "run_training", boom)
     with pytest.raises(RuntimeError):
         train_project(project, {"epochs": 1}, progress=False)
-    (record,) = registry_for(load_project(project)).list(None)
+    (record,) = load_project(project).registry().list(None)
     assert record.status == "failed" and "simulated crash" in (record.error or "")
     assert_no_run_left(project)
 
@@ -338,7 +331,7 @@ def test_mix_from_a_file(tmp_path, tiny_model_dir):
     said: list[str] = []
     out = train_project(project, {"epochs": 1}, progress=False, say=said.append)
     assert any(f"mixing {k} general example(s) into {n_task}" in s for s in said), said
-    assert registry_for(load_project(project)).get(out.run_id).status == "completed"
+    assert load_project(project).registry().get(out.run_id).status == "completed"
 
 
 def test_plan_counts_mixed_rows(tmp_path, tiny_model_dir):
@@ -409,7 +402,7 @@ def test_cli_dry_run_prints_plan_and_creates_no_run(tmp_path, tiny_model_dir):
     assert "tokens" in plan["cost"] and "$" in plan["cost"]  # the one cost line of `tunesmith cost` for this run
     assert not (project / "runs").exists() or not any(p.is_dir() for p in (project / "runs").iterdir())
     if (project / "runs" / "registry.sqlite").exists():
-        assert registry_for(load_project(project)).list(None) == []
+        assert load_project(project).registry().list(None) == []
 
 
 def test_cli_bad_input_exits_2_with_hint(tmp_path, tiny_model_dir):

@@ -44,13 +44,10 @@ def _registry(project_dir: Path | None):
     Honors `train.runs_dir` from tunesmith.yaml when the file loads; a broken project file still lets you
     look at runs in the default place.
     """
-    from tunesmith.runs import RunRegistry
+    from tunesmith.runs import RunRegistry, runs_root
 
     project_dir, project = _project(project_dir)
-    runs_dir = getattr(getattr(project, "train", None), "runs_dir", None)
-    if project is not None and isinstance(runs_dir, str):
-        return RunRegistry(project.path(runs_dir))
-    return RunRegistry.for_project(project_dir)
+    return project.registry() if project is not None else RunRegistry(runs_root(project_dir))
 
 
 def _seal(registry: Any, record: Any, project_dir: Path | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import typer
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
 from tunesmith.cli._output import console
+from tunesmith.cli._settings import setting_option
 from tunesmith.errors import UsageError
 
 
@@ -54,27 +55,29 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue RUN (id, prefix or 'latest') from its last checkpoint."),
     name: Optional[str] = typer.Option(None, "--name", help="A short name added to the run id."),
     run_id: Optional[str] = typer.Option(None, "--run-id", hidden=True, help="Exact run id (used by multi-process launches)."),
-    method: Optional[str] = typer.Option(None, "--method", help="lora | qlora | full."),
-    rank: Optional[int] = typer.Option(None, "--rank", help="LoRA rank."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="LoRA on the top N decoder layers only (faster steps), or all."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--lr", help="Peak learning rate."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training data."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per device per step."),
-    effective_batch: Optional[int] = typer.Option(None, "--effective-batch", help="Examples per optimizer step."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest example in tokens."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Steps between evaluations and checkpoints."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Rising evaluations before the overfitting stop."),
-    converge: Optional[bool] = typer.Option(None, "--converge/--no-converge", help="Stop once validation loss and answer match stop improving (default on)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto | bf16 | fp16 | fp32."),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Train for at most this long (10m, 90s, 1h30m, 600): epochs are cut to fit the measured step time."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    # the options that set a tunesmith.yaml setting take its field's help (cli/_settings.py)
+    method: Optional[str] = setting_option("train.method", "--method"),
+    rank: Optional[int] = setting_option("train.rank", "--rank"),
+    alpha: Optional[float] = setting_option("train.alpha", "--alpha"),
+    layers: Optional[str] = setting_option("train.layers", "--layers"),
+    learning_rate: Optional[float] = setting_option("train.learning_rate", "--learning-rate", "--lr"),
+    epochs: Optional[float] = setting_option("train.epochs", "--epochs"),
+    batch_size: Optional[int] = setting_option("train.batch_size", "--batch-size"),
+    effective_batch: Optional[int] = setting_option("train.effective_batch", "--effective-batch"),
+    max_length: Optional[int] = setting_option("max_length", "--max-length"),
+    eval_every: Optional[int] = setting_option("train.eval_every", "--eval-every"),
+    patience: Optional[int] = setting_option("train.patience", "--patience"),
+    converge: Optional[bool] = setting_option("train.converge", "--converge/--no-converge"),
+    precision: Optional[str] = setting_option("train.precision", "--precision"),
+    time_budget: Optional[str] = setting_option("train.time_budget", "--time-budget"),
+    seed: Optional[int] = setting_option("train.seed", "--seed"),
     num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes via accelerate (DDP)."),
     allow_unreviewed: bool = typer.Option(False, "--allow-unreviewed", help="Train on teacher-generated rows whose review target was not met (the run records it)."),
     backend: str = typer.Option("local", "--backend", help="local (this machine) | openai (OpenAI's fine-tuning API)."),
-    model: Optional[str] = typer.Option(None, "--model", help="With --backend openai: the model to fine-tune (default: hosted.model)."),
-    suffix: Optional[str] = typer.Option(None, "--suffix", help="With --backend openai: added to the fine-tuned model's name."),
-    learning_rate_multiplier: Optional[float] = typer.Option(None, "--learning-rate-multiplier", help="With --backend openai (default: auto)."),
+    model: Optional[str] = setting_option("hosted.model", "--model", when="with --backend openai"),
+    suffix: Optional[str] = setting_option("hosted.suffix", "--suffix", when="with --backend openai"),
+    learning_rate_multiplier: Optional[float] = setting_option(
+        "hosted.learning_rate_multiplier", "--learning-rate-multiplier", when="with --backend openai"),
     yes: bool = typer.Option(False, "--yes", "-y", help="With --backend openai: start without asking to confirm the cost."),
     json_out: bool = typer.Option(False, "--json", help="One JSON event per line on stdout."),
 ) -> None:
@@ -139,10 +142,9 @@ def _print_done(outcome: Any) -> None:
 
 def _is_hosted_run(project: Path, ref: str) -> bool:
     from tunesmith.project import load_project
-    from tunesmith.train.api import registry_for
     from tunesmith.train.hosted.job import is_hosted
 
-    return is_hosted(registry_for(load_project(project)).get(ref))
+    return is_hosted(load_project(project).registry().get(ref))
 
 
 def _train_hosted(project: Path, flags: dict[str, Any], *, dry_run: bool, resume: Optional[str], name: Optional[str],

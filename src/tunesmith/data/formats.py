@@ -14,18 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tunesmith.messages import Message
+
 ROLES = ("system", "user", "assistant")
 #: tunesmith's own keys beside a row's format keys: where a row came from and what a reviewer said of it
 #: (`tunesmith.distill.provenance`); conversions keep them, so the review gate still sees them
 PROVENANCE, REVIEW = "provenance", "review"
 META_KEYS = (PROVENANCE, REVIEW)
-
-
-@dataclass(slots=True)
-class Message:
-    role: str
-    content: str
-    weight: float | None = None  # only on assistant turns; 0 means "do not train on this turn"
 
 
 @dataclass(slots=True)

@@ -12,9 +12,8 @@ from tunesmith.evaluate.run import (
     SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, seal_summary, seal_warning, store_eval,
 )
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
+from tunesmith.progress import Say
 from tunesmith.project import Project, load_project
-
-Say = Callable[[str], None]
 
 
 @dataclass
@@ -132,6 +131,9 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
     test = test_items(project)
     regression, warnings = regression_items(project)
     subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size)
+    if subject.warning is not None:
+        warnings.append(subject.warning)
+        say(f"warning: {subject.warning}")
     base = None
     if subject.name != "base":
         base = subject.base or resolve_subject(project, "base", batch_size=opts.batch_size)
@@ -163,7 +165,7 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
     if variants:
         summary["constrained"] = variants
     if opts.judge and project.eval.judge is not None:
-        from tunesmith.evaluate.judging import run_judge
+        from tunesmith.judge.evaluation import run_judge
 
         summary["judge"] = run_judge(project, subject, tuned, base_eval, test, allow_self=opts.allow_self_judging, say=say)
     gate_result = gate(project, tuned) if subject.name != "base" else None
@@ -307,7 +309,7 @@ def _base_sample(project_dir: Path | str, opts: EvalOptions, threshold: float, s
                                "speed": {"base": meter.result()}, "sample": sample.to_dict(),
                                "seal": seal_summary(project, subject)}
     if opts.judge and project.eval.judge is not None:
-        from tunesmith.evaluate.judging import run_judge
+        from tunesmith.judge.evaluation import run_judge
 
         summary["judge"] = run_judge(project, subject, ev, None, answered, allow_self=opts.allow_self_judging, say=say)
     return EvalOutcome(subject.name, summary, None, None, warnings), _Evaluated(project, subject, test, settings,
@@ -316,10 +318,9 @@ def _base_sample(project_dir: Path | str, opts: EvalOptions, threshold: float, s
 
 def accept(project_dir: Path | str, ref: str) -> str:
     from tunesmith.evaluate.store import EvalStore
-    from tunesmith.train.api import registry_for
 
     project = load_project(project_dir)
-    registry = registry_for(project)
+    registry = project.registry()
     name = "base" if ref == "base" else registry.get(ref).id
     store = EvalStore(registry)
     if store.latest(name, "regression") is None and project.data.regression:
@@ -336,10 +337,9 @@ def compare_runs(project_dir: Path | str, ref_a: str, ref_b: str) -> dict[str, A
     from tunesmith.evaluate.regression import flips
     from tunesmith.evaluate.stats import compare
     from tunesmith.evaluate.store import EvalStore
-    from tunesmith.train.api import registry_for
 
     project = load_project(project_dir)
-    registry = registry_for(project)
+    registry = project.registry()
     names = ["base" if r == "base" else registry.get(r).id for r in (ref_a, ref_b)]
     store = EvalStore(registry)
     out: dict[str, Any] = {"a": names[0], "b": names[1]}

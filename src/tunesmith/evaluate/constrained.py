@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 from tunesmith.errors import UsageError
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
 from tunesmith.inference.constraints import Constraint, for_contract
+from tunesmith.progress import Say
 from tunesmith.project import Project
 
-Say = Callable[[str], None]
 
 CONTRACT_HINT = ("add an output contract to tunesmith.yaml: `output: {json_schema: schema.json}`, "
                  "`output: {regex: \"...\"}` or `output: {json: true}`")

@@ -16,9 +16,8 @@ from typing import Any
 
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
+from tunesmith.progress import Say
 from tunesmith.project import Project
-
-Say = Callable[[str], None]
 
 
 def prompting_variant(project: Project, subject: Any, test: list[EvalItem], settings: DecodeSettings, *,

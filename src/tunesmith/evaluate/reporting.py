@@ -29,9 +29,7 @@ def loss_curve(run_dir: Path) -> dict[str, list[list[float]]]:
 
 def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, test: list[EvalItem],
                 regression: list[EvalItem], summary: dict[str, Any], gate: dict[str, Any] | None) -> dict[str, Any]:
-    from tunesmith.train.api import registry_for
-
-    record = registry_for(project).get(subject.run_id)
+    record = project.registry().get(subject.run_id)
     comp = summary.get("comparison", {})
     base_metrics = (summary.get("base") or {}).get("metrics", {})
     metrics = [{"name": name, "base": base_metrics.get(name), "tuned": est,
@@ -100,8 +98,6 @@ def _describe_provenance(provenance: dict[str, Any]) -> str:
 
 def write_run_report(project: Project, subject: Any, tuned: Any, base: Any | None, test: list[EvalItem],
                      regression: list[EvalItem], summary: dict[str, Any], gate: dict[str, Any] | None) -> Path:
-    from tunesmith.train.api import registry_for
-
-    run_dir = Path(registry_for(project).get(subject.run_id).path)
+    run_dir = Path(project.registry().get(subject.run_id).path)
     data = report_data(project, subject, tuned, base, test, regression, summary, gate)
     return write_report(run_dir / "report.html", data)

@@ -11,9 +11,9 @@ from typing import Any
 
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.evaluate.types import DecodeSettings, EvalItem, Generation
+from tunesmith.progress import Say
 from tunesmith.project import Project
-
-Say = Callable[[str], None]
+from tunesmith.runs import RunModel
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Subject:
     base: Subject | None = None
     #: counts tokens as this subject's model does (answer budgets); None: the project's base tokenizer
     token_lengths: Callable[[list[str]], list[int]] | None = None
+    #: what to tell the user once about the choice of model (a run trained on another base than the project's)
+    warning: str | None = None
 
 
 @dataclass
@@ -52,7 +54,6 @@ def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, 
     from tunesmith.evaluate.cache import CachedBackend
     from tunesmith.evaluate.generate import EndpointBackend, LocalBackend
     from tunesmith.models.resolve import resolve_model
-    from tunesmith.train.api import registry_for
 
     cache = cache_for(project)
     if endpoint is not None:
@@ -66,21 +67,37 @@ def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, 
     if path.is_dir() and (path / "config.json").exists():
         return Subject(f"dir:{path.resolve()}", None, CachedBackend(LocalBackend(path, batch_size=batch_size), cache),
                        [str(path)])
-    record = registry_for(project).get(ref)
-    run_dir = Path(record.path)
+    record = project.registry().get(ref)
     from tunesmith.train.hosted.job import is_hosted
 
     if is_hosted(record):
         return _hosted_subject(record, cache)
-    if (run_dir / "adapter" / "adapter_config.json").exists():
-        base = resolve_model(project.base_model)
-        backend = LocalBackend(base.path, adapter_path=run_dir / "adapter", batch_size=batch_size)
-    elif (run_dir / "model" / "config.json").exists():
-        backend = LocalBackend(run_dir / "model", batch_size=batch_size)
-    else:
-        raise UsageError(f"run {record.id} has no trained adapter or model yet (status {record.status})",
-                         f"finish it with `tunesmith train --resume {record.id}`")
-    return Subject(record.id, record.id, CachedBackend(backend, cache), [record.id])
+    return _run_subject(record.model(project.base_model), cache, batch_size)
+
+
+def _run_subject(run: RunModel, cache: Any, batch_size: int | None) -> Subject:
+    """A run trained here answers with its adapter on the base it was trained on, or with its full model.
+    When the project's base_model changed since, the run is compared with (and its answer budget counted
+    in the tokens of) the base it was tuned from: the project's new base says nothing about what it learned."""
+    from tunesmith.evaluate.cache import CachedBackend
+    from tunesmith.evaluate.generate import LocalBackend
+
+    backend = LocalBackend(run.checkpoint_dir, adapter_path=run.adapter_dir, batch_size=batch_size)
+    subject = Subject(run.run_id, run.run_id, CachedBackend(backend, cache), [run.run_id], warning=run.warning)
+    if run.warning is not None:
+        base_dir = run.base_path or run.resolve_base()
+        subject.base = Subject(f"base:{run.base_ref}", None,
+                               CachedBackend(LocalBackend(base_dir, batch_size=batch_size), cache), [run.base_ref])
+        subject.token_lengths = _token_counter(base_dir)
+    return subject
+
+
+def _token_counter(model_dir: Path) -> Callable[[list[str]], list[int]]:
+    from tunesmith.models.chat import token_lengths
+    from tunesmith.models.resolve import tokenizer_in
+
+    tokenizer = tokenizer_in(model_dir)
+    return lambda texts: token_lengths(tokenizer, texts)
 
 
 def _hosted_subject(record: Any, cache: Any) -> Subject:
@@ -146,12 +163,9 @@ def evaluate_subject(project: Project, subject: Subject, test: list[EvalItem], r
 def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[EvalItem],
                regression: list[EvalItem], settings: DecodeSettings) -> None:
     from tunesmith.evaluate.store import EvalStore
-    from tunesmith.train.api import registry_for
-
     from tunesmith.runs import seal_sha256
 
-    registry = registry_for(project)
-    store = EvalStore(registry)
+    store = EvalStore(project.registry())
     fp = getattr(subject.backend, "fingerprint", "")
     summary = {k: v.to_dict() for k, v in ev.aggregate.items()}
     if test:  # none: only the regression suite was asked (`baseline`), the stored test results stand
@@ -172,9 +186,8 @@ def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[E
 def seal_summary(project: Project, subject: Subject) -> dict[str, Any]:
     """The seal this evaluation is scored on and, for a run, the one it was trained on."""
     from tunesmith.runs import seal_sha256
-    from tunesmith.train.api import registry_for
 
-    trained = registry_for(project).get(subject.run_id).test_seal_sha256 if subject.run_id else None
+    trained = project.registry().get(subject.run_id).test_seal_sha256 if subject.run_id else None
     return {"scored_on": seal_sha256(project.path(project.data.test)), "trained_on": trained}
 
 
@@ -213,9 +226,8 @@ def gate(project: Project, candidate: SubjectEval) -> dict[str, Any]:
     """New regression failures against the accepted run (or the base model when none is accepted)."""
     from tunesmith.evaluate.regression import flips, new_failures
     from tunesmith.evaluate.store import EvalStore
-    from tunesmith.train.api import registry_for
 
-    store = EvalStore(registry_for(project))
+    store = EvalStore(project.registry())
     baseline_name = store.accepted() or "base"
     baseline = store.latest(baseline_name, "regression")
     after = {k: r.passed for k, r in candidate.regression.items()}

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
+from tunesmith.progress import Say
 from tunesmith.project import Project
 
 CHUNK = 16
@@ -46,7 +47,6 @@ ORDER_SEED = 0
 RULE = f"wilson/bonferroni alpha={ALPHA} chunk={CHUNK} min={MIN_SAMPLE} seed={ORDER_SEED}"
 
 Side = Literal["below", "above"]
-Say = Callable[[str], None]
 
 
 def looks(total: int, *, chunk: int = CHUNK, minimum: int = MIN_SAMPLE) -> list[int]:

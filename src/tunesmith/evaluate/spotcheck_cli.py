@@ -12,10 +12,8 @@ from tunesmith.project import load_project
 
 
 def _run_and_store(project_dir: Path | str, ref: str):
-    from tunesmith.train.api import registry_for
-
     project = load_project(project_dir)
-    registry = registry_for(project)
+    registry = project.registry()
     record = registry.get(ref)
     return project, record, EvalStore(registry)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ModelError
+from tunesmith.errors import ModelError, one_line
 
 #: most sequences decoded together, by device type (see auto_batch_size)
 BATCH_CAP = {"cpu": 32, "cuda": 64, "mps": 32}
@@ -108,11 +108,6 @@ def accepts(fn: Callable[..., Any], name: str) -> bool:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
         return False
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def load_model(model_path: Path, adapter_path: Path | None, *, device: str, dtype: str) -> Any:

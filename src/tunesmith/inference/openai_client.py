@@ -342,17 +342,19 @@ class ChatClient:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def create(self, messages: Sequence[Mapping[str, Any]], *, stop: threading.Event | None = None,
-               stop_sequences: Sequence[str] | None = None, **params: Any) -> ChatReply:
+               stop_sequences: Sequence[str] | None = None, refresh: bool = False, **params: Any) -> ChatReply:
         """One chat completion (the cache first, when there is one), retried as the policy says.
 
         Raises `EndpointRefused` (401/403/404) or `RequestFailed`. `stop`, when set, ends the
         waiting between attempts: the request fails with reason "cancelled". `stop` being taken,
         the API's own ``stop`` (strings that end the answer) is passed as `stop_sequences`.
+        `refresh` sends the request even when the cache holds a reply (one the caller could not
+        use, say); the new reply replaces it.
         """
         if stop_sequences:
             params["stop"] = list(stop_sequences)
         key = self.request_key(messages, params) if self.cache is not None else ""
-        if self.cache is not None:
+        if self.cache is not None and not refresh:
             hit = self.cache.get(key)
             if hit is not None:
                 return hit

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.data.formats import Message
+from tunesmith.messages import Message
 
 
 def to_chat(messages: Sequence[Message], system_prompt: str | None = None) -> list[dict[str, str]]:

@@ -6,9 +6,9 @@ import warnings
 
 
 def quiet_transformers() -> None:
-    """No per-tensor "Loading weights" bar from transformers (it printed one per model load, several
-    per `tunesmith run`), and no deprecation warning that TRL triggers inside transformers and a user
-    cannot act on. Hub download bars stay on: a multi-GB download without progress looks hung."""
+    """No per-tensor "Loading weights" bar from transformers (it shows one per model load, and
+    `tunesmith run` loads several), and no deprecation warning that PEFT triggers inside transformers
+    and a user cannot act on. Hub download bars stay on: a multi-GB download without progress looks hung."""
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging as hf_logging
 

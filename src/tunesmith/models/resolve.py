@@ -22,21 +22,19 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunesmith.errors import ModelError
-from tunesmith.io import sha256_file, write_json_atomic
+from tunesmith.errors import ModelError, one_line
+from tunesmith.io import publish_dir, sha256_file, staged_dir, write_json_atomic
+from tunesmith.progress import Say
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
 ModelKind = Literal["builtin", "gguf", "directory", "hub"]
-Progress = Callable[[str], None]
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -89,7 +87,7 @@ def resolve_model(
     ref: str,
     *,
     cache_dir: Path | None = None,
-    progress: Progress | None = None,
+    progress: Say | None = None,
 ) -> ResolvedModel:
     """Resolve `ref` to a local checkpoint directory, converting or fetching it once if needed."""
     if not isinstance(ref, (str, os.PathLike)):
@@ -149,7 +147,7 @@ def load_tokenizer(ref_or_resolved: str | os.PathLike[str] | ResolvedModel) -> P
         tokenizer = AutoTokenizer.from_pretrained(str(resolved.path), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - turned into a user-facing error
         raise ModelError(
-            f"cannot load the tokenizer of model {resolved.ref!r} from {resolved.path}: {_one_line(exc)}",
+            f"cannot load the tokenizer of model {resolved.ref!r} from {resolved.path}: {one_line(exc)}",
             "The checkpoint directory needs tokenizer.json (or the files to build it) next to config.json.",
         ) from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -239,7 +237,7 @@ def hub_cache_dir() -> str:
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
-def _resolve_hub(ref: str, repo_id: str, cache: Path, say: Progress) -> ResolvedModel:
+def _resolve_hub(ref: str, repo_id: str, cache: Path, say: Say) -> ResolvedModel:
     def fail(reason: str = "") -> ModelError:
         message = (
             f"cannot resolve model {ref!r}: not a local directory, not a .gguf file, not a builtin, "
@@ -268,7 +266,7 @@ def _resolve_hub(ref: str, repo_id: str, cache: Path, say: Progress) -> Resolved
         try:
             snapshot = snapshot_download(repo_id, cache_dir=cache_arg, allow_patterns=_HUB_PATTERNS)
         except Exception as exc:  # noqa: BLE001
-            raise fail(f"download failed: {_one_line(exc)}") from exc
+            raise fail(f"download failed: {one_line(exc)}") from exc
 
     path = Path(snapshot)
     if not (path / "config.json").is_file():
@@ -323,7 +321,7 @@ def _safe_stem(gguf: Path) -> str:
     return stem[:80]
 
 
-def _convert_gguf(gguf: Path, cache: Path, say: Progress) -> Path:
+def _convert_gguf(gguf: Path, cache: Path, say: Say) -> Path:
     try:
         digest = _file_digest(gguf, cache)
     except OSError as exc:
@@ -345,15 +343,14 @@ def _convert_gguf(gguf: Path, cache: Path, say: Progress) -> Path:
     _remove_stale_tmp(models_dir)
 
     say(f"converting {gguf.name} to a trainable checkpoint once (about 20 s)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=models_dir))
-    try:
+    with staged_dir(final) as tmp:
         try:
             _export_gguf(gguf, tmp)
         except ModelError:
             raise
         except Exception as exc:  # noqa: BLE001 - anything transformers/gguf throws on a bad file
             raise ModelError(
-                f"cannot convert GGUF file {gguf}: {_one_line(exc)}",
+                f"cannot convert GGUF file {gguf}: {one_line(exc)}",
                 "Is it a complete GGUF file of a model architecture transformers can load (llama, qwen2, "
                 "mistral, ...)? Otherwise point at a Hugging Face checkpoint directory instead.",
             ) from exc
@@ -370,36 +367,22 @@ def _convert_gguf(gguf: Path, cache: Path, say: Progress) -> Path:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
-        _publish(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            # a concurrent conversion that finished first is kept; a directory left half-done is replaced
+            publish_dir(tmp, final, finished=_is_complete)
+        except OSError as exc:
+            if not _is_complete(final):
+                raise ModelError(
+                    f"cannot write the converted model to {final}: {exc.strerror or exc}",
+                    "Check that the cache directory is writable (or set TUNESMITH_CACHE).",
+                ) from exc
     return final
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Move the finished `tmp` dir to `final`; if another process got there first, keep theirs."""
-    try:
-        os.rename(tmp, final)
-        return
-    except OSError:
-        if _is_complete(final):
-            return  # a concurrent conversion won; `tmp` is removed by the caller
-    # `final` exists but is not a finished conversion (left by hand?): replace it.
-    shutil.rmtree(final, ignore_errors=True)
-    try:
-        os.rename(tmp, final)
-    except OSError as exc:
-        if not _is_complete(final):
-            raise ModelError(
-                f"cannot write the converted model to {final}: {exc.strerror or exc}",
-                "Check that the cache directory is writable (or set TUNESMITH_CACHE).",
-            ) from exc
 
 
 def _remove_stale_tmp(models_dir: Path) -> None:
     now = time.time()
-    for entry in models_dir.glob(".tmp-*"):
+    # a conversion killed midway leaves its staged (or, mid-publish, its replaced) directory
+    for entry in [*models_dir.glob(".*.tmp-*"), *models_dir.glob(".*.old-*")]:
         with contextlib.suppress(OSError):
             if now - entry.stat().st_mtime > _STALE_TMP_SECONDS:
                 shutil.rmtree(entry, ignore_errors=True)
@@ -518,12 +501,6 @@ def _strip_quantization_file(config_json: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _lower_first(text: str) -> str:

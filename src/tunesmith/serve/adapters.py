@@ -113,7 +113,7 @@ class AdapterLocator:
         self.project = project
         roots = [Path(d).expanduser().resolve() for d in (allowed_dirs or [])]
         if project is not None:
-            roots.append(project.path(project.train.runs_dir).resolve())
+            roots.append(project.registry().root.resolve())
         self.roots = roots
         self._base_identity: str | None = None
 
@@ -130,10 +130,9 @@ class AdapterLocator:
                              param="source", code="invalid_path")
         looks_like_path = "/" in source or "\\" in source or source.startswith((".", "~"))
         if self.project is not None and not looks_like_path:
-            from tunesmith.errors import TunesmithError
-            from tunesmith.train.api import registry_for
+            from tunesmith.errors import TunesmithError, UsageError
 
-            registry = registry_for(self.project)
+            registry = self.project.registry()
             try:
                 record = registry.get(source)
             except TunesmithError as exc:
@@ -145,12 +144,15 @@ class AdapterLocator:
             if not _inside(run_dir, self.roots):
                 raise Forbidden(f"run {record.id} lives outside the allowed directories",
                                 "move it back under the runs directory, or pass --allow-dir", param="source")
-            adapter = run_dir / "adapter"
-            if not (adapter / "adapter_config.json").is_file():
+            try:
+                adapter = record.model(self.project.base_model).adapter_dir
+            except UsageError:  # nothing trained yet
+                adapter = None
+            if adapter is None:
                 raise AdapterRejected(f"run {record.id} has no LoRA adapter (status {record.status})",
                                       "finish training it, or serve a full fine-tune with `--base` on its model directory",
                                       param="source")
-            return adapter, record.id
+            return run_dir / adapter.name, record.id
         if not self.roots:
             raise Forbidden(f"adapter directory {source!r} refused: no directory is allowed",
                             "serve from a project (its runs directory is allowed) or pass --allow-dir DIR",
@@ -243,6 +245,7 @@ class AdapterLocator:
         # the run's config is tunesmith's own bookkeeping: a value of another type counts as not recorded
         run_base, system_prompt = (v if isinstance(v, str) else None
                                    for v in (project.get("base_model"), project.get("system_prompt")))
+        run_base = self._recorded_base(adapter, run_id) or run_base
         if not self._same_base(trained_on, run_base):
             raise AdapterRejected(
                 f"adapter {shown} was trained on {run_base or trained_on!r}, but this server's base is "
@@ -250,6 +253,22 @@ class AdapterLocator:
                 "serve it with its own base model (tunesmith serve --base ...), or train it on this base",
                 param="source", code="base_mismatch")
         return run_base or trained_on, system_prompt
+
+    def _recorded_base(self, adapter: Path, run_id: str | None) -> str | None:
+        """The base the project's run `run_id` was trained on, as eval and merge read it, when `adapter` is
+        that run's; None for an adapter from elsewhere."""
+        from tunesmith.errors import TunesmithError
+
+        if self.project is None or run_id is None:
+            return None
+        try:
+            record = self.project.registry().get(run_id)
+            run = record.model(self.project.base_model)
+            same = run.adapter_dir is not None and run.adapter_dir.resolve() == adapter.resolve()
+        except (TunesmithError, OSError, RuntimeError):  # not a run of this project; a path loop
+            return None
+        # a run that recorded no base (made by hand) is checked by its adapter's own record instead
+        return run.base_ref if same and record.base_model else None
 
     def _adapter_config(self, adapter: Path) -> dict[str, Any]:
         shown = self.display(adapter)

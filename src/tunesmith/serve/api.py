@@ -9,15 +9,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError, UsageError
+from tunesmith.progress import Say
 from tunesmith.serve.adapters import DEFAULT_MAX_ADAPTERS
 
-Say = Callable[[str], None]
 API_KEY_ENV = "TUNESMITH_API_KEY"
 
 

@@ -26,7 +26,6 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from tunesmith.errors import UsageError
 from tunesmith.evaluate.generate import LocalBackend
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
 from tunesmith.io import sha256_file, write_json_atomic
+from tunesmith.progress import Say
 from tunesmith.project import load_project
 from tunesmith.ship.gguf_vocab import VocabSpec, cannot_export, emulate_llama_cpp_pre, vocab_spec
 from tunesmith.ship.merge import (
@@ -50,7 +50,6 @@ from tunesmith.ship.merge import (
     verification_prompts,
 )
 
-Say = Callable[[str], None]
 
 #: transformers architecture -> llama.cpp architecture it is written as
 SUPPORTED: dict[str, str] = {
@@ -370,6 +369,8 @@ def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: s
     check_export_args(fmt, quant, Path(out) if out is not None else None)
     project = load_project(project_dir)
     run = locate_run(project, ref)
+    if run.warning:  # exported on the base it was trained on, which is no longer the project's
+        say(f"warning: {run.warning}")
     plan = check_exportable(AutoConfig.from_pretrained(str(run.checkpoint_dir), local_files_only=True))
     tok_dir = run.tokenizer_dir
     tokenizer = tokenizer_in(tok_dir)

@@ -16,22 +16,20 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
-import secrets
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ExportError, ModelError, UsageError
+from tunesmith.errors import ExportError, ModelError, UsageError, one_line
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
-from tunesmith.io import write_json_atomic
+from tunesmith.io import publish_dir, staged_dir, write_json_atomic
+from tunesmith.progress import Say
 from tunesmith.project import Project, load_project
+from tunesmith.runs import RunModel
 
-Say = Callable[[str], None]
 #: progress(done, total) over the answers a verification generates
 Progress = Callable[[int, int], None]
 
@@ -47,67 +45,15 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 # ---------------------------------------------------------------------------------------------
 # what a run trained
 
 
-@dataclass(frozen=True)
-class RunModel:
-    """A run's output: the adapter and the base it was trained on, or a full fine-tune's checkpoint."""
-
-    run_id: str
-    run_dir: Path
-    method: str
-    base_ref: str
-    base_path: Path | None  # None for a full fine-tune (its checkpoint is complete on its own)
-    adapter_dir: Path | None
-    model_dir: Path | None
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        """Where the tokenizer training used lives: saved next to the adapter / model, else the base's."""
-        for candidate in (self.adapter_dir, self.model_dir):
-            if candidate is not None and any((candidate / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-                return candidate
-        assert self.base_path is not None or self.model_dir is not None
-        return self.base_path or self.model_dir  # type: ignore[return-value]
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """The directory holding the architecture's config.json (the base, or the full model)."""
-        return self.model_dir if self.model_dir is not None else self.base_path  # type: ignore[return-value]
-
-
-def run_method(record: Any) -> str:
-    """lora | qlora | full, from the run's plan.json (`settings.method.value`), else its registry row."""
-    plan = record.plan if isinstance(record.plan, dict) else {}
-    settings = plan.get("settings")
-    method = settings.get("method") if isinstance(settings, dict) else None
-    value = method.get("value") if isinstance(method, dict) else None
-    return str(value or record.method or "lora")
-
-
 def locate_run(project: Project, ref: str) -> RunModel:
-    """The run `ref` names (id, prefix or 'latest') and what it produced."""
-    from tunesmith.train.api import registry_for
-
-    record = registry_for(project).get(ref)
-    run_dir = Path(record.path)
-    adapter, model = run_dir / "adapter", run_dir / "model"
-    base_ref = record.base_model or project.base_model
-    if (adapter / "adapter_config.json").is_file():
-        from tunesmith.models.resolve import resolve_model
-
-        return RunModel(record.id, run_dir, run_method(record), base_ref, resolve_model(base_ref).path, adapter, None)
-    if (model / "config.json").is_file():
-        return RunModel(record.id, run_dir, run_method(record), base_ref, None, None, model)
-    raise UsageError(f"run {record.id} has no trained adapter or model yet (status {record.status})",
-                     f"finish it with `tunesmith train --resume {record.id}`")
+    """The run `ref` names (id, prefix or 'latest') and what it produced, on the base it was trained on."""
+    run = project.registry().get(ref).model(project.base_model)
+    _ = run.base_path  # a base that is gone fails here, before any output is touched
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,12 +126,12 @@ def load_merged(run: RunModel, *, device: str | None = None) -> tuple[Any, str]:
     try:
         peft_model = PeftModel.from_pretrained(base, str(run.adapter_dir), is_trainable=False)
     except Exception as exc:  # noqa: BLE001 - becomes a user-facing error
-        raise ModelError(f"cannot load the adapter in {run.adapter_dir} onto {run.base_path}: {_one_line(exc)}",
+        raise ModelError(f"cannot load the adapter in {run.adapter_dir} onto {run.base_path}: {one_line(exc)}",
                          "Is it complete, and was it trained on this base model? Retrain or resume the run.") from exc
     try:
         merged = peft_model.merge_and_unload(safe_merge=True)
     except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"cannot fold the adapter of run {run.run_id} into its base model: {_one_line(exc)}",
+        raise ExportError(f"cannot fold the adapter of run {run.run_id} into its base model: {one_line(exc)}",
                           "The adapter weights are broken (NaN or infinite values?); retrain the run.") from exc
     return merged.eval(), dtype
 
@@ -206,7 +152,7 @@ def _load_checkpoint(auto: Any, path: Path, **kwargs: Any) -> Any:
         quiet_transformers()
         return auto.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot load the model in {path}: {_one_line(exc)}",
+        raise ModelError(f"cannot load the model in {path}: {one_line(exc)}",
                          "Check that the directory is a complete transformers checkpoint.") from exc
 
 
@@ -346,36 +292,6 @@ def check_output_dir(out: Path, *, force: bool, protected: dict[str, Path | None
                              "pick a new directory, or empty this one yourself if it really should go")
 
 
-@contextlib.contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """A temporary directory next to `out`; removed on error, so a failed merge leaves nothing behind."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Rename the finished `tmp` to `out`; an existing `out` is moved aside first and removed after."""
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model directory is meant to be shared
-    if out.is_dir() and any(out.iterdir()):
-        old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
-        os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            os.rename(old, out)  # put the earlier merge back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if out.is_dir():
-            out.rmdir()
-        os.rename(tmp, out)
-
-
 # ---------------------------------------------------------------------------------------------
 # the command
 
@@ -414,6 +330,8 @@ def merge_run(project_dir: Path | str, ref: str, out: Path | str, *, force: bool
                          "auto keeps the precision of the merge (exact); stored uses the base's own dtype")
     project = load_project(project_dir)
     run = locate_run(project, ref)
+    if run.warning:
+        say(f"warning: {run.warning}")
     if run.adapter_dir is None:
         raise UsageError(f"run {run.run_id} is a full fine-tune: there is no adapter to merge, "
                          f"the model is already a complete checkpoint at {run.model_dir}",

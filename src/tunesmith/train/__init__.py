@@ -1,1 +1,1 @@
-"""Training: a plan chosen from the data (with reasons), local TRL/PEFT training, run directories."""
+"""Training: a plan chosen from the data (with reasons), local transformers/PEFT training, run directories."""

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import OutputError, TunesmithError, UsageError
+from tunesmith.progress import Say
 from tunesmith.project import Project, load_project
-from tunesmith.runs import RunRegistry, library_versions, new_run_id
+from tunesmith.runs import library_versions, new_run_id
 from tunesmith.train.distributed import is_main_process, shared_value, wait_for_everyone, world_size
 from tunesmith.train.prepare import Prepared, prepare
-
-Say = Callable[[str], None]
 
 
 @dataclass
@@ -29,10 +28,6 @@ class TrainOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "run_dir": str(self.run_dir) if self.run_dir else None,
                 "dry_run": self.dry_run, "plan": self.plan, "metrics": self.metrics}
-
-
-def registry_for(project: Project) -> RunRegistry:
-    return RunRegistry(project.path(project.train.runs_dir))
 
 
 def estimate_step_seconds(prep: Prepared, steps: int = 3) -> float:
@@ -208,7 +203,7 @@ def _train_project(project: Project, flags: dict[str, Any], *, dry_run: bool, re
                    on_plan: Callable[[dict[str, Any]], None] | None) -> TrainOutcome:
     from tunesmith.train.local import run_training, write_run_files
 
-    registry = registry_for(project)
+    registry = project.registry()
     if resume is not None:
         record = registry.get(resume)
         run_id, run_dir = record.id, Path(record.path)

@@ -19,6 +19,7 @@ from tunesmith.errors import DataError
 from tunesmith.io import write_jsonl_atomic
 from tunesmith.project import Project
 from tunesmith.train.dataset import TrainingData, encode_examples
+from tunesmith.progress import Say
 
 REPLAY_PROMPTS = Path(__file__).with_name("replay_prompts.jsonl")
 
@@ -33,7 +34,7 @@ def _pick(items: list[Any], k: int, key: Callable[[Any], str]) -> list[Any]:
 
 
 def mixed_rows(n_task: int, project: Project, tokenizer: Any, model_path: Path,
-               say: Callable[[str], None]) -> TrainingData:
+               say: Say) -> TrainingData:
     """General examples to mix in (untruncated), sized so they make up `mix.fraction` of training."""
     mix = project.train.mix
     k = mix_count(n_task, mix.fraction)
@@ -53,7 +54,7 @@ def mixed_rows(n_task: int, project: Project, tokenizer: Any, model_path: Path,
     return mixed
 
 
-def self_replay(project: Project, tokenizer: Any, model_path: Path, k: int, say: Callable[[str], None]) -> list:
+def self_replay(project: Project, tokenizer: Any, model_path: Path, k: int, say: Say) -> list:
     """The base model's own answers to k shipped general prompts; cached per model in the project."""
     from tunesmith.data.formats import Example
 

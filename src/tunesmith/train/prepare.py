@@ -6,7 +6,6 @@ nothing half-written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from tunesmith.data.split import broken_seal_error, seal_path_for, verify_seal
 from tunesmith.errors import DataError, SealError, UsageError
 from tunesmith.io import sha256_file
 from tunesmith.models.size import checkpoint_params
+from tunesmith.progress import Say
 from tunesmith.project import Project
 from tunesmith.runs import seal_sha256
 from tunesmith.train.dataset import (
@@ -25,8 +25,6 @@ from tunesmith.train.dataset import (
 from tunesmith.train.device import DeviceInfo, detect_device
 from tunesmith.train.distributed import world_size
 from tunesmith.train.plan import PlanInputs, TrainPlan, make_plan
-
-Say = Callable[[str], None]
 
 
 @dataclass
@@ -137,12 +135,21 @@ def validated_flags(flags: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         problems += [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
     if "max_length" in given:
-        low, high = 16, 131072
+        low, high = _max_length_bounds()
         if not isinstance(given["max_length"], int) or not low <= given["max_length"] <= high:
             problems.append(f"--max-length: must be between {low} and {high}")
     if problems:
         raise UsageError("flag value(s) out of range: " + "; ".join(problems), "fix the flags named above")
     return given
+
+
+def _max_length_bounds() -> tuple[int, int]:
+    """Project.max_length's own bounds: --max-length is checked like the file's value."""
+    from tunesmith.project import Project
+
+    meta = Project.model_fields["max_length"].metadata
+    return (next(m.ge for m in meta if getattr(m, "ge", None) is not None),
+            next(m.le for m in meta if getattr(m, "le", None) is not None))
 
 
 def _model_config(path: Path) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from tunesmith.data.checks.base import CheckContext
 from tunesmith.project import Project, load_json_schema
+from tunesmith.progress import Say
 
 
 def check_context(
@@ -19,7 +19,7 @@ def check_context(
     max_length: int | None = None,
     task_kind: str | None = None,
     tokens: bool = True,
-    say: Callable[[str], None] | None = None,
+    say: Say | None = None,
 ) -> CheckContext:
     """Flags win over the project file, which wins over defaults."""
     ctx = CheckContext(file=file)

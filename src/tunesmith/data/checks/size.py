@@ -6,6 +6,7 @@ import numpy as np
 
 from tunesmith.data.checks.base import CheckContext, Finding, finding
 from tunesmith.data.formats import Example
+from tunesmith.models.chat import chat_weights, prompt_ids, render, to_chat, token_lengths
 
 #: The guide's table: task kind -> (minimum, comfortable range).
 SIZE_TABLE: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
@@ -59,15 +60,11 @@ class TokenLengths:
         self.nothing_left: list[int] = []
 
     def observe(self, ex: Example) -> None:
-        from tunesmith.models.chat import render, to_chat
-
         self._pending.append((ex, render(self.tokenizer, to_chat(ex.messages, self.system_prompt))))
         if len(self._pending) >= TOKEN_BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        from tunesmith.models.chat import token_lengths
-
         if self._pending:
             lengths = token_lengths(self.tokenizer, [t for _, t in self._pending])
             self.lengths.extend(lengths)
@@ -78,8 +75,6 @@ class TokenLengths:
             self._pending = []
 
     def _prompt_fills_max_length(self, ex: Example) -> bool:
-        from tunesmith.models.chat import chat_weights, prompt_ids, to_chat
-
         chat, weights = to_chat(ex.messages, self.system_prompt), chat_weights(ex.messages, self.system_prompt)
         first = next((i for i, (t, w) in enumerate(zip(chat, weights)) if t["role"] == "assistant" and w != 0), None)
         if first is None:

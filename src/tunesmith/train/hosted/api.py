@@ -8,11 +8,10 @@ from typing import Any
 
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.inference.openai_client import EndpointRefused, RequestFailed, api_key_from, endpoint_host, resolve_base_url
+from tunesmith.progress import Say
 from tunesmith.project import load_project
 from tunesmith.train.hosted.job import HostedError, HostedRun, backend_for, create_hosted_run, is_hosted, read_state
 from tunesmith.train.hosted.plan import HostedPlan, plan_hosted
-
-Say = Callable[[str], None]
 
 
 class Stopped(TunesmithError):
@@ -29,11 +28,11 @@ def train_hosted(project_dir: Path | str, flags: dict[str, Any], *, dry_run: boo
     """Returns a `TrainOutcome`. `confirm(plan)` decides whether to spend (None: yes, as --yes);
     `on_interrupt(job_id)` answers "cancel" or "detach" on Ctrl-C (None: detach)."""
     from tunesmith.runs import library_versions, new_run_id
-    from tunesmith.train.api import TrainOutcome, registry_for
+    from tunesmith.train.api import TrainOutcome
 
     say = say or (lambda _m: None)
     project = load_project(project_dir)
-    registry = registry_for(project)
+    registry = project.registry()
     if resume is not None:
         record = registry.get(resume)
         if not is_hosted(record):

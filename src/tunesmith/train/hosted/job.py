@@ -17,6 +17,7 @@ from typing import Any
 from tunesmith.errors import TunesmithError
 from tunesmith.inference.openai_client import EndpointRefused, RequestFailed, RetryPolicy, api_key_from
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
+from tunesmith.progress import Say
 from tunesmith.project import Project
 from tunesmith.runs import RunRecord, RunRegistry
 from tunesmith.train.hosted.backend import HostedBackend, JobEvent, JobState
@@ -26,7 +27,6 @@ METHOD = "hosted-openai"
 #: a line while a job's status stays the same this long (queued jobs can wait for hours)
 HEARTBEAT_SECONDS = 300.0
 HOSTED_FILE = "hosted.json"
-Say = Callable[[str], None]
 
 
 class HostedError(TunesmithError):

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunesmith.evaluate.judge import JudgeConfig, PairInput, RubricInput, judge_pairwise, judge_rubric
-from tunesmith.evaluate.types import EvalItem
 from tunesmith.inference.openai_client import api_key_from
+from tunesmith.judge.config import JudgeConfig
+from tunesmith.judge.results import PairInput, RubricInput, RubricResult
+from tunesmith.judge.runner import judge_pairwise, judge_rubric
 from tunesmith.project import Project
+from tunesmith.progress import Say
+
+if TYPE_CHECKING:
+    from tunesmith.evaluate.types import EvalItem
+
+#: Beside the teacher's teacher-cache.sqlite: the same kind of file (the shared request cache).
+CACHE_FILE = "judge-cache.sqlite"
 
 
 def judge_config(project: Project, *, allow_self: bool) -> JudgeConfig:
     j = project.eval.judge
     return JudgeConfig(base_url=j.base_url, model=j.model, api_key=api_key_from(j.api_key_env),
                        concurrency=j.concurrency, allow_self_judging=allow_self,
-                       cache_path=project.root / ".tunesmith" / "judge.sqlite")
+                       cache_path=project.root / ".tunesmith" / CACHE_FILE)
 
 
-def _rubric_summary(result: Any) -> dict[str, Any]:
+def _rubric_summary(result: RubricResult) -> dict[str, Any]:
     from tunesmith.evaluate.stats import bootstrap_ci
 
     out: dict[str, Any] = {"n": len(result.scores), "failures": [f.__dict__ for f in result.failures]}
@@ -28,7 +35,7 @@ def _rubric_summary(result: Any) -> dict[str, Any]:
 
 
 def run_judge(project: Project, subject: Any, tuned: Any, base: Any | None, items: list[EvalItem], *,
-              allow_self: bool, say: Callable[[str], None]) -> dict[str, Any]:
+              allow_self: bool, say: Say) -> dict[str, Any]:
     cfg = judge_config(project, allow_self=allow_self)
     subjects = list(subject.model_names) + [project.base_model]
     say(f"judge {cfg.model}: scoring {len(items)} answers" + (" and comparing with the base model" if base else ""))
