@@ -188,3 +188,24 @@ def test_one_way_to_a_projects_registry():
                  for word in ("registry_for", "RunRegistry.for_project")
                  if p.name != "runs.py" and word in p.read_text(encoding="utf-8")]
     assert offenders == []
+
+
+def test_a_resume_continues_on_the_recorded_base(moved, monkeypatch):
+    import tunesmith.train.api as train_api
+
+    seen = {}
+
+    class Planned(Exception):
+        pass
+
+    def plan_training(project, *_a, **_k):
+        seen["base"] = project.base_model
+        raise Planned
+
+    monkeypatch.setattr(train_api, "plan_training", plan_training)
+    said: list[str] = []
+    with pytest.raises(Planned):
+        train_api.train_project(moved["root"], resume=RUN, say=said.append)
+    assert seen["base"] == str(moved["trained"])
+    assert said == [f"warning: run {RUN} was trained on {str(moved['trained'])!r}, not on the project's base_model "
+                    f"{str(moved['now'])!r}: resuming on {str(moved['trained'])!r}"]

@@ -193,11 +193,20 @@ def with_table(readme: str) -> str:
 
 
 def help_module() -> str:
-    entries = "".join(f"    {s.path!r}: {help_text(s.path)!r},\n" for s in settings() if s.section is None)
+    values = [s for s in settings() if s.section is None]
+    entries = "".join(f"    {s.path!r}: {help_text(s.path)!r},\n" for s in values)
+    # inclusive bounds only: they are what a typer option's min/max mean
+    bounds_ = "".join(f"    {s.path!r}: ({s.limit('ge')!r}, {s.limit('le')!r}),\n" for s in values
+                      if (s.limit("ge"), s.limit("le")) != (None, None))
+    choices = "".join(f"    {s.path!r}: {s.choices!r},\n" for s in values if s.choices)
     return (f'"""Help for the CLI options that set a {PROJECT_FILE} setting: generated from the fields in\n'
             "tunesmith/project.py by `python -m tunesmith.settings_docs`; do not edit by hand.\n\n"
             'Text, not an import of the fields, so that building the CLI (and `tunesmith --help`) needs no pydantic.\n"""\n\n'
-            f"HELP: dict[str, str] = {{\n{entries}}}\n")
+            f"HELP: dict[str, str] = {{\n{entries}}}\n\n"
+            f"#: a setting's inclusive (min, max), None where it has no such bound\n"
+            f"BOUNDS: dict[str, tuple[float | None, float | None]] = {{\n{bounds_}}}\n\n"
+            f"#: the values of a setting that takes only named ones\n"
+            f"CHOICES: dict[str, tuple[str, ...]] = {{\n{choices}}}\n")
 
 
 # --- `init`'s template ----------------------------------------------------------------------------

@@ -90,7 +90,8 @@ def test_missing_file_and_directory_messages(tmp_path):
 def test_bad_task_kind_flag(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", clean_examples(3))
     result = run("check", tmp_path / "d.jsonl", "--task-kind", "poems", "--no-tokens")
-    assert result.exit_code == 2 and "not a task kind" in result.stderr
+    assert result.exit_code == 2 and "--task-kind 'poems' is not a task kind" in result.stderr
+    assert "use format, style, domain or multistep" in result.stderr  # the field's choices, in its order
 
 
 def test_bad_project_file_lists_every_problem(tmp_path):
@@ -205,6 +206,14 @@ MIRRORED = {
               "--precision": "train.precision", "--time-budget": "train.time_budget", "--seed": "train.seed",
               "--model": "hosted.model", "--suffix": "hosted.suffix",
               "--learning-rate-multiplier": "hosted.learning_rate_multiplier"},
+    "generate": {"--teacher-model": "generate.teacher_model", "--base-url": "generate.base_url", "--n": "generate.n",
+                 "--output": "generate.output", "--concurrency": "generate.concurrency", "--timeout": "generate.timeout"},
+    "cost": {"--teacher-model": "generate.teacher_model", "--n": "generate.n"},
+    "eval": {"--max-new-tokens": "eval.max_new_tokens", "--batch-size": "eval.batch_size"},
+    "baseline": {"--max-new-tokens": "eval.max_new_tokens", "--few-shot": "baseline.few_shot"},
+    "run": {"--time-budget": "train.time_budget"},
+    "advise": {"--task-kind": "task_kind"},
+    "check": {"--task-kind": "task_kind", "--max-length": "max_length"},
 }
 
 
@@ -218,6 +227,25 @@ def test_options_that_set_a_setting_take_their_help_from_its_field(command):
     for flag, path in MIRRORED[command].items():
         expected = help_text(path)  # after a condition ("With --backend openai: the ..."), in lower case
         assert params[flag].help in (expected, f"With --backend openai: {expected[0].lower()}{expected[1:]}"), flag
+
+
+#: options whose accepted values are the field's own: (command, flag) -> setting
+BOUNDED = {("generate", "--n"): "generate.n", ("generate", "--concurrency"): "generate.concurrency",
+           ("cost", "--n"): "generate.n", ("baseline", "--few-shot"): "baseline.few_shot",
+           ("eval", "--max-new-tokens"): "eval.max_new_tokens", ("eval", "--batch-size"): "eval.batch_size",
+           ("baseline", "--max-new-tokens"): "eval.max_new_tokens", ("check", "--max-length"): "max_length"}
+
+
+@pytest.mark.parametrize(("command", "flag"), sorted(BOUNDED))
+def test_option_bounds_are_the_fields(command, flag):
+    import typer
+
+    from tunesmith.settings_docs import setting
+
+    params = {opt: p for p in typer.main.get_command(app).commands[command].params for opt in p.opts}
+    s = setting(BOUNDED[command, flag])
+    assert (params[flag].min, params[flag].max) == (s.limit("ge"), s.limit("le"))
+
 
 
 def test_schema_cli_prints_the_schema_and_writes_it(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import math
 import re
@@ -10,7 +12,8 @@ import pytest
 
 from fixtures.browser import body_attribute, chromium_path, parse_html, render_dom, screenshot
 from tunesmith.errors import UsageError
-from tunesmith.evaluate.report import format_estimate, render_report, write_report
+from tunesmith.evaluate.report import ReportData, format_estimate, render_report, write_report
+from tunesmith.evaluate.report.data import Item
 from tunesmith.evaluate.types import Estimate
 
 INJECTED = "<script>alert(1)</script>"
@@ -108,6 +111,27 @@ def test_malformed_data_is_a_usage_error() -> None:
         render_report({"metrics": {"exact_match": 1}})
     with pytest.raises(UsageError, match="loss_curve.train"):
         render_report({"loss_curve": {"train": [[1, 2, 3]]}})
+
+
+def test_the_csp_allows_exactly_the_shipped_script_and_styles() -> None:
+    from importlib.resources import files
+
+    page = render_report(report_data())
+    shipped = files("tunesmith.evaluate.report")
+    script = re.search(r"<script>(.*?)</script>", page, flags=re.DOTALL).group(1)
+    assert script == shipped.joinpath("page.js").read_text(encoding="utf-8")
+    assert re.search(r"<style>(.*?)</style>", page, flags=re.DOTALL).group(1) == shipped.joinpath(
+        "page.css").read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    csp = html.unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page).group(1))
+    assert f"script-src 'sha256-{digest}'" in csp and "connect-src" not in csp
+
+
+def test_typed_report_data_renders_the_same_page_as_its_dict() -> None:
+    typed = ReportData.from_mapping(report_data())
+    assert isinstance(typed.items[0], Item) and typed.judge.pairwise.wins_tuned == 61
+    assert render_report(typed) == render_report(report_data())
+    assert render_report(ReportData(items=[Item("x", tuned_output="y", passed=False)])).count('data-status="fail"') == 1
 
 
 # --- real browser -----------------------------------------------------------------------------

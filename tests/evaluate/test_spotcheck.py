@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import http.client
 import inspect
 import json
@@ -95,6 +98,17 @@ def test_page_is_blinded_and_key_stays_out() -> None:
     again = build_spotcheck(items, n=20, seed=7)
     assert again.key == sc.key and again.item_ids == sc.item_ids and again.html == sc.html
     assert build_spotcheck(items, n=20, seed=8).key != sc.key
+
+
+def test_the_csp_allows_the_shipped_script_and_only_same_origin_requests() -> None:
+    from importlib.resources import files
+
+    page = build_spotcheck(make_items(), n=5).html
+    script = re.search(r"<script>(.*?)</script>", page, flags=re.DOTALL).group(1)
+    assert script == files("tunesmith.evaluate.spotcheck").joinpath("page.js").read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    csp = html.unescape(re.search(r'http-equiv="Content-Security-Policy" content="([^"]*)"', page).group(1))
+    assert f"script-src 'sha256-{digest}'" in csp and "connect-src 'self'" in csp and "default-src 'none'" in csp
 
 
 def test_build_rejects_bad_input_and_uses_all_of_a_small_set() -> None:

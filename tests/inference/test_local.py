@@ -83,7 +83,7 @@ def test_out_of_memory_on_a_single_prompt_is_a_clear_error(lively_model: Path, o
     with pytest.raises(ModelError) as err:
         backend.generate(chats(2), DecodeSettings(max_new_tokens=8))
     assert "out of memory generating one answer" in err.value.message and "max_new_tokens 8" in err.value.message
-    assert "Lower max_new_tokens" in err.value.hint
+    assert "lower max_new_tokens" in err.value.hint
 
 
 def test_a_sliding_window_model_answers_one_prompt_at_a_time(serve_base: Path, tmp_path: Path,

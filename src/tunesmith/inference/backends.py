@@ -58,12 +58,12 @@ def file_sha256(path: Path) -> str:
 def check_settings(settings: DecodeSettings) -> None:
     if settings.max_new_tokens < 1:
         raise UsageError(f"max_new_tokens must be at least 1, got {settings.max_new_tokens}",
-                         "Pass --max-new-tokens 1 or more.")
+                         "pass --max-new-tokens 1 or more")
     if settings.temperature < 0:
         raise UsageError(f"temperature must be 0 (greedy) or more, got {settings.temperature}",
-                         "Use temperature 0 for a repeatable evaluation.")
+                         "use temperature 0 for a repeatable evaluation")
     if not 0 < settings.top_p <= 1:
-        raise UsageError(f"top_p must be in (0, 1], got {settings.top_p}", "Use top_p 1 to turn it off.")
+        raise UsageError(f"top_p must be in (0, 1], got {settings.top_p}", "use top_p 1 to turn it off")
 
 
 class Results:

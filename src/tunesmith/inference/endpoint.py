@@ -41,9 +41,9 @@ class EndpointBackend:
                  max_retries: int = 5, timeout: float = 120, *, backoff: float = 0.5) -> None:
         if concurrency < 1:
             raise EndpointError(f"endpoint concurrency must be at least 1, got {concurrency}",
-                                "Pass a concurrency of 1 or more.")
+                                "pass a concurrency of 1 or more")
         if max_retries < 0:
-            raise EndpointError(f"max_retries must be 0 or more, got {max_retries}", "Pass 0 or more retries.")
+            raise EndpointError(f"max_retries must be 0 or more, got {max_retries}", "pass 0 or more retries")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.concurrency = concurrency
@@ -91,17 +91,17 @@ class EndpointBackend:
 
     def _unreachable(self, reason: str) -> EndpointError:
         return EndpointError(f"{reason} (model {self.model!r})",
-                             f"Is the server running at {self.base_url}? --endpoint must be its "
-                             "OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1).")
+                             f"is the server running at {self.base_url}? --endpoint must be its "
+                             "OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1)")
 
     def _refused(self, exc: EndpointRefused) -> EndpointError:
         where = f"{self.base_url} (model {self.model!r})"
         if exc.status in (401, 403):
             return EndpointError(f"the endpoint {where} refused the API key (HTTP {exc.status})",
-                                 "Set the key in OPENAI_API_KEY, or name the variable holding it with --api-key-env.")
+                                 "set the key in OPENAI_API_KEY, or name the variable holding it with --api-key-env")
         return EndpointError(f"the endpoint {where} answered HTTP {exc.status}: {exc.server_message}",
-                             f"Check the model name (the server lists its models at {self.base_url}/models) and "
-                             "that --endpoint is the OpenAI-compatible base URL (usually ending in /v1).")
+                             f"check the model name (the server lists its models at {self.base_url}/models) and "
+                             "that --endpoint is the OpenAI-compatible base URL (usually ending in /v1)")
 
     # -- many prompts --------------------------------------------------------------------------
 

@@ -331,7 +331,7 @@ def decode_all(decoder: BatchDecoder, jobs: list[Job], *, refill: int | None = N
                     n = len(unfinished[0].prompt_ids) if unfinished else 0
                     raise ModelError(f"out of memory generating one answer on {decoder.device} (prompt of {n} "
                                      f"tokens, max_new_tokens {unfinished[0].sampling.max_tokens if unfinished else 0})",
-                                     "Lower max_new_tokens, use a bigger device, or evaluate on CPU.") from exc
+                                     "lower max_new_tokens, use a bigger device, or evaluate on CPU") from exc
                 free_memory(decoder.device)
                 decoder.max_batch = max(1, min(decoder.max_batch, len(unfinished)) // 2)
                 waiting.extendleft(reversed(unfinished))

@@ -123,22 +123,22 @@ def load_model(model_path: Path, adapter_path: Path | None, *, device: str, dtyp
                                                      local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - becomes a user-facing error
         raise ModelError(f"cannot load the model in {model_path}: {one_line(exc)}",
-                         "Check that the directory is a complete transformers checkpoint.") from exc
+                         "check that the directory is a complete transformers checkpoint") from exc
     if adapter_path is not None:
         try:
             from peft import PeftModel
         except ImportError as exc:
             raise ModelError("evaluating a LoRA adapter needs the `peft` package, which is not installed",
-                             "Install the training extras: pip install 'tunesmith[train]'") from exc
+                             "install the training extras: pip install 'tunesmith[train]'") from exc
         try:
             model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=False)
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"cannot load the adapter in {adapter_path} onto {model_path}: {one_line(exc)}",
-                             "Was the adapter trained on this base model? Evaluate it with the run's base model.") from exc
+                             "was the adapter trained on this base model? Evaluate it with the run's base model") from exc
     try:
         model.to(device)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot move the model to device {device!r}: {one_line(exc)}",
-                         "Pick another device (cpu, cuda, cuda:1).") from exc
+                         "pick another device (cpu, cuda, cuda:1)") from exc
     model.eval()
     return model

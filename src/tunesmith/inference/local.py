@@ -59,7 +59,7 @@ class LocalBackend:
         self.model_path = Path(model_path).expanduser().resolve()
         self.adapter_path = Path(adapter_path).expanduser().resolve() if adapter_path is not None else None
         if batch_size is not None and batch_size < 1:
-            raise ModelError(f"batch size must be at least 1, got {batch_size}", "Pass --batch-size 1 or more.")
+            raise ModelError(f"batch size must be at least 1, got {batch_size}", "pass --batch-size 1 or more")
         self.batch_size = batch_size
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
@@ -78,14 +78,14 @@ class LocalBackend:
     def _check_paths(self) -> None:
         if not (self.model_path / "config.json").is_file():
             raise ModelError(f"{self.model_path} is not a model checkpoint directory: config.json is missing",
-                             "Point at a directory written by save_pretrained (config.json, weights, tokenizer).")
+                             "point at a directory written by save_pretrained (config.json, weights, tokenizer)")
         if self.adapter_path is not None:
             if not (self.adapter_path / "adapter_config.json").is_file():
                 raise ModelError(f"{self.adapter_path} is not a PEFT adapter directory: adapter_config.json is missing",
-                                 "Point at the adapter directory a training run wrote (runs/<id>/adapter).")
+                                 "point at the adapter directory a training run wrote (runs/<id>/adapter)")
             if not self._adapter_weights():
                 raise ModelError(f"{self.adapter_path} has no adapter weights (adapter_model.safetensors)",
-                                 "The run may not have finished saving; resume or retrain it.")
+                                 "the run may not have finished saving; resume or retrain it")
 
     def _adapter_weights(self) -> list[Path]:
         assert self.adapter_path is not None
@@ -186,7 +186,7 @@ class LocalBackend:
         decoder.max_batch = self.batch_size or self._auto_batch(len(prompts[order[0]]), settings.max_new_tokens)
         decode_all(decoder, [Job(prompts[i], adapter, sampling, emitter(i), stream=False) for i in order])
         if failures:
-            raise ModelError(failures[0], "This is a bug in the decoding engine or the model; please report it.")
+            raise ModelError(failures[0], "this is a bug in the decoding engine or the model; please report it")
         return collector.complete()
 
     def _auto_batch(self, prompt_tokens: int, max_new_tokens: int) -> int:

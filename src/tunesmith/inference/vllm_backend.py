@@ -59,8 +59,8 @@ class VLLMBackend:
                  **engine_kwargs: Any) -> None:
         if not vllm_available():
             raise ModelError("the vLLM backend needs the `vllm` package, which is not installed",
-                             "Install it on a Linux machine with a CUDA GPU (pip install vllm), "
-                             "or use the default transformers backend.")
+                             "install it on a Linux machine with a CUDA GPU (pip install vllm), "
+                             "or use the default transformers backend")
         self.model_path = Path(model_path).expanduser().resolve()
         self.adapter_path = Path(adapter_path).expanduser().resolve() if adapter_path is not None else None
         # the same identity checks and tokenizer choice as the transformers backend
@@ -89,7 +89,7 @@ class VLLMBackend:
                 self._llm = LLM(model=str(self.model_path), tokenizer=str(self.tokenizer_path), seed=0, **kwargs)
             except Exception as exc:  # noqa: BLE001
                 raise ModelError(f"vLLM cannot load {self.model_path}: {one_line(exc)}",
-                                 "Use the default transformers backend for this model.") from exc
+                                 "use the default transformers backend for this model") from exc
         return self._llm
 
     def generate(self, chats: list[Chat], settings: DecodeSettings, progress: Progress | None = None,

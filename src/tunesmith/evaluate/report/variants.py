@@ -1,6 +1,6 @@
 """The report's "constrained decoding" section: base, base + constrained, tuned, tuned + constrained.
 
-``data["variants"]`` (what `evaluate.constrained.variants_table` returns) ::
+``ReportData.variants`` (what `evaluate.constrained.variants_table` returns) ::
 
     {"title": str,                                            # the CLI table's title (the page's heading is its own)
      "columns": [str, ...],                                   # e.g. "base", "base + constrained", ...
@@ -17,28 +17,28 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from tunesmith.evaluate.report import _e, _num, _require, format_estimate
+from tunesmith.evaluate.report.format import esc, format_estimate, num, require
 
 
 def render_variants(variants: Mapping[str, Any]) -> str:
     columns = variants.get("columns")
-    _require(isinstance(columns, list) and all(isinstance(c, str) for c in columns),
+    require(isinstance(columns, list) and all(isinstance(c, str) for c in columns),
              "variants.columns must be a list of labels")
     rows = variants.get("rows") or []
-    _require(isinstance(rows, list), "variants.rows must be a list of {name, values} objects")
+    require(isinstance(rows, list), "variants.rows must be a list of {name, values} objects")
     speed = variants.get("tokens_per_s") or [None] * len(columns)
-    _require(isinstance(speed, list) and len(speed) == len(columns),
+    require(isinstance(speed, list) and len(speed) == len(columns),
              "variants.tokens_per_s must be a list with one entry per column")
-    head = "".join(f'<th scope="col">{_e(c)}</th>' for c in columns)
+    head = "".join(f'<th scope="col">{esc(c)}</th>' for c in columns)
     body = []
     for row in rows:
-        _require(isinstance(row, Mapping) and isinstance(row.get("values"), list)
+        require(isinstance(row, Mapping) and isinstance(row.get("values"), list)
                  and len(row["values"]) == len(columns),
                  "each variants.rows entry must be {name, values} with one value per column")
-        cells = "".join(f'<td class="est">{_e(format_estimate(v))}</td>' for v in row["values"])
-        body.append(f'<tr class="metric" data-metric="{_e(row.get("name"))}"><th scope="row">{_e(row.get("name"))}</th>'
+        cells = "".join(f'<td class="est">{esc(format_estimate(v))}</td>' for v in row["values"])
+        body.append(f'<tr class="metric" data-metric="{esc(row.get("name"))}"><th scope="row">{esc(row.get("name"))}</th>'
                     f"{cells}</tr>")
-    cells = "".join(f'<td class="speed">{_e(_speed(v))}</td>' for v in speed)
+    cells = "".join(f'<td class="speed">{esc(_speed(v))}</td>' for v in speed)
     body.append(f'<tr class="speed"><th scope="row">tokens/s</th>{cells}</tr>')
     return (f'<table id="variants-table" class="data"><thead><tr><th scope="col">metric</th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>'
@@ -51,5 +51,5 @@ def _speed(value: Any) -> str:
     if value is None:
         return "—"
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return _num(value)
+        return num(value)
     return str(value)

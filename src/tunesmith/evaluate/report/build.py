@@ -1,4 +1,4 @@
-"""Builds the report's data from an evaluation and writes runs/<id>/report.html."""
+"""A run's report: `ReportData` from an evaluation, written to runs/<id>/report.html."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunesmith.evaluate.report import write_report
+from tunesmith.evaluate.report.data import Item, Judge, LossCurve, MetricRow, Regression, ReportData, Seal
+from tunesmith.evaluate.report.page import write_report
 from tunesmith.evaluate.types import EvalItem
 from tunesmith.project import Project
 
 
-def loss_curve(run_dir: Path) -> dict[str, list[list[float]]]:
+def loss_curve(run_dir: Path) -> LossCurve:
     train, evals = [], []
     steps = run_dir / "steps.jsonl"
     if steps.exists():
@@ -24,17 +25,16 @@ def loss_curve(run_dir: Path) -> dict[str, list[list[float]]]:
                 train.append([e["step"], e["loss"]])
             elif e.get("event") == "eval" and "eval_loss" in e:
                 evals.append([e["step"], e["eval_loss"]])
-    return {"train": train, "eval": evals}
+    return LossCurve.from_mapping({"train": train, "eval": evals})
 
 
 def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, test: list[EvalItem],
-                regression: list[EvalItem], summary: dict[str, Any], gate: dict[str, Any] | None) -> dict[str, Any]:
+                regression: list[EvalItem], summary: dict[str, Any], gate: dict[str, Any] | None) -> ReportData:
     record = project.registry().get(subject.run_id)
     comp = summary.get("comparison", {})
     base_metrics = (summary.get("base") or {}).get("metrics", {})
-    metrics = [{"name": name, "base": base_metrics.get(name), "tuned": est,
-                "diff": comp.get(name, {}).get("diff"), "p_value": comp.get(name, {}).get("p_value"),
-                "verdict": comp.get(name, {}).get("verdict")}
+    metrics = [MetricRow(name, base=base_metrics.get(name), tuned=est, diff=comp.get(name, {}).get("diff"),
+                         p_value=comp.get(name, {}).get("p_value"), verdict=comp.get(name, {}).get("verdict"))
                for name, est in summary["test"]["metrics"].items()]
     items = []
     base_gens = base.test_generations if base is not None else [None] * len(test)
@@ -50,38 +50,39 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
             failures.append("cut early: it had already broken the output contract (--no-early-stop decodes it all)")
         elif not score.stopped:
             failures.append("did not stop (hit max_new_tokens)")
-        items.append({"id": it.id, "prompt": it.prompt_text(), "expected": it.expected,
-                      "base_output": bgen.text if bgen is not None else None, "tuned_output": gen.text,
-                      "passed": not failures, "failures": failures, "scores": score.to_dict()})
+        items.append(Item(it.id, it.prompt_text(), it.expected, base_output=bgen.text if bgen is not None else None,
+                          tuned_output=gen.text, passed=not failures, failures=failures, scores=score.to_dict()))
     for it, gen in zip(regression, tuned.regression_generations):
         res = tuned.regression[it.id]
-        items.append({"id": f"regression:{it.id}", "prompt": it.prompt_text(), "expected": it.expected,
-                      "base_output": None, "tuned_output": gen.text, "passed": res.passed,
-                      "failures": res.failures + res.pending, "scores": {}})
+        items.append(Item(f"regression:{it.id}", it.prompt_text(), it.expected, tuned_output=gen.text,
+                          passed=res.passed, failures=res.failures + res.pending))
     judge = summary.get("judge")
     provenance = record.data.get("provenance")
-    return {
-        "title": f"tunesmith report: {record.id}",
-        "run_id": record.id,
-        "created": record.created_at,
-        "task": project.task,
-        "base_model": record.base_model or project.base_model,
-        "seal": _seal(record.id, summary.get("seal")),
-        "training_data": _describe_provenance(provenance) if isinstance(provenance, dict) else None,
-        "loss_curve": loss_curve(Path(record.path)),
-        "metrics": metrics,
-        "variants": _variants(summary),
-        "judge": {"rubric": judge.get("rubric"), "pairwise": judge.get("pairwise")} if judge else None,
-        "regression": {"passed": summary["regression"]["passed"], "total": summary["regression"]["total"],
-                       "flips": (gate or {}).get("flips", []), "gate": (gate or {}).get("status")},
-        "items": items,
-    }
+    return ReportData(
+        title=f"tunesmith report: {record.id}",
+        run_id=record.id,
+        created=record.created_at,
+        task=project.task,
+        base_model=record.base_model or project.base_model,
+        seal=_seal(record.id, summary.get("seal")),
+        training_data=_describe_provenance(provenance) if isinstance(provenance, dict) else None,
+        loss_curve=loss_curve(Path(record.path)),
+        metrics=metrics,
+        variants=_variants(summary),
+        judge=Judge.from_mapping(judge) if judge else None,
+        regression=Regression.from_mapping({"passed": summary["regression"]["passed"],
+                                            "total": summary["regression"]["total"],
+                                            "flips": (gate or {}).get("flips", []), "gate": (gate or {}).get("status")}),
+        items=items,
+    )
 
 
-def _seal(run_id: str, seal: dict[str, Any] | None) -> dict[str, Any] | None:
+def _seal(run_id: str, seal: dict[str, Any] | None) -> Seal | None:
     from tunesmith.evaluate.run import seal_warning
 
-    return None if seal is None else {**seal, "warning": seal_warning(run_id, seal)}
+    if seal is None:
+        return None
+    return Seal(seal.get("scored_on"), seal.get("trained_on"), seal_warning(run_id, seal))
 
 
 def _variants(summary: dict[str, Any]) -> dict[str, Any] | None:
