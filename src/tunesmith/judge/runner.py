@@ -237,6 +237,11 @@ def judge_rubric(items: list[RubricInput], cfg: JudgeConfig, *,
                 result.scores.append(RubricScore(it.id, v["correctness"], v["format"], v["completeness"], v["notes"]))
         return result
 
+    return _run_and_build(jobs, cfg, build)
+
+
+def _run_and_build(jobs: Any, cfg: Any, build: Any) -> Any:
+    """Run the jobs and build the result; an aborted run still hands back what it judged (`partial`)."""
     try:
         outcomes, hits = _run_jobs(jobs, cfg)
     except _Aborted as ab:
@@ -287,9 +292,4 @@ def judge_pairwise(items: list[PairInput], cfg: JudgeConfig, *,
                                             o1.value["reason"], o2.value["reason"]))
         return result
 
-    try:
-        outcomes, hits = _run_jobs(jobs, cfg)
-    except _Aborted as ab:
-        ab.error.partial = build(ab.outcomes, sum(o.cached for o in ab.outcomes.values()))
-        raise ab.error from None
-    return build(outcomes, hits)
+    return _run_and_build(jobs, cfg, build)
