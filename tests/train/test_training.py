@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import random
 from pathlib import Path
 
@@ -250,7 +251,9 @@ def test_train_overlapping_test(tmp_path, tiny_model_dir):
 def test_unknown_builtin_model(tmp_path, tiny_model_dir):
     project = make_project(tmp_path / "p", tiny_model_dir, clean_examples(44))
     yaml_file = project / "tunesmith.yaml"
-    yaml_file.write_text(yaml_file.read_text().replace(json.dumps(str(tiny_model_dir)), "'builtin:nope'"))
+    text = yaml_file.read_text()
+    assert re.search(r"(?m)^base_model: ", text)
+    yaml_file.write_text(re.sub(r"(?m)^base_model: .*$", "base_model: 'builtin:nope'", text))
     err = _raises(project, ModelError)
     assert "nope" in str(err) and "builtin:" in err.hint
 
