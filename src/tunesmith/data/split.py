@@ -26,7 +26,7 @@ from tunesmith.data.minhash import UnionFind
 from tunesmith.data.reader import (huge_number, iter_raw, iter_raw_lines, link_hint, looks_like_json_array, shown_name,
                                    symlink_problem)
 from tunesmith.errors import DataError, OutputError, SealError, UsageError
-from tunesmith.io import StagedFile, cannot_write, commit_together, sha256_file
+from tunesmith.io import StagedFile, StagedGroup, commit_together, sha256_file
 from tunesmith.project import TEST_FRACTION_MAX, TEST_FRACTION_MIN
 
 SEAL_VERSION = 1
@@ -88,11 +88,11 @@ def split_file(source: Path, train: Path, test: Path, *, test_fraction: float = 
     test_lines = {ln for ln, s in score.items() if s < test_fraction}
     warnings = _check_sides(source, len(score), len(test_lines), largest, test_fraction, near_threshold, held)
     with _Staging() as staging:
-        ftrain, ftest = staging.open(train), staging.open(test)
+        ftrain, ftest = staging.open_hashed(train), staging.open_hashed(test)
         rows, n_train, moved = _write_rows(source, test_lines, ftrain, ftest, old_rows)
         if moved and not reseal:
             raise _leak_error(seal, train, len(moved))
-        fseal = staging.open(seal)
+        fseal = staging.open_hashed(seal)
         fseal.write((json.dumps({
             "version": SEAL_VERSION,
             "source": shown_name(source),  # a stream as the user named it, not its temporary copy
@@ -104,7 +104,7 @@ def split_file(source: Path, train: Path, test: Path, *, test_fraction: float = 
             "rows": rows,
         }, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         # The test set and its seal first: should the last rename fail, verify still sees a consistent pair.
-        staging.commit([ftest, fseal, ftrain])
+        staging.commit_in_order([ftest, fseal, ftrain])
     result = SplitResult(train, test, seal, n_train, len(rows), unparsed, largest, warnings=warnings)
     if previous is not None:
         _compare_with_previous(result, old_rows, set(rows), moved)
@@ -273,35 +273,20 @@ class _Hashed:
         self.sha = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
-        try:
-            self.staged.fh.write(data)
-        except OSError as exc:
-            raise cannot_write(self.staged.target, exc) from None
+        self.staged.write(data)
         self.sha.update(data)
 
 
-class _Staging:
-    """Temp files for several outputs, renamed into place only once all of them are complete.
+class _Staging(StagedGroup):
+    """split's outputs as one `StagedGroup` of regular files, each hashed as it is written (the seal
+    records the hashes); renamed in the order the seal needs."""
 
-    Any failure before the renames leaves every old file as it was and no temp file behind.
-    """
+    def open_hashed(self, target: Path) -> _Hashed:
+        hashed = _Hashed(target)
+        self.files.append(hashed.staged)
+        return hashed
 
-    def __init__(self) -> None:
-        self.files: list[_Hashed] = []
-
-    def __enter__(self) -> _Staging:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for f in self.files:
-            f.staged.discard()
-
-    def open(self, target: Path) -> _Hashed:
-        staged = _Hashed(target)
-        self.files.append(staged)
-        return staged
-
-    def commit(self, order: list[_Hashed]) -> None:
+    def commit_in_order(self, order: list[_Hashed]) -> None:
         # a rename failing part-way puts back the files already renamed: all old outputs, or all new
         commit_together([f.staged for f in order])
 
