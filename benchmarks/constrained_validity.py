@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from tunesmith.evaluate.constrained import constrained_settings, require_constraint
     from tunesmith.evaluate.generate import LocalBackend
     from tunesmith.evaluate.items import test_items
-    from tunesmith.evaluate.run import resolve_subject
+    from tunesmith.evaluate.subject import resolve_subject
     from tunesmith.models.resolve import resolve_model
     from tunesmith.project import load_project
 

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from tunesmith.errors import ProjectError
-from tunesmith.project import build_data, init_project, load_project
+from tunesmith.project import build_data, load_project
+from tunesmith.scaffold import init_project
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -156,7 +156,7 @@ def test_a_recorded_base_that_is_gone_is_an_error_naming_both(serve_base, tmp_pa
 
 def test_every_command_finds_runs_where_train_runs_dir_says(serve_base, tmp_path):
     from tunesmith.cli import app
-    from tunesmith.evaluate.run import resolve_subject
+    from tunesmith.evaluate.subject import resolve_subject
     from tunesmith.serve.adapters import AdapterLocator, ServedBase
     from tunesmith.ship.merge import locate_run
 
@@ -165,7 +165,6 @@ def test_every_command_finds_runs_where_train_runs_dir_says(serve_base, tmp_path
     project = load_project(root)
     registry = project.registry()
     assert registry.root == root / "experiments"
-    assert RunRegistry.for_project(root).root == registry.root
     run_dir = add_run(registry, root, serve_base, adapter)
     assert not (root / "runs").exists()
     assert resolve_subject(project, RUN).run_id == RUN
@@ -178,16 +177,27 @@ def test_every_command_finds_runs_where_train_runs_dir_says(serve_base, tmp_path
     assert not (root / "runs").exists()
 
 
-def test_for_project_without_a_project_file_is_the_default_place(tmp_path):
-    assert RunRegistry.for_project(tmp_path).root == tmp_path / "runs"
-
-
 def test_one_way_to_a_projects_registry():
     """Commands reach a project's runs through Project.registry(), never a second rule of their own."""
     offenders = [f"{p.relative_to(SRC)}: {word}" for p in sorted(SRC.rglob("*.py"))
                  for word in ("registry_for", "RunRegistry.for_project")
-                 if p.name != "runs.py" and word in p.read_text(encoding="utf-8")]
+                 if word in p.read_text(encoding="utf-8")]
     assert offenders == []
+
+
+def test_runs_never_imports_the_project():
+    """project.py imports the registry for Project.registry(); runs importing project back would be a cycle."""
+    import ast
+
+    import tunesmith.runs
+
+    files = sorted(Path(tunesmith.runs.__file__).parent.rglob("*.py"))
+    assert len(files) > 1  # the package, not some stray runs.py
+    imports = [f"{f.relative_to(SRC)}:{node.lineno}" for f in files
+               for node in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
+               if (isinstance(node, ast.ImportFrom) and node.module == "tunesmith.project")
+               or (isinstance(node, ast.Import) and any(a.name == "tunesmith.project" for a in node.names))]
+    assert imports == []
 
 
 def test_a_resume_continues_on_the_recorded_base(moved, monkeypatch):

@@ -38,7 +38,7 @@ def _create(reg: RunRegistry, run_id: str, **kw) -> Path:
 
 @pytest.fixture
 def reg(tmp_path) -> RunRegistry:
-    return RunRegistry.for_project(tmp_path)
+    return RunRegistry(runs_root(tmp_path))
 
 
 # --- ids and paths ----------------------------------------------------------------------------
@@ -49,7 +49,6 @@ def test_runs_root_and_registry_location(tmp_path):
     assert runs_root(tmp_path) == tmp_path / "runs"
     reg = RunRegistry(runs_root(tmp_path))
     assert reg.db_path == tmp_path / "runs" / "registry.sqlite"
-    assert RunRegistry.for_project(tmp_path).root == reg.root
 
 
 def test_new_run_id_is_sortable_unique_and_safe():
@@ -130,12 +129,12 @@ def test_create_refuses_taken_and_unsafe_ids(reg):
 
 
 def test_create_failure_leaves_no_directory(reg, monkeypatch):
-    import tunesmith.runs as runs
+    import tunesmith.runs.registry as registry_module
 
     def boom(path, obj):
         raise OSError("disk full")
 
-    monkeypatch.setattr(runs, "write_json_atomic", boom)
+    monkeypatch.setattr(registry_module, "write_json_atomic", boom)
     with pytest.raises(OSError):
         _create(reg, "doomed")
     assert not (reg.root / "doomed").exists()
@@ -233,7 +232,7 @@ def test_unknown_ref_hint_lists_recent_runs(reg):
 
 
 def test_empty_project_reads_create_nothing(tmp_path):
-    reg = RunRegistry.for_project(tmp_path)
+    reg = RunRegistry(runs_root(tmp_path))
     assert reg.list() == []
     with pytest.raises(RunNotFoundError, match="no runs yet") as exc:
         reg.get("latest")
@@ -266,7 +265,7 @@ def test_migrations_run_once_and_later_ones_apply(reg, monkeypatch):
         calls.append(1)
         conn.execute("CREATE TABLE evals (run_id TEXT REFERENCES runs(id), score REAL)")
 
-    monkeypatch.setattr("tunesmith.runs.MIGRATIONS", [*MIGRATIONS, add_evals])
+    monkeypatch.setattr("tunesmith.runs.schema.MIGRATIONS", [*MIGRATIONS, add_evals])
     assert reg.get("r1").id == "r1"
     assert reg.list()[0].id == "r1"
     assert calls == [1]
@@ -320,7 +319,7 @@ def test_two_registries_in_threads_write_concurrently(tmp_path):
     errors = []
 
     def worker(tag: str) -> None:
-        reg = RunRegistry.for_project(tmp_path)  # its own instance, like another process
+        reg = RunRegistry(runs_root(tmp_path))  # its own instance, like another process
         try:
             for i in range(25):
                 run_id = f"{tag}-{i:02d}"
@@ -337,7 +336,7 @@ def test_two_registries_in_threads_write_concurrently(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    reg = RunRegistry.for_project(tmp_path)
+    reg = RunRegistry(runs_root(tmp_path))
     runs = reg.list(limit=0)
     assert len(runs) == 75 and all(r.status == "completed" for r in runs)
     assert all(json.loads((r.path / "summary.json").read_text())["tag"] == r.id[0] for r in runs)
@@ -350,9 +349,9 @@ def test_two_registries_in_threads_write_concurrently(tmp_path):
 
 _WORKER = """
 import sys
-from tunesmith.runs import RunRegistry
+from tunesmith.runs import RunRegistry, runs_root
 project, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-reg = RunRegistry.for_project(project)
+reg = RunRegistry(runs_root(project))
 for i in range(n):
     run_id = f"{tag}-{i:03d}"
     reg.create_run(run_id, project_root=project, base_model="m", method="lora", config={}, plan={}, data={})
@@ -371,7 +370,7 @@ def test_two_processes_create_the_registry_and_write_at_once(tmp_path):
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
         assert out.strip() == "ok"
-    reg = RunRegistry.for_project(tmp_path)
+    reg = RunRegistry(runs_root(tmp_path))
     runs = reg.list(limit=0)
     assert len(runs) == 60
     assert {r.status for r in runs} == {"completed"}
@@ -381,7 +380,7 @@ def test_two_processes_create_the_registry_and_write_at_once(tmp_path):
 
 def test_a_lock_held_too_long_is_a_clear_error(reg, monkeypatch):
     _create(reg, "r1")
-    monkeypatch.setattr("tunesmith.runs.BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("tunesmith.runs.registry.BUSY_TIMEOUT_S", 0.2)
     other = sqlite3.connect(reg.db_path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # another process mid-write

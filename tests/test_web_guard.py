@@ -65,3 +65,70 @@ def test_servers_without_allow_host_do_not_suggest_it():
     refusal = check_request(method="GET", host="evil.example", origin=None, content_type=None, allowed=LOCAL,
                             json_body=False, more_hosts=None)
     assert refusal.message.endswith("use one of 127.0.0.1, ::1, localhost")
+
+
+# -- the ASGI middleware both FastAPI servers put in front of their routes ---------------------------------
+
+
+def _guarded(problem, headers=()):
+    import httpx
+    from starlette.responses import PlainTextResponse
+
+    from tunesmith.web_guard import WebGuard
+
+    async def app(scope, receive, send):
+        await PlainTextResponse(f"route {scope['path']}")(scope, receive, send)
+
+    guard = WebGuard(app, problem=problem, headers=headers)
+    return guard, httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://127.0.0.1:9")
+
+
+def test_the_guard_hands_problem_the_method_decoded_headers_and_path_and_answers_its_refusal():
+    import asyncio
+
+    from starlette.responses import PlainTextResponse
+
+    seen = []
+
+    def problem(method, headers, path):
+        seen.append((method, headers.get("x-name"), headers.get("host"), path))
+        return PlainTextResponse("no", status_code=418) if path == "/refused" else None
+
+    async def scenario():
+        _, client = _guarded(problem, headers=[(b"x-frame-options", b"DENY")])
+        async with client:
+            refused = await client.post("/refused", headers={"X-Name": "caf\u00e9".encode("latin-1")})
+            passed = await client.get("/fine")
+        return refused, passed
+
+    refused, passed = asyncio.run(scenario())
+    assert (refused.status_code, refused.text) == (418, "no")
+    assert (passed.status_code, passed.text) == (200, "route /fine")
+    # the extra headers go on refusals and on the routes' own answers alike
+    assert refused.headers["x-frame-options"] == "DENY" and passed.headers["x-frame-options"] == "DENY"
+    assert seen == [("POST", "caf\u00e9", "127.0.0.1:9", "/refused"), ("GET", None, "127.0.0.1:9", "/fine")]
+
+
+def test_the_guard_adds_no_headers_unless_asked_and_lets_non_http_scopes_through():
+    import asyncio
+
+    def refuse_all(method, headers, path):
+        raise AssertionError("only HTTP requests are checked")
+
+    async def scenario():
+        guard, client = _guarded(lambda m, h, p: None)
+        async with client:
+            r = await client.get("/x")
+        reached = []
+
+        async def lifespan_app(scope, receive, send):
+            reached.append(scope["type"])
+
+        from tunesmith.web_guard import WebGuard
+
+        await WebGuard(lifespan_app, problem=refuse_all)({"type": "lifespan"}, None, None)
+        return r, reached
+
+    r, reached = asyncio.run(scenario())
+    assert r.status_code == 200 and "x-frame-options" not in r.headers
+    assert reached == ["lifespan"]

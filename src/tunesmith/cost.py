@@ -25,7 +25,7 @@ from tunesmith.project import Project, load_project
 from tunesmith.train.hosted.limits import DEFAULT_MODEL
 
 from tunesmith.cost_lines import (  # CostOptions, CostLine and CostReport are this module's API too
-    Backend, CostLine, CostOptions, CostReport, _missing, _Row, _rows, _tok, judge_line, teacher_line,
+    Backend, CostLine, CostOptions, CostReport, Row, count_tokens, judge_line, missing_line, read_rows, teacher_line,
 )
 
 
@@ -64,12 +64,12 @@ def local_line(project: Project, plan: dict[str, Any], params: tuple[int | None,
         if measured:
             ins["measured_here"] = f"{step_hours * 60:,.1f} min on {device} (not a GPU figure)"
         if gpu is None:
-            return _missing(what, "train_local", "run", f"--gpu {opts.gpu!r} is not in the GPU table ("
-                            f"{', '.join(T.GPUS)}): name one of those, or --measure on that GPU", notes, **ins)
+            return missing_line(what, "train_local", "run", f"--gpu {opts.gpu!r} is not in the GPU table ("
+                                f"{', '.join(T.GPUS)}): name one of those, or --measure on that GPU", notes, **ins)
         n_params, params_from = params
         if n_params is None:
-            return _missing(what, "train_local", "run", f"the base model's size is unknown ({params_from}): "
-                            "--measure on a GPU machine times real steps instead", notes, **ins)
+            return missing_line(what, "train_local", "run", f"the base model's size is unknown ({params_from}): "
+                                "--measure on a GPU machine times real steps instead", notes, **ins)
         label, size = T.size_class(n_params)
         tps = T.train_tokens_per_s(gpu, size, method)
         hours = trained / tps / 3600
@@ -85,8 +85,8 @@ def local_line(project: Project, plan: dict[str, Any], params: tuple[int | None,
     rate, rate_source = T.hourly_rate(gpu, opts.gpu_dollars_per_hour)
     ins.update(gpu=gpu.name if gpu else device, gpu_hours=round(hours, 4), dollars_per_hour=rate)
     if rate is None:
-        return _missing(what, "train_local", "run", f"{T.hours_text(hours)} GPU-hours on {device}, which the GPU table has "
-                        "no price for: pass --gpu-dollars-per-hour", notes, **ins)
+        return missing_line(what, "train_local", "run", f"{T.hours_text(hours)} GPU-hours on {device}, which the GPU table has "
+                            "no price for: pass --gpu-dollars-per-hour", notes, **ins)
     formula = f"about {T.hours_text(hours)} GPU-hours on {ins['gpu']} ({how}) x ${T.money(rate)}/hour"
     return CostLine("train_local", what, ins, hours * rate, rate_source, "run", formula)
 
@@ -112,7 +112,7 @@ def hosted_line(project: Project, opts: CostOptions, notes: list[str]) -> CostLi
         plan = hosted_plan(project, opts)
     except TunesmithError as exc:
         why = f"no hosted plan for {model}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
-        return _missing(what, "train_hosted", "run", why, notes, model=model)
+        return missing_line(what, "train_hosted", "run", why, notes, model=model)
     epochs = plan.hyperparameters["n_epochs"]
     ins = {"model": model, "model_from": "--hosted-model" if opts.hosted_model else "hosted.model" if project.hosted.model
            else "default (the guide's example; set hosted.model)", "train_examples": plan.train_examples,
@@ -122,8 +122,8 @@ def hosted_line(project: Project, opts: CostOptions, notes: list[str]) -> CostLi
     if plan.counter.startswith("approx"):
         notes.append(f"train_hosted: token counts are {plan.counter}")
     if plan.price is None:
-        return _missing(what, "train_hosted", "run", f"no training price for {model}: set hosted.price.training in "
-                        "tunesmith.yaml", notes, **ins)
+        return missing_line(what, "train_hosted", "run", f"no training price for {model}: set hosted.price.training in "
+                            "tunesmith.yaml", notes, **ins)
     ins["training_per_1m"] = plan.price.training_per_m
     formula = (f"{plan.billed_tokens:,} billed tokens ({plan.train_tokens:,} x {plan.billed_epochs} epochs) x "
                f"${plan.price.training_per_m:.2f}/1M")
@@ -133,25 +133,25 @@ def hosted_line(project: Project, opts: CostOptions, notes: list[str]) -> CostLi
 # --- inference per 1M tokens -------------------------------------------------------------------------
 
 
-def inference_lines(project: Project, opts: CostOptions, train: list[_Row] | None, n_params: int | None,
+def inference_lines(project: Project, opts: CostOptions, train: list[Row] | None, n_params: int | None,
                     notes: list[str], device: str = "") -> list[CostLine]:
     from tunesmith.train.hosted.tokens import counter_for
 
     hosted_what, self_what, per = "inference, hosted fine-tune", "inference, self-hosted", "1M tokens"
     if not train:
         why = "no training split to take the prompt/answer mix from: run `tunesmith split` first"
-        return [_missing(self_what, "inference_self_hosted", per, why, notes),
-                _missing(hosted_what, "inference_hosted", per, why, notes)]
+        return [missing_line(self_what, "inference_self_hosted", per, why, notes),
+                missing_line(hosted_what, "inference_hosted", per, why, notes)]
     model, price = _hosted(project, opts)
     counter = counter_for(model)
     p = sum(counter.chat_tokens(r.prompt) for r in train)
-    a = sum(_tok(counter, r.answer) for r in train)
+    a = sum(count_tokens(counter, r.answer) for r in train)
     share = p / (p + a)
     mix = {"prompt_share": round(share, 4), "mix_from": f"{len(train)} training rows ({p:,} prompt, {a:,} answer tokens)"}
     lines = [_self_hosted(project, opts, share, mix, n_params, notes, device)]
     if price is None or price.input_per_m is None or price.output_per_m is None:
-        lines.append(_missing(hosted_what, "inference_hosted", per, f"no inference price for a fine-tuned {model}: set "
-                              "hosted.price.input and .output in tunesmith.yaml", notes, model=model, **mix))
+        lines.append(missing_line(hosted_what, "inference_hosted", per, f"no inference price for a fine-tuned {model}: set "
+                                  "hosted.price.input and .output in tunesmith.yaml", notes, model=model, **mix))
     else:
         usd = share * price.input_per_m + (1 - share) * price.output_per_m
         lines.append(CostLine("inference_hosted", hosted_what, {"model": model, **mix, "input_per_1m": price.input_per_m,
@@ -171,7 +171,7 @@ def _self_hosted(project: Project, opts: CostOptions, share: float, mix: dict[st
     if gpu is None or n_params is None:
         why = (f"--gpu {opts.gpu!r} is not in the GPU table ({', '.join(T.GPUS)})" if gpu is None else
                "the base model's size is unknown (a local checkpoint, a GGUF file or a name such as ...-8B tells it)")
-        return _missing(what, "inference_self_hosted", per, why, notes, **mix)
+        return missing_line(what, "inference_self_hosted", per, why, notes, **mix)
     label, size = T.size_class(n_params)
     prefill, decode = T.prefill_tokens_per_s(gpu, size), T.decode_tokens_per_s(gpu, size)
     hours = (share * 1e6 / prefill + (1 - share) * 1e6 / decode) / 3600
@@ -213,7 +213,7 @@ def _line(build: Any, line_id: str, what: str, per: str, project: Project, opts:
     try:
         return build(project, opts, *args)
     except TunesmithError as exc:
-        return _missing(what, line_id, per, exc.message + (f" ({exc.hint})" if exc.hint else ""), args[-1])
+        return missing_line(what, line_id, per, exc.message + (f" ({exc.hint})" if exc.hint else ""), args[-1])
 
 
 def estimate_costs(project: Project | str | Path, opts: CostOptions | None = None, *, say: Any = None) -> CostReport:
@@ -222,7 +222,7 @@ def estimate_costs(project: Project | str | Path, opts: CostOptions | None = Non
     opts = opts or CostOptions()
     project = project if isinstance(project, Project) else load_project(project)
     notes: list[str] = []
-    train, test = _rows(project, project.data.train), _rows(project, project.data.test)
+    train, test = read_rows(project, project.data.train), read_rows(project, project.data.test)
     plan, why = (None, "--no-model: the local line needs the base model's tokenizer") if opts.no_model \
         else _local_plan(project, opts, say)
     params = _params(project)
@@ -235,14 +235,14 @@ def estimate_costs(project: Project | str | Path, opts: CostOptions | None = Non
         lines.append(CostLine("train_local", "local training", {}, 0.0, "the embedded model trains on this CPU: no GPU "
                               "cost", "run", "on this CPU: no GPU cost (time unknown without the plan)"))
     else:
-        lines.append(_missing("local training", "train_local", "run", why, notes))
+        lines.append(missing_line("local training", "train_local", "run", why, notes))
     lines.append(_line(hosted_line, "train_hosted", "hosted training", "run", project, opts, notes))
     try:
         lines += inference_lines(project, opts, train, params[0], notes, device)
     except TunesmithError as exc:  # e.g. no tiktoken: the other lines still stand
         why = exc.message + (f" ({exc.hint})" if exc.hint else "")
-        lines += [_missing("inference, self-hosted", "inference_self_hosted", "1M tokens", why, notes),
-                  _missing("inference, hosted fine-tune", "inference_hosted", "1M tokens", why, notes)]
+        lines += [missing_line("inference, self-hosted", "inference_self_hosted", "1M tokens", why, notes),
+                  missing_line("inference, hosted fine-tune", "inference_hosted", "1M tokens", why, notes)]
     chosen = "train_local" if opts.backend == "local" else "train_hosted"
     for ln in lines:
         ln.counted = ln.id in ("teacher", "judge", chosen)

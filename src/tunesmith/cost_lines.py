@@ -82,14 +82,16 @@ class CostOptions:
 
 
 @dataclass
-class _Row:
+class Row:
+    """A valid example as trained: its chat, the prompt up to the last answer, and that answer."""
+
     example: Any
     chat: list[dict[str, str]]
     prompt: list[dict[str, str]]
     answer: str
 
 
-def _rows(project: Project, rel: str) -> list[_Row] | None:
+def read_rows(project: Project, rel: str) -> list[Row] | None:
     """Valid rows of a data file, as trained (the project's system prompt applied); None if it is missing."""
     from tunesmith.data.formats import iter_examples
     from tunesmith.models.chat import to_chat
@@ -104,11 +106,12 @@ def _rows(project: Project, rel: str) -> list[_Row] | None:
         chat = to_chat(ex.messages, project.system_prompt)
         last = max((i for i, m in enumerate(chat) if m["role"] == "assistant"), default=None)
         if last is not None:
-            out.append(_Row(ex, chat, chat[:last], chat[last]["content"]))
+            out.append(Row(ex, chat, chat[:last], chat[last]["content"]))
     return out
 
 
-def _tok(counter: Any, text: str) -> int:
+def count_tokens(counter: Any, text: str) -> int:
+    """Tokens of `text` under the counter's encoding; text that looks like a special token counts as text."""
     return len(counter.encoding.encode(text, disallowed_special=()))
 
 
@@ -117,7 +120,8 @@ def _approximate(counter: Any, line_id: str, notes: list[str]) -> None:
         notes.append(f"{line_id}: token counts are {counter.describe()}")
 
 
-def _missing(what: str, line_id: str, per: str, why: str, notes: list[str], **inputs: Any) -> CostLine:
+def missing_line(what: str, line_id: str, per: str, why: str, notes: list[str], **inputs: Any) -> CostLine:
+    """A line whose price is unknown: usd None, and `why` (which names the fix) in the notes."""
     notes.append(f"{line_id}: {why}")
     return CostLine(line_id, what, inputs, None, "unknown", per, formula=f"unknown: {why}")
 
@@ -127,7 +131,7 @@ def _token_line(line_id: str, what: str, per: str, ins: dict[str, Any], price: A
     """prompt_tokens and completion_tokens (in `ins`) x a per-1M price; unknown, with `fix`, without one."""
     model, tokens_in, tokens_out = ins[f"{line_id}_model"], ins["prompt_tokens"], ins["completion_tokens"]
     if price is None:
-        return _missing(what, line_id, per, f"{model} is not in the price table: {fix}", notes, **ins)
+        return missing_line(what, line_id, per, f"{model} is not in the price table: {fix}", notes, **ins)
     ins["price_per_1m"] = {"input": price.input_per_m, "output": price.output_per_m}
     formula = (f"{counted} = {tokens_in:,} in + {tokens_out:,} out tokens at ${T.money(price.input_per_m)}/"
                f"${T.money(price.output_per_m)} per 1M")
@@ -137,7 +141,7 @@ def _token_line(line_id: str, what: str, per: str, ins: dict[str, Any], price: A
 # --- teacher and judge: tokens x token price ---------------------------------------------------------
 
 
-def teacher_line(project: Project, opts: CostOptions, train: list[_Row] | None, notes: list[str]) -> CostLine:
+def teacher_line(project: Project, opts: CostOptions, train: list[Row] | None, notes: list[str]) -> CostLine:
     from tunesmith.data.checks.contract import AnswerContract
     from tunesmith.distill import prompts as P
     from tunesmith.distill.answers import fewshot
@@ -151,8 +155,8 @@ def teacher_line(project: Project, opts: CostOptions, train: list[_Row] | None, 
         return CostLine("teacher", what, {"teacher_model": None}, 0.0, "no teacher configured", "once",
                         "no teacher: generate.teacher_model is not set (--teacher-model prices one)")
     if not train:
-        return _missing(what, "teacher", "once", "no training split to measure the teacher's requests on: run "
-                        "`tunesmith split` first", notes, teacher_model=model, n=n)
+        return missing_line(what, "teacher", "once", "no training split to measure the teacher's requests on: run "
+                            "`tunesmith split` first", notes, teacher_model=model, n=n)
     counter = counter_for(model)
     _approximate(counter, "teacher", notes)
     contract, schema = AnswerContract.for_project(project), project.load_schema()
@@ -164,7 +168,7 @@ def teacher_line(project: Project, opts: CostOptions, train: list[_Row] | None, 
     prompt_each = [counter.chat_tokens(P.answer_messages(system, shots, [{"role": "user", "content": t}]))
                    for t in inputs[::step]]
     mean_prompt = sum(prompt_each) / len(prompt_each)
-    mean_answer = sum(_tok(counter, r.answer) for r in train) / len(train)
+    mean_answer = sum(count_tokens(counter, r.answer) for r in train) / len(train)
     tokens_in, tokens_out = n * mean_prompt, n * mean_answer
     writing: dict[str, Any] = {"skipped": "--labelling-only: the teacher only answers existing inputs"}
     if not opts.labelling_only:
@@ -193,7 +197,7 @@ def _input_writing(project: Project, counter: Any, contract: Any, inputs: list[s
     shown = random.Random(f"{seed}:plan").sample(inputs, min(8, len(inputs)))
     topics = max(5, min(50, math.ceil(n / 10)))
     tokens_in = counter.chat_tokens(P.plan_messages(task, system, contract, shown, topics))
-    tokens_out = topics * T.TOKENS_PER_TOPIC + _tok(counter, '{"topics": []}')
+    tokens_out = topics * T.TOKENS_PER_TOPIC + count_tokens(counter, '{"topics": []}')
     requests = math.ceil(n * OVERSHOOT / PER_REQUEST)
     for i in range(requests):
         r = random.Random(f"{seed}:0:{i}")
@@ -203,14 +207,14 @@ def _input_writing(project: Project, counter: Any, contract: Any, inputs: list[s
         tokens_in += counter.chat_tokens(P.input_messages(task, system, contract, shown, req))
         # the reply: PER_REQUEST new inputs as long as the seeds shown, in the JSON object asked for
         reply = {"inputs": [shown[k % len(shown)] for k in range(PER_REQUEST)]}
-        tokens_out += _tok(counter, json.dumps(reply, ensure_ascii=False))
+        tokens_out += count_tokens(counter, json.dumps(reply, ensure_ascii=False))
     return {"plan_requests": 1, "topics": topics, "input_requests": requests, "inputs_per_request": PER_REQUEST,
             "overshoot": OVERSHOOT, "prompt_tokens": tokens_in, "completion_tokens": tokens_out}
 
 
-def judge_line(project: Project, opts: CostOptions, test: list[_Row] | None, notes: list[str]) -> CostLine:
+def judge_line(project: Project, opts: CostOptions, test: list[Row] | None, notes: list[str]) -> CostLine:
     from tunesmith.distill.prices import Price, price_for
-    from tunesmith.judge import RubricInput
+    from tunesmith.judge.results import RubricInput
     from tunesmith.judge.prompts import pairwise_messages, rubric_messages
     from tunesmith.train.hosted.tokens import counter_for
 
@@ -220,8 +224,8 @@ def judge_line(project: Project, opts: CostOptions, test: list[_Row] | None, not
         return CostLine("judge", what, {"judge_model": None}, 0.0, "no judge configured", "run",
                         "no judge: eval.judge is not set, so eval runs without one (--judge-model prices one)")
     if not test:
-        return _missing(what, "judge", "run", "no sealed test set to count: run `tunesmith split` first", notes,
-                        judge_model=model)
+        return missing_line(what, "judge", "run", "no sealed test set to count: run `tunesmith split` first", notes,
+                            judge_model=model)
     counter = counter_for(model)
     _approximate(counter, "judge", notes)
     pairwise = j.pairwise if j else True
@@ -231,7 +235,8 @@ def judge_line(project: Project, opts: CostOptions, test: list[_Row] | None, not
         rubric = counter.chat_tokens(rubric_messages(RubricInput(str(i), prompt, r.answer, r.answer)))
         pair = counter.chat_tokens(pairwise_messages(prompt, r.answer, r.answer, r.answer))
         tokens_in += 2 * rubric + (2 * pair if pairwise else 0)
-    rubric_out, pair_out = _tok(counter, T.TYPICAL_RUBRIC_REPLY), _tok(counter, T.TYPICAL_PAIRWISE_REPLY)
+    rubric_out = count_tokens(counter, T.TYPICAL_RUBRIC_REPLY)
+    pair_out = count_tokens(counter, T.TYPICAL_PAIRWISE_REPLY)
     calls = 2 + (2 if pairwise else 0)
     tokens_out = len(test) * (2 * rubric_out + (2 * pair_out if pairwise else 0))
     price = Price(*opts.judge_price, "--judge-price") if opts.judge_price else price_for(model)

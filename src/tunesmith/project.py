@@ -6,18 +6,19 @@ directory. Paths in the file are relative to the project directory.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunesmith.data.reader import huge_number, link_hint, symlink_problem
 from tunesmith.errors import ProjectError, UsageError
+from tunesmith.json_numbers import huge_number
+from tunesmith.paths import link_hint, symlink_problem
+from tunesmith.project_yaml import read_project_yaml
 from tunesmith.runs import RunRegistry
+from tunesmith.units import parse_duration
 
 PROJECT_FILE = "tunesmith.yaml"
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
@@ -151,9 +152,7 @@ class TrainSettings(_Strict):
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
-        from tunesmith.train.budget import parse_duration  # seconds; a ValueError names the accepted forms
-
-        return None if v is None else parse_duration(v)
+        return None if v is None else parse_duration(v)  # seconds; a ValueError names the accepted forms
 
 
 class JudgeSettings(_Strict):
@@ -379,8 +378,6 @@ def _model_in_project(ref: str, root: Path) -> str:
 
 def load_project(directory: str | Path, overrides: dict[str, Any] | None = None) -> Project:
     """Load DIR/tunesmith.yaml, apply dotted-key overrides (CLI flags), validate everything at once."""
-    import yaml
-
     d = Path(directory)
     file = d / PROJECT_FILE if d.is_dir() or not d.suffix else d
     if file.suffix.lower() not in (".yaml", ".yml"):
@@ -392,7 +389,7 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
             if link is not None:
                 raise ProjectError(link, link_hint(path))
         raise ProjectError(f"{file}: no project file", f"create one with `tunesmith init {d}`")
-    raw = _read_yaml(file)
+    raw = read_project_yaml(file)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -420,143 +417,6 @@ def load_project(directory: str | Path, overrides: dict[str, Any] | None = None)
     if problems:
         raise ProjectError(f"{file}: {len(problems)} problem(s) in the project file", "fix the paths named above", details=problems)
     return project
-
-
-def _read_yaml(file: Path) -> Any:
-    """The project file's YAML; every way it can fail is a ProjectError with the file and, where known, the line."""
-    import yaml
-
-    loader, value_error = _yaml_loader()
-    try:
-        return yaml.load(file.read_text(encoding="utf-8-sig"), Loader=loader)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectError(f"{file}: cannot be read ({exc})", "check the file's permissions and encoding (UTF-8)") from None
-    except RecursionError:
-        raise ProjectError(f"{file}: nested too deeply to read; a project file is a few levels deep",
-                           "look for a runaway run of [ { or - (`tunesmith init` writes a commented example)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
-        if isinstance(exc, value_error):
-            raise ProjectError(f"{where}: {exc.problem}", exc.hint) from None
-        raise ProjectError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})", "fix the YAML syntax") from None
-
-
-@functools.cache
-def _yaml_loader() -> tuple[type, type]:
-    """(loader, its error): a yaml.SafeLoader that refuses a key given twice and turns a value it cannot
-    convert into an error that names its line. Built on first use: yaml is imported only to read a file."""
-    import yaml
-
-    class ValueProblem(yaml.constructor.ConstructorError):
-        """A key or value the file cannot hold, phrased for people, with its own hint."""
-
-        def __init__(self, problem: str, hint: str, mark: Any) -> None:
-            super().__init__(None, None, problem, mark)
-            self.hint = hint
-
-    class ProjectLoader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            if isinstance(node, yaml.MappingNode):
-                _no_key_twice(self, node, ValueProblem)
-            return super().construct_mapping(node, deep)
-
-        def construct_object(self, node: Any, deep: bool = False) -> Any:
-            try:
-                return super().construct_object(node, deep)
-            except (ValueError, OverflowError) as exc:  # int("9" * 5000), the date 2024-13-45, ...
-                raise _value_problem(ValueProblem, node, exc) from None
-
-    return ProjectLoader, ValueProblem
-
-
-def _no_key_twice(loader: Any, node: Any, problem: type) -> None:
-    first: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue  # keys merged in by "<<: *defaults" may be overridden: that is what merging is for
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            seen = first.get(key)
-        except TypeError:
-            continue  # an unhashable key: the base class reports it, with its line
-        if seen is not None:
-            raise problem(f"key {key!r} is given twice (first on line {seen}); YAML would keep only the last",
-                          "delete the line you do not mean, or merge the two", key_node.start_mark)
-        first[key] = key_node.start_mark.line + 1
-
-
-def _value_problem(problem: type, node: Any, exc: Exception) -> Exception:
-    text = str(getattr(node, "value", ""))
-    if "integer string conversion" in str(exc):
-        digits = sum(c.isdigit() for c in text)
-        return problem(f"a number {digits:,} digits long; no setting takes one that long",
-                       "write the number the setting needs (`tunesmith init` writes a commented example)", node.start_mark)
-    shown = text if len(text) <= 40 else text[:39] + "…"
-    return problem(f"cannot read {shown!r} ({exc})",
-                   "quote it if it is meant as text: YAML reads 2024-01-31 as a date and 1_000 as a number", node.start_mark)
-
-
-def __getattr__(name: str) -> Any:
-    # `init`'s template is rendered from the fields' descriptions on first use (settings_docs imports this module)
-    if name == "PROJECT_TEMPLATE":
-        from tunesmith.settings_docs import project_template
-
-        return project_template()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def init_project(directory: Path, *, task: str, base_model: str = DEFAULT_MODEL, force: bool = False) -> Path:
-    from tunesmith.io import write_text_atomic
-
-    target = directory / PROJECT_FILE
-    if directory.exists() and not directory.is_dir():
-        raise ProjectError(f"{directory} is a file, not a directory",
-                           "name a new or existing directory for the project")
-    if target.exists() and not force:
-        raise ProjectError(f"{target} already exists", "edit it, or pass --force to overwrite it")
-    from tunesmith.settings_docs import project_template
-
-    text = project_template().format(task=_yaml_string(task), base_model=_yaml_string(_model_for(directory, base_model)))
-    _check_template(text, target)
-    write_text_atomic(target, text)
-    return target
-
-
-def _model_for(directory: Path, ref: str) -> str:
-    """A model path typed on the command line is relative to where it was typed; the project file's
-    paths are relative to the project: rewrite it so it names the same place from there."""
-    here = Path(ref).expanduser()
-    if here.is_absolute() or not (ref.startswith(("./", "../")) or here.exists()):
-        return ref  # absolute, builtin:NAME or a hub id
-    rel = os.path.relpath(here.resolve(), directory.resolve())
-    return rel if rel.startswith("..") else "./" + rel  # "./": a path, even before the file exists
-
-
-def _yaml_string(value: str) -> str:
-    """A YAML scalar that reads back as exactly `value` (quotes, backslashes, '#', ': ' and all)."""
-    import yaml
-
-    for ensure_ascii in (False, True):  # readable first; escaped when YAML would not read it back
-        quoted = json.dumps(value, ensure_ascii=ensure_ascii)
-        try:
-            if yaml.safe_load(f"v: {quoted}") == {"v": value}:
-                return quoted
-        except yaml.YAMLError:
-            pass
-    raise ProjectError(f"cannot write {value!r} into tunesmith.yaml", "use printable text")
-
-
-def _check_template(text: str, target: Path) -> None:
-    """Refuse to write a project file that the next command would reject (a too-short task, ...)."""
-    import yaml
-
-    try:
-        Project.model_validate(yaml.safe_load(text))
-    except ValidationError as exc:
-        details = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ProjectError(f"{target} was not written: {len(details)} problem(s) in the values given",
-                           "fix the options named above (--task is one full sentence)", details=details) from None
 
 
 def build_data(project: Project, *, force: bool = False) -> bool:

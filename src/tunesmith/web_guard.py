@@ -8,13 +8,16 @@ A server on 127.0.0.1 is reachable from any page the user's browser opens. Two a
   (SDKs, curl) or from the server's own origin, and JSON routes accept only a JSON content type.
 
 Framework-free on purpose: FastAPI (serve, review) and http.server (spot check) call the same function.
+`WebGuard` is the pure-ASGI middleware the two FastAPI servers put in front of their routes; each gives it
+its own checks and error format.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -76,6 +79,40 @@ def same_origin(origin: str, host: str | None) -> bool:
         return False
     parts = urlsplit(origin)
     return bool(parts.netloc) and parts.netloc.lower() == (host or "").strip().lower()
+
+
+#: an ASGI application; a Starlette response is one
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+#: (method, headers with lower-cased names, path) -> the response that refuses the request, or None
+Problem = Callable[[str, dict[str, str], str], ASGIApp | None]
+
+
+class WebGuard:
+    """Pure ASGI middleware: `problem` sees every HTTP request before any route, and its response, when it
+    gives one, is the answer. `headers` go on every response, refusals included.
+
+    Pure ASGI because Starlette's BaseHTTPMiddleware would hide client disconnects from the routes."""
+
+    def __init__(self, app: ASGIApp, *, problem: Problem, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self.app, self.problem, self.headers = app, problem, list(headers)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan, websocket: nothing a web page can abuse here
+            await self.app(scope, receive, send)
+            return
+        # latin-1: any header byte decodes, so a malformed header reaches the checks instead of crashing them
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal = self.problem(scope["method"], headers, scope["path"])
+        answer = send if not self.headers else self._adding_headers(send)
+        await (refusal or self.app)(scope, receive, answer)
+
+    def _adding_headers(self, send: Any) -> Any:
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        return send_with_headers
 
 
 def _is_loopback(host: str) -> bool:

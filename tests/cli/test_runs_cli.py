@@ -7,7 +7,8 @@ import typer
 from typer.testing import CliRunner
 
 from tunesmith.cli.runs import runs_app
-from tunesmith.runs import RunRegistry
+from tunesmith.project import load_project
+from tunesmith.runs import RunRegistry, runs_root
 
 runner = CliRunner()
 
@@ -17,7 +18,7 @@ def run(*args):
 
 
 def _seed(project):
-    reg = RunRegistry.for_project(project)
+    reg = RunRegistry(runs_root(project))
     for run_id in ("20240101-120000-aaaa-alpha", "20240101-120000-aaab-beta", "20240102-090000-cccc-gamma"):
         reg.create_run(run_id, project_root=str(project), base_model="builtin:smollm2-135m-instruct", method="lora",
                        config={"lr": 0.0002, "note": "[bold]not markup[/]"}, plan={"batch_size": 4},
@@ -218,7 +219,7 @@ def _sealed_project(root, n: int = 40, fraction: float = 0.25, reseal: bool = Fa
 
 
 def _trained(root, run_id: str, seal):
-    reg = RunRegistry.for_project(root)
+    reg = load_project(root).registry()
     reg.create_run(run_id, project_root=str(root), base_model="m", method="lora", config={}, plan={},
                    data={"train_sha256": "ab" * 32, "test_seal_sha256": seal})
     return reg

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
 import re
+from importlib.resources import files
 
 import httpx
 import pytest
@@ -29,13 +31,19 @@ def test_the_page_is_self_contained_with_a_script_hash_csp(served):
     scripts = re.findall(r"<script>(.*?)</script>", page, flags=re.S)
     assert len(scripts) == 1 and page.count("<script") == 1
     digest = "sha256-" + base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
-    for csp in (r.headers["content-security-policy"], re.search(r'Content-Security-Policy" content="([^"]+)"', page)[1]):
+    meta = html.unescape(re.search(r'Content-Security-Policy" content="([^"]+)"', page)[1])
+    for csp in (r.headers["content-security-policy"], meta):
         assert f"script-src '{digest}'" in csp and "connect-src 'self'" in csp and "default-src 'none'" in csp
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     assert r.headers["x-content-type-options"] == "nosniff"
     assert not re.search(r"https?://", page)  # nothing external
     assert not re.search(r"autotest|test.?hook", page, flags=re.IGNORECASE)  # no test hook ships
     assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 404
+    # rendered through the shared page shell, from the stylesheet and script shipped as package files
+    shipped = files("tunesmith.distill")
+    assert scripts[0] == shipped.joinpath("review.js").read_text(encoding="utf-8")
+    assert re.search(r"<style>(.*?)</style>", page, flags=re.S)[1] == shipped.joinpath("review.css").read_text(
+        encoding="utf-8")
 
 
 def test_state_validate_and_decision(served):

@@ -108,7 +108,8 @@ def test_few_shot_needs_the_training_split(tmp_path):
 
 
 def test_old_project_files_load_with_the_new_settings_off(tmp_path):
-    from tunesmith.project import PROJECT_TEMPLATE, Project, load_project
+    from tunesmith.project import Project, load_project
+    from tunesmith.settings_docs import project_template
 
     root = make_project(tmp_path / "p", tmp_path / "m", label_rows(20), schema=LABEL_SCHEMA)
     project = load_project(root)
@@ -124,7 +125,7 @@ def test_old_project_files_load_with_the_new_settings_off(tmp_path):
         load_project(root)
     import yaml
 
-    template = PROJECT_TEMPLATE.format(task='"Answer with one compact JSON object."', base_model="m")
+    template = project_template().format(task='"Answer with one compact JSON object."', base_model="m")
     assert "# baseline:" in template and "#   few_shot: 3" in template and "#   constrained: true" in template
     uncommented = (template.replace("# baseline:", "baseline:").replace("#   constrained: true", "  constrained: true")
                    .replace("#   few_shot: 3", "  few_shot: 3").replace("# eval:", "eval:"))

@@ -112,6 +112,21 @@ def test_compare_shows_per_prompt_flips(project):
     assert "pass -> FAIL" in human.stdout
 
 
+def test_compare_reports_what_eval_reports_base_vs_tuned(project):
+    """One paired comparison for both commands: the same metrics, the same differences and verdicts."""
+    root, run_id = project
+    evaluated = cli("eval", run_id, "-p", root, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    from_eval = json.loads(evaluated.stdout)["summary"]["comparison"]
+    compared = json.loads(cli("compare", "base", run_id, "-p", root, "--json").stdout)["comparison"]
+    assert {"stop_rate", "length_chars", "output_tokens"} <= set(from_eval)
+    assert list(compared) == list(from_eval)
+    for metric, c in from_eval.items():
+        assert compared[metric]["verdict"] == c["verdict"], metric
+        assert compared[metric]["diff"]["mean"] == pytest.approx(c["diff"]["mean"]), metric
+        assert compared[metric]["n"] == c["n"], metric
+
+
 def test_spotcheck_build_and_unblind(project):
     root, run_id = project
     cli("eval", run_id, "-p", root)

@@ -14,20 +14,10 @@ import pytest
 from fixtures.fake_openai import FakeOpenAI, Reply
 from tunesmith.errors import TunesmithError
 from tunesmith.inference.openai_client import ChatClient, RequestCache
-from tunesmith.judge import (
-    SELF_JUDGING_HINT,
-    JudgeConfig,
-    JudgeError,
-    JudgeFailure,
-    JudgeParseError,
-    PairInput,
-    RubricInput,
-    check_not_self,
-    judge_pairwise,
-    judge_rubric,
-    parse_pairwise_reply,
-    parse_rubric_reply,
-)
+from tunesmith.judge.config import SELF_JUDGING_HINT, JudgeConfig, check_not_self
+from tunesmith.judge.parsing import JudgeParseError, parse_pairwise_reply, parse_rubric_reply
+from tunesmith.judge.results import JudgeError, JudgeFailure, PairInput, RubricInput
+from tunesmith.judge.runner import judge_pairwise, judge_rubric
 from tunesmith.judge.prompts import rubric_messages
 
 GOOD = {"correctness": 5, "format": 4, "completeness": 3, "notes": "fine"}

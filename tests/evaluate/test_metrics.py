@@ -21,10 +21,10 @@ from tunesmith.evaluate.metrics import (
     aggregate,
     load_scorer,
     metric_kind,
-    paired_values,
     score_item,
     scorer_metric,
 )
+from tunesmith.evaluate.paired import paired_values
 from tunesmith.evaluate.types import EvalItem, Estimate, Generation
 
 SCHEMA = {

@@ -10,6 +10,7 @@ from datagen import clean_examples, write_jsonl, write_project_file
 from tunesmith.cli import app
 from tunesmith.data.split import split_file
 from tunesmith.evaluate.store import EvalStore
+from tunesmith.project import load_project
 from tunesmith.runs import RunRegistry, seal_sha256
 
 runner = CliRunner()
@@ -47,7 +48,7 @@ DIFFERENT = ("were scored on different test sets (seal {a} vs {b}): the paired c
 
 def test_compare_on_one_seal_has_no_warning_and_carries_the_hashes(tmp_path):
     seal = project(tmp_path)
-    reg = RunRegistry.for_project(tmp_path)
+    reg = load_project(tmp_path).registry()
     evaluated(reg, "r1", seal, [True, False, False, True])
     evaluated(reg, "r2", seal, [True, True, False, True])
     result = cli("compare", "r1", "r2", "-p", tmp_path, "--json")
@@ -60,7 +61,7 @@ def test_compare_on_one_seal_has_no_warning_and_carries_the_hashes(tmp_path):
 
 def test_compare_warns_when_the_runs_were_scored_on_different_seals(tmp_path):
     old = project(tmp_path)
-    reg = RunRegistry.for_project(tmp_path)
+    reg = load_project(tmp_path).registry()
     evaluated(reg, "r1", old, [True, False, False, True])
     new = split(tmp_path, n=60, fraction=0.3, reseal=True)
     evaluated(reg, "r2", new, [True, True, False, True])
@@ -74,7 +75,7 @@ def test_compare_warns_when_the_runs_were_scored_on_different_seals(tmp_path):
 
 def test_compare_says_when_a_seal_was_not_recorded(tmp_path):
     seal = project(tmp_path)
-    reg = RunRegistry.for_project(tmp_path)
+    reg = load_project(tmp_path).registry()
     evaluated(reg, "base", None, [False, False, True, True])  # an evaluation from before seals were recorded
     evaluated(reg, "r1", seal, [True, False, True, True])
     out = json.loads(cli("compare", "base", "r1", "-p", tmp_path, "--json").stdout)
@@ -85,7 +86,7 @@ def test_compare_says_when_a_seal_was_not_recorded(tmp_path):
 
 def test_eval_of_a_run_after_a_reseal_records_the_new_seal_and_says_so(tmp_path, tiny_model_dir):
     old = project(tmp_path, str(tiny_model_dir))
-    reg = RunRegistry.for_project(tmp_path)
+    reg = load_project(tmp_path).registry()
     run_dir = reg.create_run("r-old", project_root=str(tmp_path), base_model=str(tiny_model_dir), method="full",
                              config={}, plan={}, data={"test_seal_sha256": old})
     shutil.copytree(tiny_model_dir, run_dir / "model")  # a full fine-tune's output, as training leaves it

@@ -10,8 +10,8 @@ import pytest
 
 from tunesmith.data.checks.contract import AnswerContract
 from tunesmith.evaluate.generate import LocalBackend
-from tunesmith.evaluate.types import DecodeSettings
 from tunesmith.inference.contract_stop import ContractSpec, ContractWatch, JsonPrefix
+from tunesmith.inference.types import DecodeSettings
 
 VALID = ['{"a": 1, "b": [true, null, -0.5e3, "x\\u00e9 \\"q\\""], "c": {}}', "[]", "[1,2]", '{"k":"v"}  \n',
          '[{"a":[]}, {"b": {"c": [false]}}]', "  {}"]
@@ -141,7 +141,7 @@ def test_eval_cuts_only_when_the_expected_answers_meet_the_contract_themselves(t
 
 def test_regression_prompts_are_never_cut(tmp_path: Path) -> None:
     """Regression assertions (contains, not_contains, scorers) read whole answers: only the test set is cut."""
-    from tunesmith.evaluate.run import Subject, evaluate_subject
+    from tunesmith.evaluate.subject import Subject, evaluate_subject
     from tunesmith.evaluate.types import EvalItem, Generation
     from tunesmith.project import load_project
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tunesmith.inference.engine import Engine, EngineClosed, Job, Sampling
+from tunesmith.inference.engine import Job, Sampling
+from tunesmith.inference.worker import Engine, EngineClosed
 from tunesmith.inference.rows import Row, held_back
 
 
@@ -88,7 +89,7 @@ def _prompt(tok, text: str) -> list[int]:
 
 def _alone(serve_base, texts: list[str], max_new: int) -> list[str]:
     from tunesmith.evaluate.generate import LocalBackend
-    from tunesmith.evaluate.types import DecodeSettings
+    from tunesmith.inference.types import DecodeSettings
 
     chats = [[{"role": "user", "content": t}] for t in texts]
     return [g.text for g in LocalBackend(serve_base, batch_size=1).generate(chats, DecodeSettings(max_new_tokens=max_new))]
@@ -262,7 +263,7 @@ def test_requests_sharing_a_system_prompt_reuse_its_cache_until_the_model_change
 
 def _alone_without_prefix(serve_base, system: str, texts: list[str], max_new: int):
     from tunesmith.evaluate.generate import LocalBackend
-    from tunesmith.evaluate.types import DecodeSettings
+    from tunesmith.inference.types import DecodeSettings
 
     backend = LocalBackend(serve_base, batch_size=1)
     backend.prefix_reuse = False

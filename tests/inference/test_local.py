@@ -10,8 +10,8 @@ import pytest
 
 from fixtures.reference import plain_generate
 from tunesmith.errors import ModelError
-from tunesmith.evaluate.types import DecodeSettings, Generation
 from tunesmith.inference.local import LocalBackend
+from tunesmith.inference.types import DecodeSettings, Generation
 
 WORDS = "the model data test train answer question label name value output input text small large fast".split()
 #: a system prompt long enough (well over prefix.MIN_PREFIX tokens) to be worth sharing

@@ -12,11 +12,10 @@ from typer.testing import CliRunner
 from datagen import clean_examples, write_jsonl, write_project_file
 from tunesmith.errors import ProjectError, UsageError
 from tunesmith.project import load_project
-from tunesmith.train.budget import (
-    DURATION_FORMS, costs_for, cut_epochs, format_budget, keep_recorded_budget, parse_duration, readable_ceiling,
-)
+from tunesmith.train.budget import costs_for, cut_epochs, format_budget, keep_recorded_budget, readable_ceiling
 from tunesmith.train.device import DeviceInfo
 from tunesmith.train.plan import FILE, FLAG, PlanInputs, TrainPlan, make_plan
+from tunesmith.units import DURATION_FORMS, parse_duration
 
 STEP_S = 20.0  # the "measured" step time: estimate_step_seconds is patched to return it
 CPU = DeviceInfo("cpu", "test-cpu", False, None)

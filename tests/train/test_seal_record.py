@@ -4,7 +4,6 @@ from datagen import clean_examples, write_jsonl
 from tunesmith.data.split import seal_path_for, split_file
 from tunesmith.io import sha256_file
 from tunesmith.project import load_project
-from tunesmith.runs import RunRegistry
 from tunesmith.train.prepare import guard_data
 
 
@@ -16,7 +15,7 @@ def test_guard_data_hashes_the_seal_and_the_registry_keeps_it(tmp_path):
     project = load_project(tmp_path)
     _, hashes = guard_data(project)
     assert hashes["test_seal_sha256"] == sha256_file(seal_path_for(test))
-    reg = RunRegistry.for_project(tmp_path)
+    reg = project.registry()
     reg.create_run("r1", project_root=str(tmp_path), base_model="m", method="lora", config={}, plan={}, data=hashes)
     assert reg.get("r1").test_seal_sha256 == hashes["test_seal_sha256"]
     # a re-split writes a new seal: the next run records another hash

@@ -24,7 +24,8 @@ def init(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Scaffold a tunesmith.yaml that explains each field."""
-    from tunesmith.project import DEFAULT_MODEL, init_project
+    from tunesmith.project import DEFAULT_MODEL
+    from tunesmith.scaffold import init_project
 
     path = init_project(directory, task=task, base_model=base_model or DEFAULT_MODEL, force=force)
     if json_out:

@@ -10,7 +10,6 @@ import atexit
 import errno
 import json
 import os
-import re
 import shlex
 import shutil
 import stat
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tunesmith.errors import DataError
+from tunesmith.json_numbers import huge_number
+from tunesmith.paths import link_hint, symlink_problem
 
 BOM = b"\xef\xbb\xbf"
 #: A single line larger than this is reported instead of parsed (a 50 MB line is a mistake).
@@ -81,29 +82,6 @@ def is_stream(path: str | os.PathLike[str]) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
-def symlink_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why a path leads nowhere through symlinks (a loop, or a link to nothing), else None.
-
-    Path.exists() is False for both, which would otherwise read as "no such file"."""
-    p = Path(path)
-    try:
-        os.stat(p)
-        return None
-    except ValueError:  # a NUL byte in the path
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            chain = _link_chain(p)
-            return f"{p} is a symlink loop ({chain})" if chain else f"{p}: its path runs through a symlink loop"
-        if exc.errno == errno.ENOENT and p.is_symlink():
-            return f"{p} is a symlink to {_link_target(p)}, which does not exist"
-        return None
-
-
-def link_hint(path: str | os.PathLike[str]) -> str:
-    return f"remove or repoint the link (`ls -l {shlex.quote(str(path))}` shows where it leads), or pass the real file"
-
-
 def _mode(p: Path) -> int:
     """The file type bits of an input, or a DataError that says why there is none."""
     try:
@@ -119,20 +97,6 @@ def _mode(p: Path) -> int:
         if exc.errno == errno.EACCES:
             raise DataError(f"{p}: permission denied", "make the file and its folders readable (chmod +rx)") from None
         raise DataError(f"{p}: cannot be read ({exc.strerror})", "check the path and the disk") from None
-
-
-def _link_target(p: Path) -> Path:
-    target = Path(os.readlink(p))
-    return target if target.is_absolute() else p.parent / target
-
-
-def _link_chain(p: Path) -> str:
-    """'a -> b -> a' for a loop of links starting at p; '' when p itself is not a link."""
-    seen: list[Path] = []
-    while p.is_symlink() and p not in seen and len(seen) < 40:
-        seen.append(p)
-        p = _link_target(p)
-    return " -> ".join(map(str, [*seen, p])) if seen else ""
 
 
 #: temporary copy -> the stream as the user named it, for reports (see shown_name)
@@ -243,40 +207,6 @@ TOO_DEEP = (f"JSON nested too deeply to read (more than about {sys.getrecursionl
 
 
 HUGE_NUMBER_HINT = "quote it as a string if it is an ID or a code, or remove it"
-
-
-class _HugeInt(str):
-    """A JSON integer too long for int(), kept as its digits so the walk below can find it."""
-
-
-def huge_number(text: str, why: str = "no example needs one that long") -> str:
-    """Describe the first integer in a JSON text that is too long for Python to convert, and where it is."""
-    limit = sys.get_int_max_str_digits()
-
-    def parse_int(digits: str) -> object:
-        return _HugeInt(digits) if limit and len(digits.lstrip("-")) > limit else int(digits)
-
-    try:
-        value = json.loads(text, parse_int=parse_int)
-    except (ValueError, RecursionError):
-        value = None
-    where, digits = _find_huge(value) or ("a number", "")
-    if not digits:  # not found by the walk: fall back on the longest run of digits in the text
-        digits = max(re.findall(r"\d+", text), key=len, default="")
-    return f"{where} is a number {len(digits.lstrip('-')):,} digits long; {why}"
-
-
-def _find_huge(value: object) -> tuple[str, str] | None:
-    stack: list[tuple[str, object]] = [("", value)]
-    while stack:  # iterative, like lone_surrogate: a line can be nested hundreds deep
-        path, item = stack.pop()
-        if isinstance(item, _HugeInt):
-            return (f"field {path}" if path else "the line"), str(item)
-        if isinstance(item, dict):
-            stack.extend((f"{path}.{k}" if path else k, v) for k, v in reversed(item.items()))
-        elif isinstance(item, list):
-            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(item))))
-    return None
 
 
 def lone_surrogate(value: object) -> str | None:

@@ -23,10 +23,11 @@ from tunesmith.data.checks.dedup import split_key
 from tunesmith.data.checks.near import MAIN, NearIndex
 from tunesmith.data.formats import parse_record
 from tunesmith.data.minhash import UnionFind
-from tunesmith.data.reader import (huge_number, iter_raw, iter_raw_lines, link_hint, looks_like_json_array, shown_name,
-                                   symlink_problem)
+from tunesmith.data.reader import iter_raw, iter_raw_lines, looks_like_json_array, shown_name
 from tunesmith.errors import DataError, OutputError, SealError, UsageError
 from tunesmith.io import StagedFile, StagedGroup, commit_together, sha256_file
+from tunesmith.json_numbers import huge_number
+from tunesmith.paths import link_hint, symlink_problem
 from tunesmith.project import TEST_FRACTION_MAX, TEST_FRACTION_MIN
 
 SEAL_VERSION = 1

@@ -2,7 +2,7 @@
 
 Routes (JSON bodies only, ``Content-Type: application/json``)::
 
-    GET  /               the page (self-contained: inline CSS and JS, a CSP allowing only its own script)
+    GET  /               the page (`review_page`: inline CSS and JS, a CSP allowing only its own script)
     GET  /api/state      rows in review order, decisions, progress, the contract, the file's version
     POST /api/validate   {"answer"} -> {"ok", "problems"}: the contract's own check, as the person types
     POST /api/decision   {"id", "action": accept|edit|reject|undo, "answer"?, "reason"?, "version"}
@@ -29,9 +29,9 @@ from tunesmith.distill.review import (
     ReviewStore,
     UnknownRow,
 )
-from tunesmith.distill.review_page import CSP, PAGE
+from tunesmith.distill.review_page import review_page
 from tunesmith.errors import OutputError, TunesmithError, UsageError
-from tunesmith.web_guard import allowed_hosts, check_request
+from tunesmith.web_guard import WebGuard, allowed_hosts, check_request
 
 MAX_BODY = 1 << 20
 HOST = "127.0.0.1"
@@ -57,50 +57,38 @@ _REFUSAL_HINTS = {403: "open the page at the address `tunesmith review` printed 
                   415: "send a JSON object"}
 
 
-class _Guard:
-    """Host, origin, content type and body size, checked before any route (pure ASGI middleware)."""
+def _guard(app: Any, max_body: int) -> WebGuard:
+    """Host, origin, content type and body size, checked before any route."""
+    hosts = allowed_hosts(HOST)
 
-    def __init__(self, app: Any, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
-        self.hosts = allowed_hosts(HOST)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        problem = self._problem(scope["method"], headers)
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *_COMMON_HEADERS]}
-            await send(message)
-
-        if problem is None:
-            await self.app(scope, receive, send_with_headers)
-            return
+    def problem(method: str, headers: dict[str, str], _path: str) -> Any:
+        found = _problem(method, headers, hosts, max_body)
+        if found is None:
+            return None
         from starlette.responses import JSONResponse
 
-        status, message, hint = problem
-        response = JSONResponse({"error": {"message": message, "hint": hint}}, status_code=status)
-        await response(scope, receive, send_with_headers)
+        status, message, hint = found
+        return JSONResponse({"error": {"message": message, "hint": hint}}, status_code=status)
 
-    def _problem(self, method: str, headers: dict[str, str]) -> tuple[int, str, str] | None:
-        # every POST route reads a JSON body
-        refusal = check_request(method=method, host=headers.get("host"), origin=headers.get("origin"),
-                                content_type=headers.get("content-type"), allowed=self.hosts, json_body=True,
-                                more_hosts=None)
-        if refusal is not None:
-            return refusal.status, refusal.message, _REFUSAL_HINTS[refusal.status]
-        if method in ("GET", "HEAD"):
-            return None
-        # a second opinion from browsers that send it: Origin alone already decides for them
-        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-            return 403, "cross-origin request refused", "only the review page itself may save decisions"
-        length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            return 413, f"request body over the limit of {self.max_body} bytes", "send a smaller answer"
+    return WebGuard(app, problem=problem, headers=_COMMON_HEADERS)
+
+
+def _problem(method: str, headers: dict[str, str], hosts: frozenset[str] | None,
+             max_body: int) -> tuple[int, str, str] | None:
+    # every POST route reads a JSON body
+    refusal = check_request(method=method, host=headers.get("host"), origin=headers.get("origin"),
+                            content_type=headers.get("content-type"), allowed=hosts, json_body=True, more_hosts=None)
+    if refusal is not None:
+        return refusal.status, refusal.message, _REFUSAL_HINTS[refusal.status]
+    if method in ("GET", "HEAD"):
         return None
+    # a second opinion from browsers that send it: Origin alone already decides for them
+    if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return 403, "cross-origin request refused", "only the review page itself may save decisions"
+    length = headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_body:
+        return 413, f"request body over the limit of {max_body} bytes", "send a smaller answer"
+    return None
 
 
 def _error(status: int, exc: TunesmithError, **extra: Any) -> Any:
@@ -175,7 +163,8 @@ def create_app(store: ReviewStore, *, max_body: int = MAX_BODY) -> Any:
 
     @app.get("/")
     async def page() -> Any:
-        return HTMLResponse(PAGE, headers={"Content-Security-Policy": CSP + "; frame-ancestors 'none'"})
+        html, csp = review_page()
+        return HTMLResponse(html, headers={"Content-Security-Policy": csp + "; frame-ancestors 'none'"})
 
     @app.get("/api/state")
     async def state() -> Any:
@@ -207,7 +196,7 @@ def create_app(store: ReviewStore, *, max_body: int = MAX_BODY) -> Any:
             return JSONResponse(await run_in_threadpool(store.state))
         return await guarded(call)
 
-    return _Guard(app, max_body)
+    return _guard(app, max_body)
 
 
 # ---------------------------------------------------------------------------------------------

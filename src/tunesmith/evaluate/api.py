@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.evaluate.items import regression_items, test_items
-from tunesmith.evaluate.run import (
+from tunesmith.evaluate.subject import (
     SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, seal_summary, seal_warning, store_eval,
 )
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
@@ -165,7 +165,7 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
     if variants:
         summary["constrained"] = variants
     if opts.judge and project.eval.judge is not None:
-        from tunesmith.judge.evaluation import run_judge
+        from tunesmith.evaluate.judged import run_judge
 
         summary["judge"] = run_judge(project, subject, tuned, base_eval, test, allow_self=opts.allow_self_judging, say=say)
     gate_result = gate(project, tuned) if subject.name != "base" else None
@@ -309,7 +309,7 @@ def _base_sample(project_dir: Path | str, opts: EvalOptions, threshold: float, s
                                "speed": {"base": meter.result()}, "sample": sample.to_dict(),
                                "seal": seal_summary(project, subject)}
     if opts.judge and project.eval.judge is not None:
-        from tunesmith.judge.evaluation import run_judge
+        from tunesmith.evaluate.judged import run_judge
 
         summary["judge"] = run_judge(project, subject, ev, None, answered, allow_self=opts.allow_self_judging, say=say)
     return EvalOutcome(subject.name, summary, None, None, warnings), _Evaluated(project, subject, test, settings,
@@ -335,7 +335,6 @@ def compare_runs(project_dir: Path | str, ref_a: str, ref_b: str) -> dict[str, A
     """Per-prompt flips on the regression suite and paired test-set comparisons, from stored evaluations."""
     from tunesmith.errors import UsageError
     from tunesmith.evaluate.regression import flips
-    from tunesmith.evaluate.stats import compare
     from tunesmith.evaluate.store import EvalStore
 
     project = load_project(project_dir)
@@ -357,14 +356,13 @@ def compare_runs(project_dir: Path | str, ref_a: str, ref_b: str) -> dict[str, A
         before = {k: v.passed for k, v in regs[0].items.items()}
         after = {k: v.passed for k, v in regs[1].items.items()}
         out["regression_flips"] = flips(before, after)
-    common = sorted(set(tests[0].items) & set(tests[1].items))
-    comparisons = {}
-    for metric in ("exact_match", "json_valid", "schema_valid", "field_accuracy"):
-        pairs = [(tests[0].items[i].scores.get(metric), tests[1].items[i].scores.get(metric)) for i in common]
-        pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
-        if pairs:
-            kind = "score" if metric == "field_accuracy" else "binary"
-            comparisons[metric] = compare([p[0] for p in pairs], [p[1] for p in pairs], kind=kind).to_dict()
+    from tunesmith.evaluate.paired import compare_scores, stored_scores
+
+    scores = [stored_scores({i: item.scores for i, item in t.items.items()}) for t in tests]
+    # the metrics both evaluations aggregated, in the order eval reports them
+    metrics = [m for m in tests[1].summary if m in tests[0].summary]
+    comparisons = {m: c.to_dict() for m, c in compare_scores(scores[0], scores[1], metrics).items()}
+    common = set(tests[0].items) & set(tests[1].items)
     out["comparison"] = comparisons
     out["items"] = len(common)
     return out

@@ -139,7 +139,7 @@ def evaluate_variant(project: Project, subject: Any, test: list[EvalItem], setti
     stored as `name`, and summarised with its tokens/s. Regression prompts are not asked again.
     With a `threshold` (baseline's bar) it stops once the pass rate's interval clears it
     (`evaluate.sequential`); "sample" then says how many it answered, "n" counts those."""
-    from tunesmith.evaluate.run import store_eval
+    from tunesmith.evaluate.subject import store_eval
     from tunesmith.evaluate.sequential import evaluate_sample
     from tunesmith.evaluate.speed import SpeedMeter
 

@@ -49,7 +49,7 @@ import math
 import numbers
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Union
@@ -75,7 +75,6 @@ __all__ = [
     "load_scorer",
     "metric_kind",
     "metric_value",
-    "paired_values",
     "score_item",
     "scorer_metric",
 ]
@@ -145,6 +144,14 @@ class ItemScore:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemScore:
+        """Back from `to_dict` (the evaluation store); keys an older tunesmith did not write are unset."""
+        known = {f.name for f in fields(cls)}
+        defaults = {"exact_match": None, "json_valid": None, "schema_valid": None, "field_accuracy": None,
+                    "fields": {}, "regex_ok": None, "length_chars": 0, "output_tokens": 0, "stopped": False}
+        return cls(**{**defaults, **{k: v for k, v in data.items() if k in known}})
 
 
 # --- comparing JSON values ------------------------------------------------------------------------
@@ -427,26 +434,6 @@ def metric_value(score: ItemScore, metric: str) -> float | bool | None:
                   "length_chars", "output_tokens"):
         return getattr(score, metric)
     raise KeyError(f"unknown metric {metric!r}")
-
-
-def paired_values(
-    a: Sequence[ItemScore], b: Sequence[ItemScore], metric: str,
-) -> tuple[list[str], list[float | bool], list[float | bool]]:
-    """(ids, a values, b values) for the items both runs scored and where the metric is defined on
-    both sides, in `a`'s order – ready for `stats.compare`."""
-    b_by_id = {s.id: s for s in b}
-    ids, va, vb = [], [], []
-    for sa in a:
-        sb = b_by_id.get(sa.id)
-        if sb is None:
-            continue
-        x, y = metric_value(sa, metric), metric_value(sb, metric)
-        if x is None or y is None:
-            continue
-        ids.append(sa.id)
-        va.append(x)
-        vb.append(y)
-    return ids, va, vb
 
 
 class Aggregate(dict[str, Estimate]):

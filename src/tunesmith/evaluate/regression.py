@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.data.reader import iter_raw, link_hint, symlink_problem
+from tunesmith.data.reader import iter_raw
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.types import EvalItem
 from tunesmith.io import loads_strict_json
+from tunesmith.paths import link_hint, symlink_problem
 
 
 class RegressionError(TunesmithError):

@@ -150,7 +150,7 @@ def evaluate_sample(project: Project, subject: Any, items: list[EvalItem], setti
     go). Returns its evaluation of the items it answered, those items (in the order answered), and the
     sample. Regression prompts are not asked here."""
     from tunesmith.evaluate.metrics import aggregate
-    from tunesmith.evaluate.run import SubjectEval, evaluate_subject
+    from tunesmith.evaluate.subject import SubjectEval, evaluate_subject
 
     if threshold is not None and _all_cached(subject, items, settings):
         say(f"{subject.name}: every test answer is in the generation cache: all {len(items)} count")

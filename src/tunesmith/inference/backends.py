@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from tunesmith.errors import UsageError
-from tunesmith.evaluate.types import DecodeSettings, Generation
+from tunesmith.inference.types import DecodeSettings, Generation
 
 Chat = list[dict[str, str]]
 Progress = Callable[[int], None]

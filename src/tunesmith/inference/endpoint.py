@@ -6,7 +6,6 @@ import threading
 from typing import Any
 
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.types import DecodeSettings, Generation
 from tunesmith.inference.backends import (
     Chat, OnResult, Progress, Results, check_settings, sha256_of, truncate_at_stop,
 )
@@ -17,6 +16,7 @@ from tunesmith.inference.openai_client import (  # light: openai itself loads in
     RequestFailed,
     RetryPolicy,
 )
+from tunesmith.inference.types import DecodeSettings, Generation
 
 
 class EndpointError(TunesmithError):

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError
-from tunesmith.evaluate.types import DecodeSettings, Generation
 from tunesmith.inference.backends import (
     Chat, OnResult, Progress, Results, check_settings, file_sha256, sha256_of,
 )
 from tunesmith.inference.loading import (
     auto_batch_size, available_memory, default_device, default_dtype, load_model,
 )
+from tunesmith.inference.types import DecodeSettings, Generation
 
 #: files whose presence means a directory carries its own tokenizer
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

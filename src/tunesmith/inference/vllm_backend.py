@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ModelError, one_line
-from tunesmith.evaluate.types import DecodeSettings, Generation
 from tunesmith.inference.backends import Chat, OnResult, Progress, check_settings, sha256_of, truncate_at_stop
 from tunesmith.inference.constraints import JSON_ANY, JSON_OBJECT, JSON_SCHEMA, REGEX, Constraint
 from tunesmith.inference.local import LocalBackend
+from tunesmith.inference.types import DecodeSettings, Generation
 
 
 def vllm_available() -> bool:

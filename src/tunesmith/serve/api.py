@@ -127,7 +127,7 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     if len(config.adapters) > config.max_adapters:
         raise UsageError(f"{len(config.adapters)} adapters given with --adapter, but --max-adapters is "
                          f"{config.max_adapters}", f"raise it: --max-adapters {len(config.adapters)}")
-    from tunesmith.inference.engine import Engine
+    from tunesmith.inference.worker import Engine
     from tunesmith.inference.loading import default_device, default_dtype, load_model
     from tunesmith.models.resolve import tokenizer_in
     from tunesmith.serve.adapters import AdapterLocator

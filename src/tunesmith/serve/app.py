@@ -30,16 +30,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.errors import TunesmithError
 from tunesmith.inference.constraints import Constraint
-from tunesmith.inference.engine import Engine, EngineClosed, Finished, Job, Sampling
+from tunesmith.inference.engine import Finished, Job, Sampling
+from tunesmith.inference.worker import Engine, EngineClosed
 from tunesmith.serve.adapters import (
     DEFAULT_MAX_ADAPTERS, AdapterInfo, AdapterLocator, ServedBase, check_name, check_shapes,
 )
@@ -48,109 +49,8 @@ from tunesmith.serve.errors import (
     TooManyAdapters, Unauthorized, Unavailable, UnsupportedMediaType, error_body,
 )
 from tunesmith.serve.formats import close_reserve, response_constraint
-from tunesmith.web_guard import allowed_hosts, check_request, host_name
-
-# -- request bodies --------------------------------------------------------------------------------
-
-
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ContentPart(_Lenient):
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(_Lenient):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for part in self.content:
-            if part.type != "text" or part.text is None:
-                raise BadRequest(f"content part of type {part.type!r} is not supported", "send text parts only",
-                                 param="messages")
-            parts.append(part.text)
-        return "".join(parts)
-
-
-class StreamOptions(_Lenient):
-    include_usage: bool = False
-
-
-class ChatRequest(_Lenient):
-    model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1)
-    min_tokens: int = Field(0, ge=0)  # vLLM's extension: no end-of-turn before this many tokens
-    # accepted when they ask for nothing: sent by some clients with their defaults
-    frequency_penalty: float | None = 0
-    presence_penalty: float | None = 0
-    logprobs: bool | None = False
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
-    logit_bias: dict[str, float] | None = None
-    top_k: int | None = None  # vLLM's extension
-    repetition_penalty: float | None = None  # vLLM's extension
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_mean_defaults(cls, data: Any) -> Any:
-        # OpenAI's API takes null for "the default"; some clients send it explicitly
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None or k in ("model", "messages")}
-        return data
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: str | list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        stops = [v] if isinstance(v, str) else v
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return [s for s in stops if s]
-
-    def unsupported(self) -> tuple[str, str] | None:
-        if self.n != 1:
-            return "n", "only n=1 is supported; send separate requests"
-        if self.tools or self.functions:
-            return "tools", "tool calling is not supported by this server"
-        if self.logprobs:
-            return "logprobs", "logprobs are not supported by this server"
-        if self.frequency_penalty or self.presence_penalty:
-            return "frequency_penalty", "frequency and presence penalties are not supported; leave them at 0"
-        if self.logit_bias:
-            return "logit_bias", "logit_bias is not supported by this server"
-        if self.top_k not in (None, 0, -1):
-            return "top_k", "top_k is not supported; use top_p"
-        if self.repetition_penalty not in (None, 1.0):
-            return "repetition_penalty", "repetition_penalty is not supported; leave it at 1.0"
-        if self.stream_options is not None and not self.stream:
-            return "stream_options", "stream_options is only allowed when stream is true"
-        return None
-
-
-class AdapterRequest(_Lenient):
-    name: str
-    source: str | None = None
-    path: str | None = None  # alias of source
-
+from tunesmith.serve.schemas import AdapterRequest, ChatRequest
+from tunesmith.web_guard import Problem, WebGuard, allowed_hosts, check_request, host_name
 
 # -- limits and state ------------------------------------------------------------------------------
 
@@ -296,7 +196,7 @@ def create_app(state: ServerState, on_shutdown: Callable[[], None] | None = None
         return _ErrorResponse(error_body(f"internal error: {type(exc).__name__}", "server_error", None,
                                          "internal_error"), status_code=500)
 
-    app.add_middleware(_Guard, state=state)
+    app.add_middleware(WebGuard, problem=_guard(state))
 
     async def _json_body(request: Request) -> Any:
         body = bytearray()
@@ -464,53 +364,45 @@ class _ErrorResponse(JSONResponse):
         return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
-class _Guard:
-    """Web-page rules (tunesmith.web_guard), then API key and declared body size, checked before any route
-    (a pure ASGI middleware: Starlette's BaseHTTPMiddleware would hide client disconnects from the routes)."""
+def _guard(state: ServerState) -> Problem:
+    """Web-page rules (tunesmith.web_guard), then API key and declared body size, checked before any route;
+    /health answers every client that passes the web-page rules."""
 
-    def __init__(self, app: Any, state: ServerState) -> None:
-        self.app, self.state = app, state
+    def problem(method: str, headers: dict[str, str], path: str) -> _ErrorResponse | None:
+        found = _web_problem(state.hosts, method, headers)
+        if found is None and path != "/health":
+            found = _client_problem(state, headers)
+        return None if found is None else _ErrorResponse(found.body(), status_code=found.status)
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        problem = self._web_problem(scope["method"], headers)
-        if problem is None and scope["path"] != "/health":
-            problem = self._client_problem(headers)
-        if problem is None:
-            await self.app(scope, receive, send)
-            return
-        await _ErrorResponse(problem.body(), status_code=problem.status)(scope, receive, send)
+    return problem
 
-    def _web_problem(self, method: str, headers: dict[str, str]) -> ServeError | None:
-        """Another web site's request (DNS rebinding, CSRF), refused in OpenAI's error shape."""
-        host, allowed = headers.get("host"), self.state.hosts
-        # every POST route reads a JSON body; DELETE and GET read none
-        refusal = check_request(method=method, host=host, origin=headers.get("origin"),
-                                content_type=headers.get("content-type"), allowed=allowed, json_body=method == "POST")
-        if refusal is None:
-            return None
-        if refusal.status == 415:
-            return UnsupportedMediaType(refusal.message)
-        if allowed is not None and host_name(host) not in allowed:
-            return HostNotAllowed(refusal.message)
-        return CrossOrigin(refusal.message)
 
-    def _client_problem(self, headers: dict[str, str]) -> ServeError | None:
-        problem: ServeError | None = None
-        if self.state.api_key:
-            given = headers.get("authorization", "")
-            token = given[7:].strip() if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), self.state.api_key.encode()):
-                problem = Unauthorized("missing or wrong API key",
-                                       "send 'Authorization: Bearer KEY' with the key the server was started with")
-        length = headers.get("content-length", "")
-        if problem is None and length.isdigit() and int(length) > self.state.limits.max_body_bytes:
-            problem = TooLarge(f"request body of {int(length)} bytes is over the limit of "
-                               f"{self.state.limits.max_body_bytes}", "send a smaller request")
-        return problem
+def _web_problem(allowed: frozenset[str] | None, method: str, headers: dict[str, str]) -> ServeError | None:
+    """Another web site's request (DNS rebinding, CSRF), refused in OpenAI's error shape."""
+    host = headers.get("host")
+    # every POST route reads a JSON body; DELETE and GET read none
+    refusal = check_request(method=method, host=host, origin=headers.get("origin"),
+                            content_type=headers.get("content-type"), allowed=allowed, json_body=method == "POST")
+    if refusal is None:
+        return None
+    if refusal.status == 415:
+        return UnsupportedMediaType(refusal.message)
+    if allowed is not None and host_name(host) not in allowed:
+        return HostNotAllowed(refusal.message)
+    return CrossOrigin(refusal.message)
+
+
+def _client_problem(state: ServerState, headers: dict[str, str]) -> ServeError | None:
+    if state.api_key:
+        given = headers.get("authorization", "")
+        token = given[7:].strip() if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), state.api_key.encode()):
+            return Unauthorized("missing or wrong API key",
+                                "send 'Authorization: Bearer KEY' with the key the server was started with")
+    length, limit = headers.get("content-length", ""), state.limits.max_body_bytes
+    if length.isdigit() and int(length) > limit:
+        return TooLarge(f"request body of {int(length)} bytes is over the limit of {limit}", "send a smaller request")
+    return None
 
 
 def _known(state: ServerState) -> str:

@@ -384,7 +384,7 @@ def verify_merged(project: Project, run: RunModel, merged_dir: Path, items: list
     """Greedy answers of `merged_dir` (loaded from disk) against the adapter model's (cached if evaluated)."""
     from tunesmith.evaluate.cache import CachedBackend
     from tunesmith.evaluate.generate import LocalBackend
-    from tunesmith.evaluate.run import cache_for
+    from tunesmith.evaluate.subject import cache_for
 
     assert run.base_path is not None and run.adapter_dir is not None
     adapter = CachedBackend(LocalBackend(run.base_path, adapter_path=run.adapter_dir, device=device), cache_for(project))

@@ -1,6 +1,5 @@
-"""The evaluation report: typed data (`data`), one self-contained HTML page (`page`, `page.css`, `page.js`).
-
-`shell` is the page shell (head, Content-Security-Policy, styles) the spot check shares.
+"""The evaluation report: typed data (`data`), one self-contained HTML page (`page`, `page.css`, `page.js`)
+rendered through the shared page shell, `tunesmith.web_page`.
 """
 
 from tunesmith.evaluate.report.data import ReportData

@@ -78,7 +78,7 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
 
 
 def _seal(run_id: str, seal: dict[str, Any] | None) -> Seal | None:
-    from tunesmith.evaluate.run import seal_warning
+    from tunesmith.evaluate.subject import seal_warning
 
     if seal is None:
         return None

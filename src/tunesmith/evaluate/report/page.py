@@ -22,8 +22,8 @@ from typing import Any
 from tunesmith.evaluate.report.chart import loss_chart
 from tunesmith.evaluate.report.data import ReportData
 from tunesmith.evaluate.report.sections import examples, header, judge_section, metrics_table, regression_section
-from tunesmith.evaluate.report.shell import asset, html_page
 from tunesmith.io import write_text_atomic
+from tunesmith.web_page import asset, html_page
 
 
 def _variants_section(variants: Mapping[str, Any] | None) -> str:

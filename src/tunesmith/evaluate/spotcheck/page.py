@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import DataError, UsageError
-from tunesmith.evaluate.report.shell import asset, html_page
 from tunesmith.io import write_json_atomic, write_text_atomic
+from tunesmith.web_page import asset, html_page
 
 PAGE_NAME = "spotcheck.html"
 MANIFEST_NAME = "spotcheck.json"  # public: the page id and the item ids, in page order

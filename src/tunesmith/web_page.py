@@ -1,7 +1,8 @@
-"""The HTML page shell that the report and the spot check share: head, Content-Security-Policy, styles, script.
+"""The HTML page shell every tunesmith page renders through (the report, the spot check, the review page):
+head, Content-Security-Policy, styles, script.
 
-Pages are self-contained files: their CSS and JS ship as package files (``page.css``, ``page.js``
-beside the module that renders them) and are inlined here. The CSP allows only the inlined script,
+Pages are self-contained files: their CSS and JS ship as package files (beside the module that renders
+them, listed in pyproject's package-data) and are inlined here. The CSP allows only the inlined script,
 by the SHA-256 of the very text shipped, so even a missed escape in the body could not run a script.
 """
 

@@ -1,5 +1,7 @@
-"""`tunesmith eval`: a subject answers the sealed test set and the regression suite; everything is
-scored, compared with the base model item by item, gated against the accepted run, stored and reported.
+"""One subject's evaluation pass: which model answers (`Subject`: a run, the base model, a hosted job or an
+endpoint), its answers to the sealed test set and the regression suite, scored, stored and gated.
+
+The commands that drive passes (`eval`, `baseline`, `compare`, `accept`) are in `evaluate.api`.
 """
 
 from __future__ import annotations
@@ -205,21 +207,9 @@ def seal_warning(run_id: str | None, seal: dict[str, Any]) -> str | None:
 
 def paired_comparisons(base: SubjectEval, tuned: SubjectEval) -> dict[str, Any]:
     """Per metric: the paired difference tuned - base on the items both answered, and the verdict."""
-    import dataclasses
+    from tunesmith.evaluate.paired import compare_scores
 
-    from tunesmith.evaluate.metrics import DESCRIPTIVE_METRICS, metric_kind, paired_values
-    from tunesmith.evaluate.stats import compare
-
-    out = {}
-    for name in tuned.aggregate:
-        _, a_vals, b_vals = paired_values(base.test_scores, tuned.test_scores, name)
-        if a_vals:
-            result = compare(a_vals, b_vals, kind=metric_kind(name))
-            if name in DESCRIPTIVE_METRICS:
-                plain = {"better": "higher", "worse": "lower"}.get(result.verdict, result.verdict)
-                result = dataclasses.replace(result, verdict=plain)
-            out[name] = result
-    return out
+    return compare_scores(base.test_scores, tuned.test_scores, tuned.aggregate)
 
 
 def gate(project: Project, candidate: SubjectEval) -> dict[str, Any]:

@@ -1,121 +1,28 @@
-"""Run directories and the run registry.
+"""RunRegistry: a project's runs, one SQLite row and one directory each, safe to share between processes.
 
-Every training (and later evaluation) run gets a directory `<project>/runs/<run id>/` holding the files
-that make it reproducible (`config.json`, `plan.json`, `data.json`, then `metrics.json`, `summary.json`,
-the trainer's step log and checkpoints). `runs/registry.sqlite` indexes them: one row per run with its
-status, timestamps and headline metrics, so `tunesmith runs list` never has to walk checkpoints.
-
-The registry is a small SQLite database in WAL mode with a busy timeout, so two tunesmith processes
-(a training run and a `runs list`, or two runs) can use it at once. Every operation opens its own
-short-lived connection; writes take the write lock up front (`BEGIN IMMEDIATE`). The schema is
-versioned with `PRAGMA user_version`: later changes append a function to `MIGRATIONS`.
-
-Step logs are JSONL files the trainer writes into the run directory, not rows here.
+Every operation opens its own short-lived connection in WAL mode with a busy timeout, so a training run
+and a `runs list` (or two runs) can use the registry at once; writes take the write lock up front.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
-import re
-import secrets
 import shutil
 import sqlite3
-import threading
-import time
-import unicodedata
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
-from tunesmith.errors import ModelError, RunNotFoundError, TunesmithError, UsageError
+from tunesmith.errors import RunNotFoundError, UsageError
 from tunesmith.io import write_json_atomic
+from tunesmith.runs.ids import _RESERVED_REFS, _RUN_ID_RE, STATUSES, TERMINAL_STATUSES, RunStatus
+from tunesmith.runs.record import RunRecord, ScoredOn
+from tunesmith.runs.schema import BUSY_TIMEOUT_S, RegistryError, _use_wal, _write_tx, migrate
 
-RUNS_DIRNAME = "runs"
 REGISTRY_FILENAME = "registry.sqlite"
-BUSY_TIMEOUT_S = 30.0
-
-RunStatus = Literal["created", "running", "interrupted", "failed", "completed"]
-STATUSES: tuple[str, ...] = get_args(RunStatus)
-TERMINAL_STATUSES = frozenset({"interrupted", "failed", "completed"})
-
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_RESERVED_REFS = frozenset({"latest"})
-
-
-class RegistryError(TunesmithError):
-    """The run registry cannot be opened, read or written (corrupt, locked, unwritable, too new)."""
-
-
-def runs_root(project_root: str | Path) -> Path:
-    """Where a project's runs live: `<project_root>/runs`."""
-    return Path(project_root) / RUNS_DIRNAME
-
-
-def seal_sha256(test: str | Path) -> str | None:
-    """SHA-256 of the seal of the test file `test` (what runs record as `test_seal_sha256`); None when
-    there is no seal. A re-split writes a new seal, so a different hash means a different test set."""
-    from tunesmith.data.split import seal_path_for
-    from tunesmith.io import sha256_file
-
-    seal = seal_path_for(Path(test))
-    return sha256_file(seal) if seal.is_file() else None
-
-
-def short_seal(sha: str | None) -> str:
-    """The first 12 hex digits of a seal hash, for people ("not recorded" for None)."""
-    return sha[:12] if sha else "not recorded"
-
-
-def _slug(name: str, max_len: int = 40) -> str:
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    return slug[:max_len].rstrip("-")
-
-
-_issued_lock = threading.Lock()
-_issued: dict[str, set[str]] = {}
-
-
-def new_run_id(name: str | None = None) -> str:
-    """A sortable, unique, filesystem-safe id: `YYYYMMDD-HHMMSS-<4 hex>[-<slug of name>]` (UTC time).
-
-    Ids sort by creation second; the random part keeps runs started in the same second apart. Within
-    one process an id is never handed out twice; across processes `create_run` refuses a taken id.
-    """
-    with _issued_lock:
-        while True:
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-            for old in [k for k in _issued if k != stamp]:
-                del _issued[old]
-            seen = _issued.setdefault(stamp, set())
-            if len(seen) < 0x10000:
-                break
-            time.sleep(0.01)  # every id of this second is taken: wait for the next one
-        while (rand := secrets.token_hex(2)) in seen:
-            pass
-        seen.add(rand)
-    run_id = f"{stamp}-{rand}"
-    slug = _slug(name) if name else ""
-    return f"{run_id}-{slug}" if slug else run_id
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries a run depends on (missing libraries are left out)."""
-    import platform
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for dist in ("torch", "transformers", "peft", "accelerate", "tunesmith"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def _now() -> str:
@@ -143,306 +50,6 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default, ensure_ascii=False, sort_keys=True)
 
 
-# --- schema ------------------------------------------------------------------------------------
-
-
-def _migration_1(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """
-        CREATE TABLE IF NOT EXISTS runs (
-            id           TEXT PRIMARY KEY,
-            status       TEXT NOT NULL,
-            created_at   TEXT NOT NULL,
-            updated_at   TEXT NOT NULL,
-            finished_at  TEXT,
-            project_root TEXT NOT NULL,
-            base_model   TEXT NOT NULL,
-            method       TEXT NOT NULL,
-            metrics      TEXT NOT NULL DEFAULT '{}',
-            error        TEXT,
-            summary      TEXT
-        )
-        """
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at)")
-
-
-def _migration_2(conn: sqlite3.Connection) -> None:
-    """Evaluations: one row per (subject, split) evaluation, one per item, and accepted baselines."""
-    conn.execute(
-        """
-        CREATE TABLE IF NOT EXISTS evaluations (
-            id           INTEGER PRIMARY KEY AUTOINCREMENT,
-            subject      TEXT NOT NULL,
-            run_id       TEXT,
-            split        TEXT NOT NULL,
-            created_at   TEXT NOT NULL,
-            fingerprint  TEXT NOT NULL,
-            settings     TEXT NOT NULL DEFAULT '{}',
-            summary      TEXT NOT NULL DEFAULT '{}'
-        )
-        """
-    )
-    conn.execute("CREATE INDEX IF NOT EXISTS evaluations_by_subject ON evaluations (subject, split, created_at)")
-    conn.execute(
-        """
-        CREATE TABLE IF NOT EXISTS eval_items (
-            evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
-            item_id       TEXT NOT NULL,
-            passed        INTEGER,
-            scores        TEXT NOT NULL DEFAULT '{}',
-            output        TEXT,
-            PRIMARY KEY (evaluation_id, item_id)
-        )
-        """
-    )
-    conn.execute(
-        """
-        CREATE TABLE IF NOT EXISTS accepted (
-            name        TEXT PRIMARY KEY,
-            subject     TEXT NOT NULL,
-            accepted_at TEXT NOT NULL
-        )
-        """
-    )
-
-
-def _migration_3(conn: sqlite3.Connection) -> None:
-    """The test seal's SHA-256: per run (the seal it was trained with), per evaluation (the seal it was
-    scored on). Runs registered before this read it back from their data.json, where training kept it."""
-    conn.execute("ALTER TABLE runs ADD COLUMN test_seal_sha256 TEXT")
-    conn.execute("ALTER TABLE evaluations ADD COLUMN seal_sha256 TEXT")
-    db_file = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
-    if not db_file:
-        return  # an in-memory database has no run directories
-    root = Path(db_file).parent
-    for (run_id,) in conn.execute("SELECT id FROM runs").fetchall():
-        seal = _seal_in_data_json(root / run_id / "data.json")
-        if seal is not None:
-            conn.execute("UPDATE runs SET test_seal_sha256 = ? WHERE id = ?", (seal, run_id))
-
-
-def _seal_in_data_json(path: Path) -> str | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    seal = data.get("test_seal_sha256") if isinstance(data, dict) else None
-    return seal if isinstance(seal, str) else None
-
-
-# MIGRATIONS[i] takes the schema from version i to version i + 1. Append; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
-
-
-def schema_version() -> int:
-    """The schema version this tunesmith writes."""
-    return len(MIGRATIONS)
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database on `conn` (autocommit mode) up to `schema_version()`; returns the version.
-
-    Runs under `BEGIN IMMEDIATE` and re-reads the version inside the transaction, so two processes
-    opening a fresh registry at once apply each migration exactly once.
-    """
-    target = schema_version()
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current == target:
-        return current
-    if current > target:
-        raise RegistryError(
-            f"run registry schema version {current} is newer than this tunesmith understands ({target})",
-            "upgrade tunesmith (pip install -U tunesmith) to use this project's runs",
-        )
-    with _write_tx(conn):
-        current = conn.execute("PRAGMA user_version").fetchone()[0]
-        for version in range(current, target):
-            MIGRATIONS[version](conn)
-        if current < target:
-            conn.execute(f"PRAGMA user_version = {int(target)}")
-    return target
-
-
-def _use_wal(conn: sqlite3.Connection) -> None:
-    """Switch to WAL once. The switch needs the database to itself, and SQLite reports a competing
-    opener as "locked" at once instead of waiting for busy_timeout: two processes creating a registry
-    together would see that, so the switch is retried until BUSY_TIMEOUT_S."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def _write_tx(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-# --- records -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScoredOn:
-    """The latest test-set evaluation of a subject and the seal it was scored on."""
-
-    evaluation_id: int
-    created_at: str
-    #: None: the evaluation predates seal recording
-    seal_sha256: str | None
-
-
-@dataclass
-class RunRecord:
-    id: str
-    path: Path
-    status: str
-    created_at: str
-    updated_at: str
-    finished_at: str | None
-    base_model: str
-    method: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    summary: dict[str, Any] | None = None
-    project_root: str = ""
-    #: SHA-256 of the test seal when the run was created (None: not recorded, e.g. a hand-made run)
-    test_seal_sha256: str | None = None
-
-    def read_document(self, name: str) -> dict[str, Any]:
-        """The JSON object in `<run dir>/<name>.json`; {} when it is missing or unreadable."""
-        try:
-            doc = json.loads((Path(self.path) / f"{name}.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """config.json of the run (read from the run directory on each access)."""
-        return self.read_document("config")
-
-    @property
-    def plan(self) -> dict[str, Any]:
-        """plan.json of the run."""
-        return self.read_document("plan")
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """data.json of the run (hashes of the training file and the test seal)."""
-        return self.read_document("data")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The registry row as plain data (the run directory's documents are not included)."""
-        return {
-            "id": self.id,
-            "path": str(self.path),
-            "status": self.status,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "finished_at": self.finished_at,
-            "base_model": self.base_model,
-            "method": self.method,
-            "metrics": self.metrics,
-            "error": self.error,
-            "summary": self.summary,
-            "project_root": self.project_root,
-            "test_seal_sha256": self.test_seal_sha256,
-        }
-
-    def model(self, project_base: str) -> RunModel:
-        """Which model this run means: what it trained, on the base it was trained on.
-
-        The recorded base wins over `project_base` (the project's base_model now): an adapter only fits
-        the base it was trained on, and a full fine-tune was tuned from it. A run that recorded no base
-        (made by hand) means the project's.
-        """
-        run_dir = Path(self.path)
-        adapter, model = run_dir / "adapter", run_dir / "model"
-        base_ref = self.base_model or project_base
-        if (adapter / "adapter_config.json").is_file():
-            return RunModel(self.id, run_dir, self.trained_method(), base_ref, project_base, adapter, None)
-        if (model / "config.json").is_file():
-            return RunModel(self.id, run_dir, self.trained_method(), base_ref, project_base, None, model)
-        raise UsageError(f"run {self.id} has no trained adapter or model yet (status {self.status})",
-                         f"finish it with `tunesmith train --resume {self.id}`")
-
-    def trained_method(self) -> str:
-        """lora | qlora | full, from plan.json (`settings.method.value`), else the registry row."""
-        settings = self.plan.get("settings")
-        method = settings.get("method") if isinstance(settings, dict) else None
-        value = method.get("value") if isinstance(method, dict) else None
-        return str(value or self.method or "lora")
-
-
-@dataclass(frozen=True)
-class RunModel:
-    """A run's output: its adapter and the base it was trained on, or a full fine-tune's checkpoint."""
-
-    run_id: str
-    run_dir: Path
-    method: str
-    #: the base the run was trained on (recorded when it started)
-    base_ref: str
-    #: the project's base_model now; it differs from base_ref when tunesmith.yaml was edited since
-    project_base: str
-    adapter_dir: Path | None
-    model_dir: Path | None  # a full fine-tune's checkpoint, complete on its own
-
-    @property
-    def warning(self) -> str | None:
-        """What to tell the user once when the project's base moved on since this run was trained."""
-        if not self.project_base or self.base_ref == self.project_base:
-            return None
-        return (f"run {self.run_id} was trained on {self.base_ref!r}, not on the project's base_model "
-                f"{self.project_base!r}: using {self.base_ref!r}")
-
-    @functools.cached_property
-    def base_path(self) -> Path | None:
-        """The base's checkpoint directory for an adapter (resolved on first use); None for a full fine-tune."""
-        return self.resolve_base() if self.adapter_dir is not None else None
-
-    def resolve_base(self) -> Path:
-        """The checkpoint directory of the base the run was trained on; an error naming both bases if it is gone."""
-        from tunesmith.models.resolve import resolve_model
-
-        try:
-            return resolve_model(self.base_ref).path
-        except ModelError as exc:
-            now = f"; the project's base_model is now {self.project_base!r}" if self.warning else ""
-            raise ModelError(
-                f"run {self.run_id} was trained on {self.base_ref!r}, which cannot be loaded any more ({exc.message})"
-                + now,
-                f"put {self.base_ref!r} back (a run is only used on the base it was trained on), "
-                "or train a new run on the project's base: tunesmith train") from None
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        """Where the tokenizer training used lives: saved next to the adapter / model, else the base's."""
-        for candidate in (self.adapter_dir, self.model_dir):
-            if candidate is not None and any((candidate / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-                return candidate
-        return self.checkpoint_dir
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        """The directory holding the architecture's config.json (the base, or the full model)."""
-        if self.model_dir is not None:
-            return self.model_dir
-        assert self.base_path is not None  # model() gives every run an adapter or a model
-        return self.base_path
-
-
 _COLUMNS = ("id, status, created_at, updated_at, finished_at, project_root, base_model, method, metrics, error, "
             "summary, test_seal_sha256")
 
@@ -456,9 +63,6 @@ def _loads(text: str | None, default: Any) -> Any:
         return default
 
 
-# --- the registry ------------------------------------------------------------------------------
-
-
 class RunRegistry:
     """The runs of one project: `<root>/registry.sqlite` plus one directory per run under `root`.
 
@@ -469,16 +73,6 @@ class RunRegistry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.db_path = self.root / REGISTRY_FILENAME
-
-    @classmethod
-    def for_project(cls, project_root: str | Path) -> RunRegistry:
-        """The registry of the project in `project_root`: its `train.runs_dir`, or `<project_root>/runs`
-        when there is no tunesmith.yaml there."""
-        from tunesmith.project import PROJECT_FILE, load_project
-
-        if (Path(project_root) / PROJECT_FILE).is_file():
-            return load_project(project_root).registry()
-        return cls(runs_root(project_root))
 
     def __repr__(self) -> str:
         return f"RunRegistry({str(self.root)!r})"
