@@ -5,7 +5,7 @@ VENV ?= .venv
 TS := $(VENV)/bin/tunesmith
 PROJECT ?= examples/pyfunc-json
 
-.PHONY: setup demo demo-data test test-newest bench clean
+.PHONY: setup demo demo-data test test-newest test-llamacpp bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,12 @@ test: setup
 
 test-newest:
 	@bash scripts/test-newest.sh
+
+# Optional: llama.cpp through llama-cpp-python (source only on the index: about 12 minutes to build on
+# 2 cores), then the check that llama.cpp itself reads an export as the merged model does.
+test-llamacpp: setup
+	$(VENV)/bin/python -m pip install --quiet -e ".[llamacpp]"
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/ship/test_llamacpp.py tests/inference/test_llamacpp_backend.py -rs
 
 bench: setup
 	$(VENV)/bin/python benchmarks/check_scale.py

@@ -16,7 +16,7 @@ import pytest
 from datagen import clean_examples, write_jsonl, write_project_file
 from fixtures.tiny_models import build_tiny_tokenizer
 from tunesmith.data.split import split_file
-from tunesmith.runs import RunRegistry
+from tunesmith.project import load_project
 
 MAX_NEW = 8
 
@@ -29,11 +29,11 @@ def make_project(root: Path, model_dir: Path) -> Path:
 
 
 def add_run(root: Path, run_id: str, *, method: str, base_model: Path, adapter: Path | None = None,
-            model: Path | None = None, status: str = "completed") -> Path:
-    registry = RunRegistry.for_project(root)
+            model: Path | None = None, status: str = "completed", config: dict | None = None) -> Path:
+    registry = load_project(root).registry()
     plan = {"settings": {"method": {"value": method, "source": "test", "why": "made by hand"}}, "derived": {}}
     run_dir = registry.create_run(run_id, project_root=str(root), base_model=str(base_model), method=method,
-                                  config={}, plan=plan, data={})
+                                  config=config or {}, plan=plan, data={})
     if adapter is not None:
         shutil.copytree(adapter, run_dir / "adapter")
     if model is not None:

@@ -249,24 +249,27 @@ def fix(
 @app.command()
 @handle_errors
 def convert(
-    file: Path = typer.Argument(..., help="Input: JSONL in any supported format, or a JSON array."),
+    file: str = typer.Argument(..., help="Input: JSONL in any supported format, a JSON array, .parquet, .csv, "
+                                          ".tsv, or hf:ORG/NAME[:CONFIG] (a Hugging Face dataset)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output JSONL (- for stdout)."),
     to: str = typer.Option("messages", "--to", help="messages | instruction | sharegpt | prompt_completion."),
+    column_map: Optional[str] = typer.Option(
+        None, "--map", help="Format fields from your columns, e.g. instruction=question,output=answer[,input=..,system=..]; "
+                            "prompt=..,completion=..; or user=..,assistant=..[,system=..] for chat."),
+    split: str = typer.Option("train", "--split", help="The split of an hf: dataset."),
     json_out: bool = JSON_OPT,
 ) -> None:
-    """Convert between formats without loss where the target can hold it; name the lines it cannot."""
+    """Convert between formats, or from parquet, CSV or a Hub dataset; name the lines (rows) it cannot."""
     from tunesmith.data.convert import convert_file
 
-    from tunesmith.data.reader import open_checked
-
     report_to = _report_stream(output, json_out)
-    result = convert_file(open_checked(file), output, to)
+    result = convert_file(file, output, to, column_map=column_map, split=split)
     if json_out:
         print_json(result.to_dict())
     else:
         print(f"wrote {result.written} example(s) as {to} -> {result.output}", file=report_to)
         for line, why in result.failed[:50]:
-            print(f"  line {line}: not converted: {why}", file=sys.stderr)
+            print(f"  {result.unit} {line}: not converted: {why}", file=sys.stderr)
         if len(result.failed) > 50:
             print(f"  ... and {len(result.failed) - 50} more", file=sys.stderr)
     if result.failed:

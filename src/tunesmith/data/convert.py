@@ -19,6 +19,7 @@ class ConvertResult:
     to: str
     written: int
     failed: list[tuple[int, str]] = field(default_factory=list)
+    unit: str = "line"  # what the numbers in `failed` count: a table's rows are numbered, not its lines
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.output), "to": self.to, "written": self.written,
@@ -43,18 +44,30 @@ def _examples(source: Path):
     yield from iter_examples(source)
 
 
-def convert_file(source: Path, output: Path, to: str) -> ConvertResult:
+def convert_file(source: Path | str, output: Path, to: str, *, column_map: str | None = None,
+                 split: str = "train") -> ConvertResult:
+    """JSONL (or a JSON array) in any format; or, through `tunesmith.data.tables`, parquet, CSV/TSV and
+    hf:ORG/NAME[:CONFIG] sources, and any of them with a --map of format fields to columns."""
+    from tunesmith.data.tables import is_table, table_examples
+
     if to not in FORMATS:
         raise UsageError(f"unknown target format {to!r}", f"use one of: {', '.join(FORMATS)}")
-    source = open_checked(source)  # a stream is read once, into a temporary copy
-    if writes_over(output, source):
-        raise UsageError(f"convert never writes over its input ({source})", "pass another path with -o")
+    if column_map is not None or is_table(str(source)):
+        if not str(source).startswith("hf:") and writes_over(output, source):
+            raise UsageError(f"convert never writes over its input ({source})", "pass another path with -o")
+        table = table_examples(str(source), column_map, split)
+        source, examples, unit = table.label, table.rows, table.unit
+    else:
+        source = open_checked(source)  # a stream is read once, into a temporary copy
+        if writes_over(output, source):
+            raise UsageError(f"convert never writes over its input ({source})", "pass another path with -o")
+        examples, unit = _examples(source), "line"
     target = FORMATS[to]
-    result = ConvertResult(output, to, 0)
+    result = ConvertResult(output, to, 0, unit=unit)
 
     def records():
         converted = False
-        for ex in _examples(source):
+        for ex in examples:
             if ex.problems:
                 result.failed.append((ex.line, "; ".join(p.message for p in ex.problems)))
                 continue
@@ -65,7 +78,7 @@ def convert_file(source: Path, output: Path, to: str) -> ConvertResult:
             yield {**rec, **ex.meta}  # provenance and review travel with the row
             converted = True
         if not converted:  # raised while writing: the temp file goes, an older output stays as it was
-            first = "; ".join(f"line {ln}: {why}" for ln, why in result.failed[:3])
+            first = "; ".join(f"{unit} {ln}: {why}" for ln, why in result.failed[:3])
             raise FormatError(f"no row of {source} converts to {to}" + (f" ({first})" if first else " (it is empty)"),
                               "`tunesmith check` lists every row's problems; another --to may fit these rows")
 

@@ -8,7 +8,7 @@ A reference is one of:
   (``<cache>/models/<stem>-<sha256[:16]>/``) and reused on later calls.
 * ``path/to/dir``      -- a local checkpoint directory with a ``config.json``; used as is.
 * ``org/name``         -- a Hugging Face Hub id; taken from the local HF cache, or downloaded unless
-  ``HF_HUB_OFFLINE`` is set.
+  ``HF_HUB_OFFLINE`` is set. ``org/name@revision`` pins a commit, branch or tag (`hub_ref`).
 
 Every failure is a `ModelError` with a hint, never a bare traceback. Heavy libraries (torch,
 transformers, huggingface_hub) are imported only inside the functions that need them.
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.errors import ModelError, one_line
 from tunesmith.io import publish_dir, sha256_file, staged_dir, write_json_atomic
+from tunesmith.models.hub_ref import HubRef, parse_hub_ref
 from tunesmith.progress import Say
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,8 +55,6 @@ MARKER_NAME = "tunesmith-source.json"
 _HASH_INDEX_NAME = "gguf-hashes.json"
 _MARKER_FORMAT = 1
 _STALE_TMP_SECONDS = 24 * 3600
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}")
 
 
 @dataclass(frozen=True)
@@ -127,8 +126,9 @@ def resolve_model(
             _options_hint(),
         )
 
-    if looks_like_hub_id(text):
-        return _resolve_hub(ref, text, cache, say)
+    hub = parse_hub_ref(text)
+    if hub is not None:
+        return _resolve_hub(ref, hub, cache, say)
 
     hint = _options_hint()
     if text in BUILTIN_MODELS:
@@ -209,12 +209,6 @@ def _checked_checkpoint_dir(path: Path) -> Path:
     raise ModelError(f"{path} is not a Hugging Face checkpoint directory: config.json is missing", hint)
 
 
-def looks_like_hub_id(text: str) -> bool:
-    if text.startswith((".", "/", "~")) or "\\" in text or ".." in text or "--" in text:
-        return False
-    return _HUB_ID.fullmatch(text) is not None
-
-
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
@@ -237,11 +231,14 @@ def hub_cache_dir() -> str:
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
-def _resolve_hub(ref: str, repo_id: str, cache: Path, say: Say) -> ResolvedModel:
+def _resolve_hub(ref: str, hub: HubRef, cache: Path, say: Say) -> ResolvedModel:
+    repo_id, revision = hub.repo_id, hub.revision
+    at = f" at revision {revision}" if revision else ""
+
     def fail(reason: str = "") -> ModelError:
         message = (
             f"cannot resolve model {ref!r}: not a local directory, not a .gguf file, not a builtin, "
-            "and it is not in the local Hugging Face cache (offline?)"
+            f"and it is not in the local Hugging Face cache{at} (offline?)"
         )
         return ModelError(message, _options_hint(), details=[reason] if reason else None)
 
@@ -253,7 +250,7 @@ def _resolve_hub(ref: str, repo_id: str, cache: Path, say: Say) -> ResolvedModel
     cache_arg = hub_cache_dir()
     snapshot: str | None = None
     try:
-        snapshot = snapshot_download(repo_id, local_files_only=True, cache_dir=cache_arg)
+        snapshot = snapshot_download(repo_id, revision=revision, local_files_only=True, cache_dir=cache_arg)
     except Exception as exc:  # noqa: BLE001 - not cached (or a broken cache entry)
         first_error: BaseException | None = exc
     else:
@@ -262,9 +259,9 @@ def _resolve_hub(ref: str, repo_id: str, cache: Path, say: Say) -> ResolvedModel
     if snapshot is None:
         if _hub_offline():
             raise fail("HF_HUB_OFFLINE is set, so nothing is downloaded") from first_error
-        say(f"downloading {repo_id} from the Hugging Face Hub")
+        say(f"downloading {repo_id}{at} from the Hugging Face Hub")
         try:
-            snapshot = snapshot_download(repo_id, cache_dir=cache_arg, allow_patterns=_HUB_PATTERNS)
+            snapshot = snapshot_download(repo_id, revision=revision, cache_dir=cache_arg, allow_patterns=_HUB_PATTERNS)
         except Exception as exc:  # noqa: BLE001
             raise fail(f"download failed: {one_line(exc)}") from exc
 

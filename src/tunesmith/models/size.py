@@ -56,11 +56,12 @@ def model_params(ref: str) -> tuple[int | None, str]:
             return _gguf_params(path), "GGUF header"
         if path.is_dir():
             return checkpoint_params(r.resolve_model(text).path), "safetensors headers"
-        if r.looks_like_hub_id(text):
+        if (hub := r.parse_hub_ref(text)) is not None:
             from huggingface_hub import snapshot_download
 
             try:  # the local Hugging Face cache only: advice never downloads a model
-                snapshot = Path(snapshot_download(text, local_files_only=True, cache_dir=r.hub_cache_dir()))
+                snapshot = Path(snapshot_download(hub.repo_id, revision=hub.revision, local_files_only=True,
+                                                  cache_dir=r.hub_cache_dir()))
             except Exception:  # noqa: BLE001 - not cached: fall back to the name
                 snapshot = None
             if snapshot is not None and (found := checkpoint_params(snapshot)):

@@ -33,9 +33,10 @@ from typing import Any
 from tunesmith.errors import UsageError
 from tunesmith.evaluate.generate import LocalBackend
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
-from tunesmith.io import sha256_file, write_json_atomic
+from tunesmith.io import sha256_file, write_json_atomic, write_text_atomic
 from tunesmith.progress import Say
 from tunesmith.project import load_project
+from tunesmith.ship.gguf_quant import EXACT, QUANT_HINT, QUANTS, fallback_note, file_type, round_like_file, tensor_type
 from tunesmith.ship.gguf_vocab import VocabSpec, cannot_export, emulate_llama_cpp_pre, vocab_spec
 from tunesmith.ship.merge import (
     Progress,
@@ -57,8 +58,9 @@ SUPPORTED: dict[str, str] = {
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
 }
-QUANTS = ("f16", "q8_0")
-FORMATS = ("gguf",)
+#: gguf: the merged model (plus an Ollama Modelfile); ollama: the same, and the `ollama create` line;
+#: lora-gguf: the adapter alone, for llama.cpp's --lora
+FORMATS = ("gguf", "ollama", "lora-gguf")
 
 _SUPPORTED_TEXT = "LlamaForCausalLM (Llama, SmolLM2), MistralForCausalLM, Qwen2ForCausalLM"
 
@@ -147,17 +149,6 @@ def permute_qk(weights: Any, n_head: int, n_head_kv: int | None = None) -> Any:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def tensor_type(name: str, shape: tuple[int, ...], quant: str) -> Any:
-    """GGML type of one tensor: F32 for 1-D, norms and biases; F16 or Q8_0 (whole 32-blocks only) otherwise."""
-    from gguf import GGMLQuantizationType as T
-
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
-        return T.F32
-    if quant == "q8_0" and shape[-1] % 32 == 0:
-        return T.Q8_0
-    return T.F16
-
-
 def is_tied(model: Any, plan: ArchPlan) -> bool:
     """Whether the output projection is the embedding matrix (then llama.cpp writes no output.weight)."""
     import torch
@@ -168,19 +159,22 @@ def is_tied(model: Any, plan: ArchPlan) -> bool:
     return plan.tied and torch.equal(head.weight, embed.weight)
 
 
-def write_gguf(model: Any, plan: ArchPlan, vocab: VocabSpec, path: Path, quant: str, *, name: str) -> dict[str, int]:
-    """Write `model` to `path` as GGUF; returns the number of tensors per GGML type."""
+def write_gguf(model: Any, plan: ArchPlan, vocab: VocabSpec, path: Path, quant: str, *, name: str,
+               source: Path | None = None, fallbacks: list[str] | None = None) -> dict[str, int]:
+    """Write `model` to `path` as GGUF; returns the number of tensors per GGML type. The names of
+    tensors that stayed F16 instead of `quant`'s block type are appended to `fallbacks`."""
     import gguf
 
     arch = gguf.MODEL_ARCH.LLAMA if plan.gguf_arch == "llama" else gguf.MODEL_ARCH.QWEN2
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch], use_temp_file=True)
     try:
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(name)
+        general_metadata(name, source, sum(p.numel() for p in model.parameters())).set_gguf_meta_model(writer)
         _add_hparams(writer, plan)
         _add_vocab(writer, vocab)
-        counts = _add_tensors(writer, model, plan, quant, gguf.get_tensor_name_map(arch, plan.layers))
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+        counts = _add_tensors(writer, model, plan, quant, gguf.get_tensor_name_map(arch, plan.layers),
+                              fallbacks if fallbacks is not None else [])
+        writer.add_file_type(file_type(quant))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.write_header_to_file(path=Path(path))
         writer.write_kv_data_to_file()
@@ -188,6 +182,19 @@ def write_gguf(model: Any, plan: ArchPlan, vocab: VocabSpec, path: Path, quant: 
     finally:
         writer.close()
     return counts
+
+
+def general_metadata(name: str, source: Path | None, total_params: int) -> Any:
+    """`general.*` keys the way llama.cpp's converter fills them (gguf.Metadata: base model, licence and
+    size label from the checkpoint's model card and config), named after the run."""
+    import gguf
+
+    try:
+        meta = gguf.Metadata.load(None, source, name, total_params)
+    except Exception:  # noqa: BLE001 - an unparsable model card must not stop an export: the keys are informational
+        meta = gguf.Metadata()
+    meta.name = name
+    return meta
 
 
 def _add_hparams(writer: Any, plan: ArchPlan) -> None:
@@ -223,7 +230,8 @@ def _add_vocab(writer: Any, vocab: VocabSpec) -> None:
         writer.add_chat_template(template)
 
 
-def _add_tensors(writer: Any, model: Any, plan: ArchPlan, quant: str, names: Any) -> dict[str, int]:
+def _add_tensors(writer: Any, model: Any, plan: ArchPlan, quant: str, names: Any,
+                 fallbacks: list[str]) -> dict[str, int]:
     import gguf
     import torch
 
@@ -241,6 +249,8 @@ def _add_tensors(writer: Any, model: Any, plan: ArchPlan, quant: str, names: Any
         elif plan.gguf_arch == "llama" and hf_name.endswith("k_proj.weight"):
             data = permute_qk(data, plan.heads, plan.kv_heads)
         qtype = tensor_type(new_name, tuple(data.shape), quant)
+        if qtype.name == "F16" and quant not in ("f16", "bf16", "f32"):
+            fallbacks.append(new_name)
         writer.add_tensor(new_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
     return counts
@@ -257,17 +267,6 @@ class InMemoryBackend(LocalBackend):
     def __init__(self, model: Any, tokenizer: Any, checkpoint_dir: Path) -> None:
         super().__init__(checkpoint_dir, device=model.device.type, dtype=str(model.dtype).removeprefix("torch."))
         self._model, self._tokenizer = model, tokenizer
-
-
-def round_to_file_precision(model: Any) -> None:
-    """Round the weights an f16 file stores as F16 (every 2-D tensor) to f16, in place: the model the
-    file holds. Norms and biases are F32 in the file and stay as they are."""
-    import torch
-
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(param.to(torch.float16).to(param.dtype))
 
 
 def template_ids(tokenizer: Any, item: EvalItem) -> list[list[int]]:
@@ -300,7 +299,7 @@ def verify_gguf(path: Path, trained_tokenizer: Any, reference: Any, items: list[
             tokenizer.save_pretrained(str(loaded.path))
         template = compare_templates(trained_tokenizer, tokenizer, items, on)
         candidate = LocalBackend(loaded.path, device=reference.device, dtype=reference.dtype)
-        reference_name = "merged model" + (" at f16" if quant == "f16" else "")
+        reference_name = "merged model" + (f" at {quant}" if quant in ("f16", "bf16") else "")
         outputs = compare_greedy(reference, candidate, items, settings,
                                  what=f"GGUF {quant} loaded by transformers vs {reference_name}", computed_on=on,
                                  progress=progress)
@@ -324,9 +323,18 @@ class ExportOutcome:
     outputs: Verification | None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    fmt: str = "gguf"
+    modelfile: Path | None = None
+    ollama_create: str | None = None
+    #: lora-gguf only: alpha, ranks and the base model the adapter goes on
+    adapter: dict[str, Any] | None = None
+    #: what only the record keeps
+    record_extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "path": str(self.path), "quant": self.quant,
+        return {"run_id": self.run_id, "format": self.fmt, "path": str(self.path), "quant": self.quant,
+                "modelfile": str(self.modelfile) if self.modelfile else None, "ollama_create": self.ollama_create,
+                "adapter": self.adapter,
                 "architecture": self.architecture, "gguf_architecture": self.gguf_architecture,
                 "size_bytes": self.size_bytes, "tensors": self.tensors,
                 "template": self.template.to_dict() if self.template else None,
@@ -336,9 +344,15 @@ class ExportOutcome:
 
 def check_export_args(fmt: str, quant: str, out: Path | None) -> None:
     if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt!r} is not an export format", "use --format gguf")
+        raise UsageError(f"--format {fmt!r} is not an export format",
+                         "use --format gguf (model + Modelfile), ollama (the same, with the `ollama create` line) "
+                         "or lora-gguf (the adapter alone, for llama.cpp --lora)")
     if quant not in QUANTS:
-        raise UsageError(f"--quant {quant!r} is not supported", "use --quant f16 (exact) or --quant q8_0 (half the size)")
+        raise UsageError(f"--quant {quant!r} is not supported", QUANT_HINT)
+    if fmt == "lora-gguf" and quant not in EXACT:
+        raise UsageError(f"--quant {quant} is not available for --format lora-gguf",
+                         "use --quant f16, bf16 or f32: an adapter is small, and its rank-wide rows do not "
+                         "fill 32-value blocks")
     if out is not None and out.suffix.lower() != ".gguf":
         raise UsageError(f"-o {out}: a GGUF file name must end in .gguf", "for example -o model-f16.gguf")
     if out is not None and out.is_dir():
@@ -359,11 +373,8 @@ def check_export_target(target: Path, *, force: bool, protected: list[Path]) -> 
 def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: str = "f16", out: Path | str | None = None,
                verify_n: int | None = None, allow_mismatch: bool = False, device: str | None = None,
                say: Say | None = None, force: bool = False, progress: Progress | None = None) -> ExportOutcome:
-    """Merge run `ref` in memory and write it as GGUF, then verify the file (see the module doc)."""
-    from transformers import AutoConfig
-
-    from tunesmith.models.resolve import tokenizer_in
-
+    """Merge run `ref` in memory and write it as GGUF with its Modelfile, then verify the file (see the
+    module doc); with fmt "lora-gguf", write the run's adapter alone (`tunesmith.ship.gguf_adapter`)."""
     say = say or _say_nothing
     started = time.monotonic()
     check_export_args(fmt, quant, Path(out) if out is not None else None)
@@ -371,16 +382,50 @@ def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: s
     run = locate_run(project, ref)
     if run.warning:  # exported on the base it was trained on, which is no longer the project's
         say(f"warning: {run.warning}")
+    if fmt == "lora-gguf":
+        from tunesmith.ship.gguf_adapter import export_adapter
+
+        outcome = export_adapter(run, quant=quant, out=Path(out) if out is not None else None, force=force, say=say)
+    else:
+        outcome = _export_model(project, run, fmt=fmt, quant=quant, out=out, verify_n=verify_n,
+                                allow_mismatch=allow_mismatch, device=device, say=say, force=force, progress=progress)
+    outcome.seconds = round(time.monotonic() - started, 1)
+    write_json_atomic(record_path(outcome.path), export_record(outcome, run))
+    return outcome
+
+
+def run_system_prompt(project: Any, run: RunModel, say: Say) -> tuple[str | None, str]:
+    """The system prompt run `run` was trained with (recorded in its config.json), else the project's;
+    and where it comes from, for messages."""
+    recorded = project.registry().get(run.run_id).config.get("project")
+    if isinstance(recorded, dict) and "system_prompt" in recorded:
+        prompt = recorded["system_prompt"] if isinstance(recorded["system_prompt"], str) else None
+        if prompt != project.system_prompt:
+            say(f"note: the project's system_prompt changed since run {run.run_id} was trained; "
+                "the Modelfile has the one it was trained with")
+        return prompt, f"the system_prompt of run {run.run_id} ({run.run_dir / 'config.json'})"
+    return project.system_prompt, f"system_prompt in {project.root / 'tunesmith.yaml'}"
+
+
+def _export_model(project: Any, run: RunModel, *, fmt: str, quant: str, out: Path | str | None,
+                  verify_n: int | None, allow_mismatch: bool, device: str | None, say: Say, force: bool,
+                  progress: Progress | None) -> ExportOutcome:
+    from transformers import AutoConfig
+
+    from tunesmith.models.resolve import resolve_model, tokenizer_in
+    from tunesmith.ship.modelfile import build_modelfile
+
     plan = check_exportable(AutoConfig.from_pretrained(str(run.checkpoint_dir), local_files_only=True))
     tok_dir = run.tokenizer_dir
     tokenizer = tokenizer_in(tok_dir)
     require_chat_template(tokenizer, tok_dir)
     vocab = vocab_spec(tokenizer, plan.vocab_size)
     target = (Path(out).expanduser() if out is not None else run.run_dir / "export" / f"model-{quant}.gguf").resolve()
-    from tunesmith.models.resolve import resolve_model
-
     resolved = resolve_model(run.base_ref)
     check_export_target(target, force=force, protected=[p for p in (resolved.converted_from, resolved.path) if p])
+    system_prompt, system_where = run_system_prompt(project, run, say)
+    modelfile = build_modelfile(target, tokenizer, system_prompt=system_prompt, system_where=system_where,
+                                add_bos=vocab.add_bos, run_id=run.run_id, quant=quant)
     items, settings = verification_prompts(project, verify_n)
     device = device or default_device()
     say(f"exporting run {run.run_id} ({plan.architecture} as llama.cpp {plan.gguf_arch}, {quant}) on {device}")
@@ -390,31 +435,35 @@ def export_run(project_dir: Path | str, ref: str, *, fmt: str = "gguf", quant: s
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        counts = write_gguf(model, plan, vocab, tmp, quant, name=f"{Path(run.base_ref).name}-{run.run_id}")
+        fallbacks: list[str] = []
+        counts = write_gguf(model, plan, vocab, tmp, quant, name=f"{Path(run.base_ref).name}-{run.run_id}",
+                            source=run.checkpoint_dir, fallbacks=fallbacks)
         template = outputs = None
         if items:
-            if quant == "f16":
-                round_to_file_precision(model)
+            round_like_file(model, quant)
             say(f"verifying: loading {target.name} back with transformers; {describe_prompts(items, settings)}")
             reference = InMemoryBackend(model, tokenizer, run.checkpoint_dir)
             template, outputs = verify_gguf(tmp, tokenizer, reference, items, settings, pre=vocab.pre, quant=quant,
                                             workdir=target.parent, progress=progress)
         del model
+        notes = [*plan.notes, *filter(None, [fallback_note(quant, fallbacks)]), *modelfile.notes]
         outcome = ExportOutcome(run.run_id, target, quant, plan.architecture, plan.gguf_arch, tmp.stat().st_size,
-                                counts, template, outputs, list(plan.notes))
+                                counts, template, outputs, notes, fmt=fmt, modelfile=modelfile.path,
+                                ollama_create=modelfile.ollama_create)
         hint = ("the file is not saved. Pass --allow-mismatch to keep it anyway, and please report the model: "
                 "the exporter and llama.cpp's converter disagree about it")
         if template is not None:
             template.require("template token ids", allow=allow_mismatch, hint=hint)
-        if outputs is not None and quant == "f16":
+        if outputs is not None and quant in EXACT:
             outputs.require("greedy outputs", allow=allow_mismatch, hint=hint)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    outcome.seconds = round(time.monotonic() - started, 1)
-    write_json_atomic(record_path(target), export_record(outcome, run, vocab))
+    write_text_atomic(modelfile.path, modelfile.text)
+    outcome.record_extra = {"tokenizer_pre": vocab.pre, "add_bos": vocab.add_bos,
+                            "has_chat_template": bool(vocab.chat_template)}
     return outcome
 
 
@@ -423,7 +472,7 @@ def record_path(gguf_file: Path) -> Path:
     return gguf_file.with_name(gguf_file.name + ".json")
 
 
-def export_record(outcome: ExportOutcome, run: RunModel, vocab: VocabSpec) -> dict[str, Any]:
+def export_record(outcome: ExportOutcome, run: RunModel) -> dict[str, Any]:
     import importlib.metadata
 
     import transformers
@@ -437,9 +486,8 @@ def export_record(outcome: ExportOutcome, run: RunModel, vocab: VocabSpec) -> di
 
     return {
         **outcome.to_dict(), "file": outcome.path.name, "sha256": sha256_file(outcome.path),
-        "base_model": run.base_ref, "method": run.method, "tokenizer_pre": vocab.pre,
-        "add_bos": vocab.add_bos, "has_chat_template": bool(vocab.chat_template),
-        "lossy": outcome.quant != "f16", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base_model": run.base_ref, "method": run.method, **outcome.record_extra,
+        "lossy": outcome.quant not in EXACT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {"tunesmith": __version__, "gguf": gguf_version,
                      "transformers": transformers.__version__},
     }

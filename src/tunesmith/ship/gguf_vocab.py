@@ -85,7 +85,12 @@ def _merge_text(merge: Any) -> str:
 
 
 def vocab_spec(tokenizer: Any, vocab_size: int) -> VocabSpec:
-    """The tokenizer as GGUF metadata, or ExportError when it is not a byte-level BPE tokenizer."""
+    """The tokenizer as GGUF metadata, or ExportError when it is not a byte-level BPE tokenizer.
+
+    Not `gguf.SpecialVocab`: it reads tokenizer files from a folder (this takes the tokenizer training
+    used, which may exist only in memory) and guesses the add-BOS/EOS flags from the post-processor
+    ("crude parsing", in its own words), where probing the tokenizer below is exact; its merge
+    spelling is the same as `_merge_text`."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise cannot_export("this tokenizer", "it has no tokenizer.json (not a fast tokenizer)")
