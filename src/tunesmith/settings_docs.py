@@ -160,6 +160,8 @@ def _kind(tp: Any) -> str:
         return ", ".join(f"`{v}`" for v in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return "list of " + _kind(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is dict:
+        return "mapping"
     names = {str: "text", int: "integer", float: "number", bool: "`true`, `false`"}
     return "section" if _is_model(tp) else names.get(tp, getattr(tp, "__name__", str(tp)))
 

@@ -34,7 +34,7 @@ def time_budget_flag(value: str | None) -> float | None:
     """--time-budget in seconds (`tunesmith run` takes the same flag)."""
     if value is None:
         return None
-    from tunesmith.train.budget import DURATION_FORMS, parse_duration
+    from tunesmith.units import DURATION_FORMS, parse_duration
 
     try:
         return parse_duration(value)
@@ -71,7 +71,20 @@ def train(
     precision: Optional[str] = setting_option("train.precision", "--precision"),
     time_budget: Optional[str] = setting_option("train.time_budget", "--time-budget"),
     seed: Optional[int] = setting_option("train.seed", "--seed"),
-    num_processes: int = typer.Option(1, "--num-processes", min=1, help="Data-parallel processes via accelerate (DDP)."),
+    num_processes: Optional[int] = typer.Option(
+        None, "--num-processes", min=1,
+        help="Processes via accelerate: data-parallel (DDP), or the config's kind with --accelerate-config (default 1, or the config's)."),
+    accelerate_config: Optional[Path] = setting_option("train.accelerate_config", "--accelerate-config"),
+    num_machines: Optional[int] = typer.Option(None, "--num-machines", "--num_machines", min=1,
+                                               help="Machines in a multi-node run (accelerate's --num_machines)."),
+    machine_rank: Optional[int] = typer.Option(None, "--machine-rank", "--machine_rank", min=0,
+                                               help="This machine's rank in a multi-node run: 0 on the main machine."),
+    main_process_ip: Optional[str] = typer.Option(None, "--main-process-ip", "--main_process_ip",
+                                                  help="The main (rank 0) machine's address, in a multi-node run."),
+    main_process_port: Optional[int] = typer.Option(None, "--main-process-port", "--main_process_port", min=1,
+                                                    max=65535, help="The main machine's port, in a multi-node run."),
+    print_command: bool = typer.Option(False, "--print-command",
+                                       help="Print the `accelerate launch` command that would run, and stop."),
     allow_unreviewed: bool = typer.Option(False, "--allow-unreviewed", help="Train on teacher-generated rows whose review target was not met (the run records it)."),
     backend: str = typer.Option("local", "--backend", help="local (this machine) | openai (OpenAI's fine-tuning API)."),
     model: Optional[str] = setting_option("hosted.model", "--model", when="with --backend openai"),
@@ -105,13 +118,15 @@ def train(
     if any(v is not None for v in (model, suffix, learning_rate_multiplier)):
         raise UsageError("--model, --suffix and --learning-rate-multiplier go with --backend openai",
                          "add --backend openai, or drop them (local training uses the project's base_model)")
-    if num_processes > 1:
+    launch, processes = _launch_plan(project, num_processes, accelerate_config, num_machines, machine_rank, main_process_ip,
+                          main_process_port, print_command)
+    if launch is not None:
         from tunesmith.project import load_project
         from tunesmith.train.api import refuse_unmeasured_budget
 
-        if resume is None:  # before launching: every process would refuse it alike
-            refuse_unmeasured_budget(load_project(project), flags, num_processes)
-        _launch(num_processes, project, run_id or _new_id(name))
+        if resume is None and not print_command:  # before launching: every process would refuse it alike
+            refuse_unmeasured_budget(load_project(project), flags, processes)
+        _launch(launch, run_id or _new_id(name), print_only=print_command)
         return
     from tunesmith.train.api import train_project
 
@@ -201,27 +216,73 @@ def _new_id(name: str | None) -> str:
     return new_run_id(name)
 
 
-def _launch(n: int, project: Path, run_id: str) -> None:
+#: the launcher's own options: the processes it starts train, they do not launch again
+_LAUNCH_VALUE_FLAGS = ("--num-processes", "--accelerate-config", "--num-machines", "--num_machines", "--machine-rank",
+                       "--machine_rank", "--main-process-ip", "--main_process_ip", "--main-process-port",
+                       "--main_process_port")
+
+
+def _launch_plan(project: Path, num_processes: int | None, config: Path | None, num_machines: int | None,
+                 machine_rank: int | None, main_process_ip: str | None, main_process_port: int | None,
+                 print_command: bool) -> tuple[Any, int]:
+    """The launch this command asks for (flags, else train.accelerate_config) and its number of processes;
+    None to train right here."""
+    from tunesmith.train.distributed import Launch, launched, read_accelerate_config, refuse_missing_backend
+
+    if launched():
+        return None, 1  # a process accelerate started: the launch already happened
+    where = "--accelerate-config"
+    if config is None:
+        config, where = _config_setting(project)
+    machines = (num_machines, machine_rank, main_process_ip, main_process_port)
+    if config is None and (num_processes or 1) == 1 and all(v is None for v in machines):
+        if print_command:
+            raise UsageError("--print-command shows the `accelerate launch` command, and this train runs in one process",
+                             "add --accelerate-config FILE or --num-processes N (or train.accelerate_config)")
+        return None, 1
+    launch = Launch(num_processes, config.resolve() if config else None, *machines)
+    if launch.config is None:
+        return launch, num_processes or 1
+    settings = read_accelerate_config(launch.config, where)
+    if not print_command:
+        refuse_missing_backend(settings, launch.config)
+    configured = settings.get("num_processes")
+    return launch, num_processes or (configured if isinstance(configured, int) else 1)
+
+
+def _config_setting(project: Path) -> tuple[Path | None, str]:
+    from tunesmith.project import load_project
+
+    loaded = load_project(project)
+    return loaded.path(loaded.train.accelerate_config), "train.accelerate_config"
+
+
+def _launch(launch: Any, run_id: str, *, print_only: bool = False) -> None:
+    import shlex
+
     import torch
 
-    from tunesmith.train.distributed import launch_command
+    from tunesmith.train.distributed import CONFIG_ENV, LAUNCHED_ENV, launch_command
 
-    argv = [a for a in sys.argv[1:]]
     cleaned: list[str] = []
     skip = False
-    for a in argv:
+    for a in sys.argv[1:]:
         if skip:
             skip = False
             continue
-        if a == "--num-processes":
+        if a in _LAUNCH_VALUE_FLAGS:
             skip = True
             continue
-        if a.startswith("--num-processes="):
+        if a == "--print-command" or a.startswith(tuple(f"{f}=" for f in _LAUNCH_VALUE_FLAGS)):
             continue
         cleaned.append(a)
-    cmd = launch_command(n, [*cleaned, "--run-id", run_id], cpu=not torch.cuda.is_available())
-    _say(f"launching {n} processes: {' '.join(cmd)}")
-    env = dict(os.environ)
+    cmd = launch_command(launch, [*cleaned, "--run-id", run_id], cpu=not torch.cuda.is_available())
+    if print_only:
+        print(shlex.join(cmd))
+        return
+    processes = launch.num_processes or "the config's"
+    _say(f"launching {processes} processes: {shlex.join(cmd)}")
+    env = {**os.environ, LAUNCHED_ENV: "1", **({CONFIG_ENV: str(launch.config)} if launch.config else {})}
     code = subprocess.call(cmd, env=env)
     if code:
         raise typer.Exit(code)

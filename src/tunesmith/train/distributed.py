@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import UsageError, one_line
 
 
 def world_size() -> int:
@@ -35,17 +41,95 @@ def wait_for_everyone() -> None:
         PartialState().wait_for_everyone()
 
 
-def launch_command(num_processes: int, argv: list[str], *, cpu: bool) -> list[str]:
-    """`accelerate launch` for N processes, re-running this same train command in each."""
+#: set in the processes `tunesmith train` launches: they train, they do not launch again
+LAUNCHED_ENV = "TUNESMITH_LAUNCHED"
+#: the accelerate config file they were launched with, for the run's recorded topology
+CONFIG_ENV = "TUNESMITH_ACCELERATE_CONFIG"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How `tunesmith train` starts its processes: accelerate's own config and multi-node flags."""
+
+    num_processes: int | None = None  # None: the config file's (else 1)
+    config: Path | None = None
+    num_machines: int | None = None
+    machine_rank: int | None = None
+    main_process_ip: str | None = None
+    main_process_port: int | None = None
+
+    def machine_options(self) -> list[str]:
+        pairs = [("--num_machines", self.num_machines), ("--machine_rank", self.machine_rank),
+                 ("--main_process_ip", self.main_process_ip), ("--main_process_port", self.main_process_port)]
+        return [part for flag, value in pairs if value is not None for part in (flag, str(value))]
+
+
+def launched() -> bool:
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def read_accelerate_config(path: Path, where: str) -> dict[str, Any]:
+    """The accelerate config file as a mapping; `where` names the option or setting that gave it."""
+    import yaml
+
+    if not path.is_file():
+        raise UsageError(f"{where}: {path} does not exist",
+                         "write one with `accelerate config --config_file FILE`, or fix the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.suffix != ".json" else \
+            json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"{where}: {path} is not an accelerate config file ({one_line(exc)})",
+                         "write one with `accelerate config --config_file FILE`") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: {path} is not an accelerate config file (no mapping of settings)",
+                         "write one with `accelerate config --config_file FILE`")
+    return data
+
+
+def refuse_missing_backend(config: dict[str, Any], path: Path) -> None:
+    """DeepSpeed is a separate package: say so before every process fails to import it."""
+    import importlib.util
+
+    if str(config.get("distributed_type", "")).upper() == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise UsageError(f"{path}: distributed_type DEEPSPEED needs the deepspeed package, which is not installed",
+                         "pip install deepspeed (it needs a CUDA toolchain), or use an FSDP config")
+
+
+def launch_command(launch: Launch | int, argv: list[str], *, cpu: bool) -> list[str]:
+    """`accelerate launch` re-running this same train command in each process: with the user's config
+    file when there is one, else data-parallel (DDP) over N processes."""
+    launch = Launch(num_processes=launch) if isinstance(launch, int) else launch
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     base = [accelerate] if accelerate else [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate:
         base.append("launch")
+    if launch.config is not None:  # the file says how; a flag given here overrides its value
+        opts = ["--config_file", str(launch.config)]
+        if launch.num_processes is not None:
+            opts += ["--num_processes", str(launch.num_processes)]
+        return [*base, *opts, *launch.machine_options(), "-m", "tunesmith", *argv]
+    n = launch.num_processes or 1
     # `--multi_gpu` selects the torchrun launcher, which also runs N CPU processes (gloo) when there is no
     # GPU; accelerate's `--cpu` would start a single process (multi-CPU there means mpirun).
-    opts = ["--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+    opts = ["--multi_gpu", "--num_processes", str(n), *(launch.machine_options() or ["--num_machines", "1"]),
             "--mixed_precision", "no", "--dynamo_backend", "no"]
     if cpu:
-        threads = max(1, (os.cpu_count() or 1) // num_processes)
+        threads = max(1, (os.cpu_count() or 1) // n)
         opts += ["--num_cpu_threads_per_process", str(threads)]
     return [*base, *opts, "-m", "tunesmith", *argv]
+
+
+def topology() -> dict[str, Any]:
+    """How this run is spread: processes, machines, and accelerate's distributed type (read in a launched process)."""
+    processes = world_size()
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        kind = "FSDP"
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        kind = "DEEPSPEED"
+    else:
+        kind = "DDP" if processes > 1 else "NO"
+    return {"processes": processes, "machines": max(1, processes // max(1, per_machine)),
+            "processes_per_machine": per_machine, "distributed_type": kind,
+            "accelerate_config": os.environ.get(CONFIG_ENV)}

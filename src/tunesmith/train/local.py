@@ -1,4 +1,4 @@
-"""Local training with transformers + PEFT: LoRA, QLoRA (CUDA) or full fine-tuning, resumable."""
+"""Local training with transformers + PEFT: LoRA, QLoRA (bitsandbytes, CUDA or CPU) or full fine-tuning, resumable."""
 
 from __future__ import annotations
 
@@ -46,16 +46,25 @@ def build_model(prep: Prepared) -> Any:
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
+        from tunesmith.train.device import quiet_bitsandbytes
+
+        quiet_bitsandbytes()
+
+        compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan["precision"], torch.float32)
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=compute,
         )
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        # the weights are quantized as they load, on the device they will train on
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if prep.device.kind == "cuda" else prep.device.kind}
     from tunesmith.models.quiet import quiet_transformers
 
     quiet_transformers()
     model = AutoModelForCausalLM.from_pretrained(str(prep.model_path), dtype=dtype, **kwargs)
     model.config.use_cache = False
+    checkpointing = bool(plan.settings["gradient_checkpointing"].value) if "gradient_checkpointing" in plan.settings else False
+    if checkpointing and method != "qlora":  # the plan turned it on: the step would not fit without it
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method == "full":
         return model
     from peft import LoraConfig, get_peft_model
@@ -63,7 +72,8 @@ def build_model(prep: Prepared) -> Any:
     if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     layers = plan.settings["layers"].value if "layers" in plan.settings else "all"  # older plans: all
     targets: Any = plan["target_modules"]
     extra: dict[str, Any] = {}
@@ -94,7 +104,7 @@ def training_arguments(prep: Prepared, run_dir: Path, *, report_to: list[str]) -
     plan, d = prep.plan, prep.plan.derived
     has_eval = len(prep.eval.rows) > 0
     every = plan["eval_every"]
-    return TrainingArguments(
+    planned: dict[str, Any] = dict(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=plan["batch_size"],
         per_device_eval_batch_size=plan["batch_size"],
@@ -127,6 +137,14 @@ def training_arguments(prep: Prepared, run_dir: Path, *, report_to: list[str]) -
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
+    extra = prep.project.train.extra  # checked as the file loaded: never a key a setting or the run owns
+    try:
+        return TrainingArguments(**{**planned, **extra})
+    except (TypeError, ValueError) as exc:
+        if not extra:
+            raise
+        raise TrainingError(f"train.extra: transformers refused the training arguments: {exc}",
+                            f"fix or remove the train.extra value(s) it names ({', '.join(extra)})") from None
 
 
 def _rows(data) -> list[dict[str, list[int]]]:
@@ -237,6 +255,7 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
         "trained_tokens_per_s": round(steps_done * tokens_per_step / wall, 1) if wall > 0 else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "resumed_from_step": _step_of(checkpoint) if checkpoint else None,
+        **_peak_gpu(prep.device.kind),
     }
     stopped = guard.stopped_at is not None
     if stopped:
@@ -249,6 +268,15 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
         metrics["converged"] = {"at_step": converge.stopped_at, "epoch": converge.epoch,
                                 "of_steps": plan.derived["total_steps"], "why": converge.rule.why()}
     return TrainResult(run_dir, adapter_dir, metrics, stopped)
+
+
+def _peak_gpu(kind: str) -> dict[str, float]:
+    """The GPU's own peak (ru_maxrss says nothing of it): what a plan for a smaller card must fit."""
+    if kind != "cuda":
+        return {}
+    import torch
+
+    return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
 #: errno values that mean no room to write
@@ -347,15 +375,26 @@ def _save_atomically(trainer: Any, tokenizer: Any, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def trackers(asked: list[str]) -> list[str]:
-    """wandb / mlflow only when asked for, and then only if installed (never a surprise upload)."""
-    import importlib.util
+def trackers(asked: list[str] | str) -> list[str]:
+    """The trackers train.report_to names, only when asked for and then only if installed (never a
+    surprise upload). TensorBoard is left out: the run always logs it, into its own directory."""
+    if asked == "none" or not asked:
+        return []
+    from tunesmith.train_arguments import integrations
 
-    missing = [name for name in asked if importlib.util.find_spec(name) is None]
+    _, installed = integrations()
+    if asked == "all":
+        return [name for name in installed if name != "tensorboard"]
+    missing = [name for name in asked if name not in installed]
     if missing:
         raise TrainingError(f"train.report_to asks for {', '.join(missing)}, which is not installed",
-                            f"pip install {' '.join(missing)}, or remove it from train.report_to")
-    return list(asked)
+                            f"pip install {' '.join(_PACKAGE_OF.get(n, n) for n in missing)}, "
+                            "or remove it from train.report_to")
+    return [name for name in asked if name != "tensorboard"]
+
+
+#: tracker names whose package is named otherwise
+_PACKAGE_OF = {"azure_ml": "azureml-core", "comet_ml": "comet-ml"}
 
 
 def _tensorboard(run_dir: Path) -> list[Any]:

@@ -15,6 +15,7 @@ from tunesmith.data.checks.setup import check_context
 from tunesmith.data.split import broken_seal_error, seal_path_for, verify_seal
 from tunesmith.errors import DataError, SealError, UsageError
 from tunesmith.io import sha256_file
+from tunesmith.models.chat_template import apply_project_template
 from tunesmith.models.size import checkpoint_params
 from tunesmith.progress import Say
 from tunesmith.project import Project
@@ -22,8 +23,8 @@ from tunesmith.runs import seal_sha256
 from tunesmith.train.dataset import (
     LabelAudit, TrainingData, audit, encode_examples, load_examples, truncate_rows, validation_split,
 )
-from tunesmith.train.device import DeviceInfo, detect_device
-from tunesmith.train.distributed import world_size
+from tunesmith.train.device import DeviceInfo, detect_device, qlora_blocker
+from tunesmith.train.distributed import topology, world_size
 from tunesmith.train.plan import PlanInputs, TrainPlan, make_plan
 
 
@@ -86,7 +87,8 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
     say = say or (lambda _msg: None)
     train_path, hashes = guard_data(project, allow_unreviewed=bool(flags.get("allow_unreviewed")))
     resolved = resolve_model(project.base_model, progress=say)
-    tokenizer = load_tokenizer(resolved)
+    tokenizer = apply_project_template(load_tokenizer(resolved), project)
+    _note_overrides(project, say)
     device = detect_device()
     examples = load_examples(train_path)
     task = encode_examples(tokenizer, examples, project.system_prompt, max_length=None)
@@ -96,12 +98,13 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
 
         mixed = mixed_rows(len(task.rows), project, tokenizer, resolved.path, say)
     model_max = _model_max_length(resolved.path)
-    file_settings = {k: v for k, v in project.train.model_dump().items() if v is not None and k not in ("mix", "runs_dir", "report_to")}
+    file_settings = {k: v for k, v in project.train.model_dump().items() if v is not None and k not in _NOT_PLANNED}
     plan = make_plan(PlanInputs(
         n_examples=len(task.rows) + len(mixed.rows), token_lengths=task.lengths() + mixed.lengths(),
         model_max_length=model_max, device=device, n_params=checkpoint_params(resolved.path), file=file_settings,
         flags=validated_flags(flags), project_max_length=project.max_length, world_size=world_size(),
-        n_held_out_pool=len(task.rows), n_layers=_model_layers(resolved.path),
+        n_held_out_pool=len(task.rows), n_layers=_model_layers(resolved.path), shape=_model_config(resolved.path),
+        qlora_check=qlora_blocker, label_share=_label_share(task),
     ))
     data = truncate_rows(task, plan["max_length"], tokenizer)
     label_audit = audit(data)
@@ -118,7 +121,26 @@ def prepare(project: Project, flags: dict[str, Any], say: Say | None = None) -> 
     train.rows += [r for r in mixed.rows if r.enc.trainable > 0]
     plan.derived["audit"] = label_audit.to_dict()
     plan.derived["mixed_examples"] = len(mixed.rows)
+    if world_size() > 1 or project.train.accelerate_config:
+        plan.derived["topology"] = topology()
     return Prepared(project, plan, label_audit, train, held, resolved.path, tokenizer, device, hashes)
+
+
+#: train.* settings the plan does not choose: they go to the tokenizer, the trackers, the Trainer or the launcher
+_NOT_PLANNED = ("mix", "runs_dir", "report_to", "chat_template", "extra", "accelerate_config")
+
+
+def _note_overrides(project: Project, say: Say) -> None:
+    from tunesmith.train_arguments import OVERRIDABLE
+
+    for key in sorted(OVERRIDABLE & project.train.extra.keys()):
+        say(f"note: train.extra.{key} = {project.train.extra[key]!r} replaces tunesmith's own value")
+
+
+def _label_share(data: TrainingData) -> float | None:
+    """Share of the tokens that carry a label: only their logits are computed (the memory estimate)."""
+    tokens = sum(len(r.enc.input_ids) for r in data.rows)
+    return sum(r.enc.trainable for r in data.rows) / tokens if tokens else None
 
 
 def validated_flags(flags: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.checks.base import CHECKS, SEVERITY_ORDER, Check, CheckContext, Finding, finding
+from tunesmith.data.checks.base_model import completion_model
 from tunesmith.data.checks.contract import OutputContract
 from tunesmith.data.checks.dedup import Contradictions, ExactDuplicates
 from tunesmith.data.checks.near import NearDuplicates
@@ -53,6 +54,7 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
     exact = ExactDuplicates()
     curation: list[Check] = [Contradictions(), SystemPrompts(), OutputContract(ctx), Safety(), NearDuplicates(ctx)]
     near = curation[-1]
+    model_findings = completion_model(ctx)  # before the token pass: without a chat template there is none
     tokens = TokenLengths(ctx) if ctx.tokenizer is not None else None
     structure: dict[tuple[str, str, str], list[int]] = {}  # (check, message, hint) -> lines
     formats: Counter[str] = Counter()
@@ -77,6 +79,7 @@ def run_check(ctx: CheckContext, progress: Callable[[int], None] | None = None) 
         if tokens is not None:
             tokens.observe(ex)
     findings = [finding(check, lines, message, hint=hint or None) for (check, message, hint), lines in structure.items()]
+    findings += model_findings
     if records == 0:
         findings.append(finding("too_few_examples", [], f"{Path(shown_name(ctx.file)).name} holds no examples (the file is empty)",
                                 hint="add one JSON object per line"))

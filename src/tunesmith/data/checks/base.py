@@ -54,6 +54,9 @@ CHECKS: dict[str, tuple[Severity, str]] = {
     "too_few_examples": ("error", "under 30 examples is not a dataset: use them as few-shot examples in the prompt instead"),
     # test set
     "test_overlap": ("error", "a training example equal or nearly equal to a sealed test row makes the test a memory test; drop it from train"),
+    # the base model
+    "completion_model": ("warning", "use the model's instruct/chat variant as base_model, or give train.chat_template "
+                                    "(a template whose assistant turn ends in an end-of-turn token)"),
     # leakage from the base model (`check --base`)
     "base_correct": ("warning", "the base model already gets these right: they teach nothing new; replace them with harder cases"),
     # safety

@@ -53,6 +53,10 @@ def check_context(
 
         try:
             ctx.tokenizer = load_tokenizer(resolve_model(model_ref, progress=say))
+            if project is not None:  # what training renders with: the project's template where it gives one
+                from tunesmith.models.chat_template import apply_project_template
+
+                apply_project_template(ctx.tokenizer, project)
         except ModelError as exc:
             if model is not None:
                 raise  # asked for by flag: an error, not a silent skip
