@@ -15,6 +15,8 @@ from tunesmith.cli._settings import setting_option
 
 PROJECT = typer.Option(Path("."), "--project", "-p", help="Project directory.")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
+ENGINE_OPT = typer.Option("transformers", "--engine", help="Who answers: transformers (the checkpoint) or llamacpp (the GGUF export, through llama-cpp-python; exported first when missing).")
+QUANT_OPT = typer.Option(None, "--quant", help="With --engine llamacpp: the export to evaluate, f16 (default, exact), bf16, f32, q8_0, q5_0, q4_0; q4_1: the builtin model's own file (base only).")
 
 
 def _say(msg: str) -> None:
@@ -75,11 +77,23 @@ def _print_variants(out: Any, summary: dict[str, Any]) -> None:
     out.print(table)
 
 
+def engine_line(summary: dict[str, Any]) -> str | None:
+    """"answered by llama.cpp: tuned f16 (model-f16.gguf), base f16 (...)", or None for the default engine."""
+    engines = summary.get("engine") or {}
+    if all(e.get("engine", "transformers") == "transformers" for e in engines.values()):
+        return None
+    parts = [f"{role} {e['engine']}" + (f" {e['quant']} ({Path(e['file']).name})" if e.get("quant") else "")
+             for role, e in engines.items()]
+    return "answered by: " + ", ".join(parts)
+
+
 def print_eval(outcome) -> None:
     from rich.table import Table
 
     out = console()
     s = outcome.summary
+    if (line := engine_line(s)) is not None:
+        out.print(line, markup=False, highlight=False)
     table = Table(title=f"{outcome.subject} on the sealed test set (n={s['test']['n']}): base vs tuned, paired")
     for col in ("metric", "base", "tuned", "tuned - base", "p", "verdict"):
         table.add_column(col)
@@ -127,6 +141,8 @@ def eval_command(
     batch_size: Optional[int] = setting_option("eval.batch_size", "--batch-size", bounded=True),
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Decode every answer to its end, even once it has broken the output contract."),
     constrained: Optional[bool] = typer.Option(None, "--constrained/--no-constrained", help="Also evaluate base and tuned constrained to the output contract (default: eval.constrained)."),
+    engine: str = ENGINE_OPT,
+    quant: Optional[str] = QUANT_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Evaluate a run (base vs tuned, paired) on the sealed test set and the regression suite."""
@@ -135,7 +151,8 @@ def eval_command(
 
     opts = EvalOptions(endpoint=endpoint, api_key=api_key_from(api_key_env), batch_size=batch_size,
                        max_new_tokens=max_new_tokens, judge=not no_judge, allow_self_judging=allow_self_judging,
-                       gate=gate_flag, early_stop=not no_early_stop, constrained=constrained)
+                       gate=gate_flag, early_stop=not no_early_stop, constrained=constrained, engine=engine,
+                       quant=quant)
     with generation_progress(not json_out) as progress:
         outcome = evaluate(project, run, opts, say=_say, progress=progress)
     if json_out:
@@ -157,6 +174,8 @@ def baseline(
     constrained: Optional[bool] = typer.Option(None, "--constrained/--no-constrained", help="Also try the base model constrained to the output contract (default: baseline.constrained)."),
     few_shot: Optional[int] = setting_option("baseline.few_shot", "--few-shot", bounded=True),
     full: Optional[bool] = typer.Option(None, "--full/--no-full", help="Answer the whole test set and regression suite instead of stopping once the pass rate's interval clears the bar (default: baseline.full)."),
+    engine: str = ENGINE_OPT,
+    quant: Optional[str] = QUANT_OPT,
     json_out: bool = JSON_OPT,
 ) -> None:
     """Should you fine-tune at all? Evaluate the base model first, plain and prompted (constrained, few-shot)."""
@@ -164,7 +183,7 @@ def baseline(
     from tunesmith.evaluate.sequential import sample_line
 
     opts = EvalOptions(max_new_tokens=max_new_tokens, report=False, early_stop=not no_early_stop,
-                       constrained=constrained, few_shot=few_shot, full=full)
+                       constrained=constrained, few_shot=few_shot, full=full, engine=engine, quant=quant)
     with generation_progress(not json_out) as progress:
         outcome = run_baseline(project, opts, say=_say, progress=progress)
     if json_out:

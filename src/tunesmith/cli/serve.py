@@ -34,7 +34,8 @@ def serve(
     max_body_kb: int = typer.Option(1024, "--max-body-kb", min=1, help="Largest request body, in KiB."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)."),
     no_system_prompt: bool = typer.Option(False, "--no-system-prompt", help="Do not add the project's system prompt to requests without one."),
-    engine: str = typer.Option("transformers", "--engine", help="transformers (built in) or vllm (runs `vllm serve`)."),
+    engine: str = typer.Option("transformers", "--engine", help="transformers (built in), vllm (runs `vllm serve`) or llamacpp (one GGUF file: the base's, or one --adapter run's export)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="With --engine llamacpp: the GGUF export served (f16 default, q8_0, ...; q4_1: the builtin model's own file)."),
     print_command: bool = typer.Option(False, "--print-command", help="With --engine vllm: print the command as JSON and exit."),
 ) -> None:
     """Serve the base model and its LoRA adapters over the OpenAI chat completions API."""
@@ -47,7 +48,7 @@ def serve(
         api_key=read_api_key(api_key, api_key_file, os.environ.get(API_KEY_ENV)), insecure_no_auth=insecure_no_auth,
         allow_dirs=list(allow_dir), allow_hosts=list(allow_host), max_adapters=max_adapters, max_batch=max_batch,
         max_tokens=max_tokens, max_body_bytes=max_body_kb * 1024, device=device,
-        apply_system_prompt=not no_system_prompt, engine=engine,
+        apply_system_prompt=not no_system_prompt, engine=engine, quant=quant,
     )
     if print_command:
         command, env = vllm_command(config)

@@ -36,6 +36,10 @@ class EvalOptions:
     #: baseline only: answer the whole test set and the regression suite instead of stopping once the
     #: pass rate's interval clears the bar (`evaluate.sequential`); None: baseline.full
     full: bool | None = None
+    #: who answers: "transformers" (the checkpoint, default) or "llamacpp" (the GGUF export, `inference.llamacpp_backend`)
+    engine: str = "transformers"
+    #: with engine "llamacpp": which export (f16 by default; q4_1: the builtin model's own file, base only)
+    quant: str | None = None
 
 
 @dataclass
@@ -88,6 +92,24 @@ def _settings(project: Project, opts: EvalOptions, say: Say | None = None, subje
     return DecodeSettings(max_new_tokens=budget, contract=contract)
 
 
+def _check_engine(opts: EvalOptions) -> None:
+    """Flags that cannot go together with the engine, before anything is loaded or exported."""
+    from tunesmith.errors import UsageError
+    from tunesmith.inference.llamacpp_backend import check_engine
+
+    check_engine(opts.engine, opts.quant)
+    if opts.engine == "llamacpp" and opts.constrained:
+        raise UsageError("--constrained needs tunesmith's grammar mask, which --engine llamacpp does not have",
+                         "leave out --constrained, or evaluate constrained with --engine transformers")
+
+
+def _engines(subject: Any, base: Any) -> dict[str, Any]:
+    """Which engine (and GGUF quantisation) answered, by role, as `summary["speed"]` is keyed."""
+    if base is None:
+        return {"base": subject.engine}
+    return {"tuned": subject.engine, "base": base.engine}
+
+
 def _estimates(ev: SubjectEval) -> dict[str, Any]:
     return {k: v.to_dict() for k, v in ev.aggregate.items()}
 
@@ -126,17 +148,20 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
               progress: Callable[[int], None] | None) -> tuple[EvalOutcome, _Evaluated]:
     from tunesmith.evaluate.speed import SpeedMeter
 
+    _check_engine(opts)
     project = load_project(project_dir)
     constraint = _constraint(project, opts)
     test = test_items(project)
     regression, warnings = regression_items(project)
-    subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size)
+    subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size,
+                              engine=opts.engine, quant=opts.quant, say=say)
     if subject.warning is not None:
         warnings.append(subject.warning)
         say(f"warning: {subject.warning}")
     base = None
     if subject.name != "base":
-        base = subject.base or resolve_subject(project, "base", batch_size=opts.batch_size)
+        base = subject.base or resolve_subject(project, "base", batch_size=opts.batch_size, engine=opts.engine,
+                                               quant=opts.quant, say=say)
     if constraint is not None:
         constraint = _constrainable(constraint, [s for s in (subject, base) if s is not None], opts, say, warnings)
     settings = _settings(project, opts, say, subject, test)
@@ -156,6 +181,7 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
         summary["base"] = {"metrics": _estimates(base_eval), "regression": _regression_summary(base_eval)}
         summary["comparison"] = {k: c.to_dict() for k, c in comparisons.items()}
     summary["speed"] = speed
+    summary["engine"] = _engines(subject, base)
     summary["seal"] = seal_summary(project, subject)
     if (warning := seal_warning(subject.run_id, summary["seal"])) is not None:
         warnings.append(warning)
@@ -187,7 +213,8 @@ def _constrainable(constraint: Any, subjects: list[Any], opts: EvalOptions, say:
         if not honours_constraint(s):
             if opts.constrained:
                 raise unconstrained_error(s)
-            message = f"eval.constrained: skipped, {s.name} answers through an endpoint (no grammar mask there)"
+            through = "llama.cpp" if s.engine.get("engine") == "llamacpp" else "an endpoint"
+            message = f"eval.constrained: skipped, {s.name} answers through {through} (no grammar mask there)"
             warnings.append(message)
             say(f"warning: {message}")
             return None
@@ -241,6 +268,7 @@ def baseline(project_dir: Path | str, opts: EvalOptions | None = None, *, say: S
 
     opts = opts or EvalOptions()
     say = say or (lambda _m: None)
+    _check_engine(opts)
     project = load_project(project_dir)
     if opts.constrained:  # before minutes of generation: a project without a contract cannot do it
         from tunesmith.evaluate.constrained import require_constraint
@@ -295,7 +323,7 @@ def _base_sample(project_dir: Path | str, opts: EvalOptions, threshold: float, s
     test = test_items(project)
     regression, warnings = regression_items(project)
     subject = resolve_subject(project, "base", endpoint=opts.endpoint, api_key=opts.api_key,
-                              batch_size=opts.batch_size)
+                              batch_size=opts.batch_size, engine=opts.engine, quant=opts.quant, say=say)
     # the settings `eval` uses for the base model too: the answers given here are its cache hits later
     settings = _settings(project, opts, say, subject, test)
     meter = SpeedMeter(subject.backend)
@@ -306,7 +334,8 @@ def _base_sample(project_dir: Path | str, opts: EvalOptions, threshold: float, s
     if regression:
         not_asked["not_asked"] = len(regression)
     summary: dict[str, Any] = {"test": {"n": len(answered), "metrics": _estimates(ev)}, "regression": not_asked,
-                               "speed": {"base": meter.result()}, "sample": sample.to_dict(),
+                               "speed": {"base": meter.result()}, "engine": _engines(subject, None),
+                               "sample": sample.to_dict(),
                                "seal": seal_summary(project, subject)}
     if opts.judge and project.eval.judge is not None:
         from tunesmith.evaluate.judged import run_judge

@@ -32,6 +32,8 @@ class Subject:
     token_lengths: Callable[[list[str]], list[int]] | None = None
     #: what to tell the user once about the choice of model (a run trained on another base than the project's)
     warning: str | None = None
+    #: which engine answers ("transformers", "llamacpp" with its quant and file, "endpoint"): stored and reported
+    engine: dict[str, Any] = field(default_factory=lambda: {"engine": "transformers"})
 
 
 @dataclass
@@ -52,15 +54,18 @@ def cache_for(project: Project):
 
 
 def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, api_key: str | None = None,
-                    batch_size: int | None = None) -> Subject:
+                    batch_size: int | None = None, engine: str = "transformers", quant: str | None = None,
+                    say: Say | None = None) -> Subject:
     from tunesmith.evaluate.cache import CachedBackend
     from tunesmith.evaluate.generate import EndpointBackend, LocalBackend
     from tunesmith.models.resolve import resolve_model
 
     cache = cache_for(project)
+    if engine != "transformers" or quant is not None:
+        return _gguf_subject(project, ref, endpoint, engine, quant or "f16", say or (lambda _m: None), cache)
     if endpoint is not None:
         backend = EndpointBackend(endpoint, ref, api_key=api_key)
-        return Subject(f"endpoint:{ref}", None, CachedBackend(backend, cache), [ref])
+        return Subject(f"endpoint:{ref}", None, CachedBackend(backend, cache), [ref], engine={"engine": "endpoint"})
     if ref == "base":
         base = resolve_model(project.base_model)
         return Subject("base", None, CachedBackend(LocalBackend(base.path, batch_size=batch_size), cache),
@@ -94,6 +99,52 @@ def _run_subject(run: RunModel, cache: Any, batch_size: int | None) -> Subject:
     return subject
 
 
+def _gguf_subject(project: Project, ref: str, endpoint: str | None, engine: str, quant: str, say: Say,
+                  cache: Any) -> Subject:
+    """A run or the base model answering from its GGUF file through llama.cpp (`--engine llamacpp`)."""
+    from tunesmith.inference import llamacpp_backend as L
+    from tunesmith.models.resolve import resolve_model
+
+    L.check_engine(engine, quant)
+    if endpoint is not None:
+        raise UsageError("--engine llamacpp evaluates a GGUF file on this machine, not an --endpoint",
+                         "leave out --endpoint, or --engine")
+    L.require_llamacpp()  # before minutes of exporting
+    if ref == "base":
+        resolved = resolve_model(project.base_model)
+        return _llamacpp_subject("base", None, project.base_model, L.base_gguf(
+            project, project.base_model, resolved.path, quant, say), resolved.path, quant, cache)
+    if Path(ref).is_dir():
+        raise UsageError(f"--engine llamacpp evaluates a run's GGUF export, not the directory {ref}",
+                         "give a run id (its export is made when missing) or 'base'")
+    record = project.registry().get(ref)
+    from tunesmith.train.hosted.job import is_hosted
+
+    if is_hosted(record):
+        raise UsageError(f"run {record.id} was trained on a hosted API: there is no local model for llama.cpp",
+                         "evaluate it without --engine llamacpp")
+    run = record.model(project.base_model)
+    subject = _llamacpp_subject(run.run_id, run.run_id, run.run_id, L.run_gguf(project, run, quant, say),
+                                run.tokenizer_dir, quant, cache)
+    subject.warning = run.warning
+    if run.warning is not None:
+        base_dir = run.base_path or run.resolve_base()
+        subject.base = _llamacpp_subject(f"base:{run.base_ref}", None, run.base_ref,
+                                         L.base_gguf(project, run.base_ref, base_dir, quant, say), base_dir, quant,
+                                         cache)
+        subject.token_lengths = _token_counter(base_dir)
+    return subject
+
+
+def _llamacpp_subject(name: str, run_id: str | None, model_name: str, gguf: Path, tokenizer_dir: Path, quant: str,
+                      cache: Any) -> Subject:
+    from tunesmith.evaluate.cache import CachedBackend
+    from tunesmith.inference.llamacpp_backend import LlamaCppBackend
+
+    backend = LlamaCppBackend(gguf, tokenizer_dir, quant=quant)
+    return Subject(name, run_id, CachedBackend(backend, cache), [model_name], engine=backend.describe())
+
+
 def _token_counter(model_dir: Path) -> Callable[[list[str]], list[int]]:
     from tunesmith.models.chat import token_lengths
     from tunesmith.models.resolve import tokenizer_in
@@ -118,12 +169,12 @@ def _hosted_subject(record: Any, cache: Any) -> Subject:
     url, key = state["base_url"], api_key_from(state.get("api_key_env") or "OPENAI_API_KEY")
     base_model = record.base_model
     base = Subject(f"base:{base_model}", None, CachedBackend(EndpointBackend(url, base_model, api_key=key), cache),
-                   [base_model])
+                   [base_model], engine={"engine": "endpoint"})
     from tunesmith.train.hosted.tokens import counter_for
 
     encoding = counter_for(base_model).encoding
     return Subject(record.id, record.id, CachedBackend(EndpointBackend(url, model, api_key=key), cache),
-                   [model, base_model], base=base,
+                   [model, base_model], base=base, engine={"engine": "endpoint"},
                    token_lengths=lambda texts: [len(encoding.encode(t, disallowed_special=())) for t in texts])
 
 
@@ -170,16 +221,17 @@ def store_eval(project: Project, ev: SubjectEval, subject: Subject, test: list[E
     store = EvalStore(project.registry())
     fp = getattr(subject.backend, "fingerprint", "")
     summary = {k: v.to_dict() for k, v in ev.aggregate.items()}
+    stored = {"decode": settings.key(), "engine": subject.engine}
     if test:  # none: only the regression suite was asked (`baseline`), the stored test results stand
         store.save(subject=ev.subject, run_id=subject.run_id, split="test", fingerprint=fp,
-                   settings={"decode": settings.key()}, summary=summary,
+                   settings=stored, summary=summary,
                    items=[(it.id, s.exact_match, s.to_dict(), g.text)
                           for it, s, g in zip(test, ev.test_scores, ev.test_generations)],
                    seal_sha256=seal_sha256(project.path(project.data.test)))
     if regression:
         passed = sum(r.passed for r in ev.regression.values())
         store.save(subject=ev.subject, run_id=subject.run_id, split="regression", fingerprint=fp,
-                   settings={"decode": settings.key()}, summary={"passed": passed, "total": len(regression)},
+                   settings=stored, summary={"passed": passed, "total": len(regression)},
                    items=[(it.id, ev.regression[it.id].passed, {"failures": ev.regression[it.id].failures,
                                                                "pending": ev.regression[it.id].pending}, g.text)
                           for it, g in zip(regression, ev.regression_generations)])

@@ -18,6 +18,8 @@ from tunesmith.progress import Say
 from tunesmith.serve.adapters import DEFAULT_MAX_ADAPTERS
 
 API_KEY_ENV = "TUNESMITH_API_KEY"
+ENGINES = ("transformers", "vllm", "llamacpp")
+ENGINE_HINT = "use --engine transformers, --engine vllm or --engine llamacpp"
 
 
 @dataclass
@@ -39,7 +41,9 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20
     device: str | None = None
     apply_system_prompt: bool = True
-    engine: str = "transformers"  # or "vllm"
+    engine: str = "transformers"  # or "vllm", or "llamacpp" (one GGUF file: the base's, or one run's)
+    #: with engine "llamacpp": the GGUF export served (f16 default; q4_1: the builtin model's own file)
+    quant: str | None = None
     grace_s: float = 15.0
 
 
@@ -134,11 +138,17 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     from tunesmith.serve.app import Limits, ServerState
     from tunesmith.web_guard import allowed_hosts
 
+    if config.engine == "llamacpp":
+        return _llamacpp_state(config, say)
     project, base = _served_base(config)
     device = config.device or default_device()
     say(f"loading {base.ref} on {device}")
     model = load_model(Path(base.path), None, device=device, dtype=default_dtype(device))
     tokenizer = tokenizer_in(base.path)
+    if project is not None:  # train.chat_template: render prompts the way the project's runs were trained
+        from tunesmith.models.chat_template import apply_project_template
+
+        apply_project_template(tokenizer, project)
     context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     engine = Engine(model, tokenizer, device=device, max_batch=config.max_batch or (16 if device == "cpu" else 64))
     locator = AdapterLocator(base, project=project, allowed_dirs=list(config.allow_dirs))
@@ -156,6 +166,70 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
         engine.close(0)
         raise
     return state
+
+
+def _llamacpp_state(config: ServeConfig, say: Say) -> Any:
+    """One GGUF file behind the same HTTP app: the base model's export, or with one --adapter NAME=RUN,
+    that run's export (LoRA merged in) served as NAME. Adapters are not hot-swapped on this engine."""
+    from tunesmith.inference import llamacpp_backend as L
+    from tunesmith.serve.adapters import AdapterLocator, ServedBase
+    from tunesmith.serve.app import Limits, ServerState
+    from tunesmith.serve.errors import AdapterRejected
+    from tunesmith.web_guard import allowed_hosts
+
+    L.check_engine("llamacpp", config.quant)
+    if len(config.adapters) > 1:
+        raise UsageError(f"--engine llamacpp serves one model, and {len(config.adapters)} --adapter flags were given",
+                         "give one --adapter NAME=RUN (its GGUF export is served), or use --engine transformers "
+                         "to serve several adapters on one base")
+    L.require_llamacpp()
+    project, base = _served_base(config)
+    quant = config.quant or "f16"
+    if config.adapters:
+        name, source = config.adapters[0]
+        if project is None:
+            raise UsageError("--engine llamacpp --adapter serves a run's GGUF export, which needs the project",
+                             "run from the project directory (--project DIR)")
+        run = project.registry().get(source).model(project.base_model)
+        from tunesmith.ship.gguf_export import run_system_prompt
+
+        gguf, tokenizer_dir = L.run_gguf(project, run, quant, say), run.tokenizer_dir
+        system_prompt, _ = run_system_prompt(project, run, say)
+        served = ServedBase(ref=run.run_id, path=gguf, name=name, system_prompt=system_prompt)
+    else:
+        gguf, tokenizer_dir = L.base_gguf(project, base.ref, Path(base.path), quant, say), Path(base.path)
+        served = ServedBase(ref=base.ref, path=gguf, name=base.name, system_prompt=base.system_prompt)
+    backend = L.LlamaCppBackend(gguf, tokenizer_dir, quant=quant)
+    context = _context_of(tokenizer_dir)
+    say(f"loading {gguf} with llama.cpp ({quant}, {backend.n_threads} threads)")
+
+    def refusal() -> Exception:
+        return AdapterRejected(f"--engine llamacpp serves one model ({served.name}) and cannot load adapters",
+                               "restart with --adapter NAME=RUN to serve that run's GGUF, or serve with "
+                               "--engine transformers to hot-swap adapters", param="source")
+
+    class OneModelState(ServerState):
+        def load_adapter_sync(self, name: str, source: str) -> Any:
+            raise refusal()
+
+    engine = L.LlamaCppEngine(backend, context, refusal)
+    return OneModelState(engine, backend.tokenizer, served, AdapterLocator(served, project=project),
+                       api_key=config.api_key,
+                       limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context, 1),
+                       hosts=allowed_hosts(config.host, config.allow_hosts),
+                       apply_system_prompt=config.apply_system_prompt)
+
+
+def _context_of(checkpoint: Path) -> int:
+    """The model's context (max_position_embeddings), at most 4096: llama.cpp reserves all of it up front."""
+    import json
+
+    try:
+        config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        context = int(config.get("max_position_embeddings") or 2048)
+    except (OSError, ValueError, TypeError):
+        context = 2048
+    return min(context, 4096)
 
 
 @dataclass
@@ -232,8 +306,8 @@ def start_in_thread(state: Any, config: ServeConfig) -> RunningServer:
 def serve(config: ServeConfig, say: Say | None = None) -> None:
     """Run until interrupted (Ctrl-C finishes requests in flight for up to grace_s, then fails them)."""
     say = say or (lambda m: print(m, file=sys.stderr))
-    if config.engine not in ("transformers", "vllm"):
-        raise UsageError(f"unknown engine {config.engine!r}", "use --engine transformers or --engine vllm")
+    if config.engine not in ENGINES:
+        raise UsageError(f"unknown engine {config.engine!r}", ENGINE_HINT)
     _check_exposure(config, say)
     if config.engine == "vllm":
         import shutil

@@ -1,0 +1,386 @@
+"""`LlamaCppBackend`: a GGUF file answering through llama.cpp (``llama-cpp-python``), where it is installed.
+
+What a CPU user ships is a GGUF file, so that is what this backend evaluates: a run's export (LoRA merged in
+the file, or the base file plus a ``lora-gguf`` adapter), the base model's export, or the builtin model's
+own Q4_1 file. Prompts are rendered to token ids with the run's tokenizer and chat template
+(`tunesmith.models.chat.prompt_ids`, as every backend does) and fed to llama.cpp as tokens, so its own
+template handling never enters. Each answer goes through the engine's `Row`: the same end-of-turn ids,
+stop strings, token limit and contract watch as the transformers engine, decoded with the same tokenizer.
+Greedy is temperature 0 (llama.cpp's greedy sampler); otherwise temperature + top-p, no top-k, min-p or
+repetition penalty, as `DecodeSettings` means them.
+
+`LlamaCppEngine` puts one such model behind `tunesmith serve --engine llamacpp` (one model per server).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ModelError, TunesmithError, UsageError, one_line
+from tunesmith.inference.backends import Chat, OnResult, Progress, Results, check_settings, file_sha256, sha256_of
+from tunesmith.inference.types import DecodeSettings, Generation
+
+ENGINES = ("transformers", "llamacpp")
+#: how to get llama-cpp-python: it ships as source only and compiles llama.cpp (~12 minutes on 2 cores)
+LLAMACPP_HINT = ("build it once with `make test-llamacpp`, or pip install 'tunesmith[llamacpp]' "
+                 "(it compiles llama.cpp: about 12 minutes on 2 cores)")
+#: the quantisations `--quant` takes with --engine llamacpp: the exporter's, and the builtin model's own file
+ENGINE_QUANTS = ("f32", "bf16", "f16", "q8_0", "q5_0", "q4_0", "q4_1")
+#: context sizes are rounded up to this, so one loaded model serves many evaluations
+_CTX_STEP = 256
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "chat_template.jinja", "chat_template.json", "tokenizer.model")
+
+
+def llamacpp_available() -> bool:
+    """Whether `llama_cpp` can be imported here (it is an optional extra)."""
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None
+    except (ImportError, ValueError):  # sys.modules["llama_cpp"] = None reads as absent too
+        return False
+
+
+def require_llamacpp(what: str = "--engine llamacpp") -> Any:
+    """The `llama_cpp` module, or a ModelError that says how to install it."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ModelError(f"{what} needs llama-cpp-python (the `llama_cpp` module), which is not installed",
+                         LLAMACPP_HINT + "; or use --engine transformers") from None
+    return llama_cpp
+
+
+def check_engine(engine: str, quant: str | None) -> None:
+    """UsageError for an unknown engine, or a --quant without --engine llamacpp or not a GGUF type."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine!r} is not an evaluation engine",
+                         "use --engine transformers (default) or --engine llamacpp (the GGUF export)")
+    if quant is not None and engine != "llamacpp":
+        raise UsageError(f"--quant {quant} only applies with --engine llamacpp",
+                         "add --engine llamacpp, or leave --quant out")
+    if quant is not None and quant not in ENGINE_QUANTS:
+        raise UsageError(f"--quant {quant!r} is not a GGUF type this engine evaluates",
+                         "use f16 (default, exact), bf16, f32, q8_0, q5_0, q4_0, or q4_1 for the builtin "
+                         "model's own file (base only)")
+
+
+def default_threads() -> int:
+    """CPU threads for llama.cpp: the cores this process may use, at most torch's thread setting
+    (OMP_NUM_THREADS / taskset), so both engines get the same share of a shared machine."""
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, torch.get_num_threads()))
+
+
+def gguf_sha256(path: Path) -> str:
+    """The file's sha256 from its export record (`<file>.json`) when the record is of this file (same
+    size), else hashed now."""
+    record = path.with_name(path.name + ".json")
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        if data.get("sha256") and data.get("size_bytes") == path.stat().st_size:
+            return str(data["sha256"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return file_sha256(path)
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+class LlamaCppBackend:
+    """A GGUF file (+ an optional GGUF LoRA adapter) answering through llama.cpp, one prompt at a time.
+
+    Nothing heavy happens in the constructor (a fully cached evaluation never loads the model): the
+    fingerprint is "llamacpp", the quantisation, the file's sha256 (from its export record), the
+    adapter's, the tokenizer and template files, and the llama-cpp-python version.
+    """
+
+    engine = "llamacpp"
+    #: answers are cut once they break `DecodeSettings.contract` (the engine's `Row` watches them)
+    honours_contract = True
+    #: no grammar mask here: llama.cpp's GBNF differs from tunesmith's grammar engine
+    honours_constraint = False
+
+    def __init__(self, gguf_path: Path | str, tokenizer_dir: Path | str, *, quant: str,
+                 lora_path: Path | str | None = None, n_threads: int | None = None) -> None:
+        self.gguf_path = Path(gguf_path).expanduser().resolve()
+        self.tokenizer_dir = Path(tokenizer_dir).expanduser().resolve()
+        self.lora_path = Path(lora_path).expanduser().resolve() if lora_path is not None else None
+        self.quant = quant
+        for what, path in (("GGUF model", self.gguf_path), ("GGUF adapter", self.lora_path)):
+            if path is not None and not path.is_file():
+                raise ModelError(f"{what} not found: {path}",
+                                 "export it first: tunesmith export RUN --format "
+                                 + ("lora-gguf" if what == "GGUF adapter" else "gguf"))
+        self.n_threads = n_threads or default_threads()
+        self.sha256 = gguf_sha256(self.gguf_path)
+        self.fingerprint = self._fingerprint()
+        self._tokenizer: Any = None
+        self._llm: Any = None
+        self._n_ctx = 0
+        self._lock = threading.Lock()
+
+    def _fingerprint(self) -> str:
+        parts: list[str | bytes] = ["llamacpp", self.quant, self.sha256, _package_version()]
+        if self.lora_path is not None:
+            parts += ["lora", gguf_sha256(self.lora_path)]
+        for name in _TOKENIZER_FILES:
+            f = self.tokenizer_dir / name
+            if f.is_file():
+                parts += [name, file_sha256(f)]
+        return sha256_of(*parts)
+
+    def describe(self) -> dict[str, Any]:
+        """Which engine and file answered (stored with the evaluation, shown in the report)."""
+        return {"engine": "llamacpp", "quant": self.quant, "file": str(self.gguf_path), "sha256": self.sha256,
+                "lora": str(self.lora_path) if self.lora_path else None}
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from tunesmith.models.resolve import tokenizer_in
+
+            self._tokenizer = tokenizer_in(self.tokenizer_dir)
+        return self._tokenizer
+
+    def llama(self, n_ctx: int) -> Any:
+        """The loaded `llama_cpp.Llama`, with room for `n_ctx` tokens (reloaded when it has less)."""
+        with self._lock:
+            if self._llm is None or self._n_ctx < n_ctx:
+                llama_cpp = require_llamacpp()
+                size = -(-max(n_ctx, 1) // _CTX_STEP) * _CTX_STEP
+                self._llm = None  # free the smaller context first
+                kwargs: dict[str, Any] = dict(model_path=str(self.gguf_path), n_ctx=size, n_batch=min(512, size),
+                                              n_threads=self.n_threads, n_threads_batch=self.n_threads,
+                                              seed=0, verbose=False)
+                if self.lora_path is not None:
+                    kwargs["lora_path"] = str(self.lora_path)
+                try:
+                    self._llm = llama_cpp.Llama(**kwargs)
+                except Exception as exc:  # noqa: BLE001 - llama.cpp says little more than "failed to load"
+                    raise ModelError(f"llama.cpp cannot load {self.gguf_path}: {one_line(exc)}",
+                                     "re-export it with this tunesmith (tunesmith export RUN --force), "
+                                     "or use --engine transformers") from exc
+                self._n_ctx = size
+            return self._llm
+
+    def generate(self, chats: list[Chat], settings: DecodeSettings, progress: Progress | None = None,
+                 *, on_result: OnResult | None = None) -> list[Generation]:
+        from tunesmith.inference.rows import Sampling
+        from tunesmith.models.chat import end_of_turn_ids, prompt_ids
+
+        if not chats:
+            return []
+        check_settings(settings)
+        if settings.constraint is not None:
+            raise ModelError("--engine llamacpp cannot decode under the output contract's grammar",
+                             "leave --constrained out, or use --engine transformers for constrained answers")
+        prompts = prompt_ids(self.tokenizer, chats)
+        llm = self.llama(max(len(p) for p in prompts) + settings.max_new_tokens)
+        contract = settings.contract if settings.contract is not None and settings.contract.active else None
+        sampling = Sampling(max_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                            top_p=settings.top_p, seed=settings.seed, stop=tuple(settings.stop), contract=contract)
+        eot = end_of_turn_ids(self.tokenizer)
+        collector = Results(len(chats), progress, on_result)
+        for index, ids in enumerate(prompts):
+            done = answer(llm, ids, sampling, eot, self.tokenizer)
+            collector.finish(index, Generation(done.text, done.finish_reason, done.completion_tokens))
+        return collector.complete()
+
+
+def answer(llm: Any, ids: list[int], sampling: Any, eot: set[int], tokenizer: Any,
+           job: Any = None) -> Any:
+    """Decode one prompt to its end through the engine's `Row` (stops, limit, contract watch, streaming);
+    the `Finished` answer, or None when `job` was cancelled."""
+    from tunesmith.inference.rows import SAMPLING_EPS, Finished, Job, Row
+
+    finished: list[Finished] = []
+    if job is None:
+        job = Job(list(ids), None, sampling, lambda e: finished.append(e[1]) if e[0] == "done" else None,
+                  stream=False)
+    row = Row(job, eot, tokenizer, "cpu")
+    # a fresh context per prompt: llama.cpp's prefix reuse would make an answer depend on the prompt
+    # before it (another batch shape in the prefill), and cached answers must not
+    llm.reset()
+    greedy = sampling.temperature < SAMPLING_EPS
+    if sampling.seed is not None:
+        llm.set_seed(int(sampling.seed))
+    tokens = llm.generate(ids, temp=0.0 if greedy else float(sampling.temperature), top_k=1 if greedy else 0,
+                          top_p=1.0 if greedy else float(sampling.top_p), min_p=0.0, repeat_penalty=1.0,
+                          reset=True)
+    try:
+        for token in tokens:
+            if job.cancelled.is_set():
+                return None
+            if row.accept(int(token)):
+                break
+    finally:
+        tokens.close()
+    return finished[0] if finished else None
+
+
+# -- which GGUF file answers ---------------------------------------------------------------------------
+
+
+def run_gguf(project: Any, run: Any, quant: str, say: Callable[[str], None]) -> Path:
+    """The run's export at `quant` (`<run>/export/model-<quant>.gguf`), exported first when missing."""
+    path = run.run_dir / "export" / f"model-{quant}.gguf"
+    if path.is_file():
+        return path
+    if quant == "q4_1":
+        raise UsageError(f"--quant q4_1 is the builtin model's own file: run {run.run_id} has no q4_1 export",
+                         "use --quant f16 (exact), q8_0, q5_0 or q4_0 for a run")
+    from tunesmith.ship.gguf_export import export_run
+
+    say(f"run {run.run_id} has no {quant} GGUF export yet: exporting it first ({path})")
+    export_run(project.root, run.run_id, fmt="gguf", quant=quant, say=say)
+    return path
+
+
+def base_gguf(project: Any, ref: str, checkpoint: Path, quant: str, say: Callable[[str], None]) -> Path:
+    """The base model as GGUF at `quant`: the builtin model's own file for q4_1, else the checkpoint
+    exported once into `<project>/.tunesmith/gguf/` (the same writer `tunesmith export` uses, so base
+    and tuned are compared at the same precision)."""
+    if quant == "q4_1":
+        if not ref.startswith("builtin:"):
+            raise UsageError(f"--quant q4_1 is the builtin model's own file, and the base model {ref} is not builtin",
+                             "use --quant f16 (exact), q8_0, q5_0 or q4_0")
+        from tunesmith.models.resolve import builtin_gguf
+
+        return builtin_gguf(ref.split(":", 1)[1].strip())
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(ref.rstrip("/")).name or "base")
+    target = project.root / ".tunesmith" / "gguf" / f"{name}-{sha256_of(str(checkpoint))[:10]}-{quant}.gguf"
+    if target.is_file() and target.with_name(target.name + ".json").is_file():
+        return target
+    say(f"the base model has no {quant} GGUF yet: exporting {ref} once ({target})")
+    _export_checkpoint(checkpoint, target, quant, name=f"{name}-base", ref=ref)
+    return target
+
+
+def _export_checkpoint(checkpoint: Path, target: Path, quant: str, *, name: str, ref: str) -> None:
+    import tempfile
+
+    from transformers import AutoConfig
+
+    from tunesmith.inference.loading import load_model
+    from tunesmith.io import sha256_file, write_json_atomic
+    from tunesmith.models.resolve import tokenizer_in
+    from tunesmith.ship.gguf_export import check_exportable, write_gguf
+    from tunesmith.ship.gguf_vocab import vocab_spec
+    from tunesmith.ship.merge import require_chat_template
+
+    plan = check_exportable(AutoConfig.from_pretrained(str(checkpoint), local_files_only=True))
+    tokenizer = tokenizer_in(checkpoint)
+    require_chat_template(tokenizer, checkpoint)
+    vocab = vocab_spec(tokenizer, plan.vocab_size)
+    model = load_model(checkpoint, None, device="cpu", dtype="float32")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".gguf", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_gguf(model, plan, vocab, tmp, quant, name=name, source=checkpoint)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json_atomic(target.with_name(target.name + ".json"),
+                      {"file": target.name, "quant": quant, "sha256": sha256_file(target),
+                       "size_bytes": target.stat().st_size, "base_model": ref, "source": str(checkpoint)})
+
+
+class LlamaCppEngine:
+    """`inference.worker.Engine`'s interface over one llama.cpp model, for `tunesmith serve --engine llamacpp`:
+    jobs are answered one at a time on a worker thread (llama.cpp decodes one sequence here); adapter
+    loading is refused (one model per server)."""
+
+    def __init__(self, backend: LlamaCppBackend, n_ctx: int, refusal: Callable[[], TunesmithError]) -> None:
+        from tunesmith.models.chat import end_of_turn_ids
+
+        self.backend = backend
+        self.llm = backend.llama(n_ctx)
+        self.n_ctx = n_ctx
+        self.eot = end_of_turn_ids(backend.tokenizer)
+        self._refusal = refusal
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._closing = threading.Event()
+        self.steps = 0
+        self.peak_batch = 0
+        self._thread = threading.Thread(target=self._loop, name="tunesmith-llamacpp", daemon=True)
+        self._thread.start()
+
+    @property
+    def grammar(self) -> Any:
+        raise ModelError("--engine llamacpp has no grammar engine", "use --engine transformers")
+
+    def submit(self, job: Any) -> None:
+        from tunesmith.inference.worker import EngineClosed
+
+        if self._closing.is_set():
+            raise EngineClosed("the server is shutting down", "retry against a running server")
+        self._inbox.put(job)
+
+    def call(self, fn: Callable[[], Any], *, edits_model: bool = True) -> Future[Any]:
+        """Model edits (adapters) are refused; other calls run here and now."""
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn() if not edits_model else _raise(self._refusal()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            future.set_exception(exc)
+        return future
+
+    def active_adapters(self) -> set[str]:
+        return set()
+
+    def close(self, grace_s: float = 10.0) -> None:
+        self._closing.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=grace_s + 30)
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.emit(("error", "the server shut down before this request started"))
+
+    def _loop(self) -> None:
+        from tunesmith.inference.rows import dropped
+
+        while True:
+            job = self._inbox.get()
+            if job is None or self._closing.is_set():
+                if job is not None:
+                    job.emit(("error", "the server is shutting down"))
+                return
+            if job.cancelled.is_set():
+                dropped(job)
+                continue
+            try:
+                self.peak_batch = 1
+                if answer(self.llm, job.prompt_ids, job.sampling, self.eot, self.backend.tokenizer, job) is None \
+                        and not job.done:
+                    dropped(job)
+            except Exception as exc:  # noqa: BLE001 - a failing request must not kill the server
+                job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc

@@ -1,0 +1,378 @@
+"""`--engine llamacpp`: a GGUF export answering through llama-cpp-python.
+
+The error messages, the flag checks and the cache key run everywhere (the GGUF files are real exports
+of the tiny model; only loading them needs llama.cpp). Parity with the merged transformers model, the
+CLI end to end and the server need the package and are skipped with the reason where it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from datagen import clean_examples, write_jsonl, write_project_file
+from tunesmith.cli import app
+from tunesmith.errors import ModelError, UsageError
+from tunesmith.inference import llamacpp_backend as L
+from tunesmith.inference.types import DecodeSettings
+
+MAX_NEW = 8
+RUN = "20250101-000001-aaaa-lora"
+needs_llamacpp = pytest.mark.skipif(not L.llamacpp_available(),
+                                    reason="llama-cpp-python is not installed (it compiles llama.cpp; "
+                                           "`make test-llamacpp` builds it and runs these tests)")
+
+
+def _build_adapter(model_dir: Path, out: Path) -> Path:
+    """A LoRA adapter with random B matrices (B is zero at initialisation, and would change nothing)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                  task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    peft_model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    """A JSON project on the tiny model with a sealed test split and one LoRA run."""
+    from tunesmith.data.split import split_file
+    from tunesmith.project import load_project
+
+    root = tmp_path_factory.mktemp("llamacpp-project")
+    write_project_file(root, tiny_model_dir, eval={"max_new_tokens": MAX_NEW})
+    write_jsonl(root / "data.jsonl", clean_examples(24))
+    split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
+    registry = load_project(root).registry()
+    plan = {"settings": {"method": {"value": "lora", "source": "test", "why": "made by hand"}}, "derived": {}}
+    run_dir = registry.create_run(RUN, project_root=str(root), base_model=str(tiny_model_dir), method="lora",
+                                  config={}, plan=plan, data={})
+    _build_adapter(tiny_model_dir, run_dir / "adapter")
+    registry.set_status(RUN, "completed")
+    return root
+
+
+@pytest.fixture(scope="module")
+def base_exports(tmp_path_factory, tiny_model_dir):
+    """The tiny model exported to GGUF f16 and q8_0 the way `eval base --engine llamacpp` does it."""
+    holder = types.SimpleNamespace(root=tmp_path_factory.mktemp("llamacpp-exports"))
+    say: list[str] = []
+    files = {q: L.base_gguf(holder, str(tiny_model_dir), tiny_model_dir, q, say.append) for q in ("f16", "q8_0")}
+    return files, say
+
+
+def _error(result) -> dict:
+    return json.loads(result.stdout)["error"]
+
+
+# -- everywhere: errors and flags ----------------------------------------------------------------
+
+
+def test_missing_llama_cpp_names_the_make_target_and_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    assert not L.llamacpp_available()
+    with pytest.raises(ModelError) as info:
+        L.require_llamacpp()
+    assert info.value.message == ("--engine llamacpp needs llama-cpp-python (the `llama_cpp` module), "
+                                  "which is not installed")
+    assert "make test-llamacpp" in info.value.hint
+    assert "pip install 'tunesmith[llamacpp]'" in info.value.hint
+
+
+def test_eval_with_llama_cpp_missing_fails_before_exporting(project, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    result = CliRunner().invoke(app, ["eval", RUN, "-p", str(project), "--engine", "llamacpp", "--json"])
+    assert result.exit_code == 2, result.output
+    error = _error(result)
+    assert error["message"].startswith("--engine llamacpp needs llama-cpp-python")
+    assert "make test-llamacpp" in error["hint"]
+    assert not (project / "runs" / RUN / "export").exists()
+
+
+def test_baseline_with_llama_cpp_missing_says_how_to_install(project, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    result = CliRunner().invoke(app, ["baseline", "-p", str(project), "--engine", "llamacpp", "--json"])
+    assert result.exit_code == 2, result.output
+    assert "tunesmith[llamacpp]" in _error(result)["hint"]
+
+
+@pytest.mark.parametrize(("args", "message", "hint"), [
+    (["--engine", "onnx"], "--engine 'onnx' is not an evaluation engine", "--engine llamacpp"),
+    (["--quant", "q8_0"], "--quant q8_0 only applies with --engine llamacpp", "add --engine llamacpp"),
+    (["--engine", "llamacpp", "--quant", "q3_k"], "--quant 'q3_k' is not a GGUF type this engine evaluates",
+     "q4_1 for the builtin"),
+    (["--engine", "llamacpp", "--constrained"],
+     "--constrained needs tunesmith's grammar mask, which --engine llamacpp does not have",
+     "--engine transformers"),
+])
+def test_eval_flags_that_do_not_go_together(tmp_path, args, message, hint):
+    result = CliRunner().invoke(app, ["eval", "base", "-p", str(tmp_path), "--json", *args])
+    assert result.exit_code == 2, result.output
+    error = _error(result)
+    assert error["message"] == message
+    assert hint in error["hint"]
+
+
+@pytest.mark.parametrize(("args", "message", "hint"), [
+    (["base", "--endpoint", "http://127.0.0.1:9/v1"],
+     "--engine llamacpp evaluates a GGUF file on this machine, not an --endpoint", "leave out --endpoint"),
+    # the install check comes first: the rest needs llama.cpp to get this far
+    pytest.param([RUN, "--quant", "q4_1"], f"--quant q4_1 is the builtin model's own file: run {RUN} has no q4_1 "
+                 "export", "use --quant f16", marks=needs_llamacpp),
+])
+def test_eval_engine_llamacpp_refuses_what_has_no_gguf(project, args, message, hint):
+    result = CliRunner().invoke(app, ["eval", *args, "-p", str(project), "--engine", "llamacpp", "--json"])
+    assert result.exit_code == 2, result.output
+    assert _error(result)["message"] == message
+    assert hint in _error(result)["hint"]
+
+
+@needs_llamacpp
+def test_eval_engine_llamacpp_refuses_a_checkpoint_directory(project, tiny_model_dir):
+    result = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "-p", str(project), "--engine", "llamacpp",
+                                      "--json"])
+    assert result.exit_code == 2, result.output
+    assert _error(result)["message"] == f"--engine llamacpp evaluates a run's GGUF export, not the directory {tiny_model_dir}"
+
+
+def test_q4_1_is_only_the_builtin_models_own_file(tmp_path, tiny_model_dir):
+    with pytest.raises(UsageError) as info:
+        L.base_gguf(types.SimpleNamespace(root=tmp_path), str(tiny_model_dir), tiny_model_dir, "q4_1", print)
+    assert info.value.message == (f"--quant q4_1 is the builtin model's own file, and the base model "
+                                  f"{tiny_model_dir} is not builtin")
+    assert "--quant f16" in info.value.hint
+
+
+def test_a_missing_gguf_file_says_how_to_export_it(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelError) as info:
+        L.LlamaCppBackend(tmp_path / "model-f16.gguf", tiny_model_dir, quant="f16")
+    assert info.value.message == f"GGUF model not found: {tmp_path / 'model-f16.gguf'}"
+    assert info.value.hint == "export it first: tunesmith export RUN --format gguf"
+
+
+def test_the_backend_refuses_a_grammar(base_exports, tiny_model_dir):
+    from tunesmith.inference.constraints import Constraint
+
+    backend = L.LlamaCppBackend(base_exports[0]["f16"], tiny_model_dir, quant="f16")
+    settings = DecodeSettings(max_new_tokens=4, constraint=Constraint.json_object())
+    with pytest.raises(ModelError) as info:
+        backend.generate([[{"role": "user", "content": "hi"}]], settings)
+    assert info.value.message == "--engine llamacpp cannot decode under the output contract's grammar"
+    assert "--engine transformers" in info.value.hint
+
+
+def test_serve_refuses_a_second_model(tmp_path):
+    from tunesmith.serve.api import ServeConfig, build_state
+
+    config = ServeConfig(project_dir=tmp_path, base="builtin:smollm2-135m-instruct", engine="llamacpp",
+                         adapters=[("a", "run-a"), ("b", "run-b")])
+    with pytest.raises(UsageError) as info:
+        build_state(config)
+    assert info.value.message == "--engine llamacpp serves one model, and 2 --adapter flags were given"
+    assert "--engine transformers" in info.value.hint
+
+
+def test_serve_with_llama_cpp_missing_says_how_to_install(tmp_path, monkeypatch):
+    from tunesmith.serve.api import ServeConfig, build_state
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(ModelError) as info:
+        build_state(ServeConfig(project_dir=tmp_path, base="x", engine="llamacpp"))
+    assert "make test-llamacpp" in info.value.hint
+
+
+def test_serve_names_llamacpp_among_the_engines(tmp_path):
+    result = CliRunner().invoke(app, ["serve", "-p", str(tmp_path), "--base", "x", "--engine", "tgi"])
+    assert result.exit_code == 2
+    assert "unknown engine 'tgi'" in result.output and "--engine llamacpp" in result.output
+
+
+def test_eval_output_says_which_engine_and_file_answered():
+    from tunesmith.cli.evaluate import engine_line
+
+    gguf = {"engine": "llamacpp", "quant": "f16", "file": "/p/runs/r/export/model-f16.gguf"}
+    base = {"engine": "llamacpp", "quant": "f16", "file": "/p/.tunesmith/gguf/tiny-0123456789-f16.gguf"}
+    assert engine_line({"engine": {"tuned": gguf, "base": base}}) == (
+        "answered by: tuned llamacpp f16 (model-f16.gguf), base llamacpp f16 (tiny-0123456789-f16.gguf)")
+    assert engine_line({"engine": {"tuned": {"engine": "transformers"}, "base": {"engine": "transformers"}}}) is None
+
+
+# -- everywhere: the cache key ---------------------------------------------------------------------
+
+
+def test_cache_key_separates_engines_and_quantisations(base_exports, tiny_model_dir, tmp_path):
+    from tunesmith.evaluate.cache import cache_key
+    from tunesmith.inference.local import LocalBackend
+
+    files, said = base_exports
+    assert len(said) == 2 and "exporting" in said[0]
+    chat = [{"role": "user", "content": "hi"}]
+    settings = DecodeSettings(max_new_tokens=MAX_NEW)
+    f16 = L.LlamaCppBackend(files["f16"], tiny_model_dir, quant="f16")
+    q8 = L.LlamaCppBackend(files["q8_0"], tiny_model_dir, quant="q8_0")
+    local = LocalBackend(tiny_model_dir)
+    keys = {cache_key(b.fingerprint, chat, settings) for b in (f16, q8, local)}
+    assert len(keys) == 3
+    # the same file under the same label is the same model: its answers are found again
+    assert L.LlamaCppBackend(files["f16"], tiny_model_dir, quant="f16").fingerprint == f16.fingerprint
+    # the sha256 comes from the export record, and is the file's
+    from tunesmith.inference.backends import file_sha256
+
+    assert f16.sha256 == file_sha256(files["f16"])
+    # one byte changed in the file: another model, even with a stale record next to it
+    copy = tmp_path / "model-f16.gguf"
+    shutil.copy(files["f16"], copy)
+    shutil.copy(files["f16"].with_name(files["f16"].name + ".json"), tmp_path / "model-f16.gguf.json")
+    with open(copy, "ab") as fh:
+        fh.write(b"\0")
+    assert L.LlamaCppBackend(copy, tiny_model_dir, quant="f16").fingerprint != f16.fingerprint
+
+
+def test_base_export_is_made_once(base_exports, tiny_model_dir):
+    files, _ = base_exports
+    said: list[str] = []
+    again = L.base_gguf(types.SimpleNamespace(root=files["f16"].parents[2]), str(tiny_model_dir), tiny_model_dir,
+                        "f16", said.append)
+    assert again == files["f16"] and said == []
+
+
+# -- with llama.cpp ----------------------------------------------------------------------------------
+
+
+def _merged_backend(project_root: Path):
+    """The run's LoRA merged into its base with its weights at f16 (the model the f16 file holds, which is
+    what the export promises to equal), answering through the transformers engine: the reference."""
+    from tunesmith.project import load_project
+    from tunesmith.ship.gguf_export import InMemoryBackend
+    from tunesmith.ship.gguf_quant import round_like_file
+    from tunesmith.ship.merge import load_merged, locate_run
+
+    from tunesmith.models.resolve import tokenizer_in
+
+    run = locate_run(load_project(project_root), RUN)
+    model, _ = load_merged(run, device="cpu")
+    round_like_file(model, "f16")
+    return InMemoryBackend(model, tokenizer_in(run.tokenizer_dir), run.checkpoint_dir), run
+
+
+def _answers(project_root: Path, quant: str) -> list[tuple[str, int, str]]:
+    from tunesmith.evaluate.items import test_items
+    from tunesmith.project import load_project
+    from tunesmith.ship.merge import locate_run
+
+    proj = load_project(project_root)
+    run = locate_run(proj, RUN)
+    gguf = L.run_gguf(proj, run, quant, lambda _m: None)
+    gens = L.LlamaCppBackend(gguf, run.tokenizer_dir, quant=quant).generate(
+        [it.chat for it in test_items(proj)], DecodeSettings(max_new_tokens=MAX_NEW))
+    return [(g.text, g.output_tokens, g.finish_reason) for g in gens]
+
+
+@needs_llamacpp
+def test_f16_export_answers_like_the_merged_model(project):
+    from tunesmith.evaluate.items import test_items
+    from tunesmith.project import load_project
+
+    reference, _ = _merged_backend(project)
+    want = reference.generate([it.chat for it in test_items(load_project(project))],
+                              DecodeSettings(max_new_tokens=MAX_NEW))
+    assert _answers(project, "f16") == [(w.text, w.output_tokens, w.finish_reason) for w in want]
+
+
+@needs_llamacpp
+def test_q8_0_agreement_with_the_f16_file_is_reported(project, capsys):
+    """Lossy: reported as k/n, not required. In a child process: llama-cpp-python 0.3.36 built on this
+    machine crashed (SIGSEGV in llama_decode) on every Q8_0/Q4_1 file, the package's own included."""
+    import subprocess
+
+    code = ("import json, sys; sys.path[:0] = sys.argv[2:]; import test_llamacpp_backend as t; "
+            "from pathlib import Path; print(json.dumps(t._answers(Path(sys.argv[1]), 'q8_0')))")
+    here = Path(__file__).parent
+    proc = subprocess.run([sys.executable, "-c", code, str(project), str(here), str(here.parent)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode < 0:
+        pytest.xfail(f"llama.cpp crashed on the q8_0 file (signal {-proc.returncode}): a llama.cpp build problem")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = [tuple(a) for a in json.loads(proc.stdout.strip().splitlines()[-1])]
+    want = _answers(project, "f16")
+    agree = sum(g[0] == w[0] for g, w in zip(got, want))
+    with capsys.disabled():
+        print(f"\nq8_0 export: greedy answers equal the f16 file's on {agree}/{len(want)} test prompts")
+    assert len(got) == len(want) and all(0 < g[1] <= MAX_NEW for g in got)
+
+
+@needs_llamacpp
+def test_a_file_llama_cpp_cannot_load_says_so(tmp_path, tiny_model_dir):
+    bad = tmp_path / "model-f16.gguf"
+    bad.write_bytes(b"GGUF but not really")
+    backend = L.LlamaCppBackend(bad, tiny_model_dir, quant="f16")
+    with pytest.raises(ModelError) as info:
+        backend.generate([[{"role": "user", "content": "hi"}]], DecodeSettings(max_new_tokens=2))
+    assert info.value.message.startswith(f"llama.cpp cannot load {bad}: ")
+    assert "tunesmith export RUN --force" in info.value.hint
+
+
+@needs_llamacpp
+def test_eval_engine_llamacpp_reports_and_stores_the_engine(project):
+    result = CliRunner().invoke(app, ["eval", RUN, "-p", str(project), "--engine", "llamacpp", "--json",
+                                      "--no-judge"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    assert summary["engine"]["tuned"]["engine"] == "llamacpp"
+    assert summary["engine"]["tuned"]["quant"] == "f16"
+    assert summary["engine"]["base"]["quant"] == "f16"
+    assert Path(summary["engine"]["tuned"]["file"]).name == "model-f16.gguf"
+    from tunesmith.project import load_project
+
+    with load_project(project).registry().connection(create=False) as conn:
+        stored = conn.execute("SELECT settings FROM evaluations WHERE subject = ? AND split = 'test' "
+                              "ORDER BY id DESC LIMIT 1", (RUN,)).fetchone()
+    assert json.loads(stored[0])["engine"]["quant"] == "f16"
+    again = CliRunner().invoke(app, ["eval", RUN, "-p", str(project), "--engine", "llamacpp", "--json", "--no-judge"])
+    assert json.loads(again.stdout)["summary"]["speed"]["tuned"]["cached"] is True
+
+
+@needs_llamacpp
+def test_serve_engine_llamacpp_answers_like_the_backend(project):
+    import httpx
+
+    from tunesmith.serve.api import ServeConfig, build_state, start_in_thread
+
+    config = ServeConfig(project_dir=project, engine="llamacpp", adapters=[("tuned", RUN)], port=0,
+                         max_tokens=MAX_NEW)
+    state = build_state(config)
+    server = start_in_thread(state, config)
+    try:
+        chat = [{"role": "user", "content": "Give me a JSON object."}]
+        reply = httpx.post(f"{server.url}/chat/completions", timeout=60,
+                           json={"model": "tuned", "messages": chat, "temperature": 0, "max_tokens": MAX_NEW})
+        assert reply.status_code == 200, reply.text
+        text = reply.json()["choices"][0]["message"]["content"]
+        system = state.base.system_prompt
+        full = ([{"role": "system", "content": system}] if system else []) + chat
+        assert text == state.engine.backend.generate([full], DecodeSettings(max_new_tokens=MAX_NEW))[0].text
+        constrained = httpx.post(f"{server.url}/chat/completions", timeout=60,
+                                 json={"model": "tuned", "messages": chat, "response_format": {"type": "json_object"}})
+        assert constrained.status_code == 400, constrained.text
+        assert "cannot decode under a grammar" in constrained.json()["error"]["message"]
+        refused = httpx.post(f"{server.url}/adapters", json={"name": "b", "source": RUN}, timeout=30)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["message"].startswith("--engine llamacpp serves one model (tuned) and "
+                                                             "cannot load adapters")
+    finally:
+        server.stop()
