@@ -76,7 +76,7 @@ def test_generates_n_valid_rows_with_provenance_and_checks_clean(project: Path) 
     out = runner.invoke(app, ["check", str(project / "generated.jsonl"), "-p", str(project), "--no-tokens", "--json"])
     assert out.exit_code == 0, out.output
     assert not [f for f in json.loads(out.stdout)["findings"] if f["severity"] == "error"]
-    assert result.tally.sent == len(teacher.bodies) and result.tally.prompt_tokens > 0
+    assert result.tally.sent.replies == len(teacher.bodies) and result.tally.sent.prompt_tokens > 0
 
 
 def test_inputs_come_from_a_diversity_plan_of_kinds_and_lengths_and_never_show_the_test_set(project: Path) -> None:
@@ -321,7 +321,7 @@ def test_a_second_run_sends_nothing_and_writes_the_same_file(project: Path) -> N
         first = (project / "generated.jsonl").read_bytes()
         before = len(teacher.bodies)
         again = _run(project, server.base_url, n=25)
-    assert len(teacher.bodies) == before and again.tally.sent == 0 and again.tally.cached > 0
+    assert len(teacher.bodies) == before and again.tally.sent.replies == 0 and again.tally.cached.replies > 0
     assert (project / "generated.jsonl").read_bytes() == first
 
 
@@ -406,14 +406,14 @@ def test_cost_uses_the_dated_table_or_the_projects_price(tmp_path: Path) -> None
         opts = options_for(project, {"teacher_model": "gpt-4o-mini-2024-07-18", "base_url": server.base_url, "n": 5})
         result = generate(project, opts)
     t = result.tally
-    assert t.to_dict()["cost_usd"] == pytest.approx((t.prompt_tokens * 0.15 + t.completion_tokens * 0.60) / 1e6, abs=1e-6)
+    assert t.to_dict()["cost_usd"] == pytest.approx((t.sent.prompt_tokens * 0.15 + t.sent.completion_tokens * 0.60) / 1e6, abs=1e-6)
     assert "2026-03" in t.price.source
     priced = write_project(tmp_path / "q", price={"input": 1.0, "output": 2.0})
     with FakeOpenAI(FakeTeacher()) as server:
         project = load_project(priced)
         result = generate(project, options_for(project, {"teacher_model": "local-model", "base_url": server.base_url, "n": 5}))
     t = result.tally
-    assert t.cost == pytest.approx((t.prompt_tokens + 2 * t.completion_tokens) / 1e6)
+    assert t.cost == pytest.approx((t.sent.prompt_tokens + 2 * t.sent.completion_tokens) / 1e6)
     assert t.price.source == "tunesmith.yaml generate.price"
 
 
@@ -502,7 +502,7 @@ def test_a_prompt_too_long_for_the_context_gets_less_room_for_that_request_only(
         assert sent["short two 3"] == 1024  # the others keep their room: nothing global was learnt
         before = len(teacher.bodies)
         again = _run(project, server.base_url, inputs_file=str(inputs))
-    assert len(teacher.bodies) == before and again.tally.sent == 0  # the fit is remembered with the cache
+    assert len(teacher.bodies) == before and again.tally.sent.replies == 0  # the fit is remembered with the cache
 
 
 def test_a_teacher_that_never_answers_stops_at_the_first_request(project: Path) -> None:

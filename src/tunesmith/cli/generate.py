@@ -57,7 +57,8 @@ def generate(
 def _tally_note(tally: Any) -> str:
     cost = tally.cost
     money = f", ${cost:.4f}" if cost is not None else ""
-    return f"{tally.sent} sent, {tally.cached} cached, {tally.prompt_tokens + tally.completion_tokens:,} tokens{money}"
+    paid = tally.sent
+    return f"{paid.replies} sent, {tally.cached.replies} cached, {paid.prompt_tokens + paid.completion_tokens:,} tokens{money}"
 
 
 def _print_result(result: Any) -> None:

@@ -30,17 +30,28 @@ class TeacherError(TunesmithError):
 
 
 @dataclass
+class Usage:
+    """Replies and their tokens."""
+
+    replies: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, reply: ChatReply) -> None:
+        self.replies += 1
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+
+
+@dataclass
 class Tally:
     """Requests, tokens and cost so far, and every problem met, by kind. Thread-safe."""
 
     price: Price | None = None
-    sent: int = 0
-    cached: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    #: tokens of cached replies: paid for by an earlier run, not this one
-    cached_prompt_tokens: int = 0
-    cached_completion_tokens: int = 0
+    #: what the endpoint answered in this run: what this run pays for
+    sent: Usage = field(default_factory=Usage)
+    #: replies from the request cache: paid for by an earlier run, not this one
+    cached: Usage = field(default_factory=Usage)
     problems: Counter[str] = field(default_factory=Counter)
     #: the model names the endpoint answered as, when they differ from the one asked for
     other_models: Counter[str] = field(default_factory=Counter)
@@ -48,14 +59,7 @@ class Tally:
 
     def add(self, reply: ChatReply) -> None:
         with self._lock:
-            if reply.cached:
-                self.cached += 1
-                self.cached_prompt_tokens += reply.prompt_tokens
-                self.cached_completion_tokens += reply.completion_tokens
-            else:
-                self.sent += 1
-                self.prompt_tokens += reply.prompt_tokens
-                self.completion_tokens += reply.completion_tokens
+            (self.cached if reply.cached else self.sent).add(reply)
 
     def answered_as(self, model: str) -> None:
         with self._lock:
@@ -68,14 +72,14 @@ class Tally:
     @property
     def cost(self) -> float | None:
         """US$ spent by this run (cached replies cost nothing now)."""
-        return None if self.price is None else self.price.cost(self.prompt_tokens, self.completion_tokens)
+        return None if self.price is None else self.price.cost(self.sent.prompt_tokens, self.sent.completion_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         cost = self.cost
         return {
-            "requests_sent": self.sent, "replies_from_cache": self.cached,
-            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "cached_prompt_tokens": self.cached_prompt_tokens, "cached_completion_tokens": self.cached_completion_tokens,
+            "requests_sent": self.sent.replies, "replies_from_cache": self.cached.replies,
+            "prompt_tokens": self.sent.prompt_tokens, "completion_tokens": self.sent.completion_tokens,
+            "cached_prompt_tokens": self.cached.prompt_tokens, "cached_completion_tokens": self.cached.completion_tokens,
             "cost_usd": None if cost is None else round(cost, 6),
             "price": None if self.price is None else {"input_per_1m": self.price.input_per_m,
                                                       "output_per_1m": self.price.output_per_m,
