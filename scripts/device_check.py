@@ -30,18 +30,21 @@ MODEL = "builtin:smollm2-135m-instruct"
 
 
 def make_project(work: Path, model: str, rows: int) -> Path:
-    """A copy of the example project (its sealed test set kept) training on its first `rows` rows."""
+    """A copy of the example project (its sealed test set kept) training on its first `rows` rows.
+
+    A fresh checkout has no built data (it is built, not committed): the copy then builds and splits
+    its own, with the example's build command, as `make demo` would.
+    """
     import yaml
 
     project = work / "project"
-    (project / "data").mkdir(parents=True)
-    for name in ("tunesmith.yaml", "schema.json", "regression.jsonl"):
-        if (EXAMPLE / name).exists():
-            shutil.copy2(EXAMPLE / name, project / name)
-    for name in ("test.jsonl", "test.seal.json"):
-        shutil.copy2(EXAMPLE / "data" / name, project / "data" / name)
-    lines = [ln for ln in (EXAMPLE / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines() if ln.strip()]
-    (project / "data" / "train.jsonl").write_text("\n".join(lines[:rows]) + "\n", encoding="utf-8")
+    shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("runs", ".tunesmith", "__pycache__"))
+    if not (project / "data" / "test.jsonl").exists():
+        subprocess.run([sys.executable, "-m", "tunesmith", "split", "--project", str(project)], check=True,
+                       stdout=subprocess.DEVNULL)
+    train_file = project / "data" / "train.jsonl"
+    lines = [ln for ln in train_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    train_file.write_text("\n".join(lines[:rows]) + "\n", encoding="utf-8")
     settings = yaml.safe_load((project / "tunesmith.yaml").read_text(encoding="utf-8"))
     settings["base_model"] = model
     (project / "tunesmith.yaml").write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")

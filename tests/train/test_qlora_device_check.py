@@ -4,6 +4,7 @@ verified against the adapters, an eval, and one server with both adapters."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,7 @@ def test_device_check_runs_on_cpu(tmp_path, tiny_model_dir):
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "check.json"
     done = subprocess.run([str(ROOT / "scripts" / "device-check.sh"), "--quick", "--model", str(tiny_model_dir),
-                           "--json", str(out)], env={**os.environ, "DEVICE": "cpu", "PYTHON": os.environ.get(
-                               "PYTHON", str(ROOT / ".venv" / "bin" / "python"))},
+                           "--json", str(out)], env={**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable},
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     results = json.loads(out.read_text())
