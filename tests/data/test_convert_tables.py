@@ -88,6 +88,15 @@ def test_csv_numbers_stay_text_and_a_chat_map_builds_messages(tmp_path):
                       {"role": "assistant", "content": "2"}]}]
 
 
+def test_a_csv_row_with_more_cells_than_the_header_is_reported_not_cut(tmp_path):
+    src = tmp_path / "t.csv"
+    src.write_text("question,answer\nwhat is 2+2,4\nlist three colours,red, green, blue\nand 3+3,6\n", encoding="utf-8")
+    result = convert_file(src, tmp_path / "o.jsonl", "instruction", column_map="instruction=question,output=answer")
+    assert result.written == 2
+    assert result.failed == [(2, "4 cells, the header has 2 (CSV line 3)")]
+    assert [r["output"] for r in _read(tmp_path / "o.jsonl")] == ["4", "6"]
+
+
 def test_a_parquet_messages_column_converts_as_it_is(tmp_path):
     turns = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
     src = _parquet(tmp_path / "chat.parquet", {"messages": turns, "source": ["web"]})
@@ -215,6 +224,21 @@ def test_hf_while_offline_says_the_hub_is_unreachable(tmp_path):
     assert "error: hf:org/name: the Hugging Face Hub is unreachable (offline, or no network)" in proc.stderr
     assert "then convert it here: tunesmith convert FILE -o data.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o.jsonl").exists()
+
+
+def test_hf_when_the_network_fails_mid_request_says_the_hub_is_unreachable(tmp_path, monkeypatch):
+    """httpx's transport errors (what huggingface_hub raises online) are no ConnectionError subclass."""
+    import datasets
+    import httpx
+
+    def no_network(*_a, **_k):
+        raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    with pytest.raises(DataError) as info:
+        convert_file("hf:org/name", tmp_path / "o.jsonl", "instruction", split="train")
+    assert info.value.message == "hf:org/name: the Hugging Face Hub is unreachable (offline, or no network)"
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def _cache_dataset(cache: Path, rows: dict[str, list]) -> None:

@@ -158,6 +158,24 @@ def test_q4_1_is_only_the_builtin_models_own_file(tmp_path, tiny_model_dir):
     assert "--quant f16" in info.value.hint
 
 
+def test_serve_refuses_a_quant_the_engine_would_ignore(tiny_model_dir):
+    from tunesmith.serve.api import ServeConfig, serve
+
+    with pytest.raises(UsageError) as info:
+        serve(ServeConfig(base=str(tiny_model_dir), quant="q8_0"))
+    assert info.value.message == ("--quant q8_0 only applies with --engine llamacpp (the transformers engine serves "
+                                  "the checkpoint as it is)")
+    assert info.value.hint == "add --engine llamacpp, or leave --quant out"
+
+
+def test_without_a_project_the_base_export_goes_to_the_model_cache(isolated_cache, tiny_model_dir):
+    said: list[str] = []
+    target = L.base_gguf(None, str(tiny_model_dir), tiny_model_dir, "f16", said.append)
+    assert target.is_file() and target.parent == isolated_cache / "gguf"
+    assert L.base_gguf(None, str(tiny_model_dir), tiny_model_dir, "f16", said.append) == target  # exported once
+    assert len([s for s in said if s.startswith("the base model has no f16 GGUF yet")]) == 1
+
+
 def test_a_missing_gguf_file_says_how_to_export_it(tmp_path, tiny_model_dir):
     with pytest.raises(ModelError) as info:
         L.LlamaCppBackend(tmp_path / "model-f16.gguf", tiny_model_dir, quant="f16")
@@ -241,6 +259,20 @@ def test_cache_key_separates_engines_and_quantisations(base_exports, tiny_model_
     with open(copy, "ab") as fh:
         fh.write(b"\0")
     assert L.LlamaCppBackend(copy, tiny_model_dir, quant="f16").fingerprint != f16.fingerprint
+    # the same size, rewritten after its record (a re-export cut before its record): hashed, not trusted
+    import os
+    import time
+
+    same = tmp_path / "same" / "model-f16.gguf"
+    same.parent.mkdir()
+    shutil.copy(files["f16"], same)
+    shutil.copy(files["f16"].with_name(files["f16"].name + ".json"), same.with_name(same.name + ".json"))
+    data = bytearray(same.read_bytes())
+    data[-1] ^= 1
+    time.sleep(0.01)
+    same.write_bytes(bytes(data))
+    os.utime(same, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # clearly after the record
+    assert L.gguf_sha256(same) == file_sha256(same) != f16.sha256
 
 
 def test_base_export_is_made_once(base_exports, tiny_model_dir):
@@ -341,8 +373,12 @@ def test_eval_engine_llamacpp_reports_and_stores_the_engine(project):
 
     with load_project(project).registry().connection(create=False) as conn:
         stored = conn.execute("SELECT settings FROM evaluations WHERE subject = ? AND split = 'test' "
-                              "ORDER BY id DESC LIMIT 1", (RUN,)).fetchone()
+                              "ORDER BY id DESC LIMIT 1", (f"{RUN}@llamacpp-f16",)).fetchone()
     assert json.loads(stored[0])["engine"]["quant"] == "f16"
+    # under its own name: the run's own (checkpoint) scores, which the card, gate and compare read, stay apart
+    from tunesmith.evaluate.store import EvalStore
+
+    assert EvalStore(load_project(project).registry()).latest(RUN, "test") is None
     again = CliRunner().invoke(app, ["eval", RUN, "-p", str(project), "--engine", "llamacpp", "--json", "--no-judge"])
     assert json.loads(again.stdout)["summary"]["speed"]["tuned"]["cached"] is True
 

@@ -90,6 +90,16 @@ def test_private_asks_for_a_private_repo(project, hub):
     assert "README.md" in hub.repos["alice/secret"].files
 
 
+def test_private_into_an_existing_public_repo_is_refused_before_uploading(project, hub):
+    assert cli("push", RUN, "--repo", "alice/open", "-p", project).exit_code == 0  # created public
+    before = dict(hub.repos["alice/open"].files)
+    result = cli("push", RUN, "--repo", "alice/open", "--private", "-p", project)
+    assert result.exit_code != 0
+    assert "alice/open already exists and is public: --private would upload into a public repository" in result.output
+    assert "make it private on the Hub first" in result.output
+    assert hub.repos["alice/open"].files == before
+
+
 def test_dry_run_writes_the_folder_and_uploads_nothing(project, hub, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")  # no token needed to look
     result = cli("push", RUN, "--repo", "alice/look", "--dry-run", "-p", project, "--json")
@@ -155,9 +165,11 @@ def test_merged_dry_run_stages_a_verified_plain_checkpoint(project, hub, one_tor
 
 def test_gguf_dry_run_stages_the_export_and_reuses_it_next_time(project, hub, one_torch_thread):
     outcome = push_run(project, RUN, "alice/g", kind="gguf", dry_run=True)
-    assert {name for name, _ in outcome.files} == {"model-f16.gguf", "README.md"}
+    assert {name for name, _ in outcome.files} == {"model-f16.gguf", "model-f16.Modelfile", "README.md"}
     exported = project / "runs" / RUN / "export" / "model-f16.gguf"
     assert (outcome.folder / "model-f16.gguf").read_bytes() == exported.read_bytes()
+    # the Modelfile travels with the file: SYSTEM and the stops are what Ollama users would lose without it
+    assert (outcome.folder / "model-f16.Modelfile").read_text() == exported.with_suffix(".Modelfile").read_text()
     meta, body = card_of((outcome.folder / "README.md").read_bytes())
     assert meta["library_name"] == "gguf" and "gguf" in meta["tags"]
     assert "llama-cli -hf alice/g --jinja  # model-f16.gguf" in body

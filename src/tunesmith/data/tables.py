@@ -228,7 +228,12 @@ def _csv(path: Path, label: str, delimiter: str) -> Table:
                     if not any(c.strip() for c in cells):
                         continue  # a blank line
                     n += 1
-                    yield n, dict(itertools.zip_longest(header, cells[: len(header)]))
+                    if len(cells) > len(header):  # an unquoted delimiter inside a cell: the text would shift
+                        yield n, Problem("csv_cells", f"{len(cells)} cells, the header has {len(header)} "
+                                         f"(CSV line {reader.line_num})",
+                                         hint="quote cells that contain the delimiter (a spreadsheet's CSV export does)")
+                        continue
+                    yield n, dict(itertools.zip_longest(header, cells))
             except csv.Error as exc:
                 raise _csv_error(label, reader.line_num, exc) from None
 
@@ -284,12 +289,31 @@ def parse_hf(source: str) -> tuple[str, str | None]:
     return name, config or None
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What the Hub's clients raise when there is no network: the builtin's, httpx's, huggingface_hub's offline mode."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import httpx
+
+        errors.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.errors import OfflineModeIsEnabled
+
+        errors.append(OfflineModeIsEnabled)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def _hf(source: str, split: str) -> Table:
     name, config = parse_hf(source)
     datasets = _need("datasets", "hf: datasets")
+    unreachable = _network_errors()
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
-    except ConnectionError:
+    except unreachable:
         raise DataError(f"{source}: the Hugging Face Hub is unreachable (offline, or no network)",
                         "download the dataset's parquet, CSV or JSONL file where there is network, "
                         "then convert it here: tunesmith convert FILE -o data.jsonl") from None
@@ -303,7 +327,7 @@ def _hf(source: str, split: str) -> Table:
         try:
             for n, row in enumerate(ds, start=1):
                 yield n, row
-        except ConnectionError:
+        except unreachable:
             raise DataError(f"{source}: the Hugging Face Hub stopped answering after row {n}",
                             "run it again, or download the dataset's file and convert it locally") from None
 

@@ -142,7 +142,10 @@ def _llamacpp_subject(name: str, run_id: str | None, model_name: str, gguf: Path
     from tunesmith.inference.llamacpp_backend import LlamaCppBackend
 
     backend = LlamaCppBackend(gguf, tokenizer_dir, quant=quant)
-    return Subject(name, run_id, CachedBackend(backend, cache), [model_name], engine=backend.describe())
+    # stored under its own name: a run's scores (its model card, the gate, compare) stay the checkpoint's,
+    # whichever engine answered last
+    return Subject(f"{name}@llamacpp-{quant}", run_id, CachedBackend(backend, cache), [model_name],
+                   engine=backend.describe())
 
 
 def _token_counter(model_dir: Path) -> Callable[[list[str]], list[int]]:

@@ -87,11 +87,13 @@ def default_threads() -> int:
 
 def gguf_sha256(path: Path) -> str:
     """The file's sha256 from its export record (`<file>.json`) when the record is of this file (same
-    size), else hashed now."""
+    size, written after it: a re-export interrupted between the file and its record leaves an older
+    record of a same-sized file), else hashed now."""
     record = path.with_name(path.name + ".json")
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
-        if data.get("sha256") and data.get("size_bytes") == path.stat().st_size:
+        written, made = path.stat(), record.stat()
+        if data.get("sha256") and data.get("size_bytes") == written.st_size and made.st_mtime_ns >= written.st_mtime_ns:
             return str(data["sha256"])
     except (OSError, ValueError, AttributeError):
         pass
@@ -202,6 +204,10 @@ class LlamaCppBackend:
         collector = Results(len(chats), progress, on_result)
         for index, ids in enumerate(prompts):
             done = answer(llm, ids, sampling, eot, self.tokenizer)
+            if done is None:  # the token stream ended before the row did (llama.cpp's context ran out)
+                raise ModelError(f"llama.cpp stopped before answer {index + 1} ended ({len(ids)} prompt tokens, "
+                                 f"context {llm.n_ctx()})", "lower max_new_tokens, or evaluate with --engine "
+                                 "transformers")
             collector.finish(index, Generation(done.text, done.finish_reason, done.completion_tokens))
         return collector.complete()
 
@@ -257,8 +263,8 @@ def run_gguf(project: Any, run: Any, quant: str, say: Callable[[str], None]) -> 
 
 def base_gguf(project: Any, ref: str, checkpoint: Path, quant: str, say: Callable[[str], None]) -> Path:
     """The base model as GGUF at `quant`: the builtin model's own file for q4_1, else the checkpoint
-    exported once into `<project>/.tunesmith/gguf/` (the same writer `tunesmith export` uses, so base
-    and tuned are compared at the same precision)."""
+    exported once into `<project>/.tunesmith/gguf/` (without a project, tunesmith's model cache) with the
+    same writer `tunesmith export` uses, so base and tuned are compared at the same precision."""
     if quant == "q4_1":
         if not ref.startswith("builtin:"):
             raise UsageError(f"--quant q4_1 is the builtin model's own file, and the base model {ref} is not builtin",
@@ -267,7 +273,13 @@ def base_gguf(project: Any, ref: str, checkpoint: Path, quant: str, say: Callabl
 
         return builtin_gguf(ref.split(":", 1)[1].strip())
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(ref.rstrip("/")).name or "base")
-    target = project.root / ".tunesmith" / "gguf" / f"{name}-{sha256_of(str(checkpoint))[:10]}-{quant}.gguf"
+    if project is not None:
+        folder = project.root / ".tunesmith" / "gguf"
+    else:  # `serve --base X` outside a project
+        from tunesmith.models.resolve import default_cache_dir
+
+        folder = default_cache_dir() / "gguf"
+    target = folder / f"{name}-{sha256_of(str(checkpoint))[:10]}-{quant}.gguf"
     if target.is_file() and target.with_name(target.name + ".json").is_file():
         return target
     say(f"the base model has no {quant} GGUF yet: exporting {ref} once ({target})")

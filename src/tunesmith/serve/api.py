@@ -308,6 +308,9 @@ def serve(config: ServeConfig, say: Say | None = None) -> None:
     say = say or (lambda m: print(m, file=sys.stderr))
     if config.engine not in ENGINES:
         raise UsageError(f"unknown engine {config.engine!r}", ENGINE_HINT)
+    if config.quant is not None and config.engine != "llamacpp":
+        raise UsageError(f"--quant {config.quant} only applies with --engine llamacpp (the {config.engine} engine "
+                         "serves the checkpoint as it is)", "add --engine llamacpp, or leave --quant out")
     _check_exposure(config, say)
     if config.engine == "vllm":
         import shutil

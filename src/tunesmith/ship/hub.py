@@ -194,11 +194,14 @@ def _stage_gguf(project: Project, run: RunModel, tmp: Path, say: Say) -> None:
         say(f"using the earlier export {exported}")
     else:
         export_run(project.root, run.run_id, quant="f16", out=exported, say=say)
-    dest = tmp / "model-f16.gguf"
-    try:
-        os.link(exported, dest)  # a GGUF file can be gigabytes: no copy where a link will do
-    except OSError:
-        shutil.copy2(exported, dest)
+    # the Modelfile beside it: without it an Ollama user loses the trained system prompt and the stops
+    for source in (exported, exported.with_suffix(".Modelfile")):
+        if not source.is_file():
+            continue
+        try:
+            os.link(source, tmp / source.name)  # a GGUF file can be gigabytes: no copy where a link will do
+        except OSError:
+            shutil.copy2(source, tmp / source.name)
 
 
 def _earlier_export(gguf: Path, record: Path) -> bool:
@@ -227,6 +230,11 @@ def upload(folder: Path, repo_id: str, *, private: bool, token: str | None, endp
     try:
         # private=None leaves a new repo at the Hub's (or the organisation's) default visibility
         url = api.create_repo(repo_id, private=True if private else None, exist_ok=True, repo_type="model")
+        # exist_ok: a repository that was already there keeps its visibility, whatever --private asked
+        if private and not api.repo_info(repo_id, repo_type="model").private:
+            raise HubError(f"{repo_id} already exists and is public: --private would upload into a public repository",
+                           f"make it private on the Hub first (its Settings page), or push to another --repo; "
+                           f"nothing was uploaded, the folder is staged at {folder}")
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message, repo_type="model")
     except HfHubHTTPError as exc:
         raise hub_http_error(exc, repo_id, api.endpoint, folder) from None

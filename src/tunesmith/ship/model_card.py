@@ -178,6 +178,8 @@ def _use_section(f: CardFacts) -> list[str]:
                    f'model = AutoModelForCausalLM.from_pretrained("{f.repo_id}")',
                    f'tokenizer = AutoTokenizer.from_pretrained("{f.repo_id}")', "```"],
         "gguf": ["```sh"] + [f"llama-cli -hf {f.repo_id} --jinja  # {name}" for name in f.files if name.endswith(".gguf")]
+                + [f"ollama create {f.repo_id.split('/')[-1].lower()} -f {name}  # after downloading the repository"
+                   for name in f.files if name.endswith(".Modelfile")]
                 + ["```"],
     }
     lines = ["## Use", ""] + snippets[f.kind]
