@@ -207,14 +207,13 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
 def _constrainable(constraint: Any, subjects: list[Any], opts: EvalOptions, say: Say, warnings: list[str]) -> Any:
     """`constraint` when every subject can decode under it. Asked for with --constrained, a subject that
     cannot is an error; asked for by eval.constrained, a warning (a hosted run's eval still runs)."""
-    from tunesmith.evaluate.constrained import honours_constraint, unconstrained_error
+    from tunesmith.evaluate.constrained import decoded_by, honours_constraint, unconstrained_error
 
     for s in subjects:
         if not honours_constraint(s):
             if opts.constrained:
                 raise unconstrained_error(s)
-            through = "llama.cpp" if s.engine.get("engine") == "llamacpp" else "an endpoint"
-            message = f"eval.constrained: skipped, {s.name} answers through {through} (no grammar mask there)"
+            message = f"eval.constrained: skipped, {s.name} answers through {decoded_by(s)} (no grammar mask there)"
             warnings.append(message)
             say(f"warning: {message}")
             return None
