@@ -129,10 +129,16 @@ def train(
         _launch(launch, run_id or _new_id(name), print_only=print_command)
         return
     from tunesmith.train.api import train_project
+    from tunesmith.train.distributed import end_with_launcher, is_main_process, launched
+
+    if launched():  # torchrun put this process out of reach of a signal to the launch: end with it
+        end_with_launcher()
 
     def show_plan(plan: dict[str, Any]) -> None:
         from tunesmith.cost import cost_line_for_training
 
+        if not is_main_process():  # rank 0 speaks for the launch: one plan, one done event
+            return
         cost = cost_line_for_training(project, plan)
         if json_out:
             print(json.dumps({"event": "plan", **plan, "cost": cost}), flush=True)
@@ -142,7 +148,7 @@ def train(
 
     outcome = train_project(project, flags, dry_run=dry_run, resume=resume, run_name=name, run_id=run_id,
                             json_events=json_out, progress=not json_out, say=_say, on_plan=show_plan)
-    if dry_run:
+    if dry_run or not is_main_process():
         return
     if json_out:
         _print_done(outcome)
@@ -262,7 +268,7 @@ def _launch(launch: Any, run_id: str, *, print_only: bool = False) -> None:
 
     import torch
 
-    from tunesmith.train.distributed import CONFIG_ENV, LAUNCHED_ENV, launch_command
+    from tunesmith.train.distributed import CONFIG_ENV, LAUNCHED_ENV, LAUNCHER_PID_ENV, launch_command
 
     cleaned: list[str] = []
     skip = False
@@ -282,7 +288,8 @@ def _launch(launch: Any, run_id: str, *, print_only: bool = False) -> None:
         return
     processes = launch.num_processes or "the config's"
     _say(f"launching {processes} processes: {shlex.join(cmd)}")
-    env = {**os.environ, LAUNCHED_ENV: "1", **({CONFIG_ENV: str(launch.config)} if launch.config else {})}
+    env = {**os.environ, LAUNCHED_ENV: "1", LAUNCHER_PID_ENV: str(os.getpid()),
+           **({CONFIG_ENV: str(launch.config)} if launch.config else {})}
     code = subprocess.call(cmd, env=env)
     if code:
         raise typer.Exit(code)

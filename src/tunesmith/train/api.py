@@ -205,7 +205,8 @@ def _train_project(project: Project, flags: dict[str, Any], *, dry_run: bool, re
 
     registry = project.registry()
     if resume is not None:
-        record = registry.get(resume)
+        # `latest` on each rank separately could name different runs; rank 0's choice is the launch's
+        record = registry.get(shared_value(registry.get(resume).id))
         run_id, run_dir = record.id, Path(record.path)
         saved_flags = record.config.get("flags", {}) if isinstance(record.config, dict) else {}
         asked = {k: v for k, v in flags.items() if v is not None}
@@ -246,13 +247,16 @@ def _train_project(project: Project, flags: dict[str, Any], *, dry_run: bool, re
             registry.create_run(run_id, project_root=str(project.root), base_model=project.base_model,
                                 method=prep.plan["method"], config=config, plan=plan, data=prep.data_hashes)
         wait_for_everyone()
+    started_with = _started_with(record.config) if resume is not None else world_size()
     if not is_main_process():
-        run_training(prep, run_dir, resume=resume is not None, json_events=False, progress=False)
+        run_training(prep, run_dir, resume=resume is not None, json_events=False, progress=False,
+                     started_with=started_with, say=say)
         return TrainOutcome(run_id, run_dir, plan)
     write_run_files(run_dir, prep)
     registry.set_status(run_id, "running")
     try:
-        result = run_training(prep, run_dir, resume=resume is not None, json_events=json_events, progress=progress)
+        result = run_training(prep, run_dir, resume=resume is not None, json_events=json_events, progress=progress,
+                              started_with=started_with, say=say)
     except KeyboardInterrupt:
         registry.set_status(run_id, "interrupted", error="interrupted; resume with `tunesmith train --resume " + run_id + "`")
         raise
@@ -268,3 +272,9 @@ def _train_project(project: Project, flags: dict[str, Any], *, dry_run: bool, re
                "converged": result.metrics.get("converged")}
     registry.set_status(run_id, "completed", metrics=result.metrics, summary=summary)
     return TrainOutcome(run_id, run_dir, plan, result.metrics)
+
+
+def _started_with(config: Any) -> int:
+    """The processes a run was started with (its record), whose files its checkpoints hold."""
+    n = config.get("world_size") if isinstance(config, dict) else None
+    return n if isinstance(n, int) and n > 0 else 1

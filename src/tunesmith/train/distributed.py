@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,8 @@ def wait_for_everyone() -> None:
 LAUNCHED_ENV = "TUNESMITH_LAUNCHED"
 #: the accelerate config file they were launched with, for the run's recorded topology
 CONFIG_ENV = "TUNESMITH_ACCELERATE_CONFIG"
+#: the `tunesmith train` process that launched them: they end when it is gone (end_with_launcher)
+LAUNCHER_PID_ENV = "TUNESMITH_LAUNCHER_PID"
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,9 @@ def launch_command(launch: Launch | int, argv: list[str], *, cpu: bool) -> list[
 
 
 def topology() -> dict[str, Any]:
-    """How this run is spread: processes, machines, and accelerate's distributed type (read in a launched process)."""
+    """How this run is spread: processes, machines, and the distributed type the launch asked for (read in a
+    launched process). What accelerate really runs is known only once the Trainer's Accelerator exists:
+    `distributed_type`, added then (local.run_training)."""
     processes = world_size()
     per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
@@ -131,5 +137,66 @@ def topology() -> dict[str, Any]:
     else:
         kind = "DDP" if processes > 1 else "NO"
     return {"processes": processes, "machines": max(1, processes // max(1, per_machine)),
-            "processes_per_machine": per_machine, "distributed_type": kind,
+            "processes_per_machine": per_machine, "requested": kind,
             "accelerate_config": os.environ.get(CONFIG_ENV)}
+
+
+#: accelerate's types that shard the model or its optimizer state; the MULTI_* types replicate it on every rank
+_SHARDING = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+
+
+def what_ran_line(requested: str | None, ran: str, device_kind: str) -> str | None:
+    """The line to say when accelerate runs a sharding config as something else (accelerate 1.x runs an FSDP
+    config on CPU as MULTI_CPU, without the FSDP plugin); None when it runs what was asked. A plain launch
+    ("DDP") asks for no particular type: any MULTI_* is it."""
+    if requested not in _SHARDING or ran == requested:
+        return None
+    where = " on the CPU" if device_kind == "cpu" else ""
+    return f"accelerate runs this {requested} config as {ran}{where}" + ("" if ran in _SHARDING else ": no sharding")
+
+
+#: how often a launched process looks for its launcher where the kernel cannot tell it (not Linux)
+_WATCH_SECONDS = 0.2
+
+
+def end_with_launcher() -> None:
+    """End this process (SIGKILL, as its launcher got) when the process that started it dies.
+
+    torchrun starts every rank in a session of its own, so a kill -9 of the launch's process group (or a
+    closed terminal) never reaches the ranks: they trained on as orphans into the same run directory,
+    and a resume then raced them for its checkpoints and its port. Linux signals it at the parent's
+    death; a watcher thread covers other systems and a parent that died before this call.
+    """
+    import signal
+    import threading
+
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+
+    def orphaned() -> bool:
+        return os.getppid() != parent or (launcher.isdigit() and not _exists(int(launcher)))
+
+    def watch() -> None:
+        while not orphaned():
+            time.sleep(_WATCH_SECONDS)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if orphaned():
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="end-with-launcher", daemon=True).start()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunesmith.errors import OutputError, TunesmithError
 from tunesmith.io import cannot_write, write_json_atomic
+from tunesmith.progress import Say
 from tunesmith.train.prepare import Prepared
 
 
@@ -151,21 +152,58 @@ def _rows(data) -> list[dict[str, list[int]]]:
     return [{"input_ids": r.enc.input_ids, "labels": r.enc.labels} for r in data.rows]
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint; a half-written one (the process was killed while saving) is removed.
+def last_checkpoint(run_dir: Path, processes: int = 1) -> Path | None:
+    """The newest complete checkpoint; a half-written one (killed while saving) is removed.
 
-    The Trainer writes trainer_state.json last, so a checkpoint without it never finished; one whose
-    trainer_state.json is empty or cut off was killed (or ran out of disk) during that very write.
+    `processes`: how many the run was started with. The Trainer writes trainer_state.json last on rank 0,
+    so a checkpoint without a whole one never finished; the other ranks' last write is their own RNG
+    file, so one without every rank's is not finished either (see _completeness).
     """
     ckpt_dir = run_dir / "checkpoints"
     if not ckpt_dir.is_dir():
         return None
     found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()), key=_step_of)
     for ckpt in reversed(found):
-        if _trainer_state(ckpt) is not None:
+        verdict = _completeness(ckpt, processes)
+        if verdict == "complete":
             return ckpt
-        shutil.rmtree(ckpt, ignore_errors=True)
+        if verdict == "partial":
+            shutil.rmtree(ckpt, ignore_errors=True)
     return None
+
+
+def _completeness(checkpoint: Path, processes: int) -> str:
+    """What a resume may do with `checkpoint`: "complete"; "partial" when some process did not finish
+    saving it (removed); "short" when it is whole for fewer processes than the run started with, which is
+    either its last ranks not finishing or a resume in fewer processes (skipped, kept)."""
+    if _trainer_state(checkpoint) is None:
+        return "partial"
+    # FSDP's sharded state (torch.distributed.checkpoint): every rank's .distcp, then .metadata once all are in
+    if any(d.is_dir() and any(d.glob("*.distcp")) and not (d / ".metadata").is_file() for d in checkpoint.iterdir()):
+        return "partial"
+    rng = list(checkpoint.glob("rng_state*.pth"))
+    if not all(_whole_torch_file(p) for p in rng):
+        return "partial"
+    ranks = {r for r in (_rank_of(p.name) for p in rng) if r is not None}
+    if not ranks:  # one process (rng_state.pth), or save_only_model (none): rank 0's trainer state was last
+        return "complete"
+    # rng_state_<rank>.pth is written by each of two or more processes
+    if ranks != set(range(max(max(ranks) + 1, 2))):
+        return "partial"
+    return "short" if len(ranks) < processes else "complete"
+
+
+def _rank_of(rng_file: str) -> int | None:
+    """3 for rng_state_3.pth; None for one process's rng_state.pth."""
+    index = rng_file.removeprefix("rng_state_").removesuffix(".pth")
+    return int(index) if index.isdigit() else None
+
+
+def _whole_torch_file(path: Path) -> bool:
+    """torch.save writes a zip whose directory comes last: a file cut off while written has none."""
+    import zipfile
+
+    return zipfile.is_zipfile(path)
 
 
 def _trainer_state(checkpoint: Path) -> dict[str, Any] | None:
@@ -198,7 +236,9 @@ def replay_stopping_rules(checkpoint: Path, rules: list[Any]) -> bool:
 
 
 def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_events: bool = False,
-                 progress: bool = True) -> TrainResult:
+                 progress: bool = True, started_with: int = 1, say: Say | None = None) -> TrainResult:
+    """Train (or, with `resume`, continue from the last complete checkpoint); `started_with`: the processes
+    the run was started with, whose files a complete checkpoint has."""
     from tunesmith.train.callbacks import OverfitGuard, StepLog, TrainProgress, json_emitter
     from tunesmith.train.trainer import PadCollator, TunesmithTrainer
 
@@ -230,7 +270,8 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
 
     trainer.remove_callback(PrinterCallback)  # stdout is for --json events; people get TrainProgress
     trainer.remove_callback(ProgressCallback)
-    checkpoint = last_checkpoint(run_dir) if resume else None
+    record_what_ran(prep, run_dir, trainer, say)
+    checkpoint = agreed_checkpoint(run_dir, started_with) if resume else None
     started = time.perf_counter()
     try:
         output = _train(trainer, run_dir, checkpoint, [guard, *([converge] if converge else [])],
@@ -268,6 +309,18 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
         metrics["converged"] = {"at_step": converge.stopped_at, "epoch": converge.epoch,
                                 "of_steps": plan.derived["total_steps"], "why": converge.rule.why()}
     return TrainResult(run_dir, adapter_dir, metrics, stopped)
+
+
+def agreed_checkpoint(run_dir: Path, processes: int) -> Path | None:
+    """last_checkpoint, chosen (and cleaned up) by rank 0 alone and the same on every rank: ranks that
+    judged on their own could pick different steps, or remove a checkpoint another one was loading."""
+    from tunesmith.train.distributed import is_main_process, shared_value, world_size
+
+    if world_size() <= 1:
+        return last_checkpoint(run_dir, processes)
+    mine = last_checkpoint(run_dir, processes) if is_main_process() else None
+    chosen = shared_value(str(mine) if mine else "")
+    return Path(chosen) if chosen else None
 
 
 def _peak_gpu(kind: str) -> dict[str, float]:
@@ -407,6 +460,22 @@ def _tensorboard(run_dir: Path) -> list[Any]:
     from transformers.integrations import TensorBoardCallback
 
     return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir / "tensorboard")))]
+
+
+def record_what_ran(prep: Prepared, run_dir: Path, trainer: Any, say: Say | None) -> None:
+    """plan.json's topology gets the distributed type the Trainer's Accelerator set up, beside the one asked
+    for: they differ where accelerate falls back (an FSDP config on CPU runs as MULTI_CPU, unsharded)."""
+    from tunesmith.train.distributed import what_ran_line
+
+    topology = prep.plan.derived.get("topology")
+    if not isinstance(topology, dict) or not trainer.is_world_process_zero():
+        return
+    kind = trainer.accelerator.distributed_type
+    topology["distributed_type"] = str(getattr(kind, "value", kind))
+    write_json_atomic(run_dir / "plan.json", prep.plan.to_dict())
+    line = what_ran_line(topology.get("requested"), topology["distributed_type"], prep.device.kind)
+    if line is not None and say is not None:
+        say(line)
 
 
 def write_run_files(run_dir: Path, prep: Prepared) -> None:
