@@ -5,7 +5,7 @@ VENV ?= .venv
 TS := $(VENV)/bin/tunesmith
 PROJECT ?= examples/pyfunc-json
 
-.PHONY: setup demo demo-data test test-newest test-llamacpp bench clean
+.PHONY: setup demo demo-data test test-newest test-heavy test-llamacpp bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,11 @@ test: setup
 
 test-newest:
 	@bash scripts/test-newest.sh
+
+# The tests marked heavy (minutes each on 2 cores): the real embedded model through paths the default run
+# covers on tiny models (QLoRA train, kill -9, resume, merge, eval, serve on SmolLM2).
+test-heavy: setup
+	TUNESMITH_HEAVY_TESTS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -m heavy -rs
 
 # Optional: llama.cpp through llama-cpp-python (source only on the index: about 12 minutes to build on
 # 2 cores), then the check that llama.cpp itself reads an export as the merged model does.

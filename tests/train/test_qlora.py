@@ -168,6 +168,7 @@ def test_qlora_train_kill_resume_merge_eval_serve(tmp_path, lively_model):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_qlora_whole_path_on_smollm2(tmp_path):
     pytest.importorskip("bitsandbytes")
     from tunesmith.models.resolve import resolve_model

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_device_check_runs_on_cpu(tmp_path, tiny_model_dir):
     pytest.importorskip("bitsandbytes")
     out = tmp_path / "check.json"
