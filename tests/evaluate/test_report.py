@@ -228,3 +228,30 @@ def test_the_test_seal_is_in_the_header_and_a_changed_one_is_a_warning() -> None
     assert "Test set seal" not in plain and "seal-warning" not in plain
     with pytest.raises(UsageError, match="seal"):
         render_report({**report_data(), "seal": "abc"})
+
+
+def test_the_header_says_which_engine_and_file_answered() -> None:
+    tuned = {"engine": "llamacpp", "quant": "f16", "file": "/p/runs/r1/export/model-f16.gguf", "sha256": "ab" * 32,
+             "lora": None}
+    base = {"engine": "llamacpp", "quant": "f16", "file": "/p/.tunesmith/gguf/tiny-0123456789-f16.gguf",
+            "sha256": "cd" * 32, "lora": None}
+    page = render_report({**report_data(), "engines": {"tuned": tuned, "base": base}})
+    assert ("<dt>Answered by</dt><dd>tuned: llama.cpp, f16 (model-f16.gguf); "
+            "base: llama.cpp, f16 (tiny-0123456789-f16.gguf)</dd>") in page
+    adapter = {**base, "lora": '/p/runs/r1/export/adapter-f16"<img>.gguf'}  # file names are escaped too
+    page = render_report({**report_data(), "engines": {"tuned": adapter, "base": base}})
+    assert ("tuned: llama.cpp, f16 (tiny-0123456789-f16.gguf) with GGUF adapter "
+            "adapter-f16&quot;&lt;img&gt;.gguf; base: llama.cpp") in page
+
+
+def test_the_header_names_the_transformers_engine_and_its_dtype() -> None:
+    engines = {"tuned": {"engine": "transformers", "dtype": "float32"},
+               "base": {"engine": "transformers", "dtype": "float32"}}
+    page = render_report({**report_data(), "engines": engines})
+    assert "<dt>Answered by</dt><dd>tuned: transformers, float32; base: transformers, float32</dd>" in page
+    # evaluations stored before the dtype was recorded, and hosted runs
+    older = {"tuned": {"engine": "endpoint"}, "base": {"engine": "transformers"}}
+    assert "<dd>tuned: endpoint; base: transformers</dd>" in render_report({**report_data(), "engines": older})
+    assert "Answered by" not in render_report(report_data())
+    with pytest.raises(UsageError, match="engines"):
+        render_report({**report_data(), "engines": ["llamacpp"]})

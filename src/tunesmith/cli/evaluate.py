@@ -16,7 +16,7 @@ from tunesmith.cli._settings import setting_option
 PROJECT = typer.Option(Path("."), "--project", "-p", help="Project directory.")
 JSON_OPT = typer.Option(False, "--json", help="Print the result as JSON.")
 ENGINE_OPT = typer.Option("transformers", "--engine", help="Who answers: transformers (the checkpoint) or llamacpp (the GGUF export, through llama-cpp-python; exported first when missing).")
-QUANT_OPT = typer.Option(None, "--quant", help="With --engine llamacpp: the export to evaluate, f16 (default, exact), bf16, f32, q8_0, q5_0, q4_0; q4_1: the builtin model's own file (base only).")
+QUANT_OPT = typer.Option(None, "--quant", help="int8: weight-only int8 on the transformers engine (lossy, faster on a CPU; a run's adapter is merged first). With --engine llamacpp: the export to evaluate, f16 (default, exact), bf16, f32, q8_0, q5_0, q4_0; q4_1: the builtin model's own file (base only).")
 
 
 def _say(msg: str) -> None:
@@ -78,13 +78,14 @@ def _print_variants(out: Any, summary: dict[str, Any]) -> None:
 
 
 def engine_line(summary: dict[str, Any]) -> str | None:
-    """"answered by llama.cpp: tuned f16 (model-f16.gguf), base f16 (...)", or None for the default engine."""
+    """"answered by: tuned llama.cpp, f16 (model-f16.gguf); base ...", or None for the default engine at
+    full precision. The report's wording (`engine_text`), so terminal and page say the same."""
+    from tunesmith.evaluate.report.format import engine_text
+
     engines = summary.get("engine") or {}
-    if all(e.get("engine", "transformers") == "transformers" for e in engines.values()):
+    if all(e.get("engine", "transformers") == "transformers" and not e.get("quant") for e in engines.values()):
         return None
-    parts = [f"{role} {e['engine']}" + (f" {e['quant']} ({Path(e['file']).name})" if e.get("quant") else "")
-             for role, e in engines.items()]
-    return "answered by: " + ", ".join(parts)
+    return "answered by: " + "; ".join(f"{role} {engine_text(e)}" for role, e in engines.items())
 
 
 def print_eval(outcome) -> None:
@@ -143,6 +144,7 @@ def eval_command(
     constrained: Optional[bool] = typer.Option(None, "--constrained/--no-constrained", help="Also evaluate base and tuned constrained to the output contract (default: eval.constrained)."),
     engine: str = ENGINE_OPT,
     quant: Optional[str] = QUANT_OPT,
+    gguf_adapter: bool = typer.Option(False, "--gguf-adapter", help="With --engine llamacpp: answer with the base model's GGUF plus the run's LoRA as a GGUF adapter (exported first when missing) instead of the merged export."),
     json_out: bool = JSON_OPT,
 ) -> None:
     """Evaluate a run (base vs tuned, paired) on the sealed test set and the regression suite."""
@@ -152,7 +154,7 @@ def eval_command(
     opts = EvalOptions(endpoint=endpoint, api_key=api_key_from(api_key_env), batch_size=batch_size,
                        max_new_tokens=max_new_tokens, judge=not no_judge, allow_self_judging=allow_self_judging,
                        gate=gate_flag, early_stop=not no_early_stop, constrained=constrained, engine=engine,
-                       quant=quant)
+                       quant=quant, gguf_adapter=gguf_adapter)
     with generation_progress(not json_out) as progress:
         outcome = evaluate(project, run, opts, say=_say, progress=progress)
     if json_out:

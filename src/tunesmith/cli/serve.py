@@ -35,7 +35,7 @@ def serve(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)."),
     no_system_prompt: bool = typer.Option(False, "--no-system-prompt", help="Do not add the project's system prompt to requests without one."),
     engine: str = typer.Option("transformers", "--engine", help="transformers (built in), vllm (runs `vllm serve`) or llamacpp (one GGUF file: the base's, or one --adapter run's export)."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="With --engine llamacpp: the GGUF export served (f16 default, q8_0, ...; q4_1: the builtin model's own file)."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="int8: serve one model weight-only int8 (the base, or one --adapter NAME=RUN merged; no hot-swap). With --engine llamacpp: the GGUF export served (f16 default, q8_0, ...; q4_1: the builtin model's own file)."),
     print_command: bool = typer.Option(False, "--print-command", help="With --engine vllm: print the command as JSON and exit."),
 ) -> None:
     """Serve the base model and its LoRA adapters over the OpenAI chat completions API."""

@@ -40,6 +40,8 @@ class EvalOptions:
     engine: str = "transformers"
     #: with engine "llamacpp": which export (f16 by default; q4_1: the builtin model's own file, base only)
     quant: str | None = None
+    #: with engine "llamacpp": the base model's GGUF plus the run's LoRA as a GGUF adapter, not the merged export
+    gguf_adapter: bool = False
 
 
 @dataclass
@@ -98,6 +100,9 @@ def _check_engine(opts: EvalOptions) -> None:
     from tunesmith.inference.llamacpp_backend import check_engine
 
     check_engine(opts.engine, opts.quant)
+    if opts.gguf_adapter and opts.engine != "llamacpp":
+        raise UsageError("--gguf-adapter only applies with --engine llamacpp",
+                         "add --engine llamacpp, or leave out --gguf-adapter")
     if opts.engine == "llamacpp" and opts.constrained:
         raise UsageError("--constrained needs tunesmith's grammar mask, which --engine llamacpp does not have",
                          "leave out --constrained, or evaluate constrained with --engine transformers")
@@ -154,12 +159,12 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
     test = test_items(project)
     regression, warnings = regression_items(project)
     subject = resolve_subject(project, ref, endpoint=opts.endpoint, api_key=opts.api_key, batch_size=opts.batch_size,
-                              engine=opts.engine, quant=opts.quant, say=say)
+                              engine=opts.engine, quant=opts.quant, gguf_adapter=opts.gguf_adapter, say=say)
     if subject.warning is not None:
         warnings.append(subject.warning)
         say(f"warning: {subject.warning}")
     base = None
-    if subject.name != "base":
+    if ref != "base":  # "base@llamacpp-f16" and "base@transformers-int8" are the base too: not compared with itself
         base = subject.base or resolve_subject(project, "base", batch_size=opts.batch_size, engine=opts.engine,
                                                quant=opts.quant, say=say)
     if constraint is not None:
@@ -194,7 +199,7 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
         from tunesmith.evaluate.judged import run_judge
 
         summary["judge"] = run_judge(project, subject, tuned, base_eval, test, allow_self=opts.allow_self_judging, say=say)
-    gate_result = gate(project, tuned) if subject.name != "base" else None
+    gate_result = gate(project, tuned) if ref != "base" else None
     report = None
     if opts.report and subject.run_id is not None:
         from tunesmith.evaluate.report.build import write_run_report
@@ -322,7 +327,8 @@ def _base_sample(project_dir: Path | str, opts: EvalOptions, threshold: float, s
     test = test_items(project)
     regression, warnings = regression_items(project)
     subject = resolve_subject(project, "base", endpoint=opts.endpoint, api_key=opts.api_key,
-                              batch_size=opts.batch_size, engine=opts.engine, quant=opts.quant, say=say)
+                              batch_size=opts.batch_size, engine=opts.engine, quant=opts.quant,
+                              gguf_adapter=opts.gguf_adapter, say=say)
     # the settings `eval` uses for the base model too: the answers given here are its cache hits later
     settings = _settings(project, opts, say, subject, test)
     meter = SpeedMeter(subject.backend)

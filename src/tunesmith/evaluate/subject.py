@@ -55,53 +55,76 @@ def cache_for(project: Project):
 
 def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, api_key: str | None = None,
                     batch_size: int | None = None, engine: str = "transformers", quant: str | None = None,
-                    say: Say | None = None) -> Subject:
+                    gguf_adapter: bool = False, say: Say | None = None) -> Subject:
     from tunesmith.evaluate.cache import CachedBackend
     from tunesmith.evaluate.generate import EndpointBackend, LocalBackend
     from tunesmith.models.resolve import resolve_model
 
     cache = cache_for(project)
-    if engine != "transformers" or quant is not None:
-        return _gguf_subject(project, ref, endpoint, engine, quant or "f16", say or (lambda _m: None), cache)
+    if quant == "int8":
+        from tunesmith.inference.llamacpp_backend import check_engine
+
+        check_engine(engine, quant)
+    if engine != "transformers" or (quant is not None and quant != "int8") or gguf_adapter:
+        return _gguf_subject(project, ref, endpoint, engine, quant or "f16", say or (lambda _m: None), cache,
+                             gguf_adapter=gguf_adapter)
     if endpoint is not None:
+        if quant is not None:
+            raise UsageError(f"--quant {quant} quantises a model on this machine, not an --endpoint",
+                             "leave out --quant, or --endpoint")
         backend = EndpointBackend(endpoint, ref, api_key=api_key)
         return Subject(f"endpoint:{ref}", None, CachedBackend(backend, cache), [ref], engine={"engine": "endpoint"})
     if ref == "base":
         base = resolve_model(project.base_model)
-        return Subject("base", None, CachedBackend(LocalBackend(base.path, batch_size=batch_size), cache),
-                       [project.base_model])
+        return _transformers_subject("base", None, LocalBackend(base.path, batch_size=batch_size, quant=quant),
+                                     cache, [project.base_model])
     path = Path(ref)
     if path.is_dir() and (path / "config.json").exists():
-        return Subject(f"dir:{path.resolve()}", None, CachedBackend(LocalBackend(path, batch_size=batch_size), cache),
-                       [str(path)])
+        return _transformers_subject(f"dir:{path.resolve()}", None,
+                                     LocalBackend(path, batch_size=batch_size, quant=quant), cache, [str(path)])
     record = project.registry().get(ref)
     from tunesmith.train.hosted.job import is_hosted
 
     if is_hosted(record):
+        if quant is not None:
+            raise UsageError(f"run {record.id} was trained on a hosted API: there is no local model to quantise",
+                             "evaluate it without --quant")
         return _hosted_subject(record, cache)
-    return _run_subject(record.model(project.base_model), cache, batch_size)
+    return _run_subject(record.model(project.base_model), cache, batch_size, quant)
 
 
-def _run_subject(run: RunModel, cache: Any, batch_size: int | None) -> Subject:
+def _run_subject(run: RunModel, cache: Any, batch_size: int | None, quant: str | None = None) -> Subject:
     """A run trained here answers with its adapter on the base it was trained on, or with its full model.
     When the project's base_model changed since, the run is compared with (and its answer budget counted
     in the tokens of) the base it was tuned from: the project's new base says nothing about what it learned."""
-    from tunesmith.evaluate.cache import CachedBackend
     from tunesmith.evaluate.generate import LocalBackend
 
-    backend = LocalBackend(run.checkpoint_dir, adapter_path=run.adapter_dir, batch_size=batch_size)
-    subject = Subject(run.run_id, run.run_id, CachedBackend(backend, cache), [run.run_id], warning=run.warning)
+    backend = LocalBackend(run.checkpoint_dir, adapter_path=run.adapter_dir, batch_size=batch_size, quant=quant)
+    subject = _transformers_subject(run.run_id, run.run_id, backend, cache, [run.run_id])
+    subject.warning = run.warning
     if run.warning is not None:
         base_dir = run.base_path or run.resolve_base()
-        subject.base = Subject(f"base:{run.base_ref}", None,
-                               CachedBackend(LocalBackend(base_dir, batch_size=batch_size), cache), [run.base_ref])
+        base = LocalBackend(base_dir, batch_size=batch_size, quant=quant)
+        subject.base = _transformers_subject(f"base:{run.base_ref}", None, base, cache, [run.base_ref])
         subject.token_lengths = _token_counter(base_dir)
     return subject
 
 
+def _transformers_subject(name: str, run_id: str | None, backend: Any, cache: Any, model_names: list[str]) -> Subject:
+    from tunesmith.evaluate.cache import CachedBackend
+
+    engine: dict[str, Any] = {"engine": "transformers", "dtype": backend.dtype}
+    if backend.quant:
+        # stored apart from the checkpoint's own evaluation (as llama.cpp's are): the gate, compare and the
+        # model card read a run's name as its full-precision score
+        name, engine["quant"] = f"{name}@transformers-{backend.quant}", backend.quant
+    return Subject(name, run_id, CachedBackend(backend, cache), model_names, engine=engine)
+
+
 def _gguf_subject(project: Project, ref: str, endpoint: str | None, engine: str, quant: str, say: Say,
-                  cache: Any) -> Subject:
-    """A run or the base model answering from its GGUF file through llama.cpp (`--engine llamacpp`)."""
+                  cache: Any, *, gguf_adapter: bool = False) -> Subject:
+    """A run or the base model answering from its GGUF file through llama.cpp (`--engine llamacpp`); with
+    `gguf_adapter`, a run answers from the base model's GGUF with its LoRA as a GGUF adapter."""
     from tunesmith.inference import llamacpp_backend as L
     from tunesmith.models.resolve import resolve_model
 
@@ -109,6 +132,9 @@ def _gguf_subject(project: Project, ref: str, endpoint: str | None, engine: str,
     if endpoint is not None:
         raise UsageError("--engine llamacpp evaluates a GGUF file on this machine, not an --endpoint",
                          "leave out --endpoint, or --engine")
+    if gguf_adapter and ref == "base":
+        raise UsageError("--gguf-adapter puts a run's LoRA on the base model's GGUF: 'base' has no adapter",
+                         "give a run id, or leave out --gguf-adapter")
     L.require_llamacpp()  # before minutes of exporting
     if ref == "base":
         resolved = resolve_model(project.base_model)
@@ -124,8 +150,11 @@ def _gguf_subject(project: Project, ref: str, endpoint: str | None, engine: str,
         raise UsageError(f"run {record.id} was trained on a hosted API: there is no local model for llama.cpp",
                          "evaluate it without --engine llamacpp")
     run = record.model(project.base_model)
-    subject = _llamacpp_subject(run.run_id, run.run_id, run.run_id, L.run_gguf(project, run, quant, say),
-                                run.tokenizer_dir, quant, cache)
+    if gguf_adapter:
+        subject = _adapter_subject(project, run, quant, say, cache)
+    else:
+        subject = _llamacpp_subject(run.run_id, run.run_id, run.run_id, L.run_gguf(project, run, quant, say),
+                                    run.tokenizer_dir, quant, cache)
     subject.warning = run.warning
     if run.warning is not None:
         base_dir = run.base_path or run.resolve_base()
@@ -136,15 +165,29 @@ def _gguf_subject(project: Project, ref: str, endpoint: str | None, engine: str,
     return subject
 
 
+def _adapter_subject(project: Project, run: RunModel, quant: str, say: Say, cache: Any) -> Subject:
+    """The base the run was trained on, as GGUF at `quant`, with the run's LoRA loaded as a GGUF adapter."""
+    from tunesmith.inference import llamacpp_backend as L
+
+    if run.adapter_dir is None:
+        raise UsageError(f"--gguf-adapter: run {run.run_id} is a full fine-tune, it has no LoRA adapter",
+                         "evaluate its merged GGUF export: leave out --gguf-adapter")
+    base_dir = run.base_path or run.resolve_base()
+    base_file = L.base_gguf(project, run.base_ref, base_dir, quant, say)
+    return _llamacpp_subject(run.run_id, run.run_id, run.run_id, base_file, run.tokenizer_dir, quant, cache,
+                             lora=L.run_adapter_gguf(project, run, quant, say))
+
+
 def _llamacpp_subject(name: str, run_id: str | None, model_name: str, gguf: Path, tokenizer_dir: Path, quant: str,
-                      cache: Any) -> Subject:
+                      cache: Any, *, lora: Path | None = None) -> Subject:
     from tunesmith.evaluate.cache import CachedBackend
     from tunesmith.inference.llamacpp_backend import LlamaCppBackend
 
-    backend = LlamaCppBackend(gguf, tokenizer_dir, quant=quant)
+    backend = LlamaCppBackend(gguf, tokenizer_dir, quant=quant, lora_path=lora)
     # stored under its own name: a run's scores (its model card, the gate, compare) stay the checkpoint's,
-    # whichever engine answered last
-    return Subject(f"{name}@llamacpp-{quant}", run_id, CachedBackend(backend, cache), [model_name],
+    # whichever engine answered last; the adapter path's apart from the merged file's
+    suffix = "+lora" if lora is not None else ""
+    return Subject(f"{name}@llamacpp-{quant}{suffix}", run_id, CachedBackend(backend, cache), [model_name],
                    engine=backend.describe())
 
 

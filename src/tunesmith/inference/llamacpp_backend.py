@@ -1,10 +1,10 @@
 """`LlamaCppBackend`: a GGUF file answering through llama.cpp (``llama-cpp-python``), where it is installed.
 
 What a CPU user ships is a GGUF file, so that is what this backend evaluates: a run's export (LoRA merged in
-the file, or the base file plus a ``lora-gguf`` adapter), the base model's export, or the builtin model's
-own Q4_1 file. Prompts are rendered to token ids with the run's tokenizer and chat template
-(`tunesmith.models.chat.prompt_ids`, as every backend does) and fed to llama.cpp as tokens, so its own
-template handling never enters. Each answer goes through the engine's `Row`: the same end-of-turn ids,
+the file), the base model's export plus the run's ``lora-gguf`` adapter (`eval --gguf-adapter`), the base
+model's export, or the builtin model's own Q4_1 file. Prompts are rendered to token ids with the run's
+tokenizer and chat template (`tunesmith.models.chat.prompt_ids`, as every backend does) and fed to
+llama.cpp as tokens, so its own template handling never enters. Each answer goes through the engine's `Row`: the same end-of-turn ids,
 stop strings, token limit and contract watch as the transformers engine, decoded with the same tokenizer.
 Greedy is temperature 0 (llama.cpp's greedy sampler); otherwise temperature + top-p, no top-k, min-p or
 repetition penalty, as `DecodeSettings` means them.
@@ -60,13 +60,19 @@ def require_llamacpp(what: str = "--engine llamacpp") -> Any:
 
 
 def check_engine(engine: str, quant: str | None) -> None:
-    """UsageError for an unknown engine, or a --quant without --engine llamacpp or not a GGUF type."""
+    """UsageError for an unknown engine, or a --quant the engine does not have: int8 is the transformers
+    engine's (`inference.int8`), every other quant a GGUF type for --engine llamacpp."""
     if engine not in ENGINES:
         raise UsageError(f"--engine {engine!r} is not an evaluation engine",
                          "use --engine transformers (default) or --engine llamacpp (the GGUF export)")
+    if quant == "int8":
+        if engine != "transformers":
+            raise UsageError("--quant int8 is the transformers engine's weight-only int8, not a GGUF type",
+                             "use --quant q8_0 with --engine llamacpp, or leave --engine out for int8")
+        return
     if quant is not None and engine != "llamacpp":
         raise UsageError(f"--quant {quant} only applies with --engine llamacpp",
-                         "add --engine llamacpp, or leave --quant out")
+                         "add --engine llamacpp, or use --quant int8 (the transformers engine's weight-only int8)")
     if quant is not None and quant not in ENGINE_QUANTS:
         raise UsageError(f"--quant {quant!r} is not a GGUF type this engine evaluates",
                          "use f16 (default, exact), bf16, f32, q8_0, q5_0, q4_0, or q4_1 for the builtin "
@@ -258,6 +264,20 @@ def run_gguf(project: Any, run: Any, quant: str, say: Callable[[str], None]) -> 
 
     say(f"run {run.run_id} has no {quant} GGUF export yet: exporting it first ({path})")
     export_run(project.root, run.run_id, fmt="gguf", quant=quant, say=say)
+    return path
+
+
+def run_adapter_gguf(project: Any, run: Any, quant: str, say: Callable[[str], None]) -> Path:
+    """The run's LoRA as a GGUF adapter (`<run>/export/adapter-<q>.gguf`), exported first when missing. An
+    adapter is written at 16 or 32 bits only (`export --format lora-gguf`): a quantised base gets the f16 one."""
+    adapter_quant = quant if quant in ("f32", "bf16", "f16") else "f16"
+    path = run.run_dir / "export" / f"adapter-{adapter_quant}.gguf"
+    if path.is_file():
+        return path
+    from tunesmith.ship.gguf_export import export_run
+
+    say(f"run {run.run_id} has no GGUF adapter yet: exporting its LoRA first ({path})")
+    export_run(project.root, run.run_id, fmt="lora-gguf", quant=adapter_quant, say=say)
     return path
 
 

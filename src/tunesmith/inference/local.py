@@ -55,7 +55,8 @@ class LocalBackend:
     prefix_reuse = True
 
     def __init__(self, model_path: Path | str, adapter_path: Path | str | None = None,
-                 batch_size: int | None = None, device: str | None = None, *, dtype: str | None = None) -> None:
+                 batch_size: int | None = None, device: str | None = None, *, dtype: str | None = None,
+                 quant: str | None = None) -> None:
         self.model_path = Path(model_path).expanduser().resolve()
         self.adapter_path = Path(adapter_path).expanduser().resolve() if adapter_path is not None else None
         if batch_size is not None and batch_size < 1:
@@ -63,6 +64,11 @@ class LocalBackend:
         self.batch_size = batch_size
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
+        #: None, or "int8": weight-only int8 (`inference.int8`), the adapter merged first; lossy
+        self.quant = quant
+        if quant is not None and quant != "int8":
+            raise ModelError(f"quantisation {quant!r} is not one the transformers engine has",
+                             "use int8 (weight-only), or --engine llamacpp for GGUF types")
         self._check_paths()
         self.tokenizer_path = (self.adapter_path if self.adapter_path is not None
                                and any((self.adapter_path / f).is_file() for f in _TOKENIZER_FILES)
@@ -95,7 +101,8 @@ class LocalBackend:
     def _fingerprint(self) -> str:
         """sha256 over: engine + dtype, the base checkpoint (path, config, weight files' size and mtime),
         the tokenizer and chat template files, and the adapter (config + weights, by content)."""
-        parts: list[str | bytes] = ["transformers", self.dtype, str(self.model_path),
+        parts: list[str | bytes] = ["transformers", self.dtype, *([f"quant:{self.quant}"] if self.quant else []),
+                                    str(self.model_path),
                                     (self.model_path / "config.json").read_bytes()]
         for f in sorted(self.model_path.iterdir()):
             if f.suffix in _WEIGHT_SUFFIXES and f.is_file():
@@ -130,7 +137,12 @@ class LocalBackend:
         return self._model
 
     def _load_model(self) -> Any:
-        return load_model(self.model_path, self.adapter_path, device=self.device, dtype=self.dtype)
+        model = load_model(self.model_path, self.adapter_path, device=self.device, dtype=self.dtype)
+        if self.quant == "int8":
+            from tunesmith.inference.int8 import quantize_int8
+
+            model = quantize_int8(model, self.device)
+        return model
 
     def decoder(self) -> Any:
         """The `BatchDecoder` this backend answers with (one per backend: its prefix cache carries over)."""
@@ -169,7 +181,8 @@ class LocalBackend:
                             top_p=settings.top_p, seed=settings.seed, stop=tuple(settings.stop),
                             constraint=settings.constraint, contract=contract,
                             close_within=CLOSE_WITHIN if settings.constraint is not None else 0)
-        adapter = self.model.active_adapter if self.adapter_path is not None else None
+        # an int8 model has its adapter merged in: its rows name no adapter
+        adapter = self.model.active_adapter if self.adapter_path is not None and not self.quant else None
 
         def emitter(index: int) -> Any:
             def emit(event: tuple[str, Any]) -> None:

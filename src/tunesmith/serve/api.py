@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,8 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
 
     if config.engine == "llamacpp":
         return _llamacpp_state(config, say)
+    if config.quant is not None:
+        return _int8_state(config, say)
     project, base = _served_base(config)
     device = config.device or default_device()
     say(f"loading {base.ref} on {device}")
@@ -168,56 +171,114 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     return state
 
 
+def _refusal(why: str, served: Any, hint: str) -> Callable[[], Exception]:
+    from tunesmith.serve.errors import AdapterRejected
+
+    return lambda: AdapterRejected(f"{why} serves one model ({served.name}) and cannot load adapters", hint,
+                                   param="source")
+
+
+def _one_model_state(config: ServeConfig, engine: Any, tokenizer: Any, served: Any, project: Any, context: int,
+                     refusal: Callable[[], Exception]) -> Any:
+    """A server of one model that refuses adapter loads (llama.cpp, or an int8 model with its adapter merged)."""
+    from tunesmith.serve.adapters import AdapterLocator
+    from tunesmith.serve.app import Limits, ServerState
+    from tunesmith.web_guard import allowed_hosts
+
+    class OneModelState(ServerState):
+        def load_adapter_sync(self, name: str, source: str) -> Any:
+            raise refusal()
+
+    return OneModelState(engine, tokenizer, served, AdapterLocator(served, project=project),
+                         api_key=config.api_key,
+                         limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context, 1),
+                         hosts=allowed_hosts(config.host, config.allow_hosts),
+                         apply_system_prompt=config.apply_system_prompt)
+
+
+def _one_served(config: ServeConfig, what: str) -> tuple[Any, Any, Any]:
+    """(project, base, the run of the one --adapter NAME=RUN or None) for an engine that serves one model."""
+    _one_adapter_at_most(config, what)
+    project, base = _served_base(config)
+    if not config.adapters:
+        return project, base, None
+    if project is None:
+        raise UsageError(f"{what} --adapter serves a run of the project, which needs the project",
+                         "run from the project directory (--project DIR)")
+    return project, base, project.registry().get(config.adapters[0][1]).model(project.base_model)
+
+
+def _one_adapter_at_most(config: ServeConfig, what: str) -> None:
+    if len(config.adapters) > 1:
+        raise UsageError(f"{what} serves one model, and {len(config.adapters)} --adapter flags were given",
+                         f"give one --adapter NAME=RUN (served as {'its GGUF export' if 'llamacpp' in what else 'the merged model'}), "
+                         "or use --engine transformers without --quant to serve several adapters on one base")
+
+
+def _int8_state(config: ServeConfig, say: Say) -> Any:
+    """One model, weight-only int8 (`--quant int8`): the base, or with one --adapter NAME=RUN that run with
+    its LoRA merged in, served as NAME. Adapters are not hot-swapped: an int8 model has none."""
+    from tunesmith.inference.int8 import quantize_int8
+    from tunesmith.inference.loading import default_device, load_model
+    from tunesmith.inference.worker import Engine
+    from tunesmith.models.resolve import tokenizer_in
+    from tunesmith.serve.adapters import ServedBase
+
+    project, base, run = _one_served(config, "--quant int8")
+    device = config.device or default_device()
+    if run is not None:
+        from tunesmith.ship.gguf_export import run_system_prompt
+
+        system_prompt, _ = run_system_prompt(project, run, say)
+        served = ServedBase(ref=run.run_id, path=run.adapter_dir or run.checkpoint_dir, name=config.adapters[0][0],
+                            system_prompt=system_prompt)
+        say(f"loading run {run.run_id} on {device}, its adapter merged, weight-only int8")
+        model = load_model(run.checkpoint_dir, run.adapter_dir, device=device, dtype="float32")
+        tokenizer = tokenizer_in(run.tokenizer_dir)
+    else:
+        served = base
+        say(f"loading {base.ref} on {device}, weight-only int8")
+        model = load_model(Path(base.path), None, device=device, dtype="float32")
+        tokenizer = tokenizer_in(base.path)
+    model = quantize_int8(model, device)
+    if project is not None:
+        from tunesmith.models.chat_template import apply_project_template
+
+        apply_project_template(tokenizer, project)
+    context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    engine = Engine(model, tokenizer, device=device, max_batch=config.max_batch or (16 if device == "cpu" else 64))
+    return _one_model_state(config, engine, tokenizer, served, project, context, _refusal(
+        "--quant int8", served, "serve without --quant to hot-swap adapters, or restart with --adapter NAME=RUN "
+        "to serve that run merged and quantised"))
+
+
 def _llamacpp_state(config: ServeConfig, say: Say) -> Any:
     """One GGUF file behind the same HTTP app: the base model's export, or with one --adapter NAME=RUN,
     that run's export (LoRA merged in) served as NAME. Adapters are not hot-swapped on this engine."""
     from tunesmith.inference import llamacpp_backend as L
-    from tunesmith.serve.adapters import AdapterLocator, ServedBase
-    from tunesmith.serve.app import Limits, ServerState
-    from tunesmith.serve.errors import AdapterRejected
-    from tunesmith.web_guard import allowed_hosts
+    from tunesmith.serve.adapters import ServedBase
 
     L.check_engine("llamacpp", config.quant)
-    if len(config.adapters) > 1:
-        raise UsageError(f"--engine llamacpp serves one model, and {len(config.adapters)} --adapter flags were given",
-                         "give one --adapter NAME=RUN (its GGUF export is served), or use --engine transformers "
-                         "to serve several adapters on one base")
+    _one_adapter_at_most(config, "--engine llamacpp")
     L.require_llamacpp()
-    project, base = _served_base(config)
+    project, base, run = _one_served(config, "--engine llamacpp")
     quant = config.quant or "f16"
-    if config.adapters:
-        name, source = config.adapters[0]
-        if project is None:
-            raise UsageError("--engine llamacpp --adapter serves a run's GGUF export, which needs the project",
-                             "run from the project directory (--project DIR)")
-        run = project.registry().get(source).model(project.base_model)
+    if run is not None:
         from tunesmith.ship.gguf_export import run_system_prompt
 
         gguf, tokenizer_dir = L.run_gguf(project, run, quant, say), run.tokenizer_dir
         system_prompt, _ = run_system_prompt(project, run, say)
-        served = ServedBase(ref=run.run_id, path=gguf, name=name, system_prompt=system_prompt)
+        served = ServedBase(ref=run.run_id, path=gguf, name=config.adapters[0][0], system_prompt=system_prompt)
     else:
         gguf, tokenizer_dir = L.base_gguf(project, base.ref, Path(base.path), quant, say), Path(base.path)
         served = ServedBase(ref=base.ref, path=gguf, name=base.name, system_prompt=base.system_prompt)
     backend = L.LlamaCppBackend(gguf, tokenizer_dir, quant=quant)
     context = _context_of(tokenizer_dir)
     say(f"loading {gguf} with llama.cpp ({quant}, {backend.n_threads} threads)")
-
-    def refusal() -> Exception:
-        return AdapterRejected(f"--engine llamacpp serves one model ({served.name}) and cannot load adapters",
-                               "restart with --adapter NAME=RUN to serve that run's GGUF, or serve with "
-                               "--engine transformers to hot-swap adapters", param="source")
-
-    class OneModelState(ServerState):
-        def load_adapter_sync(self, name: str, source: str) -> Any:
-            raise refusal()
-
+    refusal = _refusal("--engine llamacpp", served, "restart with --adapter NAME=RUN to serve that run's GGUF, "
+                       "or serve with --engine transformers to hot-swap adapters")
     engine = L.LlamaCppEngine(backend, context, refusal)
-    return OneModelState(engine, backend.tokenizer, served, AdapterLocator(served, project=project),
-                       api_key=config.api_key,
-                       limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context, 1),
-                       hosts=allowed_hosts(config.host, config.allow_hosts),
-                       apply_system_prompt=config.apply_system_prompt)
+    return _one_model_state(config, engine, backend.tokenizer, served, project, context, refusal)
 
 
 def _context_of(checkpoint: Path) -> int:
@@ -308,9 +369,11 @@ def serve(config: ServeConfig, say: Say | None = None) -> None:
     say = say or (lambda m: print(m, file=sys.stderr))
     if config.engine not in ENGINES:
         raise UsageError(f"unknown engine {config.engine!r}", ENGINE_HINT)
-    if config.quant is not None and config.engine != "llamacpp":
+    if config.quant is not None and config.engine != "llamacpp" and not (
+            config.quant == "int8" and config.engine == "transformers"):
         raise UsageError(f"--quant {config.quant} only applies with --engine llamacpp (the {config.engine} engine "
-                         "serves the checkpoint as it is)", "add --engine llamacpp, or leave --quant out")
+                         "serves the checkpoint as it is, or weight-only int8 with --quant int8)",
+                         "add --engine llamacpp, use --quant int8, or leave --quant out")
     _check_exposure(config, say)
     if config.engine == "vllm":
         import shutil

@@ -65,6 +65,7 @@ def report_data(project: Project, subject: Any, tuned: Any, base: Any | None, te
         task=project.task,
         base_model=record.base_model or project.base_model,
         seal=_seal(record.id, summary.get("seal")),
+        engines=summary.get("engine") or None,
         training_data=_describe_provenance(provenance) if isinstance(provenance, dict) else None,
         loss_curve=loss_curve(Path(record.path)),
         metrics=metrics,

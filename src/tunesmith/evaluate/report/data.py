@@ -130,6 +130,8 @@ class ReportData:
     base_model: str | None = None
     training_data: str | None = None  # where teacher-generated training rows came from
     seal: Seal | None = None
+    #: who answered, by role ("tuned", "base"): the evaluation summary's "engine" (`evaluate.api._engines`)
+    engines: Mapping[str, Mapping[str, Any]] | None = None
     loss_curve: LossCurve | None = None
     metrics: list[MetricRow] = field(default_factory=list)
     variants: Mapping[str, Any] | None = None  # `evaluate.constrained.variants_table`; see report.variants
@@ -142,6 +144,9 @@ class ReportData:
         require(isinstance(data, Mapping), f"expected an object, got {type(data).__name__}")
         curve = _section(data, "loss_curve", Mapping, "an object")
         seal = _section(data, "seal", Mapping, "an object")
+        engines = _section(data, "engines", Mapping, "an object")
+        require(engines is None or all(isinstance(e, Mapping) for e in engines.values()),
+                "each 'engines' entry must be an object such as {\"engine\": \"llamacpp\", \"quant\": \"f16\"}")
         metrics = _section(data, "metrics", list, "a list")
         variants = _section(data, "variants", Mapping, "an object")
         judge = _section(data, "judge", Mapping, "an object")
@@ -152,6 +157,7 @@ class ReportData:
             run_id=data.get("run_id"), created=data.get("created"), task=data.get("task"),
             base_model=data.get("base_model"), training_data=data.get("training_data") or None,
             seal=Seal(seal.get("scored_on"), seal.get("trained_on"), seal.get("warning")) if seal else None,
+            engines=engines or None,
             loss_curve=LossCurve.from_mapping(curve) if curve else None,
             metrics=[_metric(m) for m in metrics or []],
             variants=variants or None,

@@ -110,3 +110,24 @@ def require(cond: bool, message: str) -> None:
     if not cond:
         raise UsageError(f"report data: {message}", hint="see ReportData in tunesmith.evaluate.report.data")
 
+
+
+_ENGINE_NAMES = {"llamacpp": "llama.cpp"}
+
+
+def engine_text(engine: Mapping[str, Any]) -> str:
+    """"llama.cpp, f16 (model-f16.gguf) with GGUF adapter adapter-f16.gguf" or "transformers, float32": the
+    file names only, since a report travels without the run directory its paths point into."""
+    from pathlib import PurePath
+
+    name = str(engine.get("engine") or "transformers")
+    parts = [_ENGINE_NAMES.get(name, name)]
+    detail = engine.get("quant") or engine.get("dtype")
+    if name == "transformers" and engine.get("quant"):
+        detail = f"weight-only {engine['quant']}"
+    if detail:
+        parts.append(str(detail) + (f" ({PurePath(str(engine['file'])).name})" if engine.get("file") else ""))
+    text = ", ".join(parts)
+    if engine.get("lora"):
+        text += f" with GGUF adapter {PurePath(str(engine['lora'])).name}"
+    return text

@@ -6,7 +6,9 @@ import difflib
 from typing import Any
 
 from tunesmith.evaluate.report.data import Flip, Item, Judge, MetricRow, Regression, ReportData
-from tunesmith.evaluate.report.format import esc, finite, format_created, format_estimate, format_p, num, value_text
+from tunesmith.evaluate.report.format import (
+    engine_text, esc, finite, format_created, format_estimate, format_p, num, value_text,
+)
 
 
 def header(data: ReportData) -> str:
@@ -23,6 +25,8 @@ def header(data: ReportData) -> str:
         scored, trained = str(seal.scored_on), seal.trained_on
         other = f" (trained on {str(trained)[:12]})" if trained and trained != scored else ""
         rows.append(("Test set seal", scored[:12] + other))
+    if data.engines:
+        rows.append(("Answered by", "; ".join(f"{role}: {engine_text(e)}" for role, e in data.engines.items())))
     cells = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v) if v not in (None, '') else '—'}</dd>" for k, v in rows)
     warning = f'<p id="seal-warning" class="warning">{esc(seal.warning)}</p>' if seal and seal.warning else ""
     return f'<header id="header"><h1>{esc(data.title)}</h1><dl class="meta">{cells}</dl>{warning}</header>'

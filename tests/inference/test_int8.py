@@ -1,0 +1,175 @@
+"""`--quant int8`: weight-only int8 on the transformers engine (lossy, reported like a quantised GGUF)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from datagen import clean_examples, write_jsonl, write_project_file
+from tunesmith.cli import app
+from tunesmith.errors import ModelError, UsageError
+from tunesmith.inference.int8 import int8_available, int8_linear, quantize_int8
+from tunesmith.inference.local import LocalBackend
+from tunesmith.inference.types import DecodeSettings
+
+pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch has no torch._weight_int8pack_mm")
+
+RUN = "20250101-000001-bbbb-lora"
+
+
+def test_an_int8_layer_stays_within_its_quantisation_error():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    q = int8_linear()(layer)
+    assert q.weight_int8.dtype == torch.int8 and q.weight_int8.shape == (96, 64) and q.scales.shape == (96,)
+    x = torch.randn(5, 3, 64)
+    with torch.no_grad():
+        exact, approx = layer(x), q(x)
+        # what the kernel must compute: the bfloat16 input times the dequantised weights
+        dequantised = q.weight_int8.float() * q.scales.float()[:, None]
+        expected = torch.nn.functional.linear(x.bfloat16().float(), dequantised, layer.bias)
+    assert approx.shape == exact.shape and approx.dtype == torch.float32
+    assert torch.allclose(approx, expected, rtol=2e-2, atol=2e-2)
+    relative = (approx - exact).norm() / exact.norm()
+    assert 0 < relative < 0.02  # lossy, but by the rounding of 8 bits only
+
+
+def test_quantising_merges_the_adapter_and_replaces_every_linear(tiny_model_dir, tmp_path):
+    from fixtures.serving import make_adapter
+    from tunesmith.inference.loading import load_model
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", seed=1)
+    model = quantize_int8(load_model(tiny_model_dir, adapter, device="cpu", dtype="float32"), "cpu")
+    assert not hasattr(model, "peft_config") or not model.peft_config
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "Int8Linear" in kinds and "Linear" not in kinds and not any("lora" in k.lower() for k in kinds)
+
+
+def test_int8_is_a_cpu_kernel():
+    with pytest.raises(ModelError) as info:
+        quantize_int8(torch.nn.Sequential(torch.nn.Linear(2, 2)), "cuda:0")
+    assert info.value.message == "--quant int8 is a CPU kernel; this model runs on cuda:0"
+    assert "--device cpu" in info.value.hint
+
+
+def test_a_model_with_nothing_to_quantise_says_so():
+    with pytest.raises(ModelError) as info:
+        quantize_int8(torch.nn.Sequential(torch.nn.ReLU()), "cpu")
+    assert info.value.message == "Sequential has no nn.Linear layer to quantise"
+
+
+def test_the_backend_takes_int8_only(tiny_model_dir):
+    with pytest.raises(ModelError) as info:
+        LocalBackend(tiny_model_dir, quant="int4")
+    assert info.value.message == "quantisation 'int4' is not one the transformers engine has"
+    assert "--engine llamacpp" in info.value.hint
+
+
+def test_int8_answers_under_its_own_fingerprint_close_to_float32(tiny_model_dir):
+    chats = [[{"role": "user", "content": f"Item {i}: say something"}] for i in range(6)]
+    settings = DecodeSettings(max_new_tokens=12, temperature=0.0)
+    full, int8 = LocalBackend(tiny_model_dir, batch_size=4), LocalBackend(tiny_model_dir, batch_size=4, quant="int8")
+    assert full.fingerprint != int8.fingerprint
+    a, b = full.generate(chats, settings), int8.generate(chats, settings)
+    assert all(g.output_tokens > 0 for g in b)
+    # greedy answers of a random tiny model sit on near-ties; most must still agree token for token
+    same = sum(x.text == y.text for x, y in zip(a, b))
+    print(f"int8 vs float32 greedy answers: {same}/{len(a)} identical")
+    assert same >= len(a) // 2
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    from fixtures.serving import make_adapter
+    from tunesmith.data.split import split_file
+    from tunesmith.project import load_project
+
+    root = tmp_path_factory.mktemp("int8-project")
+    write_project_file(root, tiny_model_dir, eval={"max_new_tokens": 6})
+    write_jsonl(root / "data.jsonl", clean_examples(16))
+    split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
+    registry = load_project(root).registry()
+    plan = {"settings": {"method": {"value": "lora", "source": "test", "why": "made by hand"}}, "derived": {}}
+    run_dir = registry.create_run(RUN, project_root=str(root), base_model=str(tiny_model_dir), method="lora",
+                                  config={}, plan=plan, data={})
+    make_adapter(tiny_model_dir, run_dir / "adapter", seed=2)
+    registry.set_status(RUN, "completed")
+    return root
+
+
+def test_eval_int8_is_stored_apart_and_says_who_answered(project):
+    result = CliRunner().invoke(app, ["eval", RUN, "-p", str(project), "--quant", "int8", "--no-judge", "--json"])
+    assert result.exit_code in (0, 1), result.output  # 1: the gate may fail on a random model
+    out = json.loads(result.stdout)
+    assert out["subject"] == f"{RUN}@transformers-int8"
+    engines = out["summary"]["engine"]
+    assert engines["tuned"]["quant"] == "int8" and engines["base"]["quant"] == "int8"
+    from tunesmith.evaluate.store import EvalStore
+    from tunesmith.project import load_project
+
+    store = EvalStore(load_project(project).registry())
+    assert store.latest(f"{RUN}@transformers-int8", "test") is not None  # stored under its own name
+    assert store.latest(RUN, "test") is None  # not as the run's own, full-precision score
+    human = CliRunner().invoke(app, ["eval", RUN, "-p", str(project), "--quant", "int8", "--no-judge"])
+    assert "answered by: tuned transformers, weight-only int8; base transformers, weight-only int8" in human.output
+
+
+@pytest.mark.parametrize(("args", "message", "hint"), [
+    (["base", "--quant", "int8", "--endpoint", "http://127.0.0.1:9/v1"],
+     "--quant int8 quantises a model on this machine, not an --endpoint", "leave out --quant"),
+])
+def test_eval_int8_refuses_what_it_cannot_quantise(project, args, message, hint):
+    result = CliRunner().invoke(app, ["eval", *args, "-p", str(project), "--json"])
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["message"] == message and hint in error["hint"]
+
+
+def test_serve_int8_serves_the_run_merged_and_refuses_adapters(project):
+    from tunesmith.serve.api import ServeConfig, build_state, start_in_thread
+
+    config = ServeConfig(project_dir=project, port=0, quant="int8", adapters=[("tuned", RUN)])
+    running = start_in_thread(build_state(config), config)
+    try:
+        chat = [{"role": "user", "content": "Item 3: hello"}]
+        reply = httpx.post(f"{running.url}/chat/completions", timeout=60, json={
+            "model": "tuned", "max_tokens": 6, "temperature": 0, "messages": chat})
+        assert reply.status_code == 200, reply.text
+        # the same model eval --quant int8 answers with: the run merged, then quantised
+        from tunesmith.project import load_project
+
+        run = load_project(project).registry().get(RUN).model(load_project(project).base_model)
+        local = LocalBackend(run.checkpoint_dir, adapter_path=run.adapter_dir, quant="int8")
+        expected = local.generate([[{"role": "system", "content": load_project(project).system_prompt}, *chat]]
+                                  if load_project(project).system_prompt else [chat],
+                                  DecodeSettings(max_new_tokens=6, temperature=0.0))[0]
+        assert reply.json()["choices"][0]["message"]["content"] == expected.text
+        load = httpx.post(f"{running.url}/adapters", timeout=30, json={"name": "other", "source": RUN})
+        assert load.status_code == 400, load.text
+        assert load.json()["error"]["message"].startswith(
+            "--quant int8 serves one model (tuned) and cannot load adapters (serve without --quant")
+    finally:
+        running.stop()
+
+
+def test_serve_int8_serves_one_model(tiny_model_dir):
+    from tunesmith.serve.api import ServeConfig, build_state
+
+    with pytest.raises(UsageError) as info:
+        build_state(ServeConfig(base=str(tiny_model_dir), quant="int8", adapters=[("a", "x"), ("b", "y")]))
+    assert info.value.message == "--quant int8 serves one model, and 2 --adapter flags were given"
+    assert "without --quant" in info.value.hint
+
+
+def test_serve_int8_adapter_needs_the_project(tiny_model_dir, tmp_path):
+    from tunesmith.serve.api import ServeConfig, build_state
+
+    with pytest.raises(UsageError) as info:
+        build_state(ServeConfig(base=str(tiny_model_dir), quant="int8", adapters=[("a", "run")],
+                                project_dir=tmp_path / "nowhere"))
+    assert info.value.message == "--quant int8 --adapter serves a run of the project, which needs the project"
