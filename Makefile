@@ -26,8 +26,8 @@ test: setup
 test-newest:
 	@bash scripts/test-newest.sh
 
-# The tests marked heavy (minutes each on 2 cores): the real embedded model through paths the default run
-# covers on tiny models (QLoRA train, kill -9, resume, merge, eval, serve on SmolLM2).
+# The tests marked heavy (minutes each on 2 cores): QLoRA train, kill -9, resume, merge, eval and serve on the
+# real SmolLM2 (the default run covers that path on a tiny model), and scripts/device-check.sh on the CPU.
 test-heavy: setup
 	TUNESMITH_HEAVY_TESTS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -m heavy -rs
 

@@ -14,8 +14,9 @@ greedy decoding, stopping at its end-of-turn token or --max-new-tokens, through:
   base rows it is the cost of not merging (a merged adapter costs exactly what the base does);
 * ``tunesmith-int8-1``, ``tunesmith-int8-batch``  the same with ``--quant int8`` (weight-only int8, lossy);
 * ``generate-static-compile`` (only when named in --engines) ``generate`` with a static cache and
-  ``torch.compile``: the first call compiles (minutes on 2 cores), its time is counted in ``total_s``,
-  and tokens/s is taken from the answers after it;
+  ``torch.compile``: a first answer compiles (minutes on 2 cores; ``compile_s``, not in tokens/s). The
+  static cache is sized per prompt, so a prompt of another length may recompile inside the timed answers:
+  that cost is counted, as a user would pay it;
 * ``llamacpp-f16``, ``llamacpp-q8_0``  the model exported to GGUF by tunesmith, through llama-cpp-python;
 * ``llamacpp-q4_1``     the package's own Q4_1 GGUF file (the embedded model as shipped).
 
@@ -104,7 +105,7 @@ def _run_generate(model_dir: Path, chats: list[Any], max_new: int, compiled: boo
         with torch.inference_mode():  # the compile, on a prompt of its own: not counted in tokens/s
             warm = prompt_ids(tok, chats[:1])[0]
             model.generate(torch.tensor([warm]), attention_mask=torch.ones(1, len(warm), dtype=torch.long),
-                           max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id or eot[0], **extra)
+                           max_new_tokens=max_new, do_sample=False, pad_token_id=tok.pad_token_id or eot[0], **extra)
         extra_compile_s = time.perf_counter() - t0
 
     class FirstToken(BaseStreamer):

@@ -90,7 +90,10 @@ def project(tmp_path_factory, tiny_model_dir):
     from tunesmith.project import load_project
 
     root = tmp_path_factory.mktemp("int8-project")
-    write_project_file(root, tiny_model_dir, eval={"max_new_tokens": 6})
+    write_project_file(root, tiny_model_dir, eval={"max_new_tokens": 6},
+                       data={"regression": "regression.jsonl", "test_fraction": 0.25})
+    write_jsonl(root / "regression.jsonl", [{"id": "always", "prompt": "anything",
+                                              "assertions": [{"type": "not_contains", "value": "ZZZZZZ"}]}])
     write_jsonl(root / "data.jsonl", clean_examples(16))
     split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
     registry = load_project(root).registry()
@@ -115,8 +118,66 @@ def test_eval_int8_is_stored_apart_and_says_who_answered(project):
     store = EvalStore(load_project(project).registry())
     assert store.latest(f"{RUN}@transformers-int8", "test") is not None  # stored under its own name
     assert store.latest(RUN, "test") is None  # not as the run's own, full-precision score
+    # the gate compares like with like: the base answered in int8 in this very call, not its float32 scores
+    assert out["gate"]["baseline"] == "base@transformers-int8"
+    run_dir = project / "runs" / RUN
+    assert (run_dir / "report@transformers-int8.html").is_file()
+    assert not (run_dir / "report.html").exists()  # the checkpoint's own report is not replaced
     human = CliRunner().invoke(app, ["eval", RUN, "-p", str(project), "--quant", "int8", "--no-judge"])
     assert "answered by: tuned transformers, weight-only int8; base transformers, weight-only int8" in human.output
+
+
+def test_int8_decodes_under_the_contracts_grammar(project):
+    """The grammar mask reads the logits width from the head, which int8 replaced (no `.weight`)."""
+    result = CliRunner().invoke(app, ["eval", RUN, "-p", str(project), "--quant", "int8", "--constrained",
+                                      "--no-judge", "--json"])
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads(result.stdout)["summary"]["constrained"]
+    # baseline tries the base constrained to the contract by default (baseline.constrained)
+    result = CliRunner().invoke(app, ["baseline", "-p", str(project), "--quant", "int8", "--json"])
+    assert result.exit_code in (0, 1), result.output
+    assert "error" not in json.loads(result.stdout)
+
+
+def test_int8_runs_on_the_cpu_unless_a_device_is_asked_for(tiny_model_dir, monkeypatch):
+    import tunesmith.inference.local as local
+
+    monkeypatch.setattr(local, "default_device", lambda: "cuda")  # a machine with a GPU
+    assert LocalBackend(tiny_model_dir, quant="int8").device == "cpu"
+    assert LocalBackend(tiny_model_dir).device == "cuda"
+
+
+def test_a_torch_without_the_kernel_is_told_what_to_do(monkeypatch):
+    import tunesmith.inference.int8 as int8
+
+    monkeypatch.setattr(int8, "int8_available", lambda: False)
+    with pytest.raises(ModelError) as info:
+        quantize_int8(torch.nn.Sequential(torch.nn.Linear(2, 2)), "cpu")
+    assert info.value.message == "this PyTorch has no int8 weight-only kernel (torch._weight_int8pack_mm)"
+    assert "upgrade torch" in info.value.hint
+
+
+def test_a_hosted_run_has_nothing_to_quantise(project):
+    from tunesmith.project import load_project
+
+    hosted = "20250101-000002-cccc-hosted"
+    registry = load_project(project).registry()
+    registry.create_run(hosted, project_root=str(project), base_model="gpt-4o-mini", method="hosted-openai",
+                        config={}, plan={}, data={})
+    result = CliRunner().invoke(app, ["eval", hosted, "-p", str(project), "--quant", "int8", "--json"])
+    assert result.exit_code == 2, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["message"] == f"run {hosted} was trained on a hosted API: there is no local model to quantise"
+    assert error["hint"] == "evaluate it without --quant"
+
+
+def test_vllm_is_not_given_a_quant_it_would_ignore(tiny_model_dir):
+    from tunesmith.serve.api import ServeConfig, serve
+
+    with pytest.raises(UsageError) as info:
+        serve(ServeConfig(base=str(tiny_model_dir), engine="vllm", quant="int8"))
+    assert info.value.message == "--quant int8 is not passed to vLLM: --engine vllm serves the checkpoint as it is"
+    assert "vLLM's own options" in info.value.hint
 
 
 @pytest.mark.parametrize(("args", "message", "hint"), [
@@ -149,6 +210,11 @@ def test_serve_int8_serves_the_run_merged_and_refuses_adapters(project):
                                   if load_project(project).system_prompt else [chat],
                                   DecodeSettings(max_new_tokens=6, temperature=0.0))[0]
         assert reply.json()["choices"][0]["message"]["content"] == expected.text
+        schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+        shaped = httpx.post(f"{running.url}/chat/completions", timeout=60, json={
+            "model": "tuned", "max_tokens": 12, "messages": chat,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}})
+        assert shaped.status_code == 200, shaped.text  # the grammar reads the int8 head's width
         load = httpx.post(f"{running.url}/adapters", timeout=30, json={"name": "other", "source": RUN})
         assert load.status_code == 400, load.text
         assert load.json()["error"]["message"].startswith(

@@ -231,6 +231,35 @@ def test_fsdp_run_killed_then_resumed_under_its_config(project, tmp_path):
     assert (topology["requested"], topology["distributed_type"]) == ("FSDP", "MULTI_CPU")
 
 
+def test_ctrl_c_on_a_launch_lets_rank_0_record_the_interruption(project, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during a 2-process launch: `tunesmith train` waits for
+    the launch to pass it on instead of killing the launcher, whose ranks end with it, so the run is marked
+    "interrupted" with its resume hint rather than left "running"."""
+    import os
+    import signal
+    import time
+
+    from tunesmith.project import load_project
+
+    config = tmp_path / "ddp.yaml"
+    config.write_text(FSDP)
+    cmd = [sys.executable, "-m", "tunesmith", "train", "-p", str(project), "--accelerate-config", str(config),
+           "--epochs", "12", "--no-converge", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        if json.loads(line).get("event") == "step":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the launcher's group, not the ranks' sessions
+            break
+        assert time.time() < deadline, "training never started"
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    assert "interrupted: waiting for the launched processes to stop" in err
+    record = load_project(project).registry().list()[0]
+    assert record.status == "interrupted", (record.status, err[-2000:])
+
+
 _CHILD = """
 import subprocess, sys, time
 # like torchrun: each rank in a session of its own, out of reach of a signal to the launcher's process group
@@ -329,7 +358,7 @@ def test_a_checkpoint_one_rank_did_not_finish_is_not_picked(tmp_path):
 
 def test_a_checkpoint_short_of_the_runs_processes_is_skipped_not_removed(tmp_path):
     """4 processes started the run: a checkpoint with 3 RNG files may be one the last rank did not finish,
-    or a whole one from a resume in 3 processes. Not resumed from, and not removed either."""
+    or a whole one from a resume in 3 processes. Not resumed from while a whole one is older, nor removed."""
     from tunesmith.train.local import last_checkpoint
 
     two = _checkpoint(tmp_path, 2, [0, 1, 2, 3])
@@ -337,6 +366,16 @@ def test_a_checkpoint_short_of_the_runs_processes_is_skipped_not_removed(tmp_pat
     assert last_checkpoint(tmp_path, processes=4) == two
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert last_checkpoint(tmp_path, processes=3) == tmp_path / "checkpoints" / "checkpoint-4"
+
+
+def test_when_only_short_checkpoints_are_left_the_newest_resumes_rather_than_step_0(tmp_path):
+    """4 processes started the run, a resume in 2 followed, and rotation removed every 4-process checkpoint:
+    rank 0's state in the 2-process ones is whole, so the run goes on from the newest, not from the start."""
+    from tunesmith.train.local import last_checkpoint
+
+    _checkpoint(tmp_path, 6, [0, 1])
+    eight = _checkpoint(tmp_path, 8, [0, 1])
+    assert last_checkpoint(tmp_path, processes=4) == eight
 
 
 def test_one_process_checkpoints_and_model_only_checkpoints_are_complete(tmp_path):

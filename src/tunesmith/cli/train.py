@@ -263,6 +263,10 @@ def _config_setting(project: Path) -> tuple[Path | None, str]:
     return loaded.path(loaded.train.accelerate_config), "train.accelerate_config"
 
 
+#: how long a Ctrl-C'd launch may take to stop on its own before it is killed
+LAUNCH_GRACE_S = 120
+
+
 def _launch(launch: Any, run_id: str, *, print_only: bool = False) -> None:
     import shlex
 
@@ -290,7 +294,19 @@ def _launch(launch: Any, run_id: str, *, print_only: bool = False) -> None:
     _say(f"launching {processes} processes: {shlex.join(cmd)}")
     env = {**os.environ, LAUNCHED_ENV: "1", LAUNCHER_PID_ENV: str(os.getpid()),
            **({CONFIG_ENV: str(launch.config)} if launch.config else {})}
-    code = subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        # the launch got the same Ctrl-C and passes it to its ranks: let rank 0 record "interrupted" before
+        # they end (killing the launcher now would kill them at once, as they end with it)
+        _say("interrupted: waiting for the launched processes to stop (Ctrl-C again kills them)")
+        try:
+            proc.wait(timeout=LAUNCH_GRACE_S)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        raise typer.Exit(130) from None
     if code:
         raise typer.Exit(code)
 

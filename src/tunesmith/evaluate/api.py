@@ -9,7 +9,7 @@ from typing import Any
 
 from tunesmith.evaluate.items import regression_items, test_items
 from tunesmith.evaluate.subject import (
-    SubjectEval, evaluate_subject, gate, paired_comparisons, resolve_subject, seal_summary, seal_warning, store_eval,
+    SubjectEval, engine_suffix, evaluate_subject, gate, paired_comparisons, resolve_subject, seal_summary, seal_warning, store_eval,
 )
 from tunesmith.evaluate.types import DecodeSettings, EvalItem
 from tunesmith.progress import Say
@@ -164,7 +164,8 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
         warnings.append(subject.warning)
         say(f"warning: {subject.warning}")
     base = None
-    if ref != "base":  # "base@llamacpp-f16" and "base@transformers-int8" are the base too: not compared with itself
+    # "base@llamacpp-f16" and "base@transformers-int8" are the base too: not compared with itself
+    if ref != "base" or opts.endpoint is not None:
         base = subject.base or resolve_subject(project, "base", batch_size=opts.batch_size, engine=opts.engine,
                                                quant=opts.quant, say=say)
     if constraint is not None:
@@ -199,7 +200,8 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
         from tunesmith.evaluate.judged import run_judge
 
         summary["judge"] = run_judge(project, subject, tuned, base_eval, test, allow_self=opts.allow_self_judging, say=say)
-    gate_result = gate(project, tuned) if ref != "base" else None
+    compared = ref != "base" or opts.endpoint is not None  # an endpoint's model named "base" is not ours
+    gate_result = gate(project, tuned, engine_suffix(subject.engine)) if compared else None
     report = None
     if opts.report and subject.run_id is not None:
         from tunesmith.evaluate.report.build import write_run_report

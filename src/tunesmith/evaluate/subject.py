@@ -115,10 +115,10 @@ def _transformers_subject(name: str, run_id: str | None, backend: Any, cache: An
 
     engine: dict[str, Any] = {"engine": "transformers", "dtype": backend.dtype}
     if backend.quant:
-        # stored apart from the checkpoint's own evaluation (as llama.cpp's are): the gate, compare and the
-        # model card read a run's name as its full-precision score
-        name, engine["quant"] = f"{name}@transformers-{backend.quant}", backend.quant
-    return Subject(name, run_id, CachedBackend(backend, cache), model_names, engine=engine)
+        engine["quant"] = backend.quant
+    # stored apart from the checkpoint's own evaluation (as llama.cpp's are): the gate, compare and the model
+    # card read a run's name as its full-precision score
+    return Subject(name + engine_suffix(engine), run_id, CachedBackend(backend, cache), model_names, engine=engine)
 
 
 def _gguf_subject(project: Project, ref: str, endpoint: str | None, engine: str, quant: str, say: Say,
@@ -310,18 +310,30 @@ def paired_comparisons(base: SubjectEval, tuned: SubjectEval) -> dict[str, Any]:
     return compare_scores(base.test_scores, tuned.test_scores, tuned.aggregate)
 
 
-def gate(project: Project, candidate: SubjectEval) -> dict[str, Any]:
-    """New regression failures against the accepted run (or the base model when none is accepted)."""
+def engine_suffix(engine: dict[str, Any]) -> str:
+    """"@llamacpp-f16", "@transformers-int8" or "": what a subject's stored name carries for the engine that
+    answered, so a lossy evaluation is never read as the checkpoint's own."""
+    if engine.get("engine") == "llamacpp":
+        return f"@llamacpp-{engine.get('quant')}"
+    if engine.get("engine", "transformers") == "transformers" and engine.get("quant"):
+        return f"@transformers-{engine['quant']}"
+    return ""
+
+
+def gate(project: Project, candidate: SubjectEval, suffix: str = "") -> dict[str, Any]:
+    """New regression failures against the accepted run (or the base model when none is accepted), as answered
+    by the same engine and quantisation (`suffix`, e.g. "@transformers-int8"): like is compared with like."""
     from tunesmith.evaluate.regression import flips, new_failures
     from tunesmith.evaluate.store import EvalStore
 
     store = EvalStore(project.registry())
-    baseline_name = store.accepted() or "base"
+    baseline_name = (store.accepted() or "base") + suffix
     baseline = store.latest(baseline_name, "regression")
     after = {k: r.passed for k, r in candidate.regression.items()}
     if baseline is None:
         return {"baseline": None, "new_failures": [], "flips": [], "status": "pass",
-                "note": "no accepted run or base evaluation to compare with"}
+                "note": f"no {baseline_name} evaluation to compare with" if suffix
+                else "no accepted run or base evaluation to compare with"}
     before = {k: v.passed for k, v in baseline.items.items()}
     failing = new_failures(before, after)
     status = "fail" if len(failing) > project.eval.max_new_failures else "pass"

@@ -38,6 +38,13 @@ ROOM = 256
 
 
 
+def logits_width(model: Any) -> int:
+    """How many logits the model's head gives: `out_features`, which an `Int8Linear` head (no `weight`) has too."""
+    head = model.get_output_embeddings()
+    width = getattr(head, "out_features", None)
+    return int(width if width is not None else head.weight.shape[0])
+
+
 class BatchDecoder:
     """The running batch: its rows, their key/value cache and attention mask. Single-threaded."""
 
@@ -81,7 +88,7 @@ class BatchDecoder:
         if self._grammar is None:
             from tunesmith.inference.grammar import GrammarCompiler
 
-            width = self._model.get_output_embeddings().weight.shape[0]
+            width = logits_width(self._model)
             self._grammar = GrammarCompiler(self.tokenizer, int(width), self.eot)
         return self._grammar
 
@@ -89,7 +96,7 @@ class BatchDecoder:
         if self._bias is None:
             from tunesmith.inference.closing import ClosingBias
 
-            width = self._model.get_output_embeddings().weight.shape[0]
+            width = logits_width(self._model)
             self._bias = ClosingBias(self.tokenizer, int(width), self._eot_index, self.device)
         return self._bias.for_row(row)
 

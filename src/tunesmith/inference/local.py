@@ -62,7 +62,8 @@ class LocalBackend:
         if batch_size is not None and batch_size < 1:
             raise ModelError(f"batch size must be at least 1, got {batch_size}", "pass --batch-size 1 or more")
         self.batch_size = batch_size
-        self.device = device or default_device()
+        # int8 is a CPU kernel: on a machine with a GPU it still runs there unless a device is asked for
+        self.device = device or ("cpu" if quant else default_device())
         self.dtype = dtype or default_dtype(self.device)
         #: None, or "int8": weight-only int8 (`inference.int8`), the adapter merged first; lossy
         self.quant = quant

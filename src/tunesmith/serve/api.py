@@ -219,13 +219,13 @@ def _int8_state(config: ServeConfig, say: Say) -> Any:
     """One model, weight-only int8 (`--quant int8`): the base, or with one --adapter NAME=RUN that run with
     its LoRA merged in, served as NAME. Adapters are not hot-swapped: an int8 model has none."""
     from tunesmith.inference.int8 import quantize_int8
-    from tunesmith.inference.loading import default_device, load_model
+    from tunesmith.inference.loading import load_model
     from tunesmith.inference.worker import Engine
     from tunesmith.models.resolve import tokenizer_in
     from tunesmith.serve.adapters import ServedBase
 
     project, base, run = _one_served(config, "--quant int8")
-    device = config.device or default_device()
+    device = config.device or "cpu"  # int8 is a CPU kernel, even where there is a GPU
     if run is not None:
         from tunesmith.ship.gguf_export import run_system_prompt
 
@@ -369,8 +369,11 @@ def serve(config: ServeConfig, say: Say | None = None) -> None:
     say = say or (lambda m: print(m, file=sys.stderr))
     if config.engine not in ENGINES:
         raise UsageError(f"unknown engine {config.engine!r}", ENGINE_HINT)
-    if config.quant is not None and config.engine != "llamacpp" and not (
-            config.quant == "int8" and config.engine == "transformers"):
+    if config.quant is not None and config.engine == "vllm":
+        raise UsageError(f"--quant {config.quant} is not passed to vLLM: --engine vllm serves the checkpoint as it is",
+                         "quantise with vLLM's own options, or serve with --engine llamacpp or --quant int8 "
+                         "(transformers)")
+    if config.quant is not None and config.engine != "llamacpp" and config.quant != "int8":
         raise UsageError(f"--quant {config.quant} only applies with --engine llamacpp (the {config.engine} engine "
                          "serves the checkpoint as it is, or weight-only int8 with --quant int8)",
                          "add --engine llamacpp, use --quant int8, or leave --quant out")

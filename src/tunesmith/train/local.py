@@ -163,13 +163,18 @@ def last_checkpoint(run_dir: Path, processes: int = 1) -> Path | None:
     if not ckpt_dir.is_dir():
         return None
     found = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()), key=_step_of)
+    short = None
     for ckpt in reversed(found):
         verdict = _completeness(ckpt, processes)
         if verdict == "complete":
             return ckpt
         if verdict == "partial":
             shutil.rmtree(ckpt, ignore_errors=True)
-    return None
+        elif short is None:
+            short = ckpt
+    # only checkpoints of fewer processes (a resume in fewer, then rotation): rank 0's model, optimizer and
+    # trainer state are whole, only the missing ranks' RNG states are not there; better than step 0
+    return short
 
 
 def _completeness(checkpoint: Path, processes: int) -> str:

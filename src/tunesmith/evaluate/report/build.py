@@ -102,4 +102,7 @@ def write_run_report(project: Project, subject: Any, tuned: Any, base: Any | Non
                      regression: list[EvalItem], summary: dict[str, Any], gate: dict[str, Any] | None) -> Path:
     run_dir = Path(project.registry().get(subject.run_id).path)
     data = report_data(project, subject, tuned, base, test, regression, summary, gate)
-    return write_report(run_dir / "report.html", data)
+    # "RUN@transformers-int8" -> report@transformers-int8.html: a quantised evaluation never replaces the
+    # checkpoint's own report.html, which `run` and the model card point at
+    variant = subject.name[len(subject.run_id):] if subject.name.startswith(subject.run_id) else ""
+    return write_report(run_dir / f"report{variant}.html", data)
