@@ -60,3 +60,33 @@ def split_project(root: Path, model_dir: Path, n: int = 80) -> Path:
     write_jsonl(root / "data.jsonl", clean_examples(n))
     _split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.2)
     return root
+
+
+def sealed_project(root: Path, model_dir: Path, n: int = 24, *, max_new_tokens: int = 8, **overrides: Any) -> Path:
+    """A JSON-answer project on `model_dir` (eval.max_new_tokens set), `n` examples split 3:1 into train and
+    a sealed test set; `overrides` are more top-level keys of tunesmith.yaml."""
+    from tunesmith.data.split import split_file as _split_file
+
+    write_project_file(root, model_dir, eval={"max_new_tokens": max_new_tokens}, **overrides)
+    write_jsonl(root / "data.jsonl", clean_examples(n))
+    _split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
+    return root
+
+
+def add_run(root: Path, run_id: str, *, method: str, base_model: Path, adapter: Path | None = None,
+            model: Path | None = None, status: str = "completed", config: dict | None = None) -> Path:
+    """A registry run built by hand (no training): its record, plan and copies of `adapter` / `model`."""
+    import shutil
+
+    from tunesmith.project import load_project
+
+    registry = load_project(root).registry()
+    plan = {"settings": {"method": {"value": method, "source": "test", "why": "made by hand"}}, "derived": {}}
+    run_dir = registry.create_run(run_id, project_root=str(root), base_model=str(base_model), method=method,
+                                  config=config or {}, plan=plan, data={})
+    if adapter is not None:
+        shutil.copytree(adapter, run_dir / "adapter")
+    if model is not None:
+        shutil.copytree(model, run_dir / "model")
+    registry.set_status(run_id, status)
+    return run_dir

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from datagen import clean_examples, write_jsonl, write_project_file
+from datagen import add_run, sealed_project, write_jsonl
 from tunesmith.cli import app
 from tunesmith.errors import ModelError, UsageError
 from tunesmith.inference.int8 import int8_available, int8_linear, quantize_int8
@@ -85,22 +85,14 @@ def test_int8_answers_under_its_own_fingerprint_close_to_float32(tiny_model_dir)
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     from fixtures.serving import make_adapter
-    from tunesmith.data.split import split_file
-    from tunesmith.project import load_project
 
     root = tmp_path_factory.mktemp("int8-project")
-    write_project_file(root, tiny_model_dir, eval={"max_new_tokens": 6},
-                       data={"regression": "regression.jsonl", "test_fraction": 0.25})
+    sealed_project(root, tiny_model_dir, 16, max_new_tokens=6,
+                   data={"regression": "regression.jsonl", "test_fraction": 0.25})
     write_jsonl(root / "regression.jsonl", [{"id": "always", "prompt": "anything",
                                               "assertions": [{"type": "not_contains", "value": "ZZZZZZ"}]}])
-    write_jsonl(root / "data.jsonl", clean_examples(16))
-    split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
-    registry = load_project(root).registry()
-    plan = {"settings": {"method": {"value": "lora", "source": "test", "why": "made by hand"}}, "derived": {}}
-    run_dir = registry.create_run(RUN, project_root=str(root), base_model=str(tiny_model_dir), method="lora",
-                                  config={}, plan=plan, data={})
-    make_adapter(tiny_model_dir, run_dir / "adapter", seed=2)
-    registry.set_status(RUN, "completed")
+    add_run(root, RUN, method="lora", base_model=tiny_model_dir,
+            adapter=make_adapter(tiny_model_dir, root.parent / "int8-adapter", seed=2))
     return root
 
 

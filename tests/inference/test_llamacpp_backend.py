@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from datagen import clean_examples, write_jsonl, write_project_file
+from datagen import add_run, sealed_project
 from tunesmith.cli import app
 from tunesmith.errors import ModelError, UsageError
 from tunesmith.inference import llamacpp_backend as L
@@ -52,18 +52,9 @@ def _build_adapter(model_dir: Path, out: Path) -> Path:
 
 def _new_project(root: Path, tiny_model_dir: Path) -> Path:
     """A JSON project on the tiny model with a sealed test split and one LoRA run (`RUN`)."""
-    from tunesmith.data.split import split_file
-    from tunesmith.project import load_project
-
-    write_project_file(root, tiny_model_dir, eval={"max_new_tokens": MAX_NEW})
-    write_jsonl(root / "data.jsonl", clean_examples(24))
-    split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
-    registry = load_project(root).registry()
-    plan = {"settings": {"method": {"value": "lora", "source": "test", "why": "made by hand"}}, "derived": {}}
-    run_dir = registry.create_run(RUN, project_root=str(root), base_model=str(tiny_model_dir), method="lora",
-                                  config={}, plan=plan, data={})
-    _build_adapter(tiny_model_dir, run_dir / "adapter")
-    registry.set_status(RUN, "completed")
+    sealed_project(root, tiny_model_dir, 24, max_new_tokens=MAX_NEW)
+    add_run(root, RUN, method="lora", base_model=tiny_model_dir,
+            adapter=_build_adapter(tiny_model_dir, root.parent / f"{root.name}-adapter"))
     return root
 
 

@@ -13,33 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from datagen import clean_examples, write_jsonl, write_project_file
+from datagen import add_run, sealed_project
 from fixtures.tiny_models import build_tiny_tokenizer
-from tunesmith.data.split import split_file
-from tunesmith.project import load_project
 
 MAX_NEW = 8
 
 
 def make_project(root: Path, model_dir: Path) -> Path:
-    write_project_file(root, model_dir, eval={"max_new_tokens": MAX_NEW})
-    write_jsonl(root / "data.jsonl", clean_examples(24))
-    split_file(root / "data.jsonl", root / "data" / "train.jsonl", root / "data" / "test.jsonl", test_fraction=0.25)
-    return root
-
-
-def add_run(root: Path, run_id: str, *, method: str, base_model: Path, adapter: Path | None = None,
-            model: Path | None = None, status: str = "completed", config: dict | None = None) -> Path:
-    registry = load_project(root).registry()
-    plan = {"settings": {"method": {"value": method, "source": "test", "why": "made by hand"}}, "derived": {}}
-    run_dir = registry.create_run(run_id, project_root=str(root), base_model=str(base_model), method=method,
-                                  config=config or {}, plan=plan, data={})
-    if adapter is not None:
-        shutil.copytree(adapter, run_dir / "adapter")
-    if model is not None:
-        shutil.copytree(model, run_dir / "model")
-    registry.set_status(run_id, status)
-    return run_dir
+    return sealed_project(root, model_dir, 24, max_new_tokens=MAX_NEW)
 
 
 def build_adapter(model_dir: Path, out: Path, *, seed: int = 0, scale: float = 0.3) -> Path:

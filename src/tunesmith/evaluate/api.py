@@ -99,10 +99,7 @@ def _check_engine(opts: EvalOptions) -> None:
     from tunesmith.errors import UsageError
     from tunesmith.inference.llamacpp_backend import check_engine
 
-    check_engine(opts.engine, opts.quant)
-    if opts.gguf_adapter and opts.engine != "llamacpp":
-        raise UsageError("--gguf-adapter only applies with --engine llamacpp",
-                         "add --engine llamacpp, or leave out --gguf-adapter")
+    check_engine(opts.engine, opts.quant, opts.gguf_adapter)
     if opts.engine == "llamacpp" and opts.constrained:
         raise UsageError("--constrained needs tunesmith's grammar mask, which --engine llamacpp does not have",
                          "leave out --constrained, or evaluate constrained with --engine transformers")

@@ -60,13 +60,12 @@ def resolve_subject(project: Project, ref: str, *, endpoint: str | None = None, 
     from tunesmith.evaluate.generate import EndpointBackend, LocalBackend
     from tunesmith.models.resolve import resolve_model
 
-    cache = cache_for(project)
-    if quant == "int8":
-        from tunesmith.inference.llamacpp_backend import check_engine
+    from tunesmith.inference.llamacpp_backend import check_engine
 
-        check_engine(engine, quant)
-    if engine != "transformers" or (quant is not None and quant != "int8") or gguf_adapter:
-        return _gguf_subject(project, ref, endpoint, engine, quant or "f16", say or (lambda _m: None), cache,
+    cache = cache_for(project)
+    check_engine(engine, quant, gguf_adapter)  # int8 is the transformers engine's, other quants GGUF types
+    if engine == "llamacpp":
+        return _gguf_subject(project, ref, endpoint, quant or "f16", say or (lambda _m: None), cache,
                              gguf_adapter=gguf_adapter)
     if endpoint is not None:
         if quant is not None:
@@ -121,14 +120,13 @@ def _transformers_subject(name: str, run_id: str | None, backend: Any, cache: An
     return Subject(name + engine_suffix(engine), run_id, CachedBackend(backend, cache), model_names, engine=engine)
 
 
-def _gguf_subject(project: Project, ref: str, endpoint: str | None, engine: str, quant: str, say: Say,
-                  cache: Any, *, gguf_adapter: bool = False) -> Subject:
+def _gguf_subject(project: Project, ref: str, endpoint: str | None, quant: str, say: Say, cache: Any, *,
+                  gguf_adapter: bool = False) -> Subject:
     """A run or the base model answering from its GGUF file through llama.cpp (`--engine llamacpp`); with
     `gguf_adapter`, a run answers from the base model's GGUF with its LoRA as a GGUF adapter."""
     from tunesmith.inference import llamacpp_backend as L
     from tunesmith.models.resolve import resolve_model
 
-    L.check_engine(engine, quant)
     if endpoint is not None:
         raise UsageError("--engine llamacpp evaluates a GGUF file on this machine, not an --endpoint",
                          "leave out --endpoint, or --engine")
@@ -186,8 +184,8 @@ def _llamacpp_subject(name: str, run_id: str | None, model_name: str, gguf: Path
     backend = LlamaCppBackend(gguf, tokenizer_dir, quant=quant, lora_path=lora)
     # stored under its own name: a run's scores (its model card, the gate, compare) stay the checkpoint's,
     # whichever engine answered last; the adapter path's apart from the merged file's
-    suffix = "+lora" if lora is not None else ""
-    return Subject(f"{name}@llamacpp-{quant}{suffix}", run_id, CachedBackend(backend, cache), [model_name],
+    suffix = engine_suffix({"engine": "llamacpp", "quant": quant}) + ("+lora" if lora is not None else "")
+    return Subject(f"{name}{suffix}", run_id, CachedBackend(backend, cache), [model_name],
                    engine=backend.describe())
 
 

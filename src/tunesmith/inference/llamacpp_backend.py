@@ -59,12 +59,15 @@ def require_llamacpp(what: str = "--engine llamacpp") -> Any:
     return llama_cpp
 
 
-def check_engine(engine: str, quant: str | None) -> None:
+def check_engine(engine: str, quant: str | None, gguf_adapter: bool = False) -> None:
     """UsageError for an unknown engine, or a --quant the engine does not have: int8 is the transformers
     engine's (`inference.int8`), every other quant a GGUF type for --engine llamacpp."""
     if engine not in ENGINES:
         raise UsageError(f"--engine {engine!r} is not an evaluation engine",
                          "use --engine transformers (default) or --engine llamacpp (the GGUF export)")
+    if gguf_adapter and engine != "llamacpp":
+        raise UsageError("--gguf-adapter only applies with --engine llamacpp",
+                         "add --engine llamacpp, or leave out --gguf-adapter")
     if quant == "int8":
         if engine != "transformers":
             raise UsageError("--quant int8 is the transformers engine's weight-only int8, not a GGUF type",
