@@ -131,6 +131,7 @@ class Row:
             cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
             # keep the smallest prefix whose probability reaches top_p (the top token always stays)
             drop = cumulative - torch.softmax(ordered, dim=-1) >= s.top_p
+            drop[0] = False  # top_p 0 (allowed by OpenAI) would drop every token: softmax of all -inf is nan
             ordered = ordered.masked_fill(drop, float("-inf"))
             scores = torch.full_like(scores, float("-inf")).scatter(0, index, ordered)
         probs = torch.softmax(scores, dim=-1)
