@@ -8,6 +8,9 @@ greedy decoding, stopping at its end-of-turn token or --max-new-tokens, through:
 
 * ``generate``          transformers ``model.generate``, fp32, one prompt at a time (the reference);
 * ``tunesmith-1``       tunesmith's decoding engine (`LocalBackend`'s `BatchDecoder`), one prompt at a time;
+* ``tunesmith-forward-1``, ``tunesmith-int8-forward-1``  the engine with every one-token step through the
+  model's own ``forward`` (``TUNESMITH_LEAN_DECODE=0``) instead of `inference.lean_step` (same logits):
+  side by side with ``tunesmith-1``, the cost of transformers' per-call Python;
 * ``tunesmith-batch``   the same engine, every prompt in one continuous batch;
 * ``tunesmith-lora-1``, ``tunesmith-lora-batch``  the same with a LoRA adapter (rank 16, every linear layer,
   random weights) applied by PEFT at every step, as a server that hot-swaps adapters runs it: against the
@@ -41,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "builtin:smollm2-135m-instruct"
-ENGINES = ("generate", "tunesmith-1", "tunesmith-batch", "tunesmith-lora-1", "tunesmith-lora-batch",
-           "tunesmith-int8-1", "tunesmith-int8-batch",
+ENGINES = ("generate", "tunesmith-1", "tunesmith-forward-1", "tunesmith-batch", "tunesmith-lora-1",
+           "tunesmith-lora-batch", "tunesmith-int8-1", "tunesmith-int8-forward-1", "tunesmith-int8-batch",
            "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_1")
 #: measured, not kept (see the module docstring); run only when named in --engines
 EXTRA_ENGINES = ("generate-static-compile",)
@@ -232,6 +235,8 @@ def run_one(engine: str, spec: dict[str, Any]) -> dict[str, Any]:
     elif engine == "generate-static-compile":
         out = _run_generate(model_dir, chats, max_new, compiled=True)
     elif engine.startswith("tunesmith"):
+        if "-forward" in engine:
+            os.environ["TUNESMITH_LEAN_DECODE"] = "0"
         out = _run_tunesmith(model_dir, chats, max_new, batched=engine.endswith("batch"),
                              quant="int8" if "-int8" in engine else None,
                              adapter=_random_adapter(model_dir) if "-lora" in engine else None)

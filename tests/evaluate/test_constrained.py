@@ -413,17 +413,3 @@ def test_a_contract_the_grammar_cannot_enforce(tmp_path, tiny_model_dir, one_tor
     assert "constrained" not in out["summary"]
     skipped = "eval.constrained: skipped, the output contract cannot be enforced"
     assert any(w.startswith(skipped) for w in out["warnings"])
-
-
-def test_a_llama_cpp_subject_is_said_to_be_decoded_by_llama_cpp_not_an_endpoint():
-    from types import SimpleNamespace
-
-    from tunesmith.evaluate.constrained import decoded_by, unconstrained_error
-
-    gguf = SimpleNamespace(name="r1@llamacpp-f16", engine={"engine": "llamacpp", "quant": "f16"})
-    remote = SimpleNamespace(name="endpoint:m", engine={"engine": "endpoint"})
-    assert (decoded_by(gguf), decoded_by(remote)) == ("llama.cpp", "an endpoint")
-    error = unconstrained_error(gguf)
-    assert error.message == ("r1@llamacpp-f16 cannot be evaluated constrained: llama.cpp decodes it, without "
-                             "tunesmith's grammar mask")
-    assert error.hint == "leave --constrained out, or evaluate with --engine transformers"

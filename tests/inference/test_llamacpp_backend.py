@@ -114,9 +114,6 @@ def test_baseline_with_llama_cpp_missing_says_how_to_install(project, monkeypatc
      "--quant int8 is the transformers engine's weight-only int8, not a GGUF type", "use --quant q8_0"),
     (["--engine", "llamacpp", "--quant", "q3_k"], "--quant 'q3_k' is not a GGUF type this engine evaluates",
      "q4_1 for the builtin"),
-    (["--engine", "llamacpp", "--constrained"],
-     "--constrained needs tunesmith's grammar mask, which --engine llamacpp does not have",
-     "--engine transformers"),
     (["--gguf-adapter"], "--gguf-adapter only applies with --engine llamacpp", "add --engine llamacpp"),
 ])
 def test_eval_flags_that_do_not_go_together(tmp_path, args, message, hint):
@@ -182,17 +179,6 @@ def test_a_missing_gguf_file_says_how_to_export_it(tmp_path, tiny_model_dir):
         L.LlamaCppBackend(tmp_path / "model-f16.gguf", tiny_model_dir, quant="f16")
     assert info.value.message == f"GGUF model not found: {tmp_path / 'model-f16.gguf'}"
     assert info.value.hint == "export it first: tunesmith export RUN --format gguf"
-
-
-def test_the_backend_refuses_a_grammar(base_exports, tiny_model_dir):
-    from tunesmith.inference.constraints import Constraint
-
-    backend = L.LlamaCppBackend(base_exports[0]["f16"], tiny_model_dir, quant="f16")
-    settings = DecodeSettings(max_new_tokens=4, constraint=Constraint.json_object())
-    with pytest.raises(ModelError) as info:
-        backend.generate([[{"role": "user", "content": "hi"}]], settings)
-    assert info.value.message == "--engine llamacpp cannot decode under the output contract's grammar"
-    assert "--engine transformers" in info.value.hint
 
 
 def test_serve_refuses_a_second_model(tmp_path):
@@ -353,6 +339,41 @@ def test_f16_export_answers_like_the_merged_model(parity_project):
 
 
 @needs_llamacpp
+def test_constrained_answers_are_masked_by_the_grammar_like_the_merged_models(parity_project):
+    """Under a JSON schema the tiny random model (which never writes JSON by itself) gives answers that
+    parse and follow it, token for token the ones the merged model gives under the same grammar through
+    the transformers engine; one whose budget runs out is steered closed ("length") and still parses."""
+    from tunesmith.evaluate.items import test_items
+    from tunesmith.inference.constraints import Constraint
+    from tunesmith.project import load_project
+
+    proj = load_project(parity_project)
+    chats = [it.chat for it in test_items(proj)][:8]
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "note": {"type": "string"}},
+              "required": ["name", "note"], "additionalProperties": False}
+    settings = DecodeSettings(max_new_tokens=12, constraint=Constraint.json_schema(schema))
+    reference, run = _merged_backend(parity_project)
+    want = reference.generate(chats, settings)
+    exported = L.LlamaCppBackend(L.run_gguf(proj, run, "f16", lambda _m: None), run.tokenizer_dir, quant="f16",
+                                 n_threads=1)
+    got = exported.generate(chats, settings)
+    for g in got:
+        assert set(json.loads(g.text)) == {"name", "note"}, g.text
+    assert "length" in {g.finish_reason for g in got}  # the closing steer ran
+    assert [(g.text, g.finish_reason) for g in got] == [(w.text, w.finish_reason) for w in want]
+    free = exported.generate(chats, DecodeSettings(max_new_tokens=12))
+    assert sum(_parses(g.text) for g in free) < len(free)  # without the grammar they do not all parse
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+@needs_llamacpp
 def test_q8_0_agreement_with_the_f16_file_is_reported(project, capsys):
     """Lossy: reported as k/n, not required. In a child process: llama-cpp-python 0.3.36 built on this
     machine crashed (SIGSEGV in llama_decode) on every Q8_0/Q4_1 file, the package's own included."""
@@ -429,9 +450,16 @@ def test_serve_engine_llamacpp_answers_like_the_backend(project):
         full = ([{"role": "system", "content": system}] if system else []) + chat
         assert text == state.engine.backend.generate([full], DecodeSettings(max_new_tokens=MAX_NEW))[0].text
         constrained = httpx.post(f"{server.url}/chat/completions", timeout=60,
-                                 json={"model": "tuned", "messages": chat, "response_format": {"type": "json_object"}})
-        assert constrained.status_code == 400, constrained.text
-        assert "cannot decode under a grammar" in constrained.json()["error"]["message"]
+                                 json={"model": "tuned", "messages": chat, "temperature": 0, "max_tokens": MAX_NEW,
+                                       "response_format": {"type": "json_object"}})
+        assert constrained.status_code == 200, constrained.text
+        assert isinstance(json.loads(constrained.json()["choices"][0]["message"]["content"]), dict)
+        schema = {"type": "object", "properties": {"tags": {"type": "array", "contains": {"const": "x"}}}}
+        unsupported = httpx.post(f"{server.url}/chat/completions", timeout=60, json={
+            "model": "tuned", "messages": chat,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+        assert unsupported.status_code == 400, unsupported.text
+        assert "contains cannot be enforced" in unsupported.json()["error"]["message"]
         refused = httpx.post(f"{server.url}/adapters", json={"name": "b", "source": RUN}, timeout=30)
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["message"].startswith("--engine llamacpp serves one model (tuned) and "

@@ -96,13 +96,9 @@ def _settings(project: Project, opts: EvalOptions, say: Say | None = None, subje
 
 def _check_engine(opts: EvalOptions) -> None:
     """Flags that cannot go together with the engine, before anything is loaded or exported."""
-    from tunesmith.errors import UsageError
     from tunesmith.inference.llamacpp_backend import check_engine
 
     check_engine(opts.engine, opts.quant, opts.gguf_adapter)
-    if opts.engine == "llamacpp" and opts.constrained:
-        raise UsageError("--constrained needs tunesmith's grammar mask, which --engine llamacpp does not have",
-                         "leave out --constrained, or evaluate constrained with --engine transformers")
 
 
 def _engines(subject: Any, base: Any) -> dict[str, Any]:
@@ -211,13 +207,13 @@ def _evaluate(project_dir: Path | str, ref: str, opts: EvalOptions, say: Say,
 def _constrainable(constraint: Any, subjects: list[Any], opts: EvalOptions, say: Say, warnings: list[str]) -> Any:
     """`constraint` when every subject can decode under it. Asked for with --constrained, a subject that
     cannot is an error; asked for by eval.constrained, a warning (a hosted run's eval still runs)."""
-    from tunesmith.evaluate.constrained import decoded_by, honours_constraint, unconstrained_error
+    from tunesmith.evaluate.constrained import honours_constraint, unconstrained_error
 
     for s in subjects:
         if not honours_constraint(s):
             if opts.constrained:
                 raise unconstrained_error(s)
-            message = f"eval.constrained: skipped, {s.name} answers through {decoded_by(s)} (no grammar mask there)"
+            message = f"eval.constrained: skipped, {s.name} answers through an endpoint (no grammar mask there)"
             warnings.append(message)
             say(f"warning: {message}")
             return None

@@ -56,15 +56,8 @@ def honours_constraint(subject: Any) -> bool:
     return bool(getattr(subject.backend, "honours_constraint", False))
 
 
-def decoded_by(subject: Any) -> str:
-    """Who decodes a subject that tunesmith's grammar mask cannot reach: llama.cpp or an endpoint."""
-    return "llama.cpp" if getattr(subject, "engine", {}).get("engine") == "llamacpp" else "an endpoint"
-
-
 def unconstrained_error(subject: Any) -> UsageError:
-    if decoded_by(subject) == "llama.cpp":
-        return UsageError(f"{subject.name} cannot be evaluated constrained: llama.cpp decodes it, without "
-                          "tunesmith's grammar mask", "leave --constrained out, or evaluate with --engine transformers")
+    """The one kind of subject tunesmith's grammar mask cannot reach: one answering through an endpoint."""
     return UsageError(f"{subject.name} cannot be evaluated constrained: it answers through an endpoint, "
                       "which decodes without tunesmith's grammar mask", ENDPOINT_HINT)
 

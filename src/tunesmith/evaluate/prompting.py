@@ -38,8 +38,7 @@ def prompting_variant(project: Project, subject: Any, test: list[EvalItem], sett
     elif constrained is None and project.baseline.constrained:  # the default: only where it can be done
         constraint = C.project_constraint(project)
         if constraint is not None and not C.honours_constraint(subject):
-            _warn(say, warnings, f"baseline.constrained: skipped, {subject.name} answers through "
-                  f"{C.decoded_by(subject)}")
+            _warn(say, warnings, f"baseline.constrained: skipped, {subject.name} answers through an endpoint")
             constraint = None
     if constraint is None and k <= 0:
         return None

@@ -15,6 +15,8 @@ batch; a finished row leaves at once, so a short answer never waits for a long o
 with its own generator and applies its own grammar mask (`grammar.mask_batch`: constrained and free
 rows share a batch), so an answer is the one the same request gets alone. Greedy answers equal plain
 ``model.generate`` one prompt at a time, token for token (tests and ``benchmarks/eval_generation.py``).
+One-token steps of a plain Llama/Mistral/Qwen2 model (no PEFT adapters: the base, a merged run, int8) go
+through `lean_step.LeanStep`, the forward's own ops without its Python plumbing: the same logits, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from tunesmith.errors import ModelError, TunesmithError
 from tunesmith.inference.kv_cache import new_cache, plain_layers
+from tunesmith.inference.lean_step import LeanStep
 from tunesmith.inference.loading import accepts, free_memory, is_oom
 from tunesmith.inference.prefix import PrefixStore
 from tunesmith.inference.rows import BASE_ROW, Event, Finished, Job, Row, Sampling, dropped
@@ -80,6 +83,7 @@ class BatchDecoder:
         self.config = inner.config
         self.cache_kwarg = "cache" if accepts(inner.forward, "cache") else "past_key_values"
         self.keep_logits = accepts(inner.forward, "logits_to_keep")
+        self.lean = LeanStep.for_model(model)  # one-token steps without the forward's Python (same logits)
         self.prefixes.clear()
 
     @property
@@ -111,6 +115,8 @@ class BatchDecoder:
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str]) -> Any:
         import torch
 
+        if self.lean is not None and ids.shape[-1] == 1:
+            return self.lean(ids, mask, positions, cache)
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, self.cache_kwarg: cache,
                                   "use_cache": True, "return_dict": True, "position_ids": positions}
         if self.keep_logits:

@@ -9,6 +9,13 @@ stop strings, token limit and contract watch as the transformers engine, decoded
 Greedy is temperature 0 (llama.cpp's greedy sampler); otherwise temperature + top-p, no top-k, min-p or
 repetition penalty, as `DecodeSettings` means them.
 
+A constrained answer (`eval --constrained`, `baseline`'s constrained pass, a server's ``response_format``)
+is decoded under tunesmith's own grammar engine (`inference.grammar`), not llama.cpp's GBNF: each step
+feeds one token to llama.cpp, masks its logits with the row's grammar state (and steers a row at the end of
+its budget to close, `inference.closing`), and picks the token as the transformers engine does. So a
+constraint means the same thing on either engine, and a schema the grammar engine cannot enforce is
+refused the same way.
+
 `LlamaCppEngine` puts one such model behind `tunesmith serve --engine llamacpp` (one model per server).
 """
 
@@ -127,8 +134,8 @@ class LlamaCppBackend:
     engine = "llamacpp"
     #: answers are cut once they break `DecodeSettings.contract` (the engine's `Row` watches them)
     honours_contract = True
-    #: no grammar mask here: llama.cpp's GBNF differs from tunesmith's grammar engine
-    honours_constraint = False
+    #: constrained answers are masked by tunesmith's grammar engine, step by step (see `constrained_answer`)
+    honours_constraint = True
 
     def __init__(self, gguf_path: Path | str, tokenizer_dir: Path | str, *, quant: str,
                  lora_path: Path | str | None = None, n_threads: int | None = None) -> None:
@@ -148,6 +155,8 @@ class LlamaCppBackend:
         self._llm: Any = None
         self._n_ctx = 0
         self._lock = threading.Lock()
+        self._grammar: Any = None
+        self._bias: Any = None
 
     def _fingerprint(self) -> str:
         parts: list[str | bytes] = ["llamacpp", self.quant, self.sha256, _package_version()]
@@ -171,6 +180,23 @@ class LlamaCppBackend:
 
             self._tokenizer = tokenizer_in(self.tokenizer_dir)
         return self._tokenizer
+
+    def grammar(self, llm: Any) -> Any:
+        """The grammar compiler for this tokenizer and the model's logits width (built on first use)."""
+        if self._grammar is None:
+            from tunesmith.inference.grammar import GrammarCompiler
+            from tunesmith.models.chat import end_of_turn_ids
+
+            self._grammar = GrammarCompiler(self.tokenizer, int(llm.n_vocab()), end_of_turn_ids(self.tokenizer))
+        return self._grammar
+
+    def closing_bias(self, llm: Any) -> Any:
+        if self._bias is None:
+            from tunesmith.inference.closing import ClosingBias
+            from tunesmith.models.chat import end_of_turn_ids
+
+            self._bias = ClosingBias(self.tokenizer, int(llm.n_vocab()), sorted(end_of_turn_ids(self.tokenizer)), "cpu")
+        return self._bias
 
     def llama(self, n_ctx: int) -> Any:
         """The loaded `llama_cpp.Llama`, with room for `n_ctx` tokens (reloaded when it has less)."""
@@ -201,18 +227,19 @@ class LlamaCppBackend:
         if not chats:
             return []
         check_settings(settings)
-        if settings.constraint is not None:
-            raise ModelError("--engine llamacpp cannot decode under the output contract's grammar",
-                             "leave --constrained out, or use --engine transformers for constrained answers")
         prompts = prompt_ids(self.tokenizer, chats)
-        llm = self.llama(max(len(p) for p in prompts) + settings.max_new_tokens)
+        from tunesmith.inference.local import CLOSE_WITHIN
+
+        close_within = CLOSE_WITHIN if settings.constraint is not None else 0
+        llm = self.llama(max(len(p) for p in prompts) + settings.max_new_tokens + close_within)
         contract = settings.contract if settings.contract is not None and settings.contract.active else None
         sampling = Sampling(max_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                            top_p=settings.top_p, seed=settings.seed, stop=tuple(settings.stop), contract=contract)
+                            top_p=settings.top_p, seed=settings.seed, stop=tuple(settings.stop), contract=contract,
+                            constraint=settings.constraint, close_within=close_within)
         eot = end_of_turn_ids(self.tokenizer)
         collector = Results(len(chats), progress, on_result)
         for index, ids in enumerate(prompts):
-            done = answer(llm, ids, sampling, eot, self.tokenizer)
+            done = answer(llm, ids, sampling, eot, self.tokenizer, backend=self)
             if done is None:  # the token stream ended before the row did (llama.cpp's context ran out)
                 raise ModelError(f"llama.cpp stopped before answer {index + 1} ended ({len(ids)} prompt tokens, "
                                  f"context {llm.n_ctx()})", "lower max_new_tokens, or evaluate with --engine "
@@ -222,19 +249,28 @@ class LlamaCppBackend:
 
 
 def answer(llm: Any, ids: list[int], sampling: Any, eot: set[int], tokenizer: Any,
-           job: Any = None) -> Any:
+           job: Any = None, *, backend: LlamaCppBackend | None = None) -> Any:
     """Decode one prompt to its end through the engine's `Row` (stops, limit, contract watch, streaming);
-    the `Finished` answer, or None when `job` was cancelled."""
+    the `Finished` answer, or None when `job` was cancelled. A constrained one (`sampling.constraint`)
+    needs `backend`, whose grammar compiler masks every step."""
     from tunesmith.inference.rows import SAMPLING_EPS, Finished, Job, Row
 
     finished: list[Finished] = []
     if job is None:
         job = Job(list(ids), None, sampling, lambda e: finished.append(e[1]) if e[0] == "done" else None,
                   stream=False)
-    row = Row(job, eot, tokenizer, "cpu")
     # a fresh context per prompt: llama.cpp's prefix reuse would make an answer depend on the prompt
     # before it (another batch shape in the prefill), and cached answers must not
     llm.reset()
+    if sampling.constraint is not None:
+        if backend is None:  # pragma: no cover - every caller passes it
+            raise ValueError("a constrained answer needs the backend's grammar compiler")
+        matcher = backend.grammar(llm).compile(sampling.constraint).matcher()
+        row = Row(job, eot, tokenizer, "cpu", matcher)
+        if not constrained_answer(llm, ids, row, backend):
+            return None
+        return finished[0] if finished else None
+    row = Row(job, eot, tokenizer, "cpu")
     greedy = sampling.temperature < SAMPLING_EPS
     if sampling.seed is not None:
         llm.set_seed(int(sampling.seed))
@@ -250,6 +286,40 @@ def answer(llm: Any, ids: list[int], sampling: Any, eot: set[int], tokenizer: An
     finally:
         tokens.close()
     return finished[0] if finished else None
+
+
+def constrained_answer(llm: Any, ids: list[int], row: Any, backend: LlamaCppBackend) -> bool:
+    """Decode `row` under its grammar one token at a time: llama.cpp computes the logits, tunesmith masks
+    them (`grammar.mask_batch`), steers a row at the end of its budget to close (`closing.ClosingBias`) and
+    picks the token (`Row.sample`: greedy is the argmax, as llama.cpp's greedy sampler). False when the
+    job was cancelled."""
+    import numpy as np
+    import torch
+
+    llama_cpp = require_llamacpp()
+    from tunesmith.inference.grammar import mask_batch
+
+    n_vocab = int(llm.n_vocab())
+    eot = sorted(row.eot)
+    feed = list(ids)
+    while True:
+        if row.job.cancelled.is_set():
+            return False
+        llm.eval(feed)
+        raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+        logits = torch.from_numpy(raw.copy())[None, :]
+        if len(row.tokens) < row.job.sampling.min_tokens and eot:
+            logits[0, eot] = float("-inf")
+        if not mask_batch(logits, [row.matcher])[0]:
+            row.finish_now("grammar")
+            return True
+        if row.closing:
+            logits[0] += backend.closing_bias(llm).for_row(row)
+            row.steered = True
+        token = row.sample(logits[0])
+        if row.accept(token):
+            return True
+        feed = [token]
 
 
 # -- which GGUF file answers ---------------------------------------------------------------------------
@@ -343,8 +413,8 @@ def _export_checkpoint(checkpoint: Path, target: Path, quant: str, *, name: str,
 
 class LlamaCppEngine:
     """`inference.worker.Engine`'s interface over one llama.cpp model, for `tunesmith serve --engine llamacpp`:
-    jobs are answered one at a time on a worker thread (llama.cpp decodes one sequence here); adapter
-    loading is refused (one model per server)."""
+    jobs are answered one at a time on a worker thread (llama.cpp decodes one sequence here), a
+    ``response_format`` under tunesmith's grammar engine; adapter loading is refused (one model per server)."""
 
     def __init__(self, backend: LlamaCppBackend, n_ctx: int, refusal: Callable[[], TunesmithError]) -> None:
         from tunesmith.models.chat import end_of_turn_ids
@@ -363,7 +433,8 @@ class LlamaCppEngine:
 
     @property
     def grammar(self) -> Any:
-        raise ModelError("--engine llamacpp has no grammar engine", "use --engine transformers")
+        """The grammar compiler ``response_format`` requests are checked against and decoded under."""
+        return self.backend.grammar(self.llm)
 
     def submit(self, job: Any) -> None:
         from tunesmith.inference.worker import EngineClosed
@@ -410,7 +481,8 @@ class LlamaCppEngine:
                 continue
             try:
                 self.peak_batch = 1
-                if answer(self.llm, job.prompt_ids, job.sampling, self.eot, self.backend.tokenizer, job) is None \
+                if answer(self.llm, job.prompt_ids, job.sampling, self.eot, self.backend.tokenizer, job,
+                          backend=self.backend) is None \
                         and not job.done:
                     dropped(job)
             except Exception as exc:  # noqa: BLE001 - a failing request must not kill the server

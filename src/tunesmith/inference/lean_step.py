@@ -1,0 +1,193 @@
+"""One decoding step of a Llama-family model without transformers' per-call machinery.
+
+Decoding one token of a small model on a CPU is a few dozen small matrix-vector products and some 750
+tiny tensor ops. At that size the model's own ``forward`` spends about as long in Python as in the
+ops: output-capturing decorators, keyword plumbing through every layer, deprecation wrappers, module
+hooks and output dataclasses. On SmolLM2-135M a decoding step took 140 ms through ``model(...)`` and
+76 ms here, same tokens (`benchmarks/decode_speed.py` has the side-by-side rows).
+
+`LeanStep` runs the very ops the model's forward runs, in the same order, on the same modules: the
+model's mask builder, rotary embedding, norms, projections (an `Int8Linear` too), rotary function and
+attention function. So its logits are bitwise those of ``model(...)`` (tested for each architecture
+below, batched with left padding), and an answer stays the one ``model.generate`` gives. Prompts are
+still prefilled by the model's own forward; only the one-token steps come here.
+
+Taken only where that equality is known to hold: causal LMs of the Llama, Mistral and Qwen2 classes with
+full attention in every layer, eager or SDPA attention, no accelerate hooks (offloading), and no PEFT
+adapters (PEFT applies them through its own layers; a merged adapter is a plain model). Anything else
+keeps the model's forward. ``TUNESMITH_LEAN_DECODE=0`` turns it off (for side-by-side measurements).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from tunesmith.inference.loading import accepts
+
+#: the causal LM classes whose decoder layer this step reproduces op for op
+SUPPORTED = {
+    "LlamaForCausalLM": "LlamaDecoderLayer",
+    "MistralForCausalLM": "MistralDecoderLayer",
+    "Qwen2ForCausalLM": "Qwen2DecoderLayer",
+}
+
+
+def lean_enabled() -> bool:
+    return os.environ.get("TUNESMITH_LEAN_DECODE", "1") != "0"
+
+
+def why_not(model: Any) -> str | None:
+    """Why `model` must keep its own forward for decoding steps; None when `LeanStep` reproduces it."""
+    if not lean_enabled():
+        return "TUNESMITH_LEAN_DECODE=0"
+    if getattr(model, "peft_config", None):
+        return "PEFT adapters are applied by PEFT's layers"
+    name = type(model).__name__
+    if name not in SUPPORTED:
+        return f"{name} is not one of {', '.join(sorted(SUPPORTED))}"
+    config = model.config
+    inner = getattr(model, "model", None)
+    layers = list(getattr(inner, "layers", None) or [])
+    if len(layers) != config.num_hidden_layers or any(type(l).__name__ != SUPPORTED[name] for l in layers):
+        return "its decoder layers are not the stock ones"
+    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or ())):
+        return "some layers use sliding-window attention"
+    if name == "MistralForCausalLM" and getattr(config, "sliding_window", None) is not None:
+        return "Mistral's sliding-window mask"
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return f"attention implementation {config._attn_implementation!r}"
+    if any(hasattr(m, "_hf_hook") for m in model.modules()):
+        return "accelerate hooks (offloaded weights)"
+    return None
+
+
+class _Projection:
+    """Calls one `nn.Linear` or `Int8Linear` (or several fused along their outputs) as its forward does,
+    without the module call. Only int8 projections are fused: `_weight_int8pack_mm` computes every output
+    row on its own (one scale per row), so fused outputs are the separate ones bit for bit (tested), and
+    one call costs less than three. Float32 GEMMs promise no such thing, so they stay one per module."""
+
+    def __init__(self, modules: list[Any]) -> None:
+        import torch
+
+        self.int8 = all(hasattr(m, "weight_int8") for m in modules)
+        if self.int8:
+            weight = torch.cat([m.weight_int8 for m in modules]).contiguous()
+            scales = torch.cat([m.scales for m in modules]).contiguous()
+            start = 0
+            for m in modules:  # the modules' own buffers become views of the fused ones: no second copy
+                n = m.weight_int8.shape[0]
+                m.weight_int8, m.scales = weight[start:start + n], scales[start:start + n]
+                start += n
+            self.weight, self.scales = weight, scales
+            self.sizes = [m.out_features for m in modules]
+            biases = [m.bias for m in modules]
+            self.bias = None if all(b is None for b in biases) else torch.cat(
+                [b if b is not None else torch.zeros(n, dtype=torch.float32, device=weight.device)
+                 for b, n in zip(biases, self.sizes)])
+            self.linears: list[tuple[Any, Any]] = []
+        else:
+            self.linears = [(m.weight, m.bias) for m in modules]
+
+    def __call__(self, x: Any) -> list[Any]:
+        import torch
+        import torch.nn.functional as F
+
+        if not self.int8:
+            return [F.linear(x, weight, bias) for weight, bias in self.linears]
+        # Int8Linear.forward, for the fused rows
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        y = torch._weight_int8pack_mm(flat, self.weight, self.scales).to(x.dtype)
+        y = y.reshape(*x.shape[:-1], y.shape[-1])
+        if self.bias is not None:
+            y = y + self.bias
+        return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
+
+
+class _Layer:
+    """One decoder layer's tensors and callables, looked up once."""
+
+    def __init__(self, layer: Any) -> None:
+        import torch.nn.functional as F
+
+        attn, mlp = layer.self_attn, layer.mlp
+        self.attn = attn
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.norm1 = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        self.norm2 = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        self.qkv = _Projection([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.o = _Projection([attn.o_proj])
+        self.gate_up = _Projection([mlp.gate_proj, mlp.up_proj])
+        self.down = _Projection([mlp.down_proj])
+        act = mlp.act_fn
+        self.act = F.silu if type(act).__name__ in ("SiLUActivation", "SiLU") else act
+
+
+def _rms_norm(hidden: Any, weight: Any, eps: float) -> Any:
+    # LlamaRMSNorm.forward (Mistral's and Qwen2's are the same)
+    import torch
+
+    dtype = hidden.dtype
+    hidden = hidden.to(torch.float32)
+    variance = hidden.pow(2).mean(-1, keepdim=True)
+    hidden = hidden * torch.rsqrt(variance + eps)
+    return weight * hidden.to(dtype)
+
+
+class LeanStep:
+    """Decoding steps for one supported model (see `why_not`)."""
+
+    def __init__(self, model: Any) -> None:
+        from transformers import masking_utils
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        self.config = model.config
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.norm = (inner.norm.weight, inner.norm.variance_epsilon)
+        self.head = model.get_output_embeddings()
+        self.layers = [_Layer(layer) for layer in inner.layers]
+        modeling = sys.modules[type(inner.layers[0]).__module__]
+        self.rotate = modeling.apply_rotary_pos_emb
+        impl = self.config._attn_implementation
+        self.attention = (modeling.eager_attention_forward if impl == "eager"
+                          else ALL_ATTENTION_FUNCTIONS.get_interface(impl, modeling.eager_attention_forward))
+        self.make_mask = masking_utils.create_causal_mask
+        self.cache_kwarg = "cache" if accepts(self.make_mask, "cache") else "past_key_values"
+
+    @classmethod
+    def for_model(cls, model: Any) -> LeanStep | None:
+        return cls(model) if why_not(model) is None else None
+
+    def __call__(self, ids: Any, attention_mask: Any, positions: Any, cache: Any) -> Any:
+        """float32 logits [rows, vocab] for each row's one new token; `cache` gains its keys/values."""
+        import torch
+
+        hidden = self.embed(ids)
+        mask = self.make_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                              position_ids=positions, **{self.cache_kwarg: cache})
+        cos, sin = self.rotary(hidden, position_ids=positions)
+        for index, layer in enumerate(self.layers):
+            hidden = self._layer(layer, index, hidden, mask, cos, sin, cache)
+        hidden = _rms_norm(hidden, *self.norm)
+        return self.head(hidden[:, -1:, :])[:, -1, :].to(dtype=torch.float32, copy=True)
+
+    def _layer(self, layer: _Layer, index: int, hidden: Any, mask: Any, cos: Any, sin: Any, cache: Any) -> Any:
+        # LlamaDecoderLayer.forward, LlamaAttention.forward and LlamaMLP.forward, inlined (Mistral's and
+        # Qwen2's are the same ops; their sliding-window argument is None under full attention)
+        residual = hidden
+        x = _rms_norm(hidden, *layer.norm1)
+        shape = (*x.shape[:-1], -1, layer.head_dim)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in layer.qkv(x))
+        q, k = self.rotate(q, k, cos, sin)
+        k, v = cache.update(k, v, index)
+        out, _ = self.attention(layer.attn, q, k, v, mask, dropout=0.0, scaling=layer.scaling, sliding_window=None)
+        out = out.reshape(*x.shape[:-1], -1).contiguous()
+        hidden = residual + layer.o(out)[0]
+        residual = hidden
+        x = _rms_norm(hidden, *layer.norm2)
+        gate, up = layer.gate_up(x)
+        return residual + layer.down(layer.act(gate) * up)[0]

@@ -1,0 +1,137 @@
+"""The lean decoding step gives bitwise the logits of the model's own forward, and is taken only where it does."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunesmith.inference.lean_step import LeanStep, why_not
+
+VOCAB = 300
+
+
+def _model(kind: str, attn: str = "sdpa", dtype: str = "float32"):
+    import torch
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
+
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  attn_implementation=attn)
+    torch.manual_seed(7)
+    if kind == "llama":  # grouped-query attention, biases, llama3 rope scaling
+        config = LlamaConfig(**common, attention_bias=True, mlp_bias=True,
+                             rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                              "original_max_position_embeddings": 64})
+        model = LlamaForCausalLM(config)
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=False))
+    else:
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=None))
+    with torch.no_grad():  # random init is near zero: scale up so that the logits spread and any slip shows
+        for p in model.parameters():
+            p.mul_(8.0 if p.dim() == 1 else 1.0)
+    return model.to(getattr(torch, dtype)).eval()
+
+
+def _steps_side_by_side(model, steps: int = 6) -> None:
+    """Prefill 3 left-padded prompts into two identical caches, then decode `steps` tokens with the
+    model's forward on one and LeanStep on the other: every step's logits equal, bit for bit."""
+    import torch
+
+    from tunesmith.inference.kv_cache import new_cache
+
+    lean = LeanStep.for_model(model)
+    assert lean is not None, why_not(model)
+    gen = torch.Generator().manual_seed(3)
+    lengths = [9, 4, 6]
+    width = max(lengths)
+    ids = torch.randint(0, VOCAB, (3, width), generator=gen)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, width - n:] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ours, theirs = new_cache(model.config, 64), new_cache(model.config, 64)
+    with torch.inference_mode():
+        for cache in (ours, theirs):
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        last = positions[:, -1:]
+        token = torch.randint(0, VOCAB, (3, 1), generator=gen)
+        for _ in range(steps):
+            mask = torch.cat([mask, mask.new_ones((3, 1))], dim=-1)
+            last = last + 1
+            expected = model(input_ids=token, attention_mask=mask, position_ids=last, past_key_values=theirs,
+                             use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
+            got = lean(token, mask, last, ours)
+            assert torch.equal(got, expected), (got - expected).abs().max()
+            token = expected.argmax(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("kind,attn,dtype", [("llama", "sdpa", "float32"), ("llama", "eager", "float32"),
+                                             ("llama", "sdpa", "bfloat16"), ("qwen2", "sdpa", "float32"),
+                                             ("mistral", "sdpa", "float32")])
+def test_lean_steps_give_the_forwards_logits_bit_for_bit(kind, attn, dtype):
+    _steps_side_by_side(_model(kind, attn, dtype))
+
+
+def test_lean_steps_of_an_int8_model_give_its_forwards_logits():
+    """int8 projections are fused (q/k/v, gate/up) into one kernel call: still bit for bit, and the
+    modules' weights become views of the fused ones rather than a second copy."""
+    from tunesmith.inference.int8 import int8_available, quantize_int8
+
+    if not int8_available():
+        pytest.skip("this torch has no int8 weight-only kernel")
+    model = quantize_int8(_model("llama"), "cpu")
+    _steps_side_by_side(model)
+    attn = model.model.layers[0].self_attn
+    fused = attn.q_proj.weight_int8.untyped_storage().data_ptr()
+    assert attn.k_proj.weight_int8.untyped_storage().data_ptr() == fused
+
+
+def test_models_the_lean_step_does_not_reproduce_keep_their_forward(monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
+
+    assert "PEFT" in why_not(get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj"])))
+    sliding = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
+                                               num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                               sliding_window=16))
+    assert "sliding" in why_not(sliding)
+    assert "GPT2LMHeadModel is not one of" in why_not(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2)))
+    model = _model("llama")
+    model.model.layers[0] = torch.nn.Identity()
+    assert "not the stock ones" in why_not(model)
+    monkeypatch.setenv("TUNESMITH_LEAN_DECODE", "0")
+    assert why_not(_model("qwen2")) == "TUNESMITH_LEAN_DECODE=0"
+
+
+def test_the_engine_answers_the_same_with_and_without_the_lean_step(serve_base, monkeypatch):
+    """The engine takes the lean step for the tiny Llama, batched rows joining and leaving, and every
+    greedy answer is the one the model's forward gives."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.inference.engine import BatchDecoder, Job, Sampling, decode_all
+    from tunesmith.models.chat import prompt_ids
+    from tunesmith.models.resolve import load_tokenizer
+
+    tok = load_tokenizer(str(serve_base))
+    model = AutoModelForCausalLM.from_pretrained(str(serve_base), dtype=torch.float32).eval()
+    prompts = prompt_ids(tok, [[{"role": "user", "content": t}] for t in
+                               ["a short one", "a much longer prompt " * 5, "mid length prompt", "x", "why"]])
+
+    def answers(lean: bool) -> list[str]:
+        monkeypatch.setenv("TUNESMITH_LEAN_DECODE", "1" if lean else "0")
+        decoder = BatchDecoder(model, tok, max_batch=3)
+        assert (decoder.lean is not None) is lean
+        done: dict[int, str] = {}
+        jobs = [Job(p, None, Sampling(max_tokens=12 + 5 * i, temperature=0),
+                    lambda e, i=i: done.__setitem__(i, e[1].text) if e[0] == "done" else None)
+                for i, p in enumerate(prompts)]
+        decode_all(decoder, jobs, refill=1)
+        return [done[i] for i in range(len(prompts))]
+
+    lean = answers(True)
+    assert lean == answers(False)
+    assert len(set(lean)) > 1  # the answers differ from prompt to prompt: a slip would show
