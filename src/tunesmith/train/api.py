@@ -32,12 +32,13 @@ class TrainOutcome:
 
 def estimate_step_seconds(prep: Prepared, steps: int = 3) -> float:
     """Time a few real optimizer-free training steps (not a guess) on a median-length and a long batch,
-    and scale the cost per padded token to the micro-batches the run will really see: the Trainer's
-    length-grouped sampler, padding to a multiple of 8, rows longer than the median costing more per
+    and scale the cost per padded token to the micro-batches the run will really see (`batching`: the
+    sampler's length buckets, the collator's padding), rows longer than the median costing more per
     token (attention). Measured: a median batch alone underestimated a demo step by ~30 %."""
     import numpy as np
     import torch
 
+    from tunesmith.train.batching import pad_multiple, padded_lengths
     from tunesmith.train.local import build_model
     from tunesmith.train.trainer import PadCollator, selective_lm_loss
 
@@ -46,7 +47,7 @@ def estimate_step_seconds(prep: Prepared, steps: int = 3) -> float:
     rows = sorted(prep.train.rows, key=lambda r: len(r.enc.input_ids))
     size = prep.plan["batch_size"]
     pad = prep.tokenizer.pad_token_id if prep.tokenizer.pad_token_id is not None else prep.tokenizer.eos_token_id
-    collate = PadCollator(pad)
+    collate = PadCollator(pad, pad_multiple(prep.device.kind))
     use_bf16 = prep.plan["precision"] == "bf16" and prep.device.kind == "cpu"
 
     def per_token(at: int) -> tuple[float, float]:
@@ -66,7 +67,8 @@ def estimate_step_seconds(prep: Prepared, steps: int = 3) -> float:
         return median / batch["input_ids"].numel(), float(batch["input_ids"].shape[1])
 
     (cost_mid, len_mid), (cost_long, len_long) = per_token(len(rows) // 2), per_token(int(len(rows) * 0.9))
-    padded = _padded_batch_lengths([len(r.enc.input_ids) for r in prep.train.rows], size, prep.plan["seed"])
+    padded = padded_lengths([len(r.enc.input_ids) for r in prep.train.rows], size, prep.plan["seed"],
+                            pad_multiple(prep.device.kind)) or [1]
     slope = (cost_long - cost_mid) / (len_long - len_mid) if len_long > len_mid else 0.0
     micro = float(np.mean([n * size * max(cost_mid, cost_mid + slope * (n - len_mid)) for n in padded]))
     return micro * prep.plan.derived["gradient_accumulation"] * TRAINER_OVERHEAD
@@ -76,19 +78,6 @@ def estimate_step_seconds(prep: Prepared, steps: int = 3) -> float:
 #: allocator churn): on the demo, fp32, 2-core Xeon, real steps took 1.23x and 1.0x the step measured
 #: alone in two runs (a 2-core VM's measurement moves by ~20 %)
 TRAINER_OVERHEAD = 1.1
-
-
-def _padded_batch_lengths(lengths: list[int], batch_size: int, seed: int, multiple: int = 8) -> list[int]:
-    """The padded length of every micro-batch of an epoch, batched as the Trainer's length-grouped sampler does."""
-    import torch
-    from transformers.trainer_pt_utils import get_length_grouped_indices
-
-    order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
-    out = []
-    for i in range(0, len(order), batch_size):
-        longest = max(lengths[j] for j in order[i:i + batch_size])
-        out.append(-(-longest // multiple) * multiple)
-    return out or [multiple]
 
 
 def _disk_estimate(prep: Prepared) -> dict[str, float]:

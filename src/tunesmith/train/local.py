@@ -245,6 +245,7 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
     """Train (or, with `resume`, continue from the last complete checkpoint); `started_with`: the processes
     the run was started with, whose files a complete checkpoint has."""
     from tunesmith.train.callbacks import OverfitGuard, StepLog, TrainProgress, json_emitter
+    from tunesmith.train.batching import pad_multiple
     from tunesmith.train.trainer import PadCollator, TunesmithTrainer
 
     plan = prep.plan
@@ -267,7 +268,7 @@ def run_training(prep: Prepared, run_dir: Path, *, resume: bool = False, json_ev
         model=model, args=args, train_dataset=_rows(prep.train),
         # in length order: evaluation batches are padded to their longest row, and their order does not matter
         eval_dataset=sorted(_rows(prep.eval), key=lambda r: len(r["input_ids"])) or None,
-        data_collator=PadCollator(pad_id), processing_class=prep.tokenizer,
+        data_collator=PadCollator(pad_id, pad_multiple(prep.device.kind)), processing_class=prep.tokenizer,
         callbacks=[StepLog(run_dir / "steps.jsonl", forward, tokens_per_step), guard, *([converge] if converge else []),
                    bar, *_tensorboard(run_dir)],
     )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tunesmith.errors import UsageError
+from tunesmith.train.batching import pad_multiple, padding_share
 from tunesmith.train.device import DeviceInfo
 
 #: examples x epochs stays within this range (OpenAI's auto epochs do the same)
@@ -411,19 +412,13 @@ def make_plan(inputs: PlanInputs) -> TrainPlan:
     memory = choose_memory(choose, inputs, method)
     truncated = int((lengths > choose.settings["max_length"].value).sum())
     tokens = int(np.minimum(lengths, choose.settings["max_length"].value).sum())
-    padding_waste = _padding_waste(lengths, per_device)
+    padding_waste = padding_share([int(n) for n in np.minimum(lengths, choose.settings["max_length"].value)],
+                                  per_device, pad_multiple(dev.kind))
     return TrainPlan(choose.settings, {
         "examples": n, "train_examples": n_train, "eval_examples": n_eval,
         "gradient_accumulation": grad_accum, "processes": world, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "tokens_per_epoch": tokens, "rows_truncated": truncated, "p99_tokens": p99,
-        "batching": f"length-grouped batches, no packing (padding {padding_waste:.0%} of tokens)",
+        "batching": f"length-bucketed batches, no packing (padding {padding_waste:.1%} of tokens)",
         "device": dev.describe(), "layers_total": inputs.n_layers,
         **({"memory_gb": memory} if memory else {}),
     })
-
-
-def _padding_waste(lengths: np.ndarray, batch: int) -> float:
-    """Share of padded tokens when batches hold examples of similar length."""
-    s = np.sort(lengths)
-    padded = sum(int(s[i : i + batch].max()) * len(s[i : i + batch]) for i in range(0, len(s), batch))
-    return 1 - s.sum() / padded if padded else 0.0

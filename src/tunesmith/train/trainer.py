@@ -113,6 +113,16 @@ class TunesmithTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self.answer_match = AnswerMatch()
 
+    def _get_train_sampler(self, train_dataset=None):
+        # rows of near-equal length per micro-batch, sorted over many batches (`batching`); other strategies
+        # (train.extra's train_sampling_strategy) are the Trainer's own
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        from tunesmith.train.batching import LengthBucketSampler
+
+        return LengthBucketSampler([len(r["input_ids"]) for r in dataset], self.args.per_device_train_batch_size)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # accelerate applies mixed precision by wrapping model.forward; this loss calls the decoder and
         # the head directly, so it must enter the autocast context itself (bf16 on capable CPUs/GPUs).
