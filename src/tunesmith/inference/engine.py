@@ -31,7 +31,7 @@ from tunesmith.inference.kv_cache import new_cache, plain_layers
 from tunesmith.inference.lean_step import LeanStep
 from tunesmith.inference.loading import accepts, free_memory, is_oom
 from tunesmith.inference.prefix import PrefixStore
-from tunesmith.inference.rows import BASE_ROW, Event, Finished, Job, Row, Sampling, dropped
+from tunesmith.inference.rows import BASE_ROW, Event, Finished, Job, Row, Sampling, dropped, steer
 
 __all__ = ["BASE_ROW", "BatchDecoder", "Event", "Finished", "Job", "Sampling", "decode_all"]
 
@@ -237,19 +237,7 @@ class BatchDecoder:
         """Each row's next token from its logits (min_tokens, grammar, sampling); whether it finished."""
         import torch
 
-        if self._eot_index:
-            for j, row in enumerate(rows):  # rows that have not reached their min_tokens cannot end yet
-                if len(row.tokens) < row.job.sampling.min_tokens:
-                    logits[j, self._eot_index] = float("-inf")
-        allowed = [True] * len(rows)
-        if any(r.matcher is not None for r in rows):
-            from tunesmith.inference.grammar import mask_batch
-
-            allowed = mask_batch(logits, [r.matcher for r in rows])
-            for j, row in enumerate(rows):
-                if row.closing:
-                    logits[j] += self._closing_bias(row)
-                    row.steered = True
+        allowed = steer(logits, rows, self._eot_index, self._closing_bias)
         greedy = torch.argmax(logits, dim=-1).tolist()
         finished = []
         for j, row in enumerate(rows):

@@ -290,17 +290,17 @@ def answer(llm: Any, ids: list[int], sampling: Any, eot: set[int], tokenizer: An
 
 def constrained_answer(llm: Any, ids: list[int], row: Any, backend: LlamaCppBackend) -> bool:
     """Decode `row` under its grammar one token at a time: llama.cpp computes the logits, tunesmith masks
-    them (`grammar.mask_batch`), steers a row at the end of its budget to close (`closing.ClosingBias`) and
-    picks the token (`Row.sample`: greedy is the argmax, as llama.cpp's greedy sampler). False when the
-    job was cancelled."""
+    them and steers a row at the end of its budget to close (`rows.steer`, as the transformers engine does)
+    and picks the token (`Row.sample`: greedy is the argmax, as llama.cpp's greedy sampler). False when
+    the job was cancelled."""
     import numpy as np
     import torch
 
-    llama_cpp = require_llamacpp()
-    from tunesmith.inference.grammar import mask_batch
+    from tunesmith.inference.rows import steer
 
+    llama_cpp = require_llamacpp()
     n_vocab = int(llm.n_vocab())
-    eot = sorted(row.eot)
+    eot, bias = sorted(row.eot), backend.closing_bias(llm)
     feed = list(ids)
     while True:
         if row.job.cancelled.is_set():
@@ -308,14 +308,9 @@ def constrained_answer(llm: Any, ids: list[int], row: Any, backend: LlamaCppBack
         llm.eval(feed)
         raw = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
         logits = torch.from_numpy(raw.copy())[None, :]
-        if len(row.tokens) < row.job.sampling.min_tokens and eot:
-            logits[0, eot] = float("-inf")
-        if not mask_batch(logits, [row.matcher])[0]:
+        if not steer(logits, [row], eot, bias.for_row)[0]:
             row.finish_now("grammar")
             return True
-        if row.closing:
-            logits[0] += backend.closing_bias(llm).for_row(row)
-            row.steered = True
         token = row.sample(logits[0])
         if row.accept(token):
             return True

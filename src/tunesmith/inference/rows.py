@@ -200,6 +200,27 @@ class Row:
                                         self.cached_tokens)))
 
 
+def steer(logits: Any, rows: list[Row], eot_index: list[int], closing_bias: Callable[[Row], Any]) -> list[bool]:
+    """Everything that shapes the rows' logits ([rows, vocab], in place) before a token is picked: no
+    end-of-turn before `min_tokens`, each constrained row's grammar mask, and the steer to close for a
+    row at the end of its budget (`closing_bias(row)`). Per row, whether the grammar allows any token.
+    The transformers engine's batch and llama.cpp's one row both go through here."""
+    if eot_index:
+        for j, row in enumerate(rows):  # rows that have not reached their min_tokens cannot end yet
+            if len(row.tokens) < row.job.sampling.min_tokens:
+                logits[j, eot_index] = float("-inf")
+    if not any(r.matcher is not None for r in rows):
+        return [True] * len(rows)
+    from tunesmith.inference.grammar import mask_batch
+
+    allowed = mask_batch(logits, [r.matcher for r in rows])
+    for j, row in enumerate(rows):
+        if row.closing:
+            logits[j] += closing_bias(row)
+            row.steered = True
+    return allowed
+
+
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(found) if found else None
