@@ -216,7 +216,7 @@ def _run_llamacpp(gguf: Path, model_dir: Path, quant: str, chats: list[Any], max
             if event[0] == "done":
                 seen["done"] = event[1]
         t0 = time.perf_counter()
-        answer(llm, ids, sampling, eot, backend.tokenizer, Job(ids, None, sampling, emit, stream=True))
+        answer(backend, llm, ids, sampling, eot, Job(ids, None, sampling, emit, stream=True))
         wall += time.perf_counter() - t0
         ttft.append(seen["first"] - t0)
         answers.append(seen["done"].text)

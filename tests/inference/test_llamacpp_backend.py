@@ -559,3 +559,22 @@ def test_eval_gguf_adapter_is_stored_apart_and_reported(project):
     assert store.latest(f"{RUN}@llamacpp-f16+lora", "test") is not None
     page = Path(out["report"]).read_text(encoding="utf-8")
     assert f"tuned: llama.cpp, f16 ({Path(tuned['file']).name}) with GGUF adapter adapter-f16.gguf" in page
+
+
+@needs_llamacpp
+def test_decode_speed_benchmark_rows_run_and_agree_on_the_tiny_model(base_exports, tiny_model_dir, monkeypatch):
+    """benchmarks/decode_speed.py's llama.cpp and tunesmith rows, on the tiny model's f16 export: both run
+    through today's engine calls (a renamed argument once broke the benchmark unnoticed) and answer the
+    same greedy text, the lean step (tunesmith-1) and the forward (tunesmith-forward-1) alike."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("decode_speed", root / "benchmarks" / "decode_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    chats = bench._chats(2)
+    gguf = bench._run_llamacpp(Path(base_exports[0]["f16"]), tiny_model_dir, "f16", chats, MAX_NEW)
+    lean = bench._run_tunesmith(tiny_model_dir, chats, MAX_NEW, batched=False)
+    monkeypatch.setenv("TUNESMITH_LEAN_DECODE", "0")
+    forward = bench._run_tunesmith(tiny_model_dir, chats, MAX_NEW, batched=False)
+    assert gguf["tokens"] > 0 and gguf["answers"] == lean["answers"] == forward["answers"]

@@ -1,14 +1,14 @@
 """One decoding step of a Llama-family model without transformers' per-call machinery.
 
 Decoding one token of a small model on a CPU is a few dozen small matrix-vector products and some 750
-tiny tensor ops. At that size the model's own ``forward`` spends about as long in Python as in the
-ops: output-capturing decorators, keyword plumbing through every layer, deprecation wrappers, module
-hooks and output dataclasses. On SmolLM2-135M a decoding step took 140 ms through ``model(...)`` and
-76 ms here, same tokens (`benchmarks/decode_speed.py` has the side-by-side rows).
+tiny tensor ops, and the model's own ``forward`` adds its Python around every layer: output-capturing
+decorators, keyword plumbing, module hooks, output dataclasses. On SmolLM2-135M (2-core Xeon, one stream,
+`benchmarks/decode_speed.py`, rows ``tunesmith-1`` vs ``tunesmith-forward-1``) this step decoded 21.4
+tokens/s against 18.8 through the forward in float32, and 35.2 against 30.1 with ``--quant int8``.
 
-`LeanStep` runs the very ops the model's forward runs, in the same order, on the same modules: the
-model's mask builder, rotary embedding, norms, projections (an `Int8Linear` too), rotary function and
-attention function. So its logits are bitwise those of ``model(...)`` (tested for each architecture
+`LeanStep` runs the very ops the model's forward runs, in the same order, on the same tensors: the
+model's mask builder, rotary embedding and function, and attention function; norms and projections (an
+`Int8Linear` too) inlined as their ``forward`` writes them. So its logits are bitwise those of ``model(...)`` (tested for each architecture
 below, batched with left padding), and an answer stays the one ``model.generate`` gives. Prompts are
 still prefilled by the model's own forward; only the one-token steps come here.
 

@@ -239,7 +239,7 @@ class LlamaCppBackend:
         eot = end_of_turn_ids(self.tokenizer)
         collector = Results(len(chats), progress, on_result)
         for index, ids in enumerate(prompts):
-            done = answer(llm, ids, sampling, eot, self.tokenizer, backend=self)
+            done = answer(self, llm, ids, sampling, eot)
             if done is None:  # the token stream ended before the row did (llama.cpp's context ran out)
                 raise ModelError(f"llama.cpp stopped before answer {index + 1} ended ({len(ids)} prompt tokens, "
                                  f"context {llm.n_ctx()})", "lower max_new_tokens, or evaluate with --engine "
@@ -248,13 +248,13 @@ class LlamaCppBackend:
         return collector.complete()
 
 
-def answer(llm: Any, ids: list[int], sampling: Any, eot: set[int], tokenizer: Any,
-           job: Any = None, *, backend: LlamaCppBackend | None = None) -> Any:
-    """Decode one prompt to its end through the engine's `Row` (stops, limit, contract watch, streaming);
-    the `Finished` answer, or None when `job` was cancelled. A constrained one (`sampling.constraint`)
-    needs `backend`, whose grammar compiler masks every step."""
+def answer(backend: LlamaCppBackend, llm: Any, ids: list[int], sampling: Any, eot: set[int], job: Any = None) -> Any:
+    """Decode one prompt to its end through the engine's `Row` (stops, limit, contract watch, streaming,
+    and under `sampling.constraint` the backend's grammar); the `Finished` answer, or None when `job`
+    was cancelled."""
     from tunesmith.inference.rows import SAMPLING_EPS, Finished, Job, Row
 
+    tokenizer = backend.tokenizer
     finished: list[Finished] = []
     if job is None:
         job = Job(list(ids), None, sampling, lambda e: finished.append(e[1]) if e[0] == "done" else None,
@@ -263,8 +263,6 @@ def answer(llm: Any, ids: list[int], sampling: Any, eot: set[int], tokenizer: An
     # before it (another batch shape in the prefill), and cached answers must not
     llm.reset()
     if sampling.constraint is not None:
-        if backend is None:  # pragma: no cover - every caller passes it
-            raise ValueError("a constrained answer needs the backend's grammar compiler")
         matcher = backend.grammar(llm).compile(sampling.constraint).matcher()
         row = Row(job, eot, tokenizer, "cpu", matcher)
         if not constrained_answer(llm, ids, row, backend):
@@ -476,8 +474,7 @@ class LlamaCppEngine:
                 continue
             try:
                 self.peak_batch = 1
-                if answer(self.llm, job.prompt_ids, job.sampling, self.eot, self.backend.tokenizer, job,
-                          backend=self.backend) is None \
+                if answer(self.backend, self.llm, job.prompt_ids, job.sampling, self.eot, job) is None \
                         and not job.done:
                     dropped(job)
             except Exception as exc:  # noqa: BLE001 - a failing request must not kill the server
