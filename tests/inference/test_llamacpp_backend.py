@@ -375,24 +375,61 @@ def _parses(text: str) -> bool:
 
 @needs_llamacpp
 def test_q8_0_agreement_with_the_f16_file_is_reported(project, capsys):
-    """Lossy: reported as k/n, not required. In a child process: llama-cpp-python 0.3.36 built on this
-    machine crashed (SIGSEGV in llama_decode) on every Q8_0/Q4_1 file, the package's own included."""
-    import subprocess
-
-    code = ("import json, sys; sys.path[:0] = sys.argv[2:]; import test_llamacpp_backend as t; "
-            "from pathlib import Path; print(json.dumps(t._answers(Path(sys.argv[1]), 'q8_0')))")
-    here = Path(__file__).parent
-    proc = subprocess.run([sys.executable, "-c", code, str(project), str(here), str(here.parent)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode < 0:
-        pytest.xfail(f"llama.cpp crashed on the q8_0 file (signal {-proc.returncode}): a llama.cpp build problem")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = [tuple(a) for a in json.loads(proc.stdout.strip().splitlines()[-1])]
+    """Lossy: reported as k/n, not required. Before `repacks_weights`, every quantised file crashed
+    llama.cpp on AMX CPUs (SIGSEGV in llama_decode); now it answers in this process."""
+    got = _answers(project, "q8_0")
     want = _answers(project, "f16")
     agree = sum(g[0] == w[0] for g, w in zip(got, want))
     with capsys.disabled():
         print(f"\nq8_0 export: greedy answers equal the f16 file's on {agree}/{len(want)} test prompts")
     assert len(got) == len(want) and all(0 < g[1] <= MAX_NEW for g in got)
+
+
+def test_weight_repacking_is_off_on_amx_cpus_and_can_be_forced(monkeypatch):
+    monkeypatch.delenv("TUNESMITH_LLAMACPP_REPACK", raising=False)
+    monkeypatch.setattr(L, "_cpu_has_amx", lambda: True)
+    assert not L.repacks_weights()
+    monkeypatch.setattr(L, "_cpu_has_amx", lambda: False)
+    assert L.repacks_weights()
+    monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", "0")
+    assert not L.repacks_weights()
+    monkeypatch.setattr(L, "_cpu_has_amx", lambda: True)
+    monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", "1")
+    assert L.repacks_weights()
+
+
+def test_the_repack_setting_is_in_the_cache_key_and_the_record(base_exports, tiny_model_dir, monkeypatch):
+    files, _ = base_exports
+    monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", "1")
+    on = L.LlamaCppBackend(files["f16"], tiny_model_dir, quant="f16")
+    monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", "0")
+    off = L.LlamaCppBackend(files["f16"], tiny_model_dir, quant="f16")
+    assert on.fingerprint != off.fingerprint
+    assert (on.describe()["repack"], off.describe()["repack"]) == (True, False)
+
+
+@needs_llamacpp
+def test_the_load_passes_the_repack_setting_to_llama_cpp(base_exports, tiny_model_dir, monkeypatch):
+    """`Llama` takes no `use_extra_bufts`; `_load_llama` sets it in the parameters the load reads, and
+    puts llama-cpp-python's default function back afterwards."""
+    import llama_cpp.llama as high_level
+
+    files, _ = base_exports
+    low = high_level.llama_cpp
+    before = low.llama_model_default_params
+    seen: list[bool] = []
+    real_load = low.llama_model_load_from_file
+
+    def spy(path, params):
+        seen.append(bool(params.use_extra_bufts))
+        return real_load(path, params)
+
+    monkeypatch.setattr(low, "llama_model_load_from_file", spy)
+    for flag in ("0", "1"):
+        monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", flag)
+        L.LlamaCppBackend(files["f16"], tiny_model_dir, quant="f16").llama(64)
+    assert seen == [False, True]
+    assert low.llama_model_default_params is before
 
 
 @needs_llamacpp

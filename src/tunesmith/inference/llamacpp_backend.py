@@ -101,6 +101,58 @@ def default_threads() -> int:
     return max(1, min(cpus, torch.get_num_threads()))
 
 
+def repacks_weights() -> bool:
+    """Whether llama.cpp may repack weights into its CPU-specific "extra buffer types" (AMX tiles,
+    interleaved q4_0/q8_0 blocks) when it loads a file.
+
+    On CPUs with AMX, llama-cpp-python 0.3.36 built with its default native flags dies with SIGSEGV in
+    `llama_decode` on every quantised file (q8_0, q4_0, the builtin model's own Q4_1) when the AMX buffer
+    type holds the weights; without the extra buffer types the same files load and answer (measured on a
+    Sapphire Rapids VM: Q4_1 at 52 tokens/s). So they are off where the CPU reports AMX and on elsewhere,
+    where the repacked kernels are the fast path. ``TUNESMITH_LLAMACPP_REPACK=1`` / ``=0`` overrides.
+    """
+    forced = os.environ.get("TUNESMITH_LLAMACPP_REPACK", "").strip()
+    if forced in {"0", "1"}:
+        return forced == "1"
+    return not _cpu_has_amx()
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:  # not Linux: no AMX flag to read, and no crash reported there
+        pass
+    return False
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+def _load_llama(llama_cpp: Any, kwargs: dict[str, Any], *, repack: bool) -> Any:
+    """`llama_cpp.Llama(**kwargs)` with `use_extra_bufts` = `repack`: the high-level class takes no such
+    argument and reads its model parameters from `llama_model_default_params()`, so that is wrapped while
+    it loads (under a lock: the function is module-global)."""
+    import llama_cpp.llama as high_level
+
+    low = high_level.llama_cpp
+    with _PARAMS_LOCK:
+        defaults = low.llama_model_default_params
+
+        def params() -> Any:
+            p = defaults()
+            p.use_extra_bufts = repack
+            return p
+
+        low.llama_model_default_params = params
+        try:
+            return llama_cpp.Llama(**kwargs)
+        finally:
+            low.llama_model_default_params = defaults
+
+
 def gguf_sha256(path: Path) -> str:
     """The file's sha256 from its export record (`<file>.json`) when the record is of this file (same
     size, written after it: a re-export interrupted between the file and its record leaves an older
@@ -149,6 +201,7 @@ class LlamaCppBackend:
                                  "export it first: tunesmith export RUN --format "
                                  + ("lora-gguf" if what == "GGUF adapter" else "gguf"))
         self.n_threads = n_threads or default_threads()
+        self.repack = repacks_weights()
         self.sha256 = gguf_sha256(self.gguf_path)
         self.fingerprint = self._fingerprint()
         self._tokenizer: Any = None
@@ -160,6 +213,8 @@ class LlamaCppBackend:
 
     def _fingerprint(self) -> str:
         parts: list[str | bytes] = ["llamacpp", self.quant, self.sha256, _package_version()]
+        if not self.repack:  # other kernels, maybe other sums: kept apart (and earlier keys stay valid)
+            parts.append("no-repack")
         if self.lora_path is not None:
             parts += ["lora", gguf_sha256(self.lora_path)]
         for name in _TOKENIZER_FILES:
@@ -171,7 +226,7 @@ class LlamaCppBackend:
     def describe(self) -> dict[str, Any]:
         """Which engine and file answered (stored with the evaluation, shown in the report)."""
         return {"engine": "llamacpp", "quant": self.quant, "file": str(self.gguf_path), "sha256": self.sha256,
-                "lora": str(self.lora_path) if self.lora_path else None}
+                "lora": str(self.lora_path) if self.lora_path else None, "repack": self.repack}
 
     @property
     def tokenizer(self) -> Any:
@@ -211,7 +266,7 @@ class LlamaCppBackend:
                 if self.lora_path is not None:
                     kwargs["lora_path"] = str(self.lora_path)
                 try:
-                    self._llm = llama_cpp.Llama(**kwargs)
+                    self._llm = _load_llama(llama_cpp, kwargs, repack=self.repack)
                 except Exception as exc:  # noqa: BLE001 - llama.cpp says little more than "failed to load"
                     raise ModelError(f"llama.cpp cannot load {self.gguf_path}: {one_line(exc)}",
                                      "re-export it with this tunesmith (tunesmith export RUN --force), "
