@@ -470,3 +470,34 @@ def test_engine_failures_become_grammar_errors(tok: Any, gc: GrammarCompiler, mo
     assert err.message.startswith("#: contains cannot be enforced while decoding")
     err = grammar._engine_error(c, "Unknown format: my-format")
     assert "format 'my-format'" in err.message and "does not assert formats" in err.hint
+
+
+def test_a_panic_inside_the_engine_becomes_a_grammar_error(tok: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Rust panic in llguidance arrives as pyo3's PanicException, which is a BaseException, not an
+    Exception (the server fuzz test met one: llguidance cut an error message inside a multi-byte
+    character). It is one more schema that cannot be enforced, a 400 rather than a 500; an interrupt
+    still goes through."""
+    import llguidance
+
+    class PanicException(BaseException):  # pyo3's runtime class has this name and base
+        pass
+
+    def panic(*_: Any, **__: Any) -> Any:
+        raise PanicException("end byte index 100 is not a char boundary")
+
+    compiler = GrammarCompiler(tok, len(tok), [tok.eos_token_id])
+    monkeypatch.setattr(llguidance.LLMatcher, "validate_grammar_with_warnings", panic)
+    schema = Constraint.json_schema({"type": "object", "properties": {"a": {"type": "string"}}})
+    for _ in range(2):  # and the failure is cached like any other
+        with pytest.raises(GrammarError) as info:
+            compiler.check(schema)
+        assert info.value.message == ("the output schema cannot be enforced while decoding: the grammar engine "
+                                      "failed on it (PanicException: end byte index 100 is not a char boundary)")
+        assert info.value.hint == f"simplify the schema, {grammar.WITHOUT}"
+
+    def interrupted(*_: Any, **__: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(llguidance.LLMatcher, "validate_grammar_with_warnings", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compiler.check(Constraint.regex("abc"))

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, one_line
 from tunesmith.inference.constraints import JSON_ANY, JSON_OBJECT, JSON_SCHEMA, REGEX, Constraint
 
 WITHOUT = "or evaluate without --constrained"
@@ -337,6 +337,15 @@ class GrammarCompiler:
                 except Exception as exc:  # noqa: BLE001 - whatever the engine raises, the caller gets one type
                     found = GrammarError(f"{_what(constraint)} cannot be enforced while decoding: {exc}",
                                          "evaluate without --constrained")
+                except BaseException as exc:
+                    # a Rust panic inside llguidance reaches Python as pyo3's PanicException, a BaseException
+                    # (seen: a schema whose error message llguidance cut inside a multi-byte character)
+                    if type(exc).__name__ != "PanicException":
+                        raise
+                    found = GrammarError(f"{_what(constraint)} cannot be enforced while decoding: the grammar "
+                                         f"engine failed on it ({one_line(exc)[:200]})",
+                                         f"simplify the {'pattern' if constraint.kind == REGEX else 'schema'}, "
+                                         f"{WITHOUT}")
                 self._cache[key] = found
         if isinstance(found, GrammarError):
             raise found
