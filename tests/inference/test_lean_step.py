@@ -43,6 +43,7 @@ def _steps_side_by_side(model, steps: int = 6) -> None:
 
     lean = LeanStep.for_model(model)
     assert lean is not None, why_not(model)
+    assert lean.roll  # the rotary shortcut is what runs (and is checked) here, not the model's function
     gen = torch.Generator().manual_seed(3)
     lengths = [9, 4, 6]
     width = max(lengths)
@@ -135,3 +136,22 @@ def test_the_engine_answers_the_same_with_and_without_the_lean_step(serve_base, 
     lean = answers(True)
     assert lean == answers(False)
     assert len(set(lean)) > 1  # the answers differ from prompt to prompt: a slip would show
+
+
+def test_a_rotary_function_of_another_layout_keeps_the_models_own():
+    """The rolled rotary shortcut is taken only where it equals the model's apply_rotary_pos_emb bit for
+    bit; an interleaved (GPT-J style) rotation does not, and is kept."""
+    import torch
+
+    from tunesmith.inference.lean_step import _rope_is_rotate_half
+    from transformers.models.llama import modeling_llama
+
+    def interleaved(q, k, cos, sin):
+        def rot(x):
+            return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+
+    assert _rope_is_rotate_half(modeling_llama.apply_rotary_pos_emb)
+    assert not _rope_is_rotate_half(interleaved)
+    assert not _rope_is_rotate_half(lambda q, k: (q, k))  # another signature

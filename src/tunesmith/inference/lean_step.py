@@ -92,18 +92,21 @@ class _Projection:
             self.linears = [(m.weight, m.bias) for m in modules]
 
     def __call__(self, x: Any) -> list[Any]:
-        import torch
         import torch.nn.functional as F
 
         if not self.int8:
             return [F.linear(x, weight, bias) for weight, bias in self.linears]
-        # Int8Linear.forward, for the fused rows
+        y = self.fused(x)
+        return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
+
+    def fused(self, x: Any) -> Any:
+        """Int8Linear.forward for the fused rows: the outputs side by side in one tensor."""
+        import torch
+
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         y = torch._weight_int8pack_mm(flat, self.weight, self.scales).to(x.dtype)
         y = y.reshape(*x.shape[:-1], y.shape[-1])
-        if self.bias is not None:
-            y = y + self.bias
-        return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
+        return y if self.bias is None else y + self.bias
 
 
 class _Layer:
@@ -115,6 +118,8 @@ class _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         self.attn = attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.q_heads = attn.q_proj.out_features // attn.head_dim
+        self.kv_heads = attn.k_proj.out_features // attn.head_dim
         self.norm1 = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
         self.norm2 = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
         self.qkv = _Projection([attn.q_proj, attn.k_proj, attn.v_proj])
@@ -126,14 +131,49 @@ class _Layer:
 
 
 def _rms_norm(hidden: Any, weight: Any, eps: float) -> Any:
-    # LlamaRMSNorm.forward (Mistral's and Qwen2's are the same)
+    # LlamaRMSNorm.forward (Mistral's and Qwen2's are the same); in float32 its two casts are no-ops, and
+    # `variance + eps` and its rsqrt may overwrite the fresh mean (the same values, two allocations fewer)
     import torch
 
     dtype = hidden.dtype
+    if dtype is torch.float32:
+        return weight * (hidden * hidden.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_())
     hidden = hidden.to(torch.float32)
     variance = hidden.pow(2).mean(-1, keepdim=True)
     hidden = hidden * torch.rsqrt(variance + eps)
     return weight * hidden.to(dtype)
+
+
+def _rotate_by_roll(q: Any, cos: Any, signed_sin: Any) -> Any:
+    """`q * cos + rotate_half(q) * sin` in three ops instead of seven: rotate_half(q) is q rolled by half
+    its width with the first half negated, and that sign moves onto sin (`signed_sin`), exactly: IEEE
+    multiplication is symmetric in sign, so (-a) * b and a * (-b) are the same number."""
+    import torch
+
+    return q * cos + torch.roll(q, q.shape[-1] // 2, -1) * signed_sin
+
+
+def _signed_sin(sin: Any) -> Any:
+    import torch
+
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def _rope_is_rotate_half(rotate: Any) -> bool:
+    """Whether the model's `apply_rotary_pos_emb` gives `_rotate_by_roll`'s numbers, bit for bit: checked
+    once on random tensors (another rotary layout keeps the model's own function)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 4, 8, generator=gen), torch.randn(2, 1, 4, 8, generator=gen)
+    cos, sin = torch.randn(2, 4, 8, generator=gen), torch.randn(2, 4, 8, generator=gen)
+    try:
+        want_q, want_k = rotate(q, k, cos, sin)
+    except Exception:  # noqa: BLE001 - another signature: not the function this shortcut reproduces
+        return False
+    c, s = cos.unsqueeze(1), _signed_sin(sin).unsqueeze(1)
+    return torch.equal(want_q, _rotate_by_roll(q, c, s)) and torch.equal(want_k, _rotate_by_roll(k, c, s))
 
 
 class LeanStep:
@@ -152,6 +192,7 @@ class LeanStep:
         self.layers = [_Layer(layer) for layer in inner.layers]
         modeling = sys.modules[type(inner.layers[0]).__module__]
         self.rotate = modeling.apply_rotary_pos_emb
+        self.roll = _rope_is_rotate_half(self.rotate)
         impl = self.config._attn_implementation
         self.attention = (modeling.eager_attention_forward if impl == "eager"
                           else ALL_ATTENTION_FUNCTIONS.get_interface(impl, modeling.eager_attention_forward))
@@ -170,20 +211,36 @@ class LeanStep:
         mask = self.make_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
                               position_ids=positions, **{self.cache_kwarg: cache})
         cos, sin = self.rotary(hidden, position_ids=positions)
+        # apply_rotary_pos_emb's unsqueeze and rotate_half, once per step instead of in every layer
+        rope = (cos.unsqueeze(1), _signed_sin(sin).unsqueeze(1)) if self.roll and cos.shape[-1] == sin.shape[
+            -1] == self.layers[0].head_dim else None
+        # the cache's own layers, straight (`DynamicCache.update` only forwards there when not offloading)
+        direct = not getattr(cache, "offloading", False) and len(getattr(cache, "layers", ())) == len(self.layers)
         for index, layer in enumerate(self.layers):
-            hidden = self._layer(layer, index, hidden, mask, cos, sin, cache)
+            hidden = self._layer(layer, index, hidden, mask, cos, sin, rope,
+                                 cache.layers[index] if direct else None, cache)
         hidden = _rms_norm(hidden, *self.norm)
         return self.head(hidden[:, -1:, :])[:, -1, :].to(dtype=torch.float32, copy=True)
 
-    def _layer(self, layer: _Layer, index: int, hidden: Any, mask: Any, cos: Any, sin: Any, cache: Any) -> Any:
+    def _layer(self, layer: _Layer, index: int, hidden: Any, mask: Any, cos: Any, sin: Any, rope: Any,
+               layer_cache: Any, cache: Any) -> Any:
         # LlamaDecoderLayer.forward, LlamaAttention.forward and LlamaMLP.forward, inlined (Mistral's and
         # Qwen2's are the same ops; their sliding-window argument is None under full attention)
         residual = hidden
         x = _rms_norm(hidden, *layer.norm1)
-        shape = (*x.shape[:-1], -1, layer.head_dim)
-        q, k, v = (t.view(shape).transpose(1, 2) for t in layer.qkv(x))
-        q, k = self.rotate(q, k, cos, sin)
-        k, v = cache.update(k, v, index)
+        if layer.qkv.int8 and rope is not None:
+            # one view of the fused q|k|v output, and q and k rotated together (elementwise: the same numbers)
+            heads = layer.qkv.fused(x).view(*x.shape[:-1], -1, layer.head_dim).transpose(1, 2)
+            qk = _rotate_by_roll(heads[:, : layer.q_heads + layer.kv_heads], *rope)
+            q, k, v = qk[:, : layer.q_heads], qk[:, layer.q_heads:], heads[:, layer.q_heads + layer.kv_heads:]
+        else:
+            shape = (*x.shape[:-1], -1, layer.head_dim)
+            q, k, v = (t.view(shape).transpose(1, 2) for t in layer.qkv(x))
+            if rope is not None:
+                q, k = _rotate_by_roll(q, *rope), _rotate_by_roll(k, *rope)
+            else:
+                q, k = self.rotate(q, k, cos, sin)
+        k, v = layer_cache.update(k, v) if layer_cache is not None else cache.update(k, v, index)
         out, _ = self.attention(layer.attn, q, k, v, mask, dropout=0.0, scaling=layer.scaling, sliding_window=None)
         out = out.reshape(*x.shape[:-1], -1).contiguous()
         hidden = residual + layer.o(out)[0]
