@@ -3,8 +3,8 @@
 Decoding one token of a small model on a CPU is a few dozen small matrix-vector products and some 750
 tiny tensor ops, and the model's own ``forward`` adds its Python around every layer: output-capturing
 decorators, keyword plumbing, module hooks, output dataclasses. On SmolLM2-135M (2-core Xeon, one stream,
-`benchmarks/decode_speed.py`, rows ``tunesmith-1`` vs ``tunesmith-forward-1``) this step decoded 21.4
-tokens/s against 18.8 through the forward in float32, and 35.2 against 30.1 with ``--quant int8``.
+`benchmarks/decode_speed.py`, rows ``tunesmith-1`` vs ``tunesmith-forward-1``) this step decoded 22.0
+tokens/s against 19.4 through the forward in float32, and 37.6 against 26.6 with ``--quant int8``.
 
 `LeanStep` runs the very ops the model's forward runs, in the same order, on the same tensors: the
 model's mask builder, rotary embedding and function, and attention function; norms and projections (an
