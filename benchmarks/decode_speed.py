@@ -366,11 +366,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    from tunesmith.cpu import cpu_flags
+
+    flags = cpu_flags()
     return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
 
 

@@ -177,9 +177,12 @@ def write_demo(project: Path) -> None:
 
 
 def _cli(args: list[str], project: Path) -> str:
-    proc = subprocess.run([*TUNESMITH, *args, "-p", str(project)], capture_output=True, text=True, check=False)
+    """`tunesmith ARGS -p PROJECT`'s standard output. Its standard error (progress: a plain line at least
+    every 30 s when it is not a terminal, and any error with its hint) goes straight to ours."""
+    print(f"== tunesmith {' '.join(args)}", file=sys.stderr, flush=True)
+    proc = subprocess.run([*TUNESMITH, *args, "-p", str(project)], stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"tunesmith {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"tunesmith {' '.join(args)} failed (exit {proc.returncode}); its message is above")
     return proc.stdout
 
 

@@ -386,16 +386,22 @@ def test_q8_0_agreement_with_the_f16_file_is_reported(project, capsys):
 
 
 def test_weight_repacking_is_off_on_amx_cpus_and_can_be_forced(monkeypatch):
+    from tunesmith import cpu
+
     monkeypatch.delenv("TUNESMITH_LLAMACPP_REPACK", raising=False)
-    monkeypatch.setattr(L, "_cpu_has_amx", lambda: True)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx512f", "amx_tile", "amx_bf16"}))
     assert not L.repacks_weights()
-    monkeypatch.setattr(L, "_cpu_has_amx", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2"}))
     assert L.repacks_weights()
-    monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", "0")
-    assert not L.repacks_weights()
-    monkeypatch.setattr(L, "_cpu_has_amx", lambda: True)
-    monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", "1")
+    monkeypatch.setattr(cpu, "cpu_flags", frozenset)  # no /proc/cpuinfo: no flags, no AMX
     assert L.repacks_weights()
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", off)
+        assert not L.repacks_weights()
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"amx_tile"}))
+    for on in ("1", "yes"):
+        monkeypatch.setenv("TUNESMITH_LLAMACPP_REPACK", on)
+        assert L.repacks_weights()
 
 
 def test_the_repack_setting_is_in_the_cache_key_and_the_record(base_exports, tiny_model_dir, monkeypatch):

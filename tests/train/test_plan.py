@@ -234,11 +234,29 @@ def test_time_budget_is_a_setting_only_when_given():
 
 
 def test_tunesmith_cpu_bf16_0_plans_as_on_a_cpu_without_fast_bf16(monkeypatch):
+    from pathlib import Path
+
     from tunesmith.train import device
 
     monkeypatch.setenv("TUNESMITH_CPU_BF16", "0")
     assert device.cpu_supports_bf16() is False
-    monkeypatch.setattr(device.Path, "read_text", lambda self, *a, **k: "flags : fpu avx512_bf16 amx_bf16")
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags : fpu avx512_bf16 amx_bf16")
     assert device.cpu_supports_bf16() is False
     monkeypatch.delenv("TUNESMITH_CPU_BF16")
     assert device.cpu_supports_bf16() is True
+
+
+def test_cpu_flags_are_the_flags_line_as_a_set(monkeypatch):
+    from pathlib import Path
+
+    from tunesmith.cpu import cpu_flags
+
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "processor : 0\nflags\t\t: fpu avx512f amx_tile\n"
+                                                                  "flags : other\n")
+    assert cpu_flags() == frozenset({"fpu", "avx512f", "amx_tile"})
+
+    def unreadable(self, *a, **k):
+        raise OSError("no such file")
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    assert cpu_flags() == frozenset()

@@ -109,23 +109,17 @@ def repacks_weights() -> bool:
     `llama_decode` on every quantised file (q8_0, q4_0, the builtin model's own Q4_1) when the AMX buffer
     type holds the weights; without the extra buffer types the same files load and answer (measured on a
     Sapphire Rapids VM: Q4_1 at 52 tokens/s). So they are off where the CPU reports AMX and on elsewhere,
-    where the repacked kernels are the fast path. ``TUNESMITH_LLAMACPP_REPACK=1`` / ``=0`` overrides.
+    where the repacked kernels are the fast path (and where no flags can be read: no crash was seen off
+Linux). ``TUNESMITH_LLAMACPP_REPACK=1`` / ``=0`` overrides, spelled as ``TUNESMITH_CPU_BF16`` is.
     """
-    forced = os.environ.get("TUNESMITH_LLAMACPP_REPACK", "").strip()
-    if forced in {"0", "1"}:
-        return forced == "1"
-    return not _cpu_has_amx()
+    from tunesmith.cpu import cpu_flags
 
-
-def _cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_tile" in line.split()
-    except OSError:  # not Linux: no AMX flag to read, and no crash reported there
-        pass
-    return False
+    forced = os.environ.get("TUNESMITH_LLAMACPP_REPACK", "").strip().lower()
+    if forced in ("0", "false", "no", "off"):
+        return False
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    return "amx_tile" not in cpu_flags()
 
 
 _PARAMS_LOCK = threading.Lock()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 #: the first bitsandbytes release tunesmith has seen run 4-bit NF4 training on a CPU (forward, backward,
 #: double quantisation); older ones have no CPU kernels for it
@@ -33,11 +32,9 @@ def cpu_supports_bf16() -> bool:
     forced = os.environ.get("TUNESMITH_CPU_BF16", "").strip().lower()
     if forced in ("0", "false", "no", "off"):
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from tunesmith.cpu import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def detect_device() -> DeviceInfo:
