@@ -15,7 +15,10 @@ greedy decoding, stopping at its end-of-turn token or --max-new-tokens, through:
 * ``tunesmith-lora-1``, ``tunesmith-lora-batch``  the same with a LoRA adapter (rank 16, every linear layer,
   random weights) applied by PEFT at every step, as a server that hot-swaps adapters runs it: against the
   base rows it is the cost of not merging (a merged adapter costs exactly what the base does);
-* ``tunesmith-int8-1``, ``tunesmith-int8-batch``  the same with ``--quant int8`` (weight-only int8, lossy);
+* ``tunesmith-int8-1``, ``tunesmith-int8-batch``  the same with ``--quant int8`` (weight-only int8, lossy),
+  multiplied by tunesmith's own int8 kernel where it builds (`inference.int8_kernel`);
+* ``tunesmith-int8-torch-1``  the same with PyTorch's int8 kernel (``TUNESMITH_INT8_KERNEL=torch``): side by
+  side with ``tunesmith-int8-1``, what the prefetching kernel buys;
 * ``generate-static-compile`` (only when named in --engines) ``generate`` with a static cache and
   ``torch.compile``: a first answer compiles (minutes on 2 cores; ``compile_s``, not in tokens/s). The
   static cache is sized per prompt, so a prompt of another length may recompile inside the timed answers:
@@ -45,7 +48,8 @@ from typing import Any
 
 MODEL = "builtin:smollm2-135m-instruct"
 ENGINES = ("generate", "tunesmith-1", "tunesmith-forward-1", "tunesmith-batch", "tunesmith-lora-1",
-           "tunesmith-lora-batch", "tunesmith-int8-1", "tunesmith-int8-forward-1", "tunesmith-int8-batch",
+           "tunesmith-lora-batch", "tunesmith-int8-1", "tunesmith-int8-torch-1", "tunesmith-int8-forward-1",
+           "tunesmith-int8-batch",
            "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_1")
 #: measured, not kept (see the module docstring); run only when named in --engines
 EXTRA_ENGINES = ("generate-static-compile",)
@@ -237,6 +241,8 @@ def run_one(engine: str, spec: dict[str, Any]) -> dict[str, Any]:
     elif engine.startswith("tunesmith"):
         if "-forward" in engine:
             os.environ["TUNESMITH_LEAN_DECODE"] = "0"
+        if "-int8-torch" in engine:
+            os.environ["TUNESMITH_INT8_KERNEL"] = "torch"
         out = _run_tunesmith(model_dir, chats, max_new, batched=engine.endswith("batch"),
                              quant="int8" if "-int8" in engine else None,
                              adapter=_random_adapter(model_dir) if "-lora" in engine else None)

@@ -185,8 +185,12 @@ def test_eval_int8_refuses_what_it_cannot_quantise(project, args, message, hint)
 def test_serve_int8_serves_the_run_merged_and_refuses_adapters(project):
     from tunesmith.serve.api import ServeConfig, build_state, start_in_thread
 
+    from tunesmith.inference.int8_kernel import kernel
+
     config = ServeConfig(project_dir=project, port=0, quant="int8", adapters=[("tuned", RUN)])
-    running = start_in_thread(build_state(config), config)
+    said: list[str] = []
+    running = start_in_thread(build_state(config, said.append), config)
+    assert f"int8 products by the {kernel().name} kernel" in "\n".join(said)  # which kernel answers is said
     try:
         chat = [{"role": "user", "content": "Item 3: hello"}]
         reply = httpx.post(f"{running.url}/chat/completions", timeout=60, json={

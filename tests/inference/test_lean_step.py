@@ -75,15 +75,24 @@ def test_lean_steps_give_the_forwards_logits_bit_for_bit(kind, attn, dtype):
     _steps_side_by_side(_model(kind, attn, dtype))
 
 
-def test_lean_steps_of_an_int8_model_give_its_forwards_logits():
-    """int8 projections are fused (q/k/v, gate/up) into one kernel call: still bit for bit, and the
-    modules' weights become views of the fused ones rather than a second copy."""
+@pytest.mark.parametrize("kernel", ["torch", "auto"])
+def test_lean_steps_of_an_int8_model_give_its_forwards_logits(kernel, monkeypatch):
+    """int8 projections are fused (q/k/v, gate/up) into one kernel call: still bit for bit, with PyTorch's
+    int8 kernel and with tunesmith's own, and the modules' weights become views of the fused ones rather
+    than a second copy."""
+    from tunesmith.inference import int8_kernel
     from tunesmith.inference.int8 import int8_available, quantize_int8
 
     if not int8_available():
         pytest.skip("this torch has no int8 weight-only kernel")
-    model = quantize_int8(_model("llama"), "cpu")
-    _steps_side_by_side(model)
+    monkeypatch.setenv("TUNESMITH_INT8_KERNEL", kernel)
+    int8_kernel.reset()
+    try:
+        model = quantize_int8(_model("llama"), "cpu")
+        _steps_side_by_side(model)
+        assert kernel == "auto" or int8_kernel.kernel().name == "torch"
+    finally:
+        int8_kernel.reset()
     attn = model.model.layers[0].self_attn
     fused = attn.q_proj.weight_int8.untyped_storage().data_ptr()
     assert attn.k_proj.weight_int8.untyped_storage().data_ptr() == fused

@@ -115,6 +115,7 @@ def _transformers_subject(name: str, run_id: str | None, backend: Any, cache: An
     engine: dict[str, Any] = {"engine": "transformers", "dtype": backend.dtype}
     if backend.quant:
         engine["quant"] = backend.quant
+        engine["kernel"] = backend.int8_kernel
     # stored apart from the checkpoint's own evaluation (as llama.cpp's are): the gate, compare and the model
     # card read a run's name as its full-precision score
     return Subject(name + engine_suffix(engine), run_id, CachedBackend(backend, cache), model_names, engine=engine)

@@ -3,10 +3,11 @@
 Decoding one token on a CPU reads every weight once, so it is bound by memory bandwidth: a 135M model in
 float32 reads 540 MB per token, llama.cpp's f16 file half that. Each `nn.Linear` (the output head
 included) becomes an `Int8Linear`: int8 weights with one scale per output row (symmetric, absmax / 127),
-multiplied by `torch._weight_int8pack_mm`, PyTorch's own CPU kernel for this layout. Activations stay
-float32 outside the matmuls; inside, they pass in bfloat16, the only input dtype for which that
-kernel is fast on a CPU (float32 input takes a scalar path ~10x slower, measured). Embeddings, norms and
-attention are untouched.
+multiplied by `int8_kernel.int8_mm`: tunesmith's own CPU kernel (which streams the weights about twice as
+fast) where it builds, else `torch._weight_int8pack_mm`, PyTorch's kernel for this layout. Activations
+stay float32 outside the matmuls; inside, they are taken as bfloat16, the only input dtype for which
+PyTorch's kernel is fast on a CPU (float32 input takes a scalar path ~10x slower, measured), and both
+kernels compute that same function. Embeddings, norms and attention are untouched.
 
 torchao's `Int8WeightOnlyConfig` was measured first (0.18.0 on torch 2.13): on a CPU its tensor subclass
 made one 576x1536 linear 2x *slower* than float32 (396 vs 191 us, one thread), so tunesmith calls the
@@ -36,6 +37,8 @@ def _int8_linear_class() -> type:
     import torch
     from torch import nn
 
+    from tunesmith.inference.int8_kernel import int8_mm
+
     class Int8Linear(nn.Module):
         """`nn.Linear` with int8 weights and a bfloat16 scale per output row (weight-only int8)."""
 
@@ -53,8 +56,8 @@ def _int8_linear_class() -> type:
                                                                       requires_grad=False)
 
         def forward(self, x: Any) -> Any:
-            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-            y = torch._weight_int8pack_mm(flat, self.weight_int8, self.scales).to(x.dtype)
+            flat = x.reshape(-1, self.in_features).to(torch.float32)
+            y = int8_mm(flat, self.weight_int8, self.scales).to(x.dtype)
             y = y.reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias
 

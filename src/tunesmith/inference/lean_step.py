@@ -65,9 +65,9 @@ def why_not(model: Any) -> str | None:
 
 class _Projection:
     """Calls one `nn.Linear` or `Int8Linear` (or several fused along their outputs) as its forward does,
-    without the module call. Only int8 projections are fused: `_weight_int8pack_mm` computes every output
-    row on its own (one scale per row), so fused outputs are the separate ones bit for bit (tested), and
-    one call costs less than three. Float32 GEMMs promise no such thing, so they stay one per module."""
+    without the module call. Only int8 projections are fused: both int8 kernels compute every output row
+    on its own (one scale per row), so fused outputs are the separate ones bit for bit (tested), and one
+    call costs less than three. Float32 GEMMs promise no such thing, so they stay one per module."""
 
     def __init__(self, modules: list[Any]) -> None:
         import torch
@@ -103,8 +103,10 @@ class _Projection:
         """Int8Linear.forward for the fused rows: the outputs side by side in one tensor."""
         import torch
 
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        y = torch._weight_int8pack_mm(flat, self.weight, self.scales).to(x.dtype)
+        from tunesmith.inference.int8_kernel import int8_mm
+
+        flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        y = int8_mm(flat, self.weight, self.scales).to(x.dtype)
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         return y if self.bias is None else y + self.bias
 

@@ -70,6 +70,12 @@ class LocalBackend:
         if quant is not None and quant != "int8":
             raise ModelError(f"quantisation {quant!r} is not one the transformers engine has",
                              "use int8 (weight-only), or --engine llamacpp for GGUF types")
+        #: which int8 kernel multiplies (`int8_kernel`): its last-bit differences make it part of the fingerprint
+        self.int8_kernel: str | None = None
+        if quant == "int8":
+            from tunesmith.inference.int8_kernel import kernel
+
+            self.int8_kernel = kernel().name
         self._check_paths()
         self.tokenizer_path = (self.adapter_path if self.adapter_path is not None
                                and any((self.adapter_path / f).is_file() for f in _TOKENIZER_FILES)
@@ -102,7 +108,8 @@ class LocalBackend:
     def _fingerprint(self) -> str:
         """sha256 over: engine + dtype, the base checkpoint (path, config, weight files' size and mtime),
         the tokenizer and chat template files, and the adapter (config + weights, by content)."""
-        parts: list[str | bytes] = ["transformers", self.dtype, *([f"quant:{self.quant}"] if self.quant else []),
+        parts: list[str | bytes] = ["transformers", self.dtype,
+                                    *([f"quant:{self.quant}", f"kernel:{self.int8_kernel}"] if self.quant else []),
                                     str(self.model_path),
                                     (self.model_path / "config.json").read_bytes()]
         for f in sorted(self.model_path.iterdir()):

@@ -241,6 +241,11 @@ def _int8_state(config: ServeConfig, say: Say) -> Any:
         model = load_model(Path(base.path), None, device=device, dtype="float32")
         tokenizer = tokenizer_in(base.path)
     model = quantize_int8(model, device)
+    from tunesmith.inference.int8_kernel import kernel
+
+    chosen = kernel()
+    say(f"int8 products by the {chosen.name} kernel"
+        + (f" (PyTorch's, because {chosen.reason})" if chosen.reason else ""))
     if project is not None:
         from tunesmith.models.chat_template import apply_project_template
 
