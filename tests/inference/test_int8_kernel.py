@@ -248,3 +248,14 @@ def test_an_unknown_instruction_set_is_an_error(monkeypatch, tmp_path):
         kernel()
     assert info.value.message == "TUNESMITH_INT8_KERNEL_ISA='sse' is not an instruction set the int8 kernel has"
     assert info.value.hint == "set it to avx2 (the AVX2 path on an AVX-512 CPU) or native, or leave it unset"
+
+
+def test_an_unwritable_cache_folder_falls_back_and_says_where(monkeypatch, tmp_path):
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("TUNESMITH_CACHE", str(blocker))  # kernels/ would have to live inside a file
+    monkeypatch.setattr(int8_kernel, "_isa_flags", lambda: "avx2 fma")
+    chosen = kernel()
+    assert chosen.name == "torch"
+    assert chosen.reason.startswith(f"its cache folder {blocker / 'kernels'} cannot be written (")
+    assert chosen.reason.endswith("); set TUNESMITH_CACHE to a writable folder")

@@ -161,8 +161,13 @@ def _build() -> Path:
     target = _cache_dir() / f"int8_linear-{key}.so"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.touch()
+    except OSError as exc:
+        raise _Unavailable(f"its cache folder {target.parent} cannot be written ({exc.strerror or exc}); "
+                           "set TUNESMITH_CACHE to a writable folder") from None
     print("building tunesmith's int8 kernel for this CPU once (a few seconds) ...", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run([*command, "-o", str(partial)], capture_output=True, text=True, timeout=600)
