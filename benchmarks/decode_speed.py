@@ -8,13 +8,15 @@ greedy decoding, stopping at its end-of-turn token or --max-new-tokens, through:
 
 * ``generate``          transformers ``model.generate``, fp32, one prompt at a time (the reference);
 * ``tunesmith-1``       tunesmith's decoding engine (`LocalBackend`'s `BatchDecoder`), one prompt at a time;
-* ``tunesmith-forward-1``, ``tunesmith-int8-forward-1``  the engine with every one-token step through the
-  model's own ``forward`` (``TUNESMITH_LEAN_DECODE=0``) instead of `inference.lean_step` (same logits):
-  side by side with ``tunesmith-1``, the cost of transformers' per-call Python;
+* ``tunesmith-forward-1``, ``tunesmith-lora-forward-1``, ``tunesmith-int8-forward-1``  the engine with every
+  one-token step through the model's own ``forward`` (``TUNESMITH_LEAN_DECODE=0``) instead of
+  `inference.lean_step` (same logits): side by side with the lean rows, the cost of transformers' (and
+  PEFT's) per-call Python;
 * ``tunesmith-batch``   the same engine, every prompt in one continuous batch;
 * ``tunesmith-lora-1``, ``tunesmith-lora-batch``  the same with a LoRA adapter (rank 16, every linear layer,
-  random weights) applied by PEFT at every step, as a server that hot-swaps adapters runs it: against the
-  base rows it is the cost of not merging (a merged adapter costs exactly what the base does);
+  random weights) unmerged at every step, as `eval RUN` and a server that hot-swaps adapters run it (the lean
+  step applies it as PEFT does): against the base rows it is the cost of not merging (a merged adapter
+  costs exactly what the base does);
 * ``tunesmith-int8-1``, ``tunesmith-int8-batch``  the same with ``--quant int8`` (weight-only int8, lossy),
   multiplied by tunesmith's own int8 kernel where it builds (`inference.int8_kernel`);
 * ``tunesmith-int8-torch-1``  the same with PyTorch's int8 kernel (``TUNESMITH_INT8_KERNEL=torch``): side by
@@ -48,7 +50,7 @@ from typing import Any
 
 MODEL = "builtin:smollm2-135m-instruct"
 ENGINES = ("generate", "tunesmith-1", "tunesmith-forward-1", "tunesmith-batch", "tunesmith-lora-1",
-           "tunesmith-lora-batch", "tunesmith-int8-1", "tunesmith-int8-torch-1", "tunesmith-int8-forward-1",
+           "tunesmith-lora-forward-1", "tunesmith-lora-batch", "tunesmith-int8-1", "tunesmith-int8-torch-1", "tunesmith-int8-forward-1",
            "tunesmith-int8-batch",
            "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_1")
 #: measured, not kept (see the module docstring); run only when named in --engines

@@ -103,7 +103,7 @@ def test_models_the_lean_step_does_not_reproduce_keep_their_forward(monkeypatch)
     from peft import LoraConfig, get_peft_model
     from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
-    assert "PEFT" in why_not(get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj"])))
+    assert why_not(get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj"])).eval()) is None
     sliding = MistralForCausalLM(MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
                                                num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                                                sliding_window=16))
@@ -164,3 +164,105 @@ def test_a_rotary_function_of_another_layout_keeps_the_models_own():
     assert _rope_is_rotate_half(modeling_llama.apply_rotary_pos_emb)
     assert not _rope_is_rotate_half(interleaved)
     assert not _rope_is_rotate_half(lambda q, k: (q, k))  # another signature
+
+
+def _lora_model(dtype: str = "float32", **extra):
+    """The tiny Llama with two LoRA adapters on every linear layer, B initialised at random (so the
+    adapters change the logits), in eval mode."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(11)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(_model("llama", dtype=dtype),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=targets,
+                                      init_lora_weights=False, **extra))
+    model.add_adapter("second", LoraConfig(r=2, lora_alpha=16, target_modules=["q_proj", "down_proj"],
+                                           init_lora_weights=False))
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lean_steps_of_a_lora_model_give_pefts_logits(dtype):
+    """Plain LoRA adapters are applied as PEFT's lora.Linear does, for whichever adapter is active (a bf16
+    base has float32 adapter weights: the input is cast as PEFT casts it)."""
+    import torch
+
+    model = _lora_model(dtype)
+    lean = LeanStep.for_model(model)
+    assert lean is not None
+    assert any(lora is not None for layer in lean.layers for _, _, lora in layer.qkv.linears)
+    if dtype == "bfloat16":
+        assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.dtype == torch.float32
+    _steps_side_by_side(model)
+    model.set_adapter("second")  # followed at every step, without rebuilding the step
+    _steps_side_by_side(model)
+    with model.disable_adapter():
+        _steps_side_by_side(model)
+
+
+def test_lora_models_the_lean_step_does_not_reproduce_keep_their_forward():
+    from peft import IA3Config, LoraConfig, get_peft_model
+
+    dora = get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)).eval()
+    assert why_not(dora) == "a LoRA variant (DoRA or another) that PEFT computes its own way"
+    head = get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "lm_head"])).eval()
+    assert why_not(head) == "LoRA on the embeddings or the output head"
+    training = get_peft_model(_model("llama"), LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.1)).train()
+    assert why_not(training) == "the model is in training mode (LoRA dropout)"
+    merged = _lora_model()
+    merged.merge_adapter()
+    assert why_not(merged) == "a merged LoRA adapter (PEFT's merge_adapter)"
+    ia3 = get_peft_model(_model("llama"), IA3Config(target_modules=["down_proj"], feedforward_modules=["down_proj"]))
+    assert why_not(ia3.eval()) == "a PEFT method other than LoRA"
+
+
+def test_the_engine_takes_the_lean_step_for_one_adapter_batches_and_answers_the_same(serve_base, monkeypatch):
+    """A PEFT model with two adapters: batches of one adapter take the lean step, mixed batches and base rows
+    take PEFT's forward, and every greedy answer is the one the forward alone gives."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.inference.engine import BatchDecoder, Job, Sampling, decode_all
+    from tunesmith.models.chat import prompt_ids
+    from tunesmith.models.resolve import load_tokenizer
+
+    tok = load_tokenizer(str(serve_base))
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_pretrained(str(serve_base), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False),
+                           adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    model.eval()
+    prompts = prompt_ids(tok, [[{"role": "user", "content": t}] for t in
+                               ["a short one", "a much longer prompt " * 5, "mid length prompt", "x", "why", "ok"]])
+
+    def answers(lean: bool, adapters: list, max_batch: int) -> tuple[list[str], int]:
+        monkeypatch.setenv("TUNESMITH_LEAN_DECODE", "1" if lean else "0")
+        decoder = BatchDecoder(model, tok, max_batch=max_batch)
+        assert (decoder.lean is not None) is lean
+        steps = [0]
+        if decoder.lean is not None:
+            step = decoder.lean
+
+            def counted(*args):
+                steps[0] += 1
+                return step(*args)
+            decoder.lean = counted
+        done: dict[int, str] = {}
+        jobs = [Job(p, adapters[i], Sampling(max_tokens=10 + 3 * i, temperature=0),
+                    lambda e, i=i: done.__setitem__(i, e[1].text) if e[0] == "done" else None)
+                for i, p in enumerate(prompts)]
+        decode_all(decoder, jobs, refill=1)
+        return [done[i] for i in range(len(prompts))], steps[0]
+
+    one = ["a"] * 6
+    lean, taken = answers(True, one, 3)
+    assert lean == answers(False, one, 3)[0] and taken > 0
+    mixed = ["a", "b", None, "b", "a", None]
+    lean_mixed, _ = answers(True, mixed, 3)
+    assert lean_mixed == answers(False, mixed, 3)[0]
+    alone, taken_alone = answers(True, mixed, 1)  # one row at a time: each batch has one adapter (or the base)
+    assert alone == lean_mixed and taken_alone > 0
+    assert len(set(lean_mixed)) > 2

@@ -118,6 +118,26 @@ def test_unloading_every_adapter_leaves_the_base_serving(serve_base, serve_asset
         running.stop()
 
 
+def test_an_adapter_on_more_layers_loaded_after_a_narrow_one_answers_as_it_does_alone(serve_base, serve_assets,
+                                                                                      expected, tmp_path):
+    """The first adapter wraps only q_proj; loading alpha (every linear layer) wraps the others too, so
+    the engine must rebuild its lean decoding step, whose projections hold the layers they saw."""
+    from fixtures.serving import make_adapter
+
+    narrow = make_adapter(serve_base, serve_assets["allowed"] / "narrow-q", seed=8, targets=["q_proj"])
+    running = start(serve_base, serve_assets, adapters=[("narrow", str(narrow))])
+    try:
+        http = httpx.Client(base_url=running.url, timeout=60)
+        c = client(running)
+        assert ask(c, "narrow", PROMPTS[0]) != expected["alpha"][0]
+        assert http.post("/adapters", json={"name": "alpha", "source": str(serve_assets["alpha"])}).status_code == 201
+        assert [ask(c, "alpha", p) for p in PROMPTS[:3]] == expected["alpha"][:3]
+        assert http.delete("/adapters/narrow").status_code == 200
+        assert [ask(c, "alpha", p) for p in PROMPTS[:3]] == expected["alpha"][:3]
+    finally:
+        running.stop()
+
+
 def test_unknown_model_is_a_404_in_openai_shape(server):
     with pytest.raises(openai.NotFoundError) as info:
         ask(client(server), "nope", "hi")

@@ -15,8 +15,9 @@ batch; a finished row leaves at once, so a short answer never waits for a long o
 with its own generator and applies its own grammar mask (`grammar.mask_batch`: constrained and free
 rows share a batch), so an answer is the one the same request gets alone. Greedy answers equal plain
 ``model.generate`` one prompt at a time, token for token (tests and ``benchmarks/eval_generation.py``).
-One-token steps of a plain Llama/Mistral/Qwen2 model (no PEFT adapters: the base, a merged run, int8) go
-through `lean_step.LeanStep`, the forward's own ops without its Python plumbing: the same logits, bit for bit.
+One-token steps of a plain Llama/Mistral/Qwen2 model (the base, a merged run, int8, or plain LoRA adapters
+when a batch's rows all use one) go through `lean_step.LeanStep`, the forward's own ops without its Python
+plumbing: the same logits, bit for bit.
 """
 
 from __future__ import annotations
@@ -115,24 +116,27 @@ class BatchDecoder:
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str]) -> Any:
         import torch
 
-        if self.lean is not None and ids.shape[-1] == 1:
+        model = self._model
+        mixed: list[str] | None = None
+        if hasattr(model, "peft_config") and model.peft_config:
+            names = set(adapters)
+            if len(names) == 1 and BASE_ROW not in names:
+                # one adapter for the whole batch: PEFT's plain path (and the lean step's). A mixed batch
+                # costs ~20 % more per step on SmolLM2 (0.104 vs 0.084 s at 16 rows): every LoRA layer
+                # gathers and scatters each adapter's rows, and PEFT re-registers its hooks at every call
+                (name,) = names
+                if model.active_adapter != name:
+                    model.set_adapter(name)
+            else:
+                mixed = adapters
+        if self.lean is not None and ids.shape[-1] == 1 and mixed is None:
             return self.lean(ids, mask, positions, cache)
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, self.cache_kwarg: cache,
                                   "use_cache": True, "return_dict": True, "position_ids": positions}
         if self.keep_logits:
             kwargs["logits_to_keep"] = 1
-        model = self._model
-        if hasattr(model, "peft_config") and model.peft_config:
-            names = set(adapters)
-            if len(names) == 1 and BASE_ROW not in names:
-                # one adapter for the whole batch: PEFT's plain path. A mixed batch costs ~20 % more per
-                # step on SmolLM2 (0.104 vs 0.084 s at 16 rows): every LoRA layer gathers and scatters
-                # each adapter's rows, and PEFT re-registers its hooks at every call (~3 ms of that)
-                (name,) = names
-                if model.active_adapter != name:
-                    model.set_adapter(name)
-            else:
-                kwargs["adapter_names"] = adapters
+        if mixed is not None:
+            kwargs["adapter_names"] = mixed
         out = model(**kwargs)
         return out.logits[:, -1, :].to(dtype=torch.float32, copy=True)
 

@@ -13,9 +13,13 @@ below, batched with left padding), and an answer stays the one ``model.generate`
 still prefilled by the model's own forward; only the one-token steps come here.
 
 Taken only where that equality is known to hold: causal LMs of the Llama, Mistral and Qwen2 classes with
-full attention in every layer, eager or SDPA attention, no accelerate hooks (offloading), and no PEFT
-adapters (PEFT applies them through its own layers; a merged adapter is a plain model). Anything else
-keeps the model's forward. ``TUNESMITH_LEAN_DECODE=0`` turns it off (for side-by-side measurements).
+full attention in every layer, eager or SDPA attention, no accelerate hooks (offloading). A PEFT model
+with plain LoRA adapters on its linear layers is taken too, for batches whose rows all use one adapter
+(`eval RUN`'s tuned pass, a server's one-adapter batches): each such projection runs PEFT's
+``lora.Linear.forward`` ops for the active adapter, ``base(x) + B(A(x)) * scaling``, read at every step
+(so `set_adapter` and adapter loads are followed). DoRA and other LoRA variants, LoRA on the embeddings
+or the head, merged adapters and mixed-adapter batches keep the forward. Anything else keeps the model's
+forward. ``TUNESMITH_LEAN_DECODE=0`` turns it off (for side-by-side measurements).
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ def why_not(model: Any) -> str | None:
     if not lean_enabled():
         return "TUNESMITH_LEAN_DECODE=0"
     if getattr(model, "peft_config", None):
-        return "PEFT adapters are applied by PEFT's layers"
+        reason = _why_not_lora(model)
+        if reason is not None:
+            return reason
+        model = model.get_base_model()
     name = type(model).__name__
     if name not in SUPPORTED:
         return f"{name} is not one of {', '.join(sorted(SUPPORTED))}"
@@ -61,6 +68,50 @@ def why_not(model: Any) -> str | None:
     if any(hasattr(m, "_hf_hook") for m in model.modules()):
         return "accelerate hooks (offloaded weights)"
     return None
+
+
+def _why_not_lora(model: Any) -> str | None:
+    """Why a PEFT model's adapters are not ones `_Projection` applies as PEFT does; None when they are."""
+    from torch import nn
+
+    if any(getattr(config, "peft_type", None) != "LORA" for config in model.peft_config.values()):
+        return "a PEFT method other than LoRA"  # PeftType is a str enum: PeftType.LORA == "LORA"
+    if any(isinstance(m, nn.Dropout) and m.training and m.p > 0 for m in model.modules()):
+        return "the model is in training mode (LoRA dropout)"
+    base = model.get_base_model()
+    if not isinstance(base.get_input_embeddings(), nn.Embedding) or type(base.get_output_embeddings()) is not nn.Linear:
+        return "LoRA on the embeddings or the output head"
+    for module in base.modules():
+        if not hasattr(module, "lora_A"):
+            continue
+        if type(module).__name__ != "Linear" or type(getattr(module, "base_layer", None)) is not nn.Linear:
+            return f"a LoRA layer of type {type(module).__name__} on {type(getattr(module, 'base_layer', None)).__name__}"
+        if getattr(module, "merged_adapters", None):
+            return "a merged LoRA adapter (PEFT's merge_adapter)"
+        if getattr(module, "lora_variant", None) or any(getattr(module, "use_dora", {}).values()):
+            return "a LoRA variant (DoRA or another) that PEFT computes its own way"
+        if getattr(module, "fan_in_fan_out", False) or not getattr(module, "cast_input_dtype_enabled", True):
+            return "a LoRA layer with fan_in_fan_out or without input casting"
+    return None
+
+
+def _lora(module: Any, x: Any, result: Any) -> Any:
+    """PEFT's `lora.Linear.forward` after its base layer, for plain LoRA (`_why_not_lora`): the same ops in
+    the same order, dropout left out (in eval mode it returns its input)."""
+    import torch.nn.functional as F
+
+    if module.disable_adapters:
+        return result
+    dtype = result.dtype
+    keys = module.lora_A.keys()
+    for name in module.active_adapters:
+        if name not in keys:
+            continue
+        a, b = module.lora_A[name], module.lora_B[name]
+        if x.dtype != a.weight.dtype:
+            x = x.to(dtype=a.weight.dtype)
+        result = result + F.linear(F.linear(x, a.weight, a.bias), b.weight, b.bias) * module.scaling[name]
+    return result.to(dtype)
 
 
 class _Projection:
@@ -87,15 +138,18 @@ class _Projection:
             self.bias = None if all(b is None for b in biases) else torch.cat(
                 [b if b is not None else torch.zeros(n, dtype=torch.float32, device=weight.device)
                  for b, n in zip(biases, self.sizes)])
-            self.linears: list[tuple[Any, Any]] = []
+            self.linears: list[tuple[Any, Any, Any]] = []
         else:
-            self.linears = [(m.weight, m.bias) for m in modules]
+            # a PEFT LoRA layer: its base layer's weights, and the layer itself for the adapter (read per call)
+            self.linears = [(m.base_layer.weight, m.base_layer.bias, m) if hasattr(m, "lora_A")
+                            else (m.weight, m.bias, None) for m in modules]
 
     def __call__(self, x: Any) -> list[Any]:
         import torch.nn.functional as F
 
         if not self.int8:
-            return [F.linear(x, weight, bias) for weight, bias in self.linears]
+            return [F.linear(x, weight, bias) if lora is None else _lora(lora, x, F.linear(x, weight, bias))
+                    for weight, bias, lora in self.linears]
         y = self.fused(x)
         return list(y.split(self.sizes, dim=-1)) if len(self.sizes) > 1 else [y]
 
@@ -185,6 +239,8 @@ class LeanStep:
         from transformers import masking_utils
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+        if getattr(model, "peft_config", None):
+            model = model.get_base_model()  # its LoRA layers stay in place: `_Projection` applies them
         self.config = model.config
         inner = model.model
         self.embed = inner.embed_tokens

@@ -144,11 +144,15 @@ class ServerState:
         engine = self.engine
         check_shapes(engine.model, info.path, info.shown)
         if isinstance(engine.model, PeftModel):
-            engine.model.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
+            model = engine.model
+            model.load_adapter(str(info.path), adapter_name=info.name, is_trainable=False)
         else:
-            engine.model = PeftModel.from_pretrained(engine.model, str(info.path), adapter_name=info.name,
-                                                     is_trainable=False)
-        engine.model.eval()
+            model = PeftModel.from_pretrained(engine.model, str(info.path), adapter_name=info.name,
+                                              is_trainable=False)
+        # in eval mode first, then set (again): the decoder re-decides its lean step, whose projections
+        # hold the LoRA layers they saw (an adapter on other modules wraps new ones; DoRA needs PEFT's forward)
+        model.eval()
+        engine.model = model
 
     def _unload_on_engine(self, name: str) -> bool:
         """False while rows of `name` are still decoding (the caller retries)."""
@@ -158,10 +162,11 @@ class ServerState:
         model = engine.model
         if len(model.peft_config) == 1:
             # PEFT keeps no adapter-less PeftModel: take the LoRA layers out, back to the plain base
-            engine.model = model.unload()
+            model = model.unload()
         else:
             model.delete_adapter(name)
-        engine.model.eval()
+        model.eval()
+        engine.model = model  # the decoder re-decides its lean step
         return True
 
 
