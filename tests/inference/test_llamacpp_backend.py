@@ -621,3 +621,82 @@ def test_decode_speed_benchmark_rows_run_and_agree_on_the_tiny_model(base_export
     monkeypatch.setenv("TUNESMITH_LEAN_DECODE", "0")
     forward = bench._run_tunesmith(tiny_model_dir, chats, MAX_NEW, batched=False)
     assert gguf["tokens"] > 0 and gguf["answers"] == lean["answers"] == forward["answers"]
+
+
+# -- serve --engine llamacpp --gguf-adapter: GGUF adapters hot-swapped on the base's GGUF ---------------
+
+
+def test_gguf_adapter_serving_needs_the_llamacpp_engine(tiny_model_dir):
+    from tunesmith.serve.api import ServeConfig, build_state
+
+    with pytest.raises(UsageError) as info:
+        build_state(ServeConfig(base=str(tiny_model_dir), gguf_adapters=True))
+    assert info.value.message == "--gguf-adapter is for --engine llamacpp, and this server's engine is transformers"
+    assert info.value.hint == ("add --engine llamacpp, or leave --gguf-adapter out (the transformers engine "
+                               "hot-swaps PEFT adapters itself)")
+
+
+def test_two_adapters_on_llamacpp_without_gguf_adapter_say_how(tmp_path):
+    from tunesmith.serve.api import ServeConfig, build_state
+
+    config = ServeConfig(project_dir=tmp_path, base="builtin:smollm2-135m-instruct", engine="llamacpp",
+                         adapters=[("a", "run-a"), ("b", "run-b")])
+    with pytest.raises(UsageError) as info:
+        build_state(config)
+    assert "add --gguf-adapter to hot-swap them as GGUF adapters on the base" in info.value.hint
+
+
+@needs_llamacpp
+def test_serve_gguf_adapters_hot_swaps_each_request_to_its_adapter(project, tmp_path, tiny_model_dir):
+    """A run's adapter (its own lora-gguf export) and a PEFT directory POSTed later (converted once) are
+    loaded onto the base's GGUF; requests switching between them and the base each get the answer
+    `Llama(lora_path=...)` gives with that adapter alone (what `eval --gguf-adapter` answers with)."""
+    import httpx
+
+    from fixtures.serving import make_adapter
+    from tunesmith.project import load_project
+    from tunesmith.serve.api import ServeConfig, build_state, start_in_thread
+    from tunesmith.ship.merge import locate_run
+
+    allowed = tmp_path / "adapters"
+    other = make_adapter(tiny_model_dir, allowed / "other", seed=3)
+    config = ServeConfig(project_dir=project, engine="llamacpp", gguf_adapters=True, adapters=[("tuned", RUN)],
+                         allow_dirs=[allowed], port=0, max_tokens=MAX_NEW)
+    said: list[str] = []
+    state = build_state(config, said.append)
+    server = start_in_thread(state, config)
+    try:
+        proj = load_project(project)
+        run = locate_run(proj, RUN)
+        base_file = state.engine.backend.gguf_path
+        threads = state.engine.backend.n_threads
+        loaded = httpx.post(f"{server.url}/adapters", json={"name": "other", "source": str(other)}, timeout=120)
+        assert loaded.status_code == 201, loaded.text
+        files = {"tuned": L.run_adapter_gguf(proj, run, "f16", said.append),
+                 "other": next((project / ".tunesmith" / "gguf" / "adapters").glob("adapter-*-f16.gguf")),
+                 "base": None}
+        system = state.base.system_prompt
+        chats = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": q}]
+                 for q in ("Give me a JSON object.", "What is two and two?")]
+        expected = {name: _greedy(L.LlamaCppBackend(base_file, run.tokenizer_dir, quant="f16", lora_path=path,
+                                                    n_threads=threads), chats)
+                    for name, path in files.items()}
+        assert len({tuple(v) for v in expected.values()}) == 3  # the three models answer differently here
+
+        def ask(model: str, index: int) -> str:
+            reply = httpx.post(f"{server.url}/chat/completions", timeout=60, json={
+                "model": model, "messages": chats[index], "temperature": 0, "max_tokens": MAX_NEW})
+            assert reply.status_code == 200, reply.text
+            return reply.json()["choices"][0]["message"]["content"]
+
+        base_name = state.base.name
+        for model, index in (("tuned", 0), ("other", 0), (base_name, 0), ("tuned", 1), (base_name, 1),
+                             ("other", 1), ("tuned", 0)):
+            assert ask(model, index) == expected["base" if model == base_name else model][index], (model, index)
+        assert httpx.delete(f"{server.url}/adapters/tuned", timeout=60).status_code == 200
+        gone = httpx.post(f"{server.url}/chat/completions", timeout=60,
+                          json={"model": "tuned", "messages": chats[0], "max_tokens": 2})
+        assert gone.status_code == 404
+        assert ask("other", 1) == expected["other"][1]
+    finally:
+        server.stop()

@@ -34,8 +34,9 @@ def serve(
     max_body_kb: int = typer.Option(1024, "--max-body-kb", min=1, help="Largest request body, in KiB."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)."),
     no_system_prompt: bool = typer.Option(False, "--no-system-prompt", help="Do not add the project's system prompt to requests without one."),
-    engine: str = typer.Option("transformers", "--engine", help="transformers (built in), vllm (runs `vllm serve`) or llamacpp (one GGUF file: the base's, or one --adapter run's export)."),
+    engine: str = typer.Option("transformers", "--engine", help="transformers (built in), vllm (runs `vllm serve`) or llamacpp (one GGUF file: the base's, or one --adapter run's export; with --gguf-adapter, GGUF adapters hot-swapped on the base)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="int8: serve one model weight-only int8 (the base, or one --adapter NAME=RUN merged; no hot-swap). With --engine llamacpp: the GGUF export served (f16 default, q8_0, ...; q4_1: the builtin model's own file)."),
+    gguf_adapter: bool = typer.Option(False, "--gguf-adapter", help="With --engine llamacpp: serve the base model's GGUF with each --adapter (and each adapter POSTed later) as a GGUF LoRA adapter, hot-swapped per request, instead of one run's merged export."),
     print_command: bool = typer.Option(False, "--print-command", help="With --engine vllm: print the command as JSON and exit."),
 ) -> None:
     """Serve the base model and its LoRA adapters over the OpenAI chat completions API."""
@@ -48,7 +49,7 @@ def serve(
         api_key=read_api_key(api_key, api_key_file, os.environ.get(API_KEY_ENV)), insecure_no_auth=insecure_no_auth,
         allow_dirs=list(allow_dir), allow_hosts=list(allow_host), max_adapters=max_adapters, max_batch=max_batch,
         max_tokens=max_tokens, max_body_bytes=max_body_kb * 1024, device=device,
-        apply_system_prompt=not no_system_prompt, engine=engine, quant=quant,
+        apply_system_prompt=not no_system_prompt, engine=engine, quant=quant, gguf_adapters=gguf_adapter,
     )
     if print_command:
         command, env = vllm_command(config)

@@ -396,6 +396,13 @@ def run_adapter_gguf(project: Any, run: Any, quant: str, say: Callable[[str], No
     return path
 
 
+def default_gguf_folder() -> Path:
+    """Where GGUF files made outside a project go (tunesmith's cache)."""
+    from tunesmith.models.resolve import default_cache_dir
+
+    return default_cache_dir() / "gguf"
+
+
 def base_gguf(project: Any, ref: str, checkpoint: Path, quant: str, say: Callable[[str], None]) -> Path:
     """The base model as GGUF at `quant`: the builtin model's own file for q4_1, else the checkpoint
     exported once into `<project>/.tunesmith/gguf/` (without a project, tunesmith's model cache) with the
@@ -408,12 +415,8 @@ def base_gguf(project: Any, ref: str, checkpoint: Path, quant: str, say: Callabl
 
         return builtin_gguf(ref.split(":", 1)[1].strip())
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(ref.rstrip("/")).name or "base")
-    if project is not None:
-        folder = project.root / ".tunesmith" / "gguf"
-    else:  # `serve --base X` outside a project
-        from tunesmith.models.resolve import default_cache_dir
-
-        folder = default_cache_dir() / "gguf"
+    # `serve --base X` outside a project: tunesmith's model cache
+    folder = project.root / ".tunesmith" / "gguf" if project is not None else default_gguf_folder()
     target = folder / f"{name}-{sha256_of(str(checkpoint))[:10]}-{quant}.gguf"
     if target.is_file() and target.with_name(target.name + ".json").is_file():
         return target
@@ -456,9 +459,13 @@ def _export_checkpoint(checkpoint: Path, target: Path, quant: str, *, name: str,
 class LlamaCppEngine:
     """`inference.worker.Engine`'s interface over one llama.cpp model, for `tunesmith serve --engine llamacpp`:
     jobs are answered one at a time on a worker thread (llama.cpp decodes one sequence here), a
-    ``response_format`` under tunesmith's grammar engine; adapter loading is refused (one model per server)."""
+    ``response_format`` under tunesmith's grammar engine. With `hot_swap` (``serve --gguf-adapter``), GGUF
+    LoRA adapters are loaded onto the model and each job's adapter is set on the context before it runs,
+    as `Llama(lora_path=...)` sets its one adapter, so an answer is the one `eval --gguf-adapter` gives;
+    without it, adapter loading is refused (one model per server)."""
 
-    def __init__(self, backend: LlamaCppBackend, n_ctx: int, refusal: Callable[[], TunesmithError]) -> None:
+    def __init__(self, backend: LlamaCppBackend, n_ctx: int, refusal: Callable[[], TunesmithError], *,
+                 hot_swap: bool = False) -> None:
         from tunesmith.models.chat import end_of_turn_ids
 
         self.backend = backend
@@ -466,6 +473,10 @@ class LlamaCppEngine:
         self.n_ctx = n_ctx
         self.eot = end_of_turn_ids(backend.tokenizer)
         self._refusal = refusal
+        self.hot_swap = hot_swap
+        self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer (freed with the model)
+        self._applied: str | None = None  # the adapter set on the context now; None: the base alone
+        self._running: str | None = None  # the adapter of the job being answered
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._closing = threading.Event()
         self.steps = 0
@@ -486,8 +497,17 @@ class LlamaCppEngine:
         self._inbox.put(job)
 
     def call(self, fn: Callable[[], Any], *, edits_model: bool = True) -> Future[Any]:
-        """Model edits (adapters) are refused; other calls run here and now."""
+        """Model edits (adapter loads and unloads) run on the worker thread between jobs, in the order they
+        came (refused without `hot_swap`); other calls run here and now."""
+        from tunesmith.inference.worker import EngineClosed
+
         future: Future[Any] = Future()
+        if edits_model and self.hot_swap:
+            if self._closing.is_set():
+                future.set_exception(EngineClosed("the server is shutting down", "retry against a running server"))
+            else:
+                self._inbox.put(_Call(fn, future))
+            return future
         try:
             future.set_result(fn() if not edits_model else _raise(self._refusal()))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
@@ -495,9 +515,55 @@ class LlamaCppEngine:
         return future
 
     def active_adapters(self) -> set[str]:
-        return set()
+        running = self._running
+        return {running} if running else set()
+
+    # -- adapters (on the worker thread, through `call`) --------------------------------------------
+
+    def load_adapter(self, name: str, gguf: Path) -> None:
+        """Load the GGUF LoRA adapter `gguf` onto the model as `name`."""
+        llama_cpp = require_llamacpp()
+        pointer = llama_cpp.llama_adapter_lora_init(self.llm._model.model, str(gguf).encode("utf-8"))
+        if not pointer:
+            raise ModelError(f"llama.cpp cannot load the GGUF adapter {gguf.name} on {self.backend.gguf_path.name}",
+                             "check that the adapter was trained on this base model")
+        self._adapters[name] = pointer
+
+    def unload_adapter(self, name: str) -> bool:
+        llama_cpp = require_llamacpp()
+        if self._applied == name:
+            self._apply(None)
+        pointer = self._adapters.pop(name, None)
+        if pointer:
+            llama_cpp.llama_adapter_lora_free(pointer)
+        return True
+
+    def _apply(self, name: str | None) -> None:
+        """Set adapter `name` (None: none) on the context, as `Llama(lora_path=...)` does at scale 1."""
+        import ctypes
+
+        from tunesmith.inference.rows import BASE_ROW
+
+        name = None if name == BASE_ROW else name
+        if name == self._applied:
+            return
+        llama_cpp = require_llamacpp()
+        if name is None:
+            status = llama_cpp.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
+        else:
+            if name not in self._adapters:
+                raise ModelError(f"adapter {name!r} is not loaded on this llama.cpp model", "load it first")
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[name])
+            scales = (ctypes.c_float * 1)(1.0)
+            status = llama_cpp.llama_set_adapters_lora(self.llm.ctx, adapters, 1, scales)
+        if status:
+            raise ModelError(f"llama.cpp could not set adapter {name or 'none'} (status {status})",
+                             "restart the server; report it if it happens again")
+        self._applied = name
 
     def close(self, grace_s: float = 10.0) -> None:
+        from tunesmith.inference.worker import EngineClosed
+
         self._closing.set()
         self._inbox.put(None)
         self._thread.join(timeout=grace_s + 30)
@@ -506,7 +572,9 @@ class LlamaCppEngine:
                 job = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if job is not None:
+            if isinstance(job, _Call):
+                job.future.set_exception(EngineClosed("the server shut down", "retry against a running server"))
+            elif job is not None:
                 job.emit(("error", "the server shut down before this request started"))
 
     def _loop(self) -> None:
@@ -514,6 +582,9 @@ class LlamaCppEngine:
 
         while True:
             job = self._inbox.get()
+            if isinstance(job, _Call):
+                job.run()
+                continue
             if job is None or self._closing.is_set():
                 if job is not None:
                     job.emit(("error", "the server is shutting down"))
@@ -523,11 +594,59 @@ class LlamaCppEngine:
                 continue
             try:
                 self.peak_batch = 1
+                self._running = job.adapter
+                if self.hot_swap:
+                    self._apply(job.adapter)
                 if answer(self.backend, self.llm, job.prompt_ids, job.sampling, self.eot, job) is None \
                         and not job.done:
                     dropped(job)
             except Exception as exc:  # noqa: BLE001 - a failing request must not kill the server
                 job.emit(("error", f"generation failed: {type(exc).__name__}: {exc}"))
+            finally:
+                self._running = None
+
+
+class _Call:
+    """A model edit queued behind the jobs that came before it."""
+
+    def __init__(self, fn: Callable[[], Any], future: Future[Any]) -> None:
+        self.fn, self.future = fn, future
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            self.future.set_exception(exc)
+
+
+def adapter_gguf(adapter_dir: Path, checkpoint: Path, folder: Path, quant: str, say: Callable[[str], None]) -> Path:
+    """A PEFT LoRA adapter folder as a llama.cpp GGUF adapter for the base `checkpoint`, written once into
+    `folder` under a hash of the adapter's files (16 or 32 bits, as `run_adapter_gguf`)."""
+    from transformers import AutoConfig
+
+    from tunesmith.ship.gguf_adapter import lora_pairs, read_adapter, write_adapter_gguf
+    from tunesmith.ship.gguf_export import check_exportable
+
+    adapter_quant = quant if quant in ("f32", "bf16", "f16") else "f16"
+    files = [adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"]
+    digest = sha256_of(*(file_sha256(f) for f in files if f.is_file()), str(checkpoint))[:16]
+    target = folder / f"adapter-{digest}-{adapter_quant}.gguf"
+    if target.is_file():
+        return target
+    plan = check_exportable(AutoConfig.from_pretrained(str(checkpoint), local_files_only=True))
+    config, tensors = read_adapter(adapter_dir)
+    pairs = lora_pairs(tensors, adapter_dir)
+    if not pairs:
+        raise ModelError(f"{adapter_dir.name} has no LoRA A/B pairs", "check that it is a LoRA adapter")
+    say(f"converting adapter {adapter_dir.name} to a GGUF adapter once ({target})")
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        write_adapter_gguf(config, pairs, plan, partial, adapter_quant, name=f"{adapter_dir.name}-lora")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def _raise(exc: BaseException) -> Any:

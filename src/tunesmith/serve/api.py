@@ -45,6 +45,9 @@ class ServeConfig:
     engine: str = "transformers"  # or "vllm", or "llamacpp" (one GGUF file: the base's, or one run's)
     #: with engine "llamacpp": the GGUF export served (f16 default; q4_1: the builtin model's own file)
     quant: str | None = None
+    #: with engine "llamacpp": the base's GGUF with each adapter as a GGUF LoRA adapter, hot-swapped per
+    #: request (``--gguf-adapter``), instead of one run's merged export
+    gguf_adapters: bool = False
     grace_s: float = 15.0
 
 
@@ -139,6 +142,7 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     from tunesmith.serve.app import Limits, ServerState
     from tunesmith.web_guard import allowed_hosts
 
+    _check_gguf_adapters(config)
     if config.engine == "llamacpp":
         return _llamacpp_state(config, say)
     if config.quant is not None:
@@ -169,6 +173,13 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
         engine.close(0)
         raise
     return state
+
+
+def _check_gguf_adapters(config: ServeConfig) -> None:
+    if config.gguf_adapters and config.engine != "llamacpp":
+        raise UsageError(f"--gguf-adapter is for --engine llamacpp, and this server's engine is {config.engine}",
+                         "add --engine llamacpp, or leave --gguf-adapter out (the transformers engine hot-swaps "
+                         "PEFT adapters itself)")
 
 
 def _refusal(why: str, served: Any, hint: str) -> Callable[[], Exception]:
@@ -210,9 +221,11 @@ def _one_served(config: ServeConfig, what: str) -> tuple[Any, Any, Any]:
 
 def _one_adapter_at_most(config: ServeConfig, what: str) -> None:
     if len(config.adapters) > 1:
+        llamacpp = "llamacpp" in what
         raise UsageError(f"{what} serves one model, and {len(config.adapters)} --adapter flags were given",
-                         f"give one --adapter NAME=RUN (served as {'its GGUF export' if 'llamacpp' in what else 'the merged model'}), "
-                         "or use --engine transformers without --quant to serve several adapters on one base")
+                         f"give one --adapter NAME=RUN (served as {'its GGUF export' if llamacpp else 'the merged model'}), "
+                         + ("add --gguf-adapter to hot-swap them as GGUF adapters on the base, " if llamacpp else "")
+                         + "or use --engine transformers without --quant to serve several adapters on one base")
 
 
 def _int8_state(config: ServeConfig, say: Say) -> Any:
@@ -264,6 +277,8 @@ def _llamacpp_state(config: ServeConfig, say: Say) -> Any:
     from tunesmith.serve.adapters import ServedBase
 
     L.check_engine("llamacpp", config.quant)
+    if config.gguf_adapters:
+        return _gguf_adapters_state(config, say)
     _one_adapter_at_most(config, "--engine llamacpp")
     L.require_llamacpp()
     project, base, run = _one_served(config, "--engine llamacpp")
@@ -280,10 +295,60 @@ def _llamacpp_state(config: ServeConfig, say: Say) -> Any:
     backend = L.LlamaCppBackend(gguf, tokenizer_dir, quant=quant)
     context = _context_of(tokenizer_dir)
     say(f"loading {gguf} with llama.cpp ({quant}, {backend.n_threads} threads)")
-    refusal = _refusal("--engine llamacpp", served, "restart with --adapter NAME=RUN to serve that run's GGUF, "
-                       "or serve with --engine transformers to hot-swap adapters")
+    refusal = _refusal("--engine llamacpp", served, "restart with --gguf-adapter to hot-swap GGUF adapters on the "
+                       "base, or with --adapter NAME=RUN to serve that run's GGUF")
     engine = L.LlamaCppEngine(backend, context, refusal)
     return _one_model_state(config, engine, backend.tokenizer, served, project, context, refusal)
+
+
+def _gguf_adapters_state(config: ServeConfig, say: Say) -> Any:
+    """The base model's GGUF with GGUF LoRA adapters hot-swapped per request (`--gguf-adapter`): each
+    --adapter, and each adapter POSTed later, is converted to a GGUF adapter once (a run's is its own
+    `export --format lora-gguf` file, as `eval --gguf-adapter` answers with) and loaded onto the model."""
+    from tunesmith.inference import llamacpp_backend as L
+    from tunesmith.serve.adapters import AdapterInfo, AdapterLocator, ServedBase
+    from tunesmith.serve.app import Limits, ServerState
+    from tunesmith.web_guard import allowed_hosts
+
+    L.require_llamacpp()
+    project, base = _served_base(config)
+    quant = config.quant or "f16"
+    gguf = L.base_gguf(project, base.ref, Path(base.path), quant, say)
+    backend = L.LlamaCppBackend(gguf, Path(base.path), quant=quant)
+    context = _context_of(Path(base.path))
+    say(f"loading {gguf} with llama.cpp ({quant}, {backend.n_threads} threads), GGUF adapters hot-swapped")
+    engine = L.LlamaCppEngine(backend, context, lambda: AssertionError("unreachable"), hot_swap=True)
+    served = ServedBase(ref=base.ref, path=gguf, name=base.name, system_prompt=base.system_prompt)
+    folder = (project.root / ".tunesmith" / "gguf" / "adapters" if project is not None
+              else L.default_gguf_folder() / "adapters")
+
+    class GgufAdapterState(ServerState):
+        def _load_on_engine(self, info: AdapterInfo) -> None:
+            if info.run_id is not None and project is not None:
+                run = project.registry().get(info.run_id).model(project.base_model)
+                path = L.run_adapter_gguf(project, run, quant, say)
+            else:
+                path = L.adapter_gguf(info.path, Path(base.path), folder, quant, say)
+            engine.load_adapter(info.name, path)
+
+        def _unload_on_engine(self, name: str) -> bool:
+            return engine.unload_adapter(name)
+
+    locator = AdapterLocator(served, project=project, allowed_dirs=list(config.allow_dirs))
+    state = GgufAdapterState(engine, backend.tokenizer, served, locator, api_key=config.api_key,
+                             limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context,
+                                           config.max_adapters),
+                             hosts=allowed_hosts(config.host, config.allow_hosts),
+                             apply_system_prompt=config.apply_system_prompt)
+    try:
+        for adapter_name, source in config.adapters:
+            info = state.load_adapter_sync(adapter_name, source)
+            state.adapters[info.name] = info
+            say(f"adapter {info.name} <- {info.path} (as a GGUF adapter)")
+    except BaseException:
+        engine.close(0)
+        raise
+    return state
 
 
 def _context_of(checkpoint: Path) -> int:
@@ -382,6 +447,7 @@ def serve(config: ServeConfig, say: Say | None = None) -> None:
         raise UsageError(f"--quant {config.quant} only applies with --engine llamacpp (the {config.engine} engine "
                          "serves the checkpoint as it is, or weight-only int8 with --quant int8)",
                          "add --engine llamacpp, use --quant int8, or leave --quant out")
+    _check_gguf_adapters(config)
     _check_exposure(config, say)
     if config.engine == "vllm":
         import shutil
