@@ -125,6 +125,9 @@ class _Projection:
 
         self.int8 = all(hasattr(m, "weight_int8") for m in modules)
         if self.int8:
+            from tunesmith.inference.int8_kernel import int8_mm
+
+            self.mm = int8_mm
             weight = torch.cat([m.weight_int8 for m in modules]).contiguous()
             scales = torch.cat([m.scales for m in modules]).contiguous()
             start = 0
@@ -157,10 +160,8 @@ class _Projection:
         """Int8Linear.forward for the fused rows: the outputs side by side in one tensor."""
         import torch
 
-        from tunesmith.inference.int8_kernel import int8_mm
-
         flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        y = int8_mm(flat, self.weight, self.scales).to(x.dtype)
+        y = self.mm(flat, self.weight, self.scales).to(x.dtype)
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         return y if self.bias is None else y + self.bias
 

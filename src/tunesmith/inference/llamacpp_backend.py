@@ -464,8 +464,8 @@ class LlamaCppEngine:
     as `Llama(lora_path=...)` sets its one adapter, so an answer is the one `eval --gguf-adapter` gives;
     without it, adapter loading is refused (one model per server)."""
 
-    def __init__(self, backend: LlamaCppBackend, n_ctx: int, refusal: Callable[[], TunesmithError], *,
-                 hot_swap: bool = False) -> None:
+    def __init__(self, backend: LlamaCppBackend, n_ctx: int, refusal: Callable[[], TunesmithError] | None = None,
+                 *, hot_swap: bool = False) -> None:
         from tunesmith.models.chat import end_of_turn_ids
 
         self.backend = backend
@@ -509,6 +509,7 @@ class LlamaCppEngine:
                 self._inbox.put(_Call(fn, future))
             return future
         try:
+            assert not edits_model or self._refusal is not None, "a one-model engine needs its refusal"
             future.set_result(fn() if not edits_model else _raise(self._refusal()))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             future.set_exception(exc)

@@ -317,7 +317,7 @@ def _gguf_adapters_state(config: ServeConfig, say: Say) -> Any:
     backend = L.LlamaCppBackend(gguf, Path(base.path), quant=quant)
     context = _context_of(Path(base.path))
     say(f"loading {gguf} with llama.cpp ({quant}, {backend.n_threads} threads), GGUF adapters hot-swapped")
-    engine = L.LlamaCppEngine(backend, context, lambda: AssertionError("unreachable"), hot_swap=True)
+    engine = L.LlamaCppEngine(backend, context, hot_swap=True)
     served = ServedBase(ref=base.ref, path=gguf, name=base.name, system_prompt=base.system_prompt)
     folder = (project.root / ".tunesmith" / "gguf" / "adapters" if project is not None
               else L.default_gguf_folder() / "adapters")
