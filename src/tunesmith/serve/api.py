@@ -138,9 +138,7 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
     from tunesmith.inference.worker import Engine
     from tunesmith.inference.loading import default_device, default_dtype, load_model
     from tunesmith.models.resolve import tokenizer_in
-    from tunesmith.serve.adapters import AdapterLocator
-    from tunesmith.serve.app import Limits, ServerState
-    from tunesmith.web_guard import allowed_hosts
+    from tunesmith.serve.app import ServerState
 
     _check_gguf_adapters(config)
     if config.engine == "llamacpp":
@@ -158,8 +156,19 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
         apply_project_template(tokenizer, project)
     context = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
     engine = Engine(model, tokenizer, device=device, max_batch=config.max_batch or (16 if device == "cpu" else 64))
-    locator = AdapterLocator(base, project=project, allowed_dirs=list(config.allow_dirs))
-    state = ServerState(engine, tokenizer, base, locator, api_key=config.api_key,
+    return _hot_swap_state(ServerState, config, engine, tokenizer, base, project, context, say)
+
+
+def _hot_swap_state(state_class: type, config: ServeConfig, engine: Any, tokenizer: Any, served: Any, project: Any,
+                    context: int, say: Say, *, loaded_as: str = "") -> Any:
+    """A `state_class` server that hot-swaps adapters, with the --adapter flags loaded (the engine closed
+    again when one of them fails)."""
+    from tunesmith.serve.adapters import AdapterLocator
+    from tunesmith.serve.app import Limits
+    from tunesmith.web_guard import allowed_hosts
+
+    locator = AdapterLocator(served, project=project, allowed_dirs=list(config.allow_dirs))
+    state = state_class(engine, tokenizer, served, locator, api_key=config.api_key,
                         limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context,
                                       config.max_adapters),
                         hosts=allowed_hosts(config.host, config.allow_hosts),
@@ -168,7 +177,7 @@ def build_state(config: ServeConfig, say: Say | None = None) -> Any:
         for adapter_name, source in config.adapters:
             info = state.load_adapter_sync(adapter_name, source)
             state.adapters[info.name] = info
-            say(f"adapter {info.name} <- {info.path}")
+            say(f"adapter {info.name} <- {info.path}{loaded_as}")
     except BaseException:
         engine.close(0)
         raise
@@ -306,9 +315,8 @@ def _gguf_adapters_state(config: ServeConfig, say: Say) -> Any:
     --adapter, and each adapter POSTed later, is converted to a GGUF adapter once (a run's is its own
     `export --format lora-gguf` file, as `eval --gguf-adapter` answers with) and loaded onto the model."""
     from tunesmith.inference import llamacpp_backend as L
-    from tunesmith.serve.adapters import AdapterInfo, AdapterLocator, ServedBase
-    from tunesmith.serve.app import Limits, ServerState
-    from tunesmith.web_guard import allowed_hosts
+    from tunesmith.serve.adapters import AdapterInfo, ServedBase
+    from tunesmith.serve.app import ServerState
 
     L.require_llamacpp()
     project, base = _served_base(config)
@@ -334,21 +342,8 @@ def _gguf_adapters_state(config: ServeConfig, say: Say) -> Any:
         def _unload_on_engine(self, name: str) -> bool:
             return engine.unload_adapter(name)
 
-    locator = AdapterLocator(served, project=project, allowed_dirs=list(config.allow_dirs))
-    state = GgufAdapterState(engine, backend.tokenizer, served, locator, api_key=config.api_key,
-                             limits=Limits(config.max_body_bytes, min(config.max_tokens, context), context,
-                                           config.max_adapters),
-                             hosts=allowed_hosts(config.host, config.allow_hosts),
-                             apply_system_prompt=config.apply_system_prompt)
-    try:
-        for adapter_name, source in config.adapters:
-            info = state.load_adapter_sync(adapter_name, source)
-            state.adapters[info.name] = info
-            say(f"adapter {info.name} <- {info.path} (as a GGUF adapter)")
-    except BaseException:
-        engine.close(0)
-        raise
-    return state
+    return _hot_swap_state(GgufAdapterState, config, engine, backend.tokenizer, served, project, context, say,
+                           loaded_as=" (as a GGUF adapter)")
 
 
 def _context_of(checkpoint: Path) -> int:
