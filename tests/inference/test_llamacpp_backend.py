@@ -698,5 +698,26 @@ def test_serve_gguf_adapters_hot_swaps_each_request_to_its_adapter(project, tmp_
                           json={"model": "tuned", "messages": chats[0], "max_tokens": 2})
         assert gone.status_code == 404
         assert ask("other", 1) == expected["other"][1]
+        # an adapter llama.cpp cannot take (DoRA) is refused with the converter's reason and a serving hint
+        dora = _dora_adapter(tiny_model_dir, allowed / "dora")
+        refused = httpx.post(f"{server.url}/adapters", json={"name": "dora", "source": str(dora)}, timeout=120)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["message"].startswith("cannot load adapter dora as a GGUF adapter: cannot export this adapter "
+                                           "to GGUF: ") and "use_dora is true" in error["message"]
+        assert error["message"].endswith("(serve it with --engine transformers, which applies any PEFT LoRA, or "
+                                         "check that it was trained on this base)")
+        assert error["param"] == "source"
+        assert ask("other", 0) == expected["other"][0]  # the server goes on
     finally:
         server.stop()
+
+
+def _dora_adapter(model_dir: Path, out: Path) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)).save_pretrained(str(out))
+    return out

@@ -38,7 +38,9 @@ class LocalBackend:
 
     Nothing heavy happens in the constructor: paths are checked and the fingerprint is computed from
     file metadata and small files, so a fully cached evaluation never loads the model. The model is
-    loaded on the first `generate` call that has something to generate.
+    loaded on the first `generate` call that has something to generate. One exception: with
+    ``quant="int8"`` the int8 kernel is chosen here (importing torch, and compiling tunesmith's kernel the
+    first time on a machine, about 5 s), because which kernel answers is part of the fingerprint.
 
     Answers come from the decoding engine (`tunesmith.inference.engine`): prompts are sorted longest
     first and decoded with continuous batching, `batch_size` rows at most (None: `auto_batch_size` for

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import ModelError, UsageError
+from tunesmith.errors import ModelError, TunesmithError, UsageError
 from tunesmith.progress import Say
 from tunesmith.serve.adapters import DEFAULT_MAX_ADAPTERS
 
@@ -317,6 +317,7 @@ def _gguf_adapters_state(config: ServeConfig, say: Say) -> Any:
     from tunesmith.inference import llamacpp_backend as L
     from tunesmith.serve.adapters import AdapterInfo, ServedBase
     from tunesmith.serve.app import ServerState
+    from tunesmith.serve.errors import AdapterRejected
 
     L.require_llamacpp()
     project, base = _served_base(config)
@@ -332,12 +333,17 @@ def _gguf_adapters_state(config: ServeConfig, say: Say) -> Any:
 
     class GgufAdapterState(ServerState):
         def _load_on_engine(self, info: AdapterInfo) -> None:
-            if info.run_id is not None and project is not None:
-                run = project.registry().get(info.run_id).model(project.base_model)
-                path = L.run_adapter_gguf(project, run, quant, say)
-            else:
-                path = L.adapter_gguf(info.path, Path(base.path), folder, quant, say)
-            engine.load_adapter(info.name, path)
+            try:
+                if info.run_id is not None and project is not None:
+                    run = project.registry().get(info.run_id).model(project.base_model)
+                    path = L.run_adapter_gguf(project, run, quant, say)
+                else:
+                    path = L.adapter_gguf(info.path, Path(base.path), folder, quant, say)
+                engine.load_adapter(info.name, path)
+            except TunesmithError as exc:  # the converter's or llama.cpp's own words, not a generic refusal
+                raise AdapterRejected(f"cannot load adapter {info.shown} as a GGUF adapter: {exc.message}",
+                                      "serve it with --engine transformers, which applies any PEFT LoRA, or "
+                                      "check that it was trained on this base", param="source") from exc
 
         def _unload_on_engine(self, name: str) -> bool:
             return engine.unload_adapter(name)
